@@ -1,0 +1,248 @@
+-- pg_dialpad schema: the rule tables, the inbox of webhook events, the calls.
+-- Everything is schema-qualified: this script must not depend on the installer's search_path.
+
+-- ---------------------------------------------------------------------------------------------
+-- Rules as data. A DBA edits these rows; functions and triggers see the edit from the next
+-- statement on (see src/rules.rs).
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE dialpad.call_statuses (
+    status      text PRIMARY KEY CHECK (status OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_]*$'),
+    is_terminal boolean NOT NULL DEFAULT false,
+    description text
+);
+COMMENT ON TABLE dialpad.call_statuses IS
+    'The statuses a call can have. Nothing leaves a terminal status.';
+
+CREATE TABLE dialpad.status_transitions (
+    from_status text NOT NULL REFERENCES dialpad.call_statuses (status) ON DELETE CASCADE,
+    to_status   text NOT NULL REFERENCES dialpad.call_statuses (status) ON DELETE CASCADE,
+    PRIMARY KEY (from_status, to_status),
+    CHECK (from_status OPERATOR(pg_catalog.<>) to_status)
+);
+COMMENT ON TABLE dialpad.status_transitions IS
+    'Allowed status changes. The same status is always allowed (idempotent retries); a row leaving a terminal status has no effect.';
+
+CREATE TABLE dialpad.state_mapping (
+    state  text PRIMARY KEY,
+    status text REFERENCES dialpad.call_statuses (status),
+    status_if_unanswered_inbound  text REFERENCES dialpad.call_statuses (status),
+    status_if_unanswered_outbound text REFERENCES dialpad.call_statuses (status),
+    description text
+);
+COMMENT ON TABLE dialpad.state_mapping IS
+    'Dialpad event state -> call status. status NULL: an enrichment event that changes no status. The status_if_unanswered_* columns replace status when the event has no date_connected.';
+
+INSERT INTO dialpad.call_statuses (status, is_terminal, description) VALUES
+    ('ringing',   false, 'The call is being set up or is ringing.'),
+    ('active',    false, 'Connected: the parties are talking (or on hold).'),
+    ('ended',     true,  'The call was answered and has ended.'),
+    ('missed',    true,  'An inbound call nobody answered.'),
+    ('rejected',  true,  'Blocked, or an outbound call that was never answered.'),
+    ('voicemail', true,  'The caller reached voicemail.');
+
+INSERT INTO dialpad.status_transitions (from_status, to_status) VALUES
+    ('ringing', 'active'), ('ringing', 'ended'), ('ringing', 'missed'),
+    ('ringing', 'rejected'), ('ringing', 'voicemail'),
+    ('active', 'ended'), ('active', 'voicemail');
+
+INSERT INTO dialpad.state_mapping (state, status, status_if_unanswered_inbound, status_if_unanswered_outbound) VALUES
+    ('calling', 'ringing', NULL, NULL), ('preanswer', 'ringing', NULL, NULL),
+    ('ringing', 'ringing', NULL, NULL), ('queued', 'ringing', NULL, NULL),
+    ('connected', 'active', NULL, NULL), ('hold', 'active', NULL, NULL),
+    ('merged', 'active', NULL, NULL), ('parked', 'active', NULL, NULL),
+    ('takeover', 'active', NULL, NULL),
+    ('hangup', 'ended', 'missed', 'rejected'),
+    ('missed', 'missed', NULL, NULL),
+    ('voicemail', 'voicemail', NULL, NULL), ('voicemail_uploaded', 'voicemail', NULL, NULL),
+    ('blocked', 'rejected', NULL, NULL),
+    ('barge', NULL, NULL, NULL), ('monitor', NULL, NULL, NULL), ('eavesdrop', NULL, NULL, NULL),
+    ('admin', NULL, NULL, NULL), ('postcall', NULL, NULL, NULL), ('recording', NULL, NULL, NULL),
+    ('admin_recording', NULL, NULL, NULL), ('transcription', NULL, NULL, NULL),
+    ('call_transcription', NULL, NULL, NULL), ('csat', NULL, NULL, NULL),
+    ('pcsat', NULL, NULL, NULL), ('dispositions', NULL, NULL, NULL),
+    ('call_moments', NULL, NULL, NULL), ('ai_playbook', NULL, NULL, NULL),
+    ('recap_summary', NULL, NULL, NULL), ('recap_outcome', NULL, NULL, NULL),
+    ('recap_purposes', NULL, NULL, NULL), ('recap_action_items', NULL, NULL, NULL);
+
+-- pg_dump restores these rows after CREATE EXTENSION has inserted the defaults above; an
+-- insert of an existing key therefore updates that row instead of failing, so that a DBA's
+-- edits to the default rows survive a dump and restore.
+CREATE FUNCTION dialpad.rule_upsert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'call_statuses' THEN
+        UPDATE dialpad.call_statuses
+           SET is_terminal = NEW.is_terminal, description = NEW.description
+         WHERE status = NEW.status;
+    ELSIF TG_TABLE_NAME = 'state_mapping' THEN
+        UPDATE dialpad.state_mapping
+           SET status = NEW.status,
+               status_if_unanswered_inbound = NEW.status_if_unanswered_inbound,
+               status_if_unanswered_outbound = NEW.status_if_unanswered_outbound,
+               description = NEW.description
+         WHERE state = NEW.state;
+    ELSE
+        PERFORM 1 FROM dialpad.status_transitions
+          WHERE from_status = NEW.from_status AND to_status = NEW.to_status;
+    END IF;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dialpad.rule_upsert() IS
+    'Trigger: an INSERT of an existing rule key updates that row (keeps edits across pg_dump/restore).';
+
+CREATE TRIGGER call_statuses_upsert BEFORE INSERT ON dialpad.call_statuses
+    FOR EACH ROW EXECUTE FUNCTION dialpad.rule_upsert();
+CREATE TRIGGER status_transitions_upsert BEFORE INSERT ON dialpad.status_transitions
+    FOR EACH ROW EXECUTE FUNCTION dialpad.rule_upsert();
+CREATE TRIGGER state_mapping_upsert BEFORE INSERT ON dialpad.state_mapping
+    FOR EACH ROW EXECUTE FUNCTION dialpad.rule_upsert();
+
+-- ---------------------------------------------------------------------------------------------
+-- The inbox: every delivery, kept whole and never modified (the audit log).
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE dialpad.webhook_events (
+    id              bigserial PRIMARY KEY,
+    event_type      text,
+    payload         jsonb NOT NULL,
+    received_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    processed_at    timestamptz,
+    attempts        integer NOT NULL DEFAULT 0 CHECK (attempts OPERATOR(pg_catalog.>=) 0),
+    last_error      text,
+    next_attempt_at timestamptz,
+    dead_at         timestamptz
+);
+COMMENT ON TABLE dialpad.webhook_events IS
+    'Inbox and immutable audit log of Dialpad webhook deliveries. Pending: processed_at and dead_at NULL; due when next_attempt_at is NULL or past.';
+COMMENT ON COLUMN dialpad.webhook_events.event_type IS 'Set from payload->>''state'' on insert when not given.';
+COMMENT ON COLUMN dialpad.webhook_events.payload IS 'The full event as delivered. Cannot be changed after insert.';
+COMMENT ON COLUMN dialpad.webhook_events.processed_at IS 'When the event was applied to dialpad.calls; NULL while pending.';
+COMMENT ON COLUMN dialpad.webhook_events.attempts IS 'How many times applying the event failed.';
+COMMENT ON COLUMN dialpad.webhook_events.last_error IS 'The error of the last failed attempt.';
+COMMENT ON COLUMN dialpad.webhook_events.next_attempt_at IS 'Earliest time of the next attempt after a failure (exponential backoff).';
+COMMENT ON COLUMN dialpad.webhook_events.dead_at IS 'Set when the event was dead-lettered: it will not be tried again unless re-driven.';
+
+-- The claim reads pending events in arrival order: a partial index that only ever holds the
+-- backlog stays small however large the audit log grows.
+CREATE INDEX webhook_events_pending ON dialpad.webhook_events (id)
+    WHERE processed_at IS NULL AND dead_at IS NULL;
+CREATE INDEX webhook_events_dead ON dialpad.webhook_events (dead_at)
+    WHERE dead_at IS NOT NULL;
+
+CREATE FUNCTION dialpad.webhook_events_before_insert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.event_type IS NULL AND pg_catalog.jsonb_typeof(NEW.payload) = 'object' THEN
+        NEW.event_type := NEW.payload OPERATOR(pg_catalog.->>) 'state';
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dialpad.webhook_events_before_insert() IS
+    'Trigger: fills event_type from the payload''s state.';
+
+CREATE FUNCTION dialpad.webhook_events_immutable() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.payload IS DISTINCT FROM OLD.payload
+       OR NEW.received_at IS DISTINCT FROM OLD.received_at
+       OR NEW.id IS DISTINCT FROM OLD.id THEN
+        RAISE EXCEPTION 'webhook event % is part of the audit log: its id, payload and received_at cannot be changed', OLD.id
+            USING ERRCODE = 'restrict_violation',
+                  HINT = 'Insert a new event instead; processing columns (processed_at, attempts, ...) may be updated.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dialpad.webhook_events_immutable() IS
+    'Trigger: refuses any change of a stored event''s id, payload or received_at.';
+
+CREATE TRIGGER webhook_events_before_insert BEFORE INSERT ON dialpad.webhook_events
+    FOR EACH ROW EXECUTE FUNCTION dialpad.webhook_events_before_insert();
+-- Column-specific: the worker's updates of processing columns never pay for this check.
+CREATE TRIGGER webhook_events_immutable BEFORE UPDATE OF id, payload, received_at ON dialpad.webhook_events
+    FOR EACH ROW EXECUTE FUNCTION dialpad.webhook_events_immutable();
+ALTER TABLE dialpad.webhook_events ENABLE ALWAYS TRIGGER webhook_events_immutable;
+
+-- ---------------------------------------------------------------------------------------------
+-- Calls: one row per Dialpad call leg.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE dialpad.calls (
+    id                  bigserial PRIMARY KEY,
+    dialpad_call_id     bigint NOT NULL UNIQUE,
+    direction           text CHECK (direction IN ('inbound', 'outbound')),
+    status              text NOT NULL REFERENCES dialpad.call_statuses (status),
+    last_state          text,
+    external_number     text,
+    internal_number     text,
+    started_at          timestamptz,
+    connected_at        timestamptz,
+    ended_at            timestamptz,
+    duration_seconds    numeric(14, 3),
+    target_id           text,
+    target_type         text,
+    target_name         text,
+    contact_id          text,
+    contact_name        text,
+    master_call_id      bigint,
+    entry_point_call_id bigint,
+    operator_call_id    bigint,
+    recording_url       text,
+    voicemail_link      text,
+    transcript          text,
+    raw_payload         jsonb,
+    last_event_at       timestamptz,
+    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at          timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE dialpad.calls IS
+    'One row per Dialpad call leg. Triggers normalize direction and enforce dialpad.status_transitions on every write.';
+COMMENT ON COLUMN dialpad.calls.dialpad_call_id IS 'Dialpad''s call_id of this leg.';
+COMMENT ON COLUMN dialpad.calls.direction IS 'inbound, outbound, or NULL when unknown (stored normalized whatever spelling is written).';
+COMMENT ON COLUMN dialpad.calls.status IS 'One of dialpad.call_statuses; changes only along dialpad.status_transitions.';
+COMMENT ON COLUMN dialpad.calls.last_state IS 'The Dialpad state of the last event applied.';
+COMMENT ON COLUMN dialpad.calls.external_number IS 'The other party: the caller of an inbound call, the callee of an outbound one.';
+COMMENT ON COLUMN dialpad.calls.internal_number IS 'The Dialpad number involved.';
+COMMENT ON COLUMN dialpad.calls.started_at IS 'date_started (Dialpad sends epoch milliseconds).';
+COMMENT ON COLUMN dialpad.calls.connected_at IS 'date_connected; NULL if nobody answered.';
+COMMENT ON COLUMN dialpad.calls.ended_at IS 'date_ended.';
+COMMENT ON COLUMN dialpad.calls.duration_seconds IS 'duration in seconds (Dialpad sends milliseconds).';
+COMMENT ON COLUMN dialpad.calls.target_id IS 'The target (agent, department, ...) of the call.';
+COMMENT ON COLUMN dialpad.calls.master_call_id IS 'Links the legs of one real call.';
+COMMENT ON COLUMN dialpad.calls.entry_point_call_id IS 'The entry-point leg of the call.';
+COMMENT ON COLUMN dialpad.calls.transcript IS 'transcription_text, cut as the sanitizer cuts transcripts.';
+COMMENT ON COLUMN dialpad.calls.raw_payload IS 'The last applied event, sanitized by dialpad.sanitize_call_payload (the full one stays in webhook_events).';
+COMMENT ON COLUMN dialpad.calls.last_event_at IS 'event_timestamp of the last event applied.';
+
+-- jsonb_path_ops: smaller and cheaper to maintain than the default opclass, and serves the
+-- containment (@>) queries used when debugging.
+CREATE INDEX calls_raw_payload ON dialpad.calls USING gin (raw_payload jsonb_path_ops);
+CREATE INDEX calls_master_call_id ON dialpad.calls (master_call_id) WHERE master_call_id IS NOT NULL;
+CREATE INDEX calls_started_at ON dialpad.calls (started_at);
+
+-- Invalid transitions attempted on dialpad.calls ("check invalid transitions" is a query).
+CREATE TABLE dialpad.rejected_transitions (
+    id              bigserial PRIMARY KEY,
+    dialpad_call_id bigint,
+    from_status     text,
+    to_status       text,
+    reason          text,
+    rejected_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+COMMENT ON TABLE dialpad.rejected_transitions IS
+    'Every invalid status transition attempted on dialpad.calls while dialpad.invalid_transition = skip.';
+CREATE INDEX rejected_transitions_call ON dialpad.rejected_transitions (dialpad_call_id);
+
+-- pg_dump keeps the rows of extension tables only when they are registered.
+SELECT pg_catalog.pg_extension_config_dump('dialpad.call_statuses', '');
+SELECT pg_catalog.pg_extension_config_dump('dialpad.status_transitions', '');
+SELECT pg_catalog.pg_extension_config_dump('dialpad.state_mapping', '');
+SELECT pg_catalog.pg_extension_config_dump('dialpad.webhook_events', '');
+SELECT pg_catalog.pg_extension_config_dump('dialpad.webhook_events_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('dialpad.calls', '');
+SELECT pg_catalog.pg_extension_config_dump('dialpad.calls_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('dialpad.rejected_transitions', '');
+SELECT pg_catalog.pg_extension_config_dump('dialpad.rejected_transitions_id_seq', '');

@@ -1,0 +1,13 @@
+-- Triggers backed by Rust functions (src/triggers.rs).
+
+CREATE TRIGGER calls_before_write BEFORE INSERT OR UPDATE ON dialpad.calls
+    FOR EACH ROW EXECUTE FUNCTION dialpad.calls_before_write();
+-- ALWAYS: the rules hold for logical replication apply and session_replication_role = replica too.
+ALTER TABLE dialpad.calls ENABLE ALWAYS TRIGGER calls_before_write;
+
+CREATE TRIGGER call_statuses_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dialpad.call_statuses
+    FOR EACH STATEMENT EXECUTE FUNCTION dialpad.rules_changed();
+CREATE TRIGGER status_transitions_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dialpad.status_transitions
+    FOR EACH STATEMENT EXECUTE FUNCTION dialpad.rules_changed();
+CREATE TRIGGER state_mapping_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dialpad.state_mapping
+    FOR EACH STATEMENT EXECUTE FUNCTION dialpad.rules_changed();

@@ -1,0 +1,78 @@
+//! jsonb arguments and results as raw binary datums, so the sanitizer can read and write
+//! jsonb's on-disk form without a round trip through text.
+
+use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
+use pgrx::datum::Datum;
+use pgrx::nullable::Nullable;
+use pgrx::pg_sys;
+use pgrx::{FromDatum, IntoDatum};
+
+/// A detoasted jsonb argument, alive for the duration of the call.
+pub struct JsonbArg {
+    ptr: *const u8,
+    len: usize,
+}
+
+impl JsonbArg {
+    /// The datum without its varlena header: the root container.
+    pub fn body(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.ptr.add(pg_sys::VARHDRSZ), self.len - pg_sys::VARHDRSZ) }
+    }
+}
+
+impl FromDatum for JsonbArg {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+        if is_null {
+            return None;
+        }
+        unsafe {
+            // pg_detoast_datum (not _packed): a 4-byte header, so the root container is aligned.
+            let v = pg_sys::pg_detoast_datum(datum.cast_mut_ptr::<pg_sys::varlena>());
+            let len = pgrx::varlena::varsize_any(v);
+            Some(JsonbArg { ptr: v as *const u8, len })
+        }
+    }
+}
+
+unsafe impl<'fcx> ArgAbi<'fcx> for JsonbArg {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        unsafe {
+            arg.unbox_arg_using_from_datum()
+                .unwrap_or_else(|| panic!("argument {index} must not be null"))
+        }
+    }
+
+    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+        unsafe { arg.unbox_arg_using_from_datum().into() }
+    }
+}
+
+/// A finished jsonb datum (varlena header included) to return.
+pub struct JsonbOut(pub Vec<u8>);
+
+impl IntoDatum for JsonbOut {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        unsafe {
+            let p = pg_sys::palloc(self.0.len()) as *mut u8;
+            std::ptr::copy_nonoverlapping(self.0.as_ptr(), p, self.0.len());
+            Some(pg_sys::Datum::from(p))
+        }
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+unsafe impl BoxRet for JsonbOut {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
+        match self.into_datum() {
+            Some(datum) => unsafe { fcinfo.return_raw_datum(datum) },
+            None => fcinfo.return_null(),
+        }
+    }
+}
+
+pgrx::impl_sql_translatable!(JsonbArg, "jsonb");
+pgrx::impl_sql_translatable!(JsonbOut, "jsonb");

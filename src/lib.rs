@@ -1,0 +1,146 @@
+//! pg_dialpad: Dialpad call webhooks turned into clean `dialpad.calls` rows inside PostgreSQL.
+//!
+//! This file is the SQL surface; each concept lives in its own module: the pure rules
+//! (`direction`, `transitions`, `sanitize`, with the jsonb and numeric codecs they use) and
+//! the thin glue around them (`rules` cache, `triggers`, `gucs`, `datum`).
+
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+pub mod datum;
+pub mod error;
+pub mod direction;
+pub mod gucs;
+pub mod jsonb;
+pub mod numeric;
+pub mod rules;
+pub mod sanitize;
+pub mod transitions;
+pub mod triggers;
+pub mod varlena;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!(
+    "../sql/triggers.sql",
+    name = "triggers",
+    requires = ["schema", triggers::calls_before_write, triggers::rules_changed]
+);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    rules::init();
+}
+
+/// `inbound`, `outbound`, or NULL (with a WARNING for a spelling we do not know).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn normalize_call_direction(direction: &str) -> Option<&'static str> {
+    match direction::normalize(direction) {
+        Ok(d) => Some(d.as_str()),
+        Err(()) => {
+            triggers::warn_unknown_direction(direction);
+            None
+        }
+    }
+}
+
+fn rules_or_error() -> std::rc::Rc<transitions::RuleSet> {
+    match rules::current() {
+        Ok(r) => r,
+        Err(e) => error::raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("pg_dialpad could not read its rule tables: {e}"),
+            None,
+            Some("Is the extension installed in this database (CREATE EXTENSION pg_dialpad)?"),
+        ),
+    }
+}
+
+/// Whether `current → next` is allowed by dialpad.status_transitions.
+#[pg_extern(stable, parallel_safe)]
+fn is_valid_status_transition(current: Option<&str>, next: Option<&str>) -> bool {
+    rules_or_error().check(current, next).is_ok()
+}
+
+/// NULL when `current → next` is valid, otherwise why not.
+#[pg_extern(stable, parallel_safe)]
+fn status_transition_error(current: Option<&str>, next: Option<&str>) -> Option<String> {
+    rules_or_error().check(current, next).err().map(|e| e.to_string())
+}
+
+fn limit_arg(name: &str, value: i32) -> usize {
+    if value < 0 {
+        error::raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{name} must be zero or more, not {value}"),
+            None,
+            None,
+        );
+    }
+    value as usize
+}
+
+/// The seed's sanitizer over jsonb's binary form (see `sanitize.rs` for the rules).
+#[pg_extern(immutable, strict, parallel_safe)]
+#[allow(clippy::too_many_arguments)]
+fn sanitize_call_payload(
+    payload: datum::JsonbArg,
+    max_transcript_length: default!(i32, 500),
+    max_string_length: default!(i32, 2000),
+    max_array_items: default!(i32, 10),
+    max_object_keys: default!(i32, 20),
+    sample_keys: default!(i32, 5),
+    max_depth: default!(i32, 5),
+) -> datum::JsonbOut {
+    let limits = sanitize::Limits {
+        max_transcript_length: limit_arg("max_transcript_length", max_transcript_length),
+        max_string_length: limit_arg("max_string_length", max_string_length),
+        max_array_items: limit_arg("max_array_items", max_array_items),
+        max_object_keys: limit_arg("max_object_keys", max_object_keys),
+        sample_keys: limit_arg("sample_keys", sample_keys),
+        max_depth: limit_arg("max_depth", max_depth),
+    };
+    let mut on_container = || {
+        check_for_interrupts!();
+        unsafe { pg_sys::check_stack_depth() };
+    };
+    match sanitize::sanitize(payload.body(), &limits, &mut on_container) {
+        Ok(out) => datum::JsonbOut(out),
+        Err(e) => {
+            let code = match e {
+                jsonb::JsonbError::Corrupt => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                jsonb::JsonbError::TooLarge => PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            };
+            error::raise(code, format!("cannot sanitize payload: {e}"), None, None)
+        }
+    }
+}
+
+/// The extension's version and the PostgreSQL it was built for.
+#[pg_extern(immutable, parallel_safe)]
+fn version_info() -> String {
+    format!(
+        "pg_dialpad {} (pgrx {}, built for PostgreSQL {})",
+        env!("CARGO_PKG_VERSION"),
+        "0.18.1",
+        pg_sys::PG_MAJORVERSION_NUM
+    )
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+/// This module is required by `cargo pgrx test` invocations.
+/// It must be visible at the root of your extension crate.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'pg_dialpad'"]
+    }
+}

@@ -1,0 +1,121 @@
+//! The rule tables (`call_statuses`, `status_transitions`, `state_mapping`) cached per backend.
+//!
+//! Reading three tables on every trigger call would dominate the cost of a write, so the
+//! backend keeps a `RuleSet` and drops it when any of the tables changes: a statement trigger
+//! on each table queues a relcache invalidation for it, which PostgreSQL delivers to every
+//! backend at commit (and to this one at the next command), and our relcache callback bumps a
+//! generation counter. An edit is therefore seen from the next statement on.
+
+use crate::transitions::{RuleSet, StateRule};
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+struct Cached {
+    generation: u64,
+    rules: Rc<RuleSet>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Option<Cached>> = const { RefCell::new(None) };
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
+    static TABLE_OIDS: Cell<[pg_sys::Oid; 3]> = const { Cell::new([pg_sys::InvalidOid; 3]) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let ours = TABLE_OIDS.with(|t| t.get());
+    if relid == pg_sys::InvalidOid || ours.contains(&relid) {
+        GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
+    }
+}
+
+/// Called from `_PG_init`.
+pub fn init() {
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0));
+    }
+}
+
+/// Called by the statement triggers on the rule tables.
+pub fn invalidate(relid: pg_sys::Oid) {
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+}
+
+/// The current rules, loading them if an edit (or nothing yet) made the cache stale.
+pub fn current() -> Result<Rc<RuleSet>, pgrx::spi::Error> {
+    // Pick up edits committed by other sessions since our last lock acquisition, so that a
+    // long transaction in READ COMMITTED also sees them from its next statement.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    let generation = GENERATION.with(|g| g.get());
+    if let Some(rules) = CACHE.with(|c| {
+        c.borrow().as_ref().filter(|c| c.generation == generation).map(|c| c.rules.clone())
+    }) {
+        return Ok(rules);
+    }
+    let (rules, oids) = load()?;
+    let rules = Rc::new(rules);
+    TABLE_OIDS.with(|t| t.set(oids));
+    CACHE.with(|c| {
+        *c.borrow_mut() = Some(Cached { generation, rules: rules.clone() })
+    });
+    Ok(rules)
+}
+
+fn load() -> Result<(RuleSet, [pg_sys::Oid; 3]), pgrx::spi::Error> {
+    Spi::connect(|client| {
+        let mut rules = RuleSet::default();
+        for row in client.select(
+            "SELECT status, is_terminal FROM dialpad.call_statuses",
+            None,
+            &[],
+        )? {
+            let status: Option<String> = row.get(1)?;
+            let terminal: Option<bool> = row.get(2)?;
+            if let Some(s) = status {
+                rules.statuses.insert(s, terminal.unwrap_or(false));
+            }
+        }
+        for row in client.select(
+            "SELECT from_status, to_status FROM dialpad.status_transitions",
+            None,
+            &[],
+        )? {
+            if let (Some(a), Some(b)) = (row.get::<String>(1)?, row.get::<String>(2)?) {
+                rules.transitions.insert((a, b));
+            }
+        }
+        for row in client.select(
+            "SELECT state, status, status_if_unanswered_inbound, status_if_unanswered_outbound \
+             FROM dialpad.state_mapping",
+            None,
+            &[],
+        )? {
+            if let Some(state) = row.get::<String>(1)? {
+                rules.states.insert(
+                    state,
+                    StateRule {
+                        status: row.get(2)?,
+                        unanswered_inbound: row.get(3)?,
+                        unanswered_outbound: row.get(4)?,
+                    },
+                );
+            }
+        }
+        let oids = client
+            .select(
+                "SELECT 'dialpad.call_statuses'::pg_catalog.regclass::pg_catalog.oid, \
+                        'dialpad.status_transitions'::pg_catalog.regclass::pg_catalog.oid, \
+                        'dialpad.state_mapping'::pg_catalog.regclass::pg_catalog.oid",
+                Some(1),
+                &[],
+            )?
+            .first();
+        let oids = [
+            oids.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+            oids.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+            oids.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+        ];
+        Ok((rules, oids))
+    })
+}

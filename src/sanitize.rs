@@ -1,0 +1,554 @@
+//! The seed's payload sanitizer: keeps `calls.raw_payload` small while the full event stays
+//! in `webhook_events`. It reads jsonb's binary form and writes the result in one pass; a
+//! subtree deeper than `max_depth` is never read at all.
+//!
+//! Rules (each limit overridable): transcript strings cut at 500 characters, other strings at
+//! 2,000; binary keys and `data:…;base64,` strings dropped; arrays cut to 10 items plus a
+//! marker; nested objects of more than 20 keys summarized; values deeper than 5 levels
+//! replaced. The output is a fixed point: sanitizing it again changes nothing.
+
+use crate::jsonb::{
+    self, Container, JsonbError, Owned, Value, Writer, JB_FARRAY, JB_FOBJECT, JB_FSCALAR,
+    JENTRY_ISNULL,
+};
+
+pub const TRUNCATION_MARKER: &str = "... [truncated]";
+pub const DEPTH_MARKER: &str = "[max depth exceeded]";
+const TRUNCATION_MARKER_CHARS: usize = 15;
+
+/// Keys whose values are binary blobs and are dropped whatever they hold.
+pub const BINARY_KEYS: [&str; 5] =
+    ["audio_data", "file_data", "binary_data", "image_data", "attachment_data"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_transcript_length: usize,
+    pub max_string_length: usize,
+    pub max_array_items: usize,
+    pub max_object_keys: usize,
+    pub sample_keys: usize,
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_transcript_length: 500,
+            max_string_length: 2000,
+            max_array_items: 10,
+            max_object_keys: 20,
+            sample_keys: 5,
+            max_depth: 5,
+        }
+    }
+}
+
+/// Sanitizes the jsonb datum body `input` (varlena header stripped) and returns a complete
+/// jsonb datum. `on_container` runs before each container is entered: the backend glue uses
+/// it for CHECK_FOR_INTERRUPTS and the stack-depth check.
+pub fn sanitize(
+    input: &[u8],
+    limits: &Limits,
+    on_container: &mut dyn FnMut(),
+) -> Result<Vec<u8>, JsonbError> {
+    let root = Container::root(input)?;
+    let mut w = Writer::with_capacity(input.len() + 64);
+    let mut s = Sanitizer { limits, on_container };
+    match root {
+        Value::Object(c) => {
+            s.object(&mut w, c, 0)?;
+        }
+        Value::Array(c) => {
+            s.array(&mut w, c, 0, false)?;
+        }
+        scalar => {
+            let mut f = w.begin(JB_FARRAY | JB_FSCALAR, 1)?;
+            let m = w.mark();
+            // A top-level binary string has nowhere to be removed from: it becomes null.
+            let ty = if is_binary_value(&scalar) {
+                JENTRY_ISNULL
+            } else {
+                s.value(&mut w, scalar, 0, false)?
+            };
+            w.end_child(&mut f, m, ty)?;
+            w.end(f)?;
+        }
+    }
+    Ok(w.finish())
+}
+
+struct Sanitizer<'a> {
+    limits: &'a Limits,
+    on_container: &'a mut dyn FnMut(),
+}
+
+impl Sanitizer<'_> {
+    fn value(
+        &mut self,
+        w: &mut Writer,
+        v: Value<'_>,
+        level: usize,
+        transcript: bool,
+    ) -> Result<u32, JsonbError> {
+        if level > self.limits.max_depth {
+            return Ok(w.string(DEPTH_MARKER.as_bytes()));
+        }
+        match v {
+            Value::String(s) => {
+                let limit = if transcript {
+                    self.limits.max_transcript_length
+                } else {
+                    self.limits.max_string_length
+                };
+                Ok(match cut_point(s, limit) {
+                    None => w.string(s),
+                    Some(at) => w.string_parts(&s[..at], TRUNCATION_MARKER.as_bytes()),
+                })
+            }
+            Value::Array(c) => self.array(w, c, level, transcript),
+            Value::Object(c) => self.object(w, c, level),
+            other => Ok(w.value(&other)),
+        }
+    }
+
+    fn array(
+        &mut self,
+        w: &mut Writer,
+        c: Container<'_>,
+        level: usize,
+        transcript: bool,
+    ) -> Result<u32, JsonbError> {
+        (self.on_container)();
+        let n = c.len();
+        let max = self.limits.max_array_items;
+        let mut kept = 0usize;
+        let mut last = None;
+        for v in c.values()? {
+            let v = v?;
+            if !is_binary_value(&v) {
+                kept += 1;
+            }
+            last = Some(v);
+        }
+        // An array we already cut ends with our marker: leave its length alone.
+        let already_cut = n == max + 1 && last.map(|v| is_array_marker(&v)).unwrap_or(false);
+        let cut = !already_cut && kept > max;
+        let out_len = if cut { max + 1 } else { kept };
+        let mut f = w.begin(JB_FARRAY, out_len)?;
+        let mut written = 0usize;
+        for v in c.values()? {
+            let v = v?;
+            if is_binary_value(&v) {
+                continue;
+            }
+            if cut && written == max {
+                break;
+            }
+            let m = w.mark();
+            let ty = self.value(w, v, level + 1, transcript)?;
+            w.end_child(&mut f, m, ty)?;
+            written += 1;
+        }
+        if cut {
+            let marker = Owned::Object(vec![
+                (b"_truncated".to_vec(), Owned::Bool(true)),
+                (b"total_items".to_vec(), Owned::uint(n as u64)),
+            ])
+            .encode()?;
+            let marker = Container::root(jsonb::datum_body(&marker)?)?;
+            let m = w.mark();
+            let ty = self.value(w, marker, level + 1, false)?;
+            w.end_child(&mut f, m, ty)?;
+        }
+        w.end(f)
+    }
+
+    fn object(&mut self, w: &mut Writer, c: Container<'_>, level: usize) -> Result<u32, JsonbError> {
+        (self.on_container)();
+        let n = c.len();
+        let mut kept = 0usize;
+        for (k, v) in c.keys()?.zip(c.values()?) {
+            if keep_pair(k?, &v?) {
+                kept += 1;
+            }
+        }
+        // The top-level object is never summarized: a real event has ~40 keys.
+        if level > 0 && kept > self.limits.max_object_keys && !is_object_summary(&c)? {
+            return self.summary(w, c, n, level);
+        }
+        let mut f = w.begin(JB_FOBJECT, kept)?;
+        for (k, v) in c.keys()?.zip(c.values()?) {
+            let k = k?;
+            if keep_pair(k, &v?) {
+                let m = w.mark();
+                let ty = w.value(&k);
+                w.end_child(&mut f, m, ty)?;
+            }
+        }
+        for (k, v) in c.keys()?.zip(c.values()?) {
+            let (k, v) = (k?, v?);
+            if keep_pair(k, &v) {
+                let transcript = matches!(k, Value::String(k) if contains_transcript(k));
+                let m = w.mark();
+                let ty = self.value(w, v, level + 1, transcript)?;
+                w.end_child(&mut f, m, ty)?;
+            }
+        }
+        w.end(f)
+    }
+
+    /// `{"_truncated": true, "sample_keys": [...], "total_keys": N}`, itself sanitized at the
+    /// object's level so that a second pass leaves it as it is.
+    fn summary(
+        &mut self,
+        w: &mut Writer,
+        c: Container<'_>,
+        total: usize,
+        level: usize,
+    ) -> Result<u32, JsonbError> {
+        let mut sample = Vec::with_capacity(self.limits.sample_keys);
+        for (k, v) in c.keys()?.zip(c.values()?) {
+            if sample.len() == self.limits.sample_keys {
+                break;
+            }
+            let k = k?;
+            if let (true, Value::String(k)) = (keep_pair(k, &v?), k) {
+                sample.push(Owned::String(k.to_vec()));
+            }
+        }
+        let summary = Owned::Object(vec![
+            (b"_truncated".to_vec(), Owned::Bool(true)),
+            (b"sample_keys".to_vec(), Owned::Array(sample)),
+            (b"total_keys".to_vec(), Owned::uint(total as u64)),
+        ])
+        .encode()?;
+        let summary = Container::root(jsonb::datum_body(&summary)?)?;
+        self.value(w, summary, level, false)
+    }
+}
+
+fn keep_pair(k: Value<'_>, v: &Value<'_>) -> bool {
+    let binary_key = match k {
+        Value::String(k) => BINARY_KEYS.iter().any(|b| k.eq_ignore_ascii_case(b.as_bytes())),
+        _ => false,
+    };
+    !binary_key && !is_binary_value(v)
+}
+
+/// A `data:[<mediatype>][;params];base64,<data>` URI.
+fn is_binary_value(v: &Value<'_>) -> bool {
+    let Value::String(s) = v else { return false };
+    if s.len() < 13 || !s[..5].eq_ignore_ascii_case(b"data:") {
+        return false;
+    }
+    match s.iter().position(|&b| b == b',') {
+        Some(comma) if comma >= 12 => s[comma - 7..comma].eq_ignore_ascii_case(b";base64"),
+        _ => false,
+    }
+}
+
+fn contains_transcript(key: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"transcript";
+    key.len() >= NEEDLE.len() && key.windows(NEEDLE.len()).any(|w| w.eq_ignore_ascii_case(NEEDLE))
+}
+
+/// Byte index at which to cut `s` so that `limit` characters remain, or None to keep it.
+/// A string that already ends with our marker within `limit` + marker characters was cut
+/// by an earlier pass and is kept, which makes sanitizing idempotent.
+fn cut_point(s: &[u8], limit: usize) -> Option<usize> {
+    if s.len() <= limit {
+        return None; // fewer bytes than the limit: fewer characters too
+    }
+    let was_cut = s.ends_with(TRUNCATION_MARKER.as_bytes());
+    let allowed = if was_cut { limit + TRUNCATION_MARKER_CHARS } else { limit };
+    let mut chars = 0usize;
+    let mut cut = None;
+    for (i, &b) in s.iter().enumerate() {
+        if b & 0xC0 != 0x80 {
+            if chars == limit && cut.is_none() {
+                cut = Some(i);
+            }
+            if chars == allowed {
+                return cut; // more characters than allowed: cut at `limit`
+            }
+            chars += 1;
+        }
+    }
+    None
+}
+
+fn is_array_marker(v: &Value<'_>) -> bool {
+    match v {
+        Value::Object(c) if c.len() == 2 => {
+            matches!(c.get(b"_truncated"), Ok(Some(_)))
+                && matches!(c.get(b"total_items"), Ok(Some(_)))
+        }
+        _ => false,
+    }
+}
+
+fn is_object_summary(c: &Container<'_>) -> Result<bool, JsonbError> {
+    Ok(c.len() == 3
+        && c.get(b"_truncated")?.is_some()
+        && c.get(b"sample_keys")?.is_some()
+        && c.get(b"total_keys")?.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jsonb::testing::{decode, jsonb};
+    use serde_json::{json, Value as J};
+
+    fn run(v: &J, limits: &Limits) -> J {
+        let datum = crate::jsonb::testing::from_serde(v).encode().unwrap();
+        let out = sanitize(jsonb::datum_body(&datum).unwrap(), limits, &mut || {}).unwrap();
+        decode(&out)
+    }
+
+    fn san(v: J) -> J {
+        run(&v, &Limits::default())
+    }
+
+    #[test]
+    fn transcripts_are_cut_at_500_characters() {
+        let long = "x".repeat(10_000);
+        let out = san(json!({"transcription_text": long, "Voicemail_Transcript": long, "note": long}));
+        let expected = format!("{}{}", "x".repeat(500), TRUNCATION_MARKER);
+        assert_eq!(out["transcription_text"], J::String(expected.clone()));
+        assert_eq!(out["Voicemail_Transcript"], J::String(expected));
+        assert_eq!(out["note"], J::String(format!("{}{}", "x".repeat(2000), TRUNCATION_MARKER)));
+        let short = "y".repeat(500);
+        assert_eq!(san(json!({"transcript": short}))["transcript"], J::String(short));
+    }
+
+    #[test]
+    fn cuts_never_split_characters() {
+        let s = "é".repeat(600); // 2 bytes each
+        let out = san(json!({ "transcript": s }));
+        let t = out["transcript"].as_str().unwrap();
+        assert_eq!(t.chars().count(), 500 + TRUNCATION_MARKER_CHARS);
+        assert!(t.starts_with(&"é".repeat(500)));
+        // 499 ASCII then a 4-byte emoji at the cut point
+        let s = format!("{}{}{}", "a".repeat(499), "😀", "b".repeat(10));
+        let out = san(json!({ "transcript": s }));
+        assert_eq!(out["transcript"], J::String(format!("{}😀{}", "a".repeat(499), TRUNCATION_MARKER)));
+        // exactly 500 multi-byte characters: more than 500 bytes, but not cut
+        let s = "ü".repeat(500);
+        assert_eq!(san(json!({ "transcript": s.clone() }))["transcript"], J::String(s));
+    }
+
+    #[test]
+    fn binary_data_is_removed() {
+        let out = san(json!({
+            "audio_data": "AAAA", "File_Data": {"x": 1}, "binary_data": 1, "image_data": null,
+            "attachment_data": [1], "keep": "data: not base64, really",
+            "avatar": "data:image/png;base64,iVBORw0KGgo=",
+            "list": ["a", "data:audio/wav;base64,UklGRg==", "b"],
+        }));
+        assert_eq!(out, json!({"keep": "data: not base64, really", "list": ["a", "b"]}));
+        assert_eq!(san(json!("data:text/plain;base64,SGk=")), J::Null);
+    }
+
+    #[test]
+    fn long_arrays_keep_ten_items_and_a_marker() {
+        let arr: Vec<J> = (0..25).map(|i| json!(i)).collect();
+        let out = san(json!({ "labels": arr }));
+        let mut expected: Vec<J> = (0..10).map(|i| json!(i)).collect();
+        expected.push(json!({"_truncated": true, "total_items": 25}));
+        assert_eq!(out["labels"], J::Array(expected));
+        let ten: Vec<J> = (0..10).map(|i| json!(i)).collect();
+        assert_eq!(san(json!({ "labels": ten.clone() }))["labels"], J::Array(ten));
+    }
+
+    #[test]
+    fn big_nested_objects_are_summarized_but_not_the_top_level() {
+        let mut big = serde_json::Map::new();
+        for i in 0..60 {
+            big.insert(format!("key{i:02}"), json!(i));
+        }
+        let top = J::Object(big.clone());
+        assert_eq!(san(top.clone()), top);
+        let out = san(json!({ "integrations": J::Object(big) }));
+        assert_eq!(
+            out["integrations"],
+            json!({"_truncated": true, "sample_keys": ["key00", "key01", "key02", "key03", "key04"], "total_keys": 60})
+        );
+        let mut twenty = serde_json::Map::new();
+        for i in 0..20 {
+            twenty.insert(format!("k{i}"), json!(i));
+        }
+        let o = json!({ "m": J::Object(twenty) });
+        assert_eq!(san(o.clone()), o);
+    }
+
+    #[test]
+    fn deep_values_are_replaced_at_level_six() {
+        let out = san(json!({"a":{"b":{"c":{"d":{"e":{"f":1}}}}}}));
+        assert_eq!(out, json!({"a":{"b":{"c":{"d":{"e":{"f":"[max depth exceeded]"}}}}}}));
+        // array items count as a level: a's value is level 1, the innermost 1 is level 6
+        let out = san(json!({"a":[[[[[1]]]]]}));
+        assert_eq!(out, json!({"a":[[[[["[max depth exceeded]"]]]]]}));
+        let out = san(json!({"a":[[[[2]]]]}));
+        assert_eq!(out, json!({"a":[[[[2]]]]}));
+        // a top-level array is level 0: its 7th nested array is level 6
+        let out = san(json!([[[[[[[1]]]]]]]));
+        assert_eq!(out, json!([[[[[["[max depth exceeded]"]]]]]]));
+    }
+
+    #[test]
+    fn limits_can_be_overridden() {
+        let limits = Limits { max_array_items: 2, max_depth: 1, max_string_length: 3, ..Limits::default() };
+        let out = run(&json!({"a": [1, 2, 3], "s": "abcdef", "o": {"x": 1}}), &limits);
+        assert_eq!(
+            out,
+            json!({"a": ["[max depth exceeded]", "[max depth exceeded]", "[max depth exceeded]"],
+                   "s": format!("abc{}", TRUNCATION_MARKER), "o": {"x": "[max depth exceeded]"}})
+        );
+    }
+
+    #[test]
+    fn scalars_at_top_level_are_sanitized_too() {
+        assert_eq!(san(json!(null)), J::Null);
+        assert_eq!(san(json!(42)), json!(42));
+        let long = "z".repeat(3000);
+        assert_eq!(san(J::String(long)), J::String(format!("{}{}", "z".repeat(2000), TRUNCATION_MARKER)));
+    }
+
+    #[test]
+    fn numbers_keep_their_exact_value() {
+        let d = jsonb(r#"{"n":123456789012345678901234567890,"f":11989.972,"neg":-0.000001}"#);
+        let out = sanitize(jsonb::datum_body(&d).unwrap(), &Limits::default(), &mut || {}).unwrap();
+        assert_eq!(out, d, "untouched documents come out byte for byte");
+    }
+
+    #[test]
+    fn every_output_is_a_fixed_point() {
+        let mut big = serde_json::Map::new();
+        for i in 0..30 {
+            big.insert(format!("{}{i}", "k".repeat(2500)), json!([1, 2, 3]));
+        }
+        let doc = json!({
+            "t": "x".repeat(3000), "transcript": "y".repeat(600),
+            "arr": (0..40).map(|i| json!({"i": i})).collect::<Vec<_>>(),
+            "big": J::Object(big),
+            "deep": [[[[{"arr": (0..20).collect::<Vec<_>>()}]]]],
+        });
+        for limits in [
+            Limits::default(),
+            Limits { max_object_keys: 1, max_array_items: 0, sample_keys: 3, ..Limits::default() },
+            Limits { max_depth: 2, max_array_items: 1, ..Limits::default() },
+            Limits { max_depth: 0, ..Limits::default() },
+        ] {
+            let once = run(&doc, &limits);
+            assert_eq!(run(&once, &limits), once, "{limits:?}");
+        }
+    }
+
+    #[test]
+    fn cut_point_handles_edges() {
+        assert_eq!(cut_point(b"abc", 3), None);
+        assert_eq!(cut_point(b"abcd", 3), Some(3));
+        assert_eq!(cut_point(b"", 0), None);
+        assert_eq!(cut_point(b"a", 0), Some(0));
+        let cut = format!("abc{TRUNCATION_MARKER}");
+        assert_eq!(cut_point(cut.as_bytes(), 3), None);
+        assert_eq!(cut_point(cut.as_bytes(), 2), Some(2));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_json() -> impl Strategy<Value = J> {
+            let leaf = prop_oneof![
+                Just(J::Null),
+                any::<bool>().prop_map(J::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                "-?[1-9][0-9]{0,29}(\\.[0-9]{1,5})?".prop_map(|d| serde_json::from_str::<J>(&d).unwrap()),
+                "\\PC{0,40}".prop_map(J::String),
+                (0usize..700, prop::sample::select(vec!["é", "a", "😀", "\u{0}"]))
+                    .prop_map(|(n, c)| J::String(c.repeat(n))),
+                Just(J::String("data:image/png;base64,AAAA".into())),
+            ];
+            leaf.prop_recursive(10, 400, 30, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..30).prop_map(J::Array),
+                    prop::collection::vec(
+                        (prop::sample::select(vec![
+                            "a", "transcript", "call_transcript_x", "audio_data", "k1", "k2",
+                            "k3", "name", "x", "y", "z", "_truncated", "total_items",
+                        ]).prop_flat_map(|k| (Just(k), 0u8..40)), inner),
+                        0..40,
+                    )
+                    .prop_map(|pairs| {
+                        let mut m = serde_json::Map::new();
+                        for ((k, i), v) in pairs {
+                            m.insert(format!("{k}{i}"), v);
+                        }
+                        J::Object(m)
+                    }),
+                ]
+            })
+        }
+
+        fn arb_limits() -> impl Strategy<Value = Limits> {
+            (0usize..600, 0usize..2100, 0usize..12, 0usize..22, 0usize..7, 0usize..7).prop_map(
+                |(t, s, a, o, k, d)| Limits {
+                    max_transcript_length: t,
+                    max_string_length: s,
+                    max_array_items: a,
+                    max_object_keys: o,
+                    sample_keys: k,
+                    max_depth: d,
+                },
+            )
+        }
+
+        /// Checks every limit on the output, returning the deepest level seen.
+        fn check(v: &J, l: &Limits, level: usize, transcript: bool, top: bool) {
+            if level > l.max_depth {
+                assert_eq!(v, &J::String(DEPTH_MARKER.into()), "level {level}");
+                return;
+            }
+            match v {
+                J::String(s) => {
+                    let max = if transcript { l.max_transcript_length } else { l.max_string_length };
+                    assert!(s.chars().count() <= max + TRUNCATION_MARKER_CHARS, "string too long");
+                    assert!(!(s.starts_with("data:") && s.contains(";base64,")), "binary kept");
+                }
+                J::Array(items) => {
+                    assert!(items.len() <= l.max_array_items + 1, "array too long");
+                    for it in items {
+                        check(it, l, level + 1, transcript, false);
+                    }
+                }
+                J::Object(m) => {
+                    if !top {
+                        assert!(
+                            m.len() <= l.max_object_keys.max(3),
+                            "object of {} keys",
+                            m.len()
+                        );
+                    }
+                    for (k, v) in m {
+                        assert!(!BINARY_KEYS.contains(&k.to_ascii_lowercase().as_str()));
+                        check(v, l, level + 1, k.to_ascii_lowercase().contains("transcript"), false);
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+            #[test]
+            fn limits_hold_and_sanitizing_is_idempotent(doc in arb_json(), limits in arb_limits()) {
+                let once = run(&doc, &limits);
+                check(&once, &limits, 0, false, true);
+                let twice = run(&once, &limits);
+                prop_assert_eq!(twice, once);
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Triggers that make `dialpad.calls` enforce its rules whoever writes it: the direction is
+//! stored normalized and a status may only move along `dialpad.status_transitions`.
+
+use crate::gucs::{self, InvalidTransition};
+use crate::{direction, error, rules};
+use pgrx::prelude::*;
+use pgrx::{AllocatedByPostgres, AllocatedByRust, PgSqlErrorCode};
+
+#[derive(Debug)]
+pub struct TriggerError(String);
+
+impl std::fmt::Display for TriggerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TriggerError {}
+
+fn err<E: std::fmt::Display>(e: E) -> TriggerError {
+    TriggerError(e.to_string())
+}
+
+/// Emits the WARNING of an unknown direction; shared with `normalize_call_direction`.
+pub fn warn_unknown_direction(raw: &str) {
+    ereport!(
+        WARNING,
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!("Unknown call direction: \"{raw}\""),
+        "Known spellings: inbound, incoming, in, outbound, outgoing, out (any case). The direction is stored as NULL."
+    );
+}
+
+/// BEFORE INSERT OR UPDATE ON dialpad.calls, FOR EACH ROW.
+#[pg_trigger]
+fn calls_before_write<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, TriggerError> {
+    let Some(new) = trigger.new() else { return Ok(None) };
+    let mut new = new.into_owned();
+
+    if let Some(raw) = new.get_by_name::<String>("direction").map_err(err)? {
+        match direction::normalize(&raw) {
+            Ok(d) if d.as_str() == raw => {}
+            Ok(d) => new.set_by_name("direction", d.as_str()).map_err(err)?,
+            Err(()) => {
+                warn_unknown_direction(&raw);
+                new.set_by_name::<Option<&str>>("direction", None).map_err(err)?;
+            }
+        }
+    }
+
+    if let Some(old) = trigger.old() {
+        let from: Option<String> = old.get_by_name("status").map_err(err)?;
+        let to: Option<String> = new.get_by_name("status").map_err(err)?;
+        if from != to {
+            let rules = rules::current().map_err(err)?;
+            if let Err(e) = rules.check(from.as_deref(), to.as_deref()) {
+                let call_id: Option<i64> = old.get_by_name("dialpad_call_id").map_err(err)?;
+                return match gucs::invalid_transition() {
+                    InvalidTransition::Error => error::raise(
+                        PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+                        e.headline(),
+                        Some(format!(
+                            "Call {}: {}.",
+                            call_id.map(|c| c.to_string()).unwrap_or_default(),
+                            e.reason_text()
+                        )),
+                        Some("Allowed moves are the rows of dialpad.status_transitions; set dialpad.invalid_transition = skip to keep the row and record the attempt instead."),
+                    ),
+                    InvalidTransition::Skip => {
+                        ereport!(
+                            WARNING,
+                            PgSqlErrorCode::ERRCODE_WARNING,
+                            e.headline(),
+                            format!(
+                                "Call {}: {}. The row was left as it was and the attempt recorded in dialpad.rejected_transitions.",
+                                call_id.map(|c| c.to_string()).unwrap_or_default(),
+                                e.reason_text()
+                            )
+                        );
+                        record_rejection(call_id, &from, &to, &e.reason_text()).map_err(err)?;
+                        Ok(None)
+                    }
+                };
+            }
+        }
+    }
+    Ok(Some(new))
+}
+
+/// Writes one row of dialpad.rejected_transitions.
+pub fn record_rejection(
+    call_id: Option<i64>,
+    from: &Option<String>,
+    to: &Option<String>,
+    reason: &str,
+) -> Result<(), pgrx::spi::Error> {
+    Spi::run_with_args(
+        "INSERT INTO dialpad.rejected_transitions (dialpad_call_id, from_status, to_status, reason) \
+         VALUES ($1, $2, $3, $4)",
+        &[call_id.into(), from.clone().into(), to.clone().into(), reason.into()],
+    )
+}
+
+/// AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON each rule table, FOR EACH STATEMENT:
+/// tells every backend (at commit) and this one (at the next command) to reload the rules.
+#[pg_trigger]
+fn rules_changed<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
+    rules::invalidate(trigger.relid().map_err(err)?);
+    Ok(None)
+}
