@@ -1,6 +1,346 @@
-//! SQL-level tests, run inside a backend by `cargo pgrx test`.
+//! SQL-level tests, run inside a backend by `cargo pgrx test`: SQL in, rows out.
 
 #[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
+
+    fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
+        Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    fn text(sql: &str) -> Option<String> {
+        one::<String>(sql)
+    }
+
+    fn run(sql: &str) {
+        Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Runs `sql` and asserts it fails with `sqlstate` (any other outcome fails the test).
+    fn expect_sqlstate(sql: &str, sqlstate: &str) {
+        let block = format!(
+            "DO $do$ BEGIN {sql}; RAISE EXCEPTION 'expected SQLSTATE {sqlstate}, got success' USING ERRCODE = 'P0004'; \
+             EXCEPTION WHEN SQLSTATE '{sqlstate}' THEN NULL; END $do$"
+        );
+        run(&block);
+    }
+
+    // ---- normalize_call_direction ----------------------------------------------------------
+
+    #[pg_test]
+    fn direction_seed_examples() {
+        for (input, expected) in [
+            ("incoming", Some("inbound")),
+            ("outgoing", Some("outbound")),
+            ("INBOUND", Some("inbound")),
+            ("in", Some("inbound")),
+            ("out", Some("outbound")),
+            ("  Outbound ", Some("outbound")),
+            ("xyz", None),
+            ("", None),
+        ] {
+            let got = text(&format!("SELECT dialpad.normalize_call_direction('{input}')"));
+            assert_eq!(got.as_deref(), expected, "{input}");
+        }
+        assert_eq!(text("SELECT dialpad.normalize_call_direction(NULL)"), None);
+    }
+
+    // ---- transitions -------------------------------------------------------------------------
+
+    #[pg_test]
+    fn transition_seed_examples() {
+        let valid = |a: &str, b: &str| {
+            one::<bool>(&format!("SELECT dialpad.is_valid_status_transition({a}, {b})")).unwrap()
+        };
+        assert!(valid("'ringing'", "'active'"));
+        assert!(valid("'active'", "'ended'"));
+        assert!(!valid("'ended'", "'active'"));
+        assert!(!valid("'missed'", "'active'"));
+        assert!(valid("'active'", "'active'"));
+        assert!(valid("NULL", "'ringing'"));
+        assert!(!valid("'ringing'", "'bogus'"));
+        assert!(!valid("'bogus'", "'ringing'"));
+        assert!(!valid("'ringing'", "NULL"));
+        assert!(!valid("'active'", "'ringing'"));
+    }
+
+    #[pg_test]
+    fn transition_error_messages() {
+        assert_eq!(text("SELECT dialpad.status_transition_error('ringing', 'active')"), None);
+        assert_eq!(
+            text("SELECT dialpad.status_transition_error('ended', 'ringing')").as_deref(),
+            Some("Invalid status transition from ended to ringing: ended is a terminal status")
+        );
+        assert_eq!(
+            text("SELECT dialpad.status_transition_error('active', 'ringing')").as_deref(),
+            Some("Invalid status transition from active to ringing: not an allowed transition")
+        );
+        assert_eq!(
+            text("SELECT dialpad.status_transition_error('ringing', 'nope')").as_deref(),
+            Some("Invalid status transition from ringing to nope: nope is not a known status")
+        );
+    }
+
+    #[pg_test]
+    fn rule_edits_are_seen_by_the_next_statement() {
+        let q = "SELECT dialpad.is_valid_status_transition('active', 'missed')";
+        assert_eq!(one::<bool>(q), Some(false));
+        run("INSERT INTO dialpad.status_transitions VALUES ('active', 'missed')");
+        assert_eq!(one::<bool>(q), Some(true));
+        run("DELETE FROM dialpad.status_transitions WHERE from_status = 'active' AND to_status = 'missed'");
+        assert_eq!(one::<bool>(q), Some(false));
+        run("INSERT INTO dialpad.call_statuses VALUES ('spam', true, 'flagged as spam')");
+        run("INSERT INTO dialpad.status_transitions VALUES ('ringing', 'spam')");
+        assert_eq!(one::<bool>("SELECT dialpad.is_valid_status_transition('ringing', 'spam')"), Some(true));
+        run("UPDATE dialpad.call_statuses SET is_terminal = true WHERE status = 'active'");
+        assert_eq!(one::<bool>("SELECT dialpad.is_valid_status_transition('active', 'ended')"), Some(false));
+    }
+
+    #[pg_test]
+    fn inserting_an_existing_rule_updates_it() {
+        run("INSERT INTO dialpad.call_statuses VALUES ('ringing', false, 'custom')");
+        assert_eq!(
+            text("SELECT description FROM dialpad.call_statuses WHERE status = 'ringing'").as_deref(),
+            Some("custom")
+        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.call_statuses"), Some(6));
+        run("INSERT INTO dialpad.status_transitions VALUES ('ringing', 'active')");
+        assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.status_transitions"), Some(7));
+    }
+
+    // ---- sanitize_call_payload ---------------------------------------------------------------
+
+    #[pg_test]
+    fn sanitize_seed_example() {
+        let out = text(
+            "SELECT dialpad.sanitize_call_payload(jsonb_build_object( \
+               'call', jsonb_build_object('id', 123, 'direction', 'inbound'), \
+               'transcript', repeat('x', 10000), \
+               'metadata', (SELECT jsonb_object_agg('key' || i, i) FROM generate_series(1, 1000) i)))::text",
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["call"], serde_json::json!({"id": 123, "direction": "inbound"}));
+        assert_eq!(v["transcript"].as_str().unwrap(), format!("{}... [truncated]", "x".repeat(500)));
+        assert_eq!(v["metadata"]["_truncated"], serde_json::json!(true));
+        assert_eq!(v["metadata"]["total_keys"], serde_json::json!(1000));
+        assert_eq!(v["metadata"]["sample_keys"].as_array().unwrap().len(), 5);
+        // much smaller than the input
+        let ratio = one::<f64>(
+            "WITH p AS (SELECT jsonb_build_object('transcript', repeat('x', 100000), \
+               'metadata', (SELECT jsonb_object_agg('key' || i, i) FROM generate_series(1, 1000) i)) AS j) \
+             SELECT pg_column_size(dialpad.sanitize_call_payload(j))::float8 / pg_column_size(j) FROM p",
+        )
+        .unwrap();
+        assert!(ratio < 0.1, "ratio {ratio}");
+    }
+
+    #[pg_test]
+    fn sanitize_rules_in_sql() {
+        let eq = |input: &str, expected: &str| {
+            let same = one::<bool>(&format!(
+                "SELECT dialpad.sanitize_call_payload('{input}'::jsonb) = '{expected}'::jsonb"
+            ));
+            assert_eq!(same, Some(true), "{input} -> {}", text(&format!(
+                "SELECT dialpad.sanitize_call_payload('{input}'::jsonb)::text"
+            )).unwrap_or_default());
+        };
+        eq(r#"{"a":{"b":{"c":{"d":{"e":{"f":1}}}}}}"#, r#"{"a":{"b":{"c":{"d":{"e":{"f":"[max depth exceeded]"}}}}}}"#);
+        eq(r#"{"audio_data":"AAAA","x":1,"y":"data:audio/wav;base64,UklGRg=="}"#, r#"{"x":1}"#);
+        eq(
+            r#"{"labels":[1,2,3,4,5,6,7,8,9,10,11,12]}"#,
+            r#"{"labels":[1,2,3,4,5,6,7,8,9,10,{"_truncated":true,"total_items":12}]}"#,
+        );
+        eq(r#"[1,"data:image/png;base64,AA=="]"#, r#"[1]"#);
+        eq(r#"null"#, r#"null"#);
+        eq(r#""hello""#, r#""hello""#);
+        eq(r#"123456789012345678901234567890"#, r#"123456789012345678901234567890"#);
+        eq(r#"{}"#, r#"{}"#);
+        eq(r#"{"":"", "odd key \" with quote":[], "ключ":"значение"}"#, r#"{"":"", "odd key \" with quote":[], "ключ":"значение"}"#);
+        assert_eq!(text("SELECT dialpad.sanitize_call_payload(NULL)::text"), None);
+    }
+
+    #[pg_test]
+    fn sanitize_named_limits() {
+        let out = text(
+            "SELECT dialpad.sanitize_call_payload('{\"transcript\":\"abcdef\",\"a\":[1,2,3]}', \
+               max_transcript_length => 2, max_array_items => 1)::text",
+        );
+        assert_eq!(
+            out.as_deref(),
+            Some(r#"{"a": [1, {"_truncated": true, "total_items": 3}], "transcript": "ab... [truncated]"}"#)
+        );
+        expect_sqlstate("PERFORM dialpad.sanitize_call_payload('{}', max_depth => -1)", "22023");
+    }
+
+    #[pg_test]
+    fn sanitize_keeps_exact_numbers_and_whole_characters() {
+        assert_eq!(
+            text("SELECT dialpad.sanitize_call_payload('{\"n\": 123456789012345678901234567890.000001}')->>'n'")
+                .as_deref(),
+            Some("123456789012345678901234567890.000001")
+        );
+        // a 4-byte character right at the cut
+        let t = text(
+            "SELECT dialpad.sanitize_call_payload(jsonb_build_object('transcript', repeat('a', 499) || '😀' || repeat('b', 50)))->>'transcript'",
+        )
+        .unwrap();
+        assert_eq!(t, format!("{}😀... [truncated]", "a".repeat(499)));
+        let n = one::<i32>(
+            "SELECT length(dialpad.sanitize_call_payload(jsonb_build_object('transcript', repeat('é', 1000)))->>'transcript')",
+        );
+        assert_eq!(n, Some(515));
+    }
+
+    #[pg_test]
+    fn sanitize_is_idempotent_in_sql() {
+        let same = one::<bool>(
+            "WITH p AS (SELECT jsonb_build_object('t', repeat('x', 5000), 'transcript', repeat('y', 900), \
+                 'arr', (SELECT jsonb_agg(jsonb_build_object('i', i)) FROM generate_series(1, 40) i), \
+                 'o', jsonb_build_object('big', (SELECT jsonb_object_agg('k' || i, repeat('z', 3000)) FROM generate_series(1, 30) i)), \
+                 'deep', '[[[[[[[1]]]]]]]'::jsonb) AS j), \
+             s AS (SELECT dialpad.sanitize_call_payload(j) AS once FROM p) \
+             SELECT dialpad.sanitize_call_payload(once) = once FROM s",
+        );
+        assert_eq!(same, Some(true));
+    }
+
+    #[pg_test]
+    fn sanitize_survives_10000_deep_nesting() {
+        let out = text(
+            "SELECT dialpad.sanitize_call_payload((repeat('[', 10000) || '1' || repeat(']', 10000))::jsonb)::text",
+        );
+        assert_eq!(out.as_deref(), Some(r#"[[[[[["[max depth exceeded]"]]]]]]"#));
+        // with the depth limit lifted, recursion is bounded by the stack check: an error, not a crash
+        expect_sqlstate(
+            "PERFORM dialpad.sanitize_call_payload((repeat('[', 10000) || '1' || repeat(']', 10000))::jsonb, max_depth => 100000)",
+            "54001",
+        );
+    }
+
+    #[pg_test]
+    fn sanitize_handles_a_50mb_payload() {
+        let n = one::<i64>(
+            "SELECT pg_column_size(dialpad.sanitize_call_payload(jsonb_build_object( \
+               'transcription_text', repeat('t', 50 * 1024 * 1024), 'call_id', 1)))::int8",
+        )
+        .unwrap();
+        assert!(n < 2000, "{n}");
+    }
+
+    // ---- triggers on dialpad.calls -----------------------------------------------------------
+
+    #[pg_test]
+    fn calls_direction_is_stored_normalized() {
+        run("INSERT INTO dialpad.calls (dialpad_call_id, direction, status) VALUES (1, 'Incoming', 'ringing'), (2, 'OUT', 'ringing')");
+        assert_eq!(text("SELECT direction FROM dialpad.calls WHERE dialpad_call_id = 1").as_deref(), Some("inbound"));
+        assert_eq!(text("SELECT direction FROM dialpad.calls WHERE dialpad_call_id = 2").as_deref(), Some("outbound"));
+        run("INSERT INTO dialpad.calls (dialpad_call_id, direction, status) VALUES (3, 'sideways', 'ringing')");
+        assert_eq!(text("SELECT direction FROM dialpad.calls WHERE dialpad_call_id = 3"), None);
+        run("UPDATE dialpad.calls SET direction = 'outgoing' WHERE dialpad_call_id = 1");
+        assert_eq!(text("SELECT direction FROM dialpad.calls WHERE dialpad_call_id = 1").as_deref(), Some("outbound"));
+    }
+
+    #[pg_test]
+    fn calls_invalid_transition_is_skipped_and_recorded() {
+        run("INSERT INTO dialpad.calls (dialpad_call_id, status) VALUES (10, 'ringing')");
+        run("UPDATE dialpad.calls SET status = 'active' WHERE dialpad_call_id = 10");
+        run("UPDATE dialpad.calls SET status = 'ended', transcript = 'bye' WHERE dialpad_call_id = 10");
+        run("UPDATE dialpad.calls SET status = 'ringing', transcript = 'late' WHERE dialpad_call_id = 10");
+        assert_eq!(text("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 10").as_deref(), Some("ended"));
+        assert_eq!(text("SELECT transcript FROM dialpad.calls WHERE dialpad_call_id = 10").as_deref(), Some("bye"));
+        assert_eq!(
+            text("SELECT from_status || '->' || to_status FROM dialpad.rejected_transitions WHERE dialpad_call_id = 10")
+                .as_deref(),
+            Some("ended->ringing")
+        );
+        // INSERT ... ON CONFLICT DO UPDATE goes through the same rule
+        run("INSERT INTO dialpad.calls (dialpad_call_id, status) VALUES (10, 'active') \
+             ON CONFLICT (dialpad_call_id) DO UPDATE SET status = EXCLUDED.status");
+        assert_eq!(text("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 10").as_deref(), Some("ended"));
+        assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.rejected_transitions WHERE dialpad_call_id = 10"), Some(2));
+        // the same status again is an idempotent retry, not a rejection
+        run("UPDATE dialpad.calls SET status = 'ended' WHERE dialpad_call_id = 10");
+        assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.rejected_transitions WHERE dialpad_call_id = 10"), Some(2));
+    }
+
+    #[pg_test]
+    fn calls_invalid_transition_errors_when_asked() {
+        run("INSERT INTO dialpad.calls (dialpad_call_id, status) VALUES (20, 'missed')");
+        run("SET LOCAL dialpad.invalid_transition = 'error'");
+        expect_sqlstate("UPDATE dialpad.calls SET status = 'active' WHERE dialpad_call_id = 20", "23514");
+        assert_eq!(text("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 20").as_deref(), Some("missed"));
+        expect_sqlstate("SET LOCAL dialpad.invalid_transition = 'maybe'", "22023");
+    }
+
+    #[pg_test]
+    fn calls_status_must_be_known() {
+        expect_sqlstate("INSERT INTO dialpad.calls (dialpad_call_id, status) VALUES (30, 'bogus')", "23503");
+        expect_sqlstate("INSERT INTO dialpad.calls (dialpad_call_id, status) VALUES (30, NULL)", "23502");
+    }
+
+    #[pg_test]
+    fn calls_copy_goes_through_the_triggers() {
+        let path = format!("/tmp/pg_dialpad_copy_{}.csv", std::process::id());
+        run(&format!(
+            "COPY (SELECT 40 AS dialpad_call_id, 'INCOMING' AS direction, 'ringing' AS status) TO '{path}' CSV"
+        ));
+        run(&format!("COPY dialpad.calls (dialpad_call_id, direction, status) FROM '{path}' CSV"));
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(text("SELECT direction FROM dialpad.calls WHERE dialpad_call_id = 40").as_deref(), Some("inbound"));
+    }
+
+    // ---- webhook_events ----------------------------------------------------------------------
+
+    #[pg_test]
+    fn webhook_payload_is_immutable_and_any_json_is_accepted() {
+        run("INSERT INTO dialpad.webhook_events (payload) VALUES \
+             ('{\"call_id\": 1, \"state\": \"ringing\"}'), ('[1,2]'), ('\"text\"'), ('null'), ('{\"state\": 5}')");
+        assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.webhook_events"), Some(5));
+        assert_eq!(
+            text("SELECT string_agg(coalesce(event_type, '-'), ',' ORDER BY id) FROM dialpad.webhook_events").as_deref(),
+            Some("ringing,-,-,-,5")
+        );
+        expect_sqlstate("UPDATE dialpad.webhook_events SET payload = '{}' WHERE event_type = 'ringing'", "23001");
+        run("UPDATE dialpad.webhook_events SET processed_at = now(), attempts = 1 WHERE event_type = 'ringing'");
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NULL AND dead_at IS NULL"),
+            Some(4)
+        );
+    }
+
+    // ---- installation ------------------------------------------------------------------------
+
+    #[pg_test]
+    fn every_function_pins_search_path() {
+        let unpinned = one::<i64>(
+            "SELECT count(*) FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass \
+             JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_dialpad' \
+             WHERE p.pronamespace <> 'tests'::regnamespace \
+               AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)",
+        );
+        assert_eq!(unpinned, Some(0));
+        let total = one::<i64>(
+            "SELECT count(*) FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_dialpad' \
+             WHERE d.classid = 'pg_proc'::regclass",
+        );
+        assert!(total.unwrap() >= 8);
+    }
+
+    #[pg_test]
+    fn tables_are_kept_by_pg_dump() {
+        let registered = text(
+            "SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_extension e, unnest(e.extconfig) AS cfg(relid) \
+             JOIN pg_class c ON c.oid = cfg.relid WHERE e.extname = 'pg_dialpad' AND c.relkind = 'r'",
+        );
+        assert_eq!(
+            registered.as_deref(),
+            Some("call_statuses,calls,rejected_transitions,state_mapping,status_transitions,webhook_events")
+        );
+    }
+
+    #[pg_test]
+    fn version_info_names_the_version() {
+        assert!(text("SELECT dialpad.version_info()").unwrap().starts_with("pg_dialpad 0.1.0"));
+    }
 }
