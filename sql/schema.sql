@@ -227,13 +227,14 @@ CREATE INDEX calls_started_at ON dialpad.calls (started_at);
 CREATE TABLE dialpad.rejected_transitions (
     id              bigserial PRIMARY KEY,
     dialpad_call_id bigint,
+    event_id        bigint,
     from_status     text,
     to_status       text,
     reason          text,
     rejected_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 );
 COMMENT ON TABLE dialpad.rejected_transitions IS
-    'Every invalid status transition attempted on dialpad.calls while dialpad.invalid_transition = skip.';
+    'Every invalid status transition attempted on dialpad.calls while dialpad.invalid_transition = skip, and every event whose status the processor refused (event_id set).';
 CREATE INDEX rejected_transitions_call ON dialpad.rejected_transitions (dialpad_call_id);
 
 -- pg_dump keeps the rows of extension tables only when they are registered.

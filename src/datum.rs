@@ -76,3 +76,13 @@ unsafe impl BoxRet for JsonbOut {
 
 pgrx::impl_sql_translatable!(JsonbArg, "jsonb");
 pgrx::impl_sql_translatable!(JsonbOut, "jsonb");
+
+impl IntoDatum for JsonbArg {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(pg_sys::Datum::from(self.ptr))
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}

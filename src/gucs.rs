@@ -1,6 +1,11 @@
 //! Every `dialpad.*` setting, defined in one place with typed accessors.
+//!
+//! Read at server start (PGC_POSTMASTER): database, role, workers. Changed by a reload
+//! (PGC_SIGHUP), which the worker applies in its loop: batch_size, poll_interval,
+//! max_attempts, enabled. Per session: invalid_transition.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+use std::ffi::CString;
 
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum InvalidTransition {
@@ -12,6 +17,13 @@ pub enum InvalidTransition {
 
 pub static INVALID_TRANSITION: GucSetting<InvalidTransition> =
     GucSetting::<InvalidTransition>::new(InvalidTransition::Skip);
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 pub fn init() {
     GucRegistry::define_enum_guc(
@@ -22,8 +34,104 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"dialpad.database",
+        c"Database the pg_dialpad background workers process events in.",
+        c"The workers wait quietly while it or the extension in it does not exist. Restart the server to change it.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"dialpad.role",
+        c"Role the pg_dialpad background workers connect as (default: the bootstrap superuser).",
+        c"A dedicated role needs USAGE on schema dialpad and the privileges granted to dialpad_worker. Restart the server to change it.",
+        &ROLE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"dialpad.workers",
+        c"Number of pg_dialpad background workers (0 disables them).",
+        c"Each worker is a background worker process: max_worker_processes must leave room for them and their launcher. Restart the server to change it.",
+        &WORKERS,
+        0,
+        crate::shmem::MAX_WORKERS as i32,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"dialpad.batch_size",
+        c"Maximum number of events a worker handles in one transaction.",
+        c"",
+        &BATCH_SIZE,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"dialpad.poll_interval",
+        c"How long an idle worker sleeps before looking for events without being woken.",
+        c"Workers are woken at the commit of every insert into dialpad.webhook_events; this is the fallback (e.g. for events whose retry time has come).",
+        &POLL_INTERVAL_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"dialpad.max_attempts",
+        c"Failed attempts after which an event is dead-lettered.",
+        c"Between attempts an event waits 2^attempts seconds (at most an hour).",
+        &MAX_ATTEMPTS,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"dialpad.enabled",
+        c"Whether the pg_dialpad background workers process events.",
+        c"When off, the workers stay connected but idle; dialpad.process_events() still works.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+    unsafe {
+        pgrx::pg_sys::MarkGUCPrefixReserved(c"dialpad".as_ptr());
+    }
 }
 
 pub fn invalid_transition() -> InvalidTransition {
     INVALID_TRANSITION.get()
+}
+
+pub fn database() -> String {
+    DATABASE.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".into())
+}
+
+pub fn role() -> Option<String> {
+    ROLE.get().map(|c| c.to_string_lossy().into_owned()).filter(|r| !r.is_empty())
+}
+
+pub fn workers() -> usize {
+    WORKERS.get().max(0) as usize
+}
+
+pub fn batch_size() -> i32 {
+    BATCH_SIZE.get()
+}
+
+pub fn poll_interval() -> std::time::Duration {
+    std::time::Duration::from_millis(POLL_INTERVAL_MS.get().max(1) as u64)
+}
+
+pub fn max_attempts() -> i32 {
+    MAX_ATTEMPTS.get()
+}
+
+pub fn enabled() -> bool {
+    ENABLED.get()
 }

@@ -9,15 +9,21 @@ use pgrx::PgSqlErrorCode;
 
 pub mod datum;
 pub mod error;
+pub mod event;
+pub mod fold;
 pub mod direction;
 pub mod gucs;
 pub mod jsonb;
 pub mod numeric;
+pub mod processor;
 pub mod rules;
 pub mod sanitize;
+pub mod shmem;
+pub mod stats;
 pub mod transitions;
 pub mod triggers;
 pub mod varlena;
+pub mod worker;
 
 ::pgrx::pg_module_magic!();
 
@@ -27,12 +33,44 @@ extension_sql_file!(
     name = "triggers",
     requires = ["schema", triggers::calls_before_write, triggers::rules_changed]
 );
+extension_sql_file!(
+    "../sql/processing.sql",
+    name = "processing",
+    requires = ["schema", triggers::wake_workers_on_insert, stats::processed_last_minute, stats::wake_workers]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     rules::init();
+    unsafe {
+        if !pg_sys::process_shared_preload_libraries_in_progress {
+            return;
+        }
+        // pg_upgrade starts the server with our library preloaded: start nothing then.
+        if pg_sys::IsBinaryUpgrade {
+            return;
+        }
+    }
+    shmem::init();
+    worker::register_launcher();
+}
+
+/// Handles up to `max_events` due events in the caller's transaction; returns how many.
+#[pg_extern(volatile, parallel_unsafe)]
+fn process_events(max_events: default!(i32, 500)) -> i32 {
+    if max_events < 0 {
+        error::raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("max_events must be zero or more, not {max_events}"),
+            None,
+            None,
+        );
+    }
+    let rules = rules_or_error();
+    let out = processor::process_batch(max_events, &rules, gucs::max_attempts());
+    out.handled as i32
 }
 
 /// `inbound`, `outbound`, or NULL (with a WARNING for a spelling we do not know).

@@ -343,4 +343,134 @@ mod tests {
     fn version_info_names_the_version() {
         assert!(text("SELECT dialpad.version_info()").unwrap().starts_with("pg_dialpad 0.1.0"));
     }
+
+    // ---- process_events ----------------------------------------------------------------------
+
+    fn event(call: i64, state: &str, ts: i64, extra: &str) -> String {
+        format!(
+            "INSERT INTO dialpad.webhook_events (payload) VALUES ('{{\"call_id\": {call}, \"state\": \"{state}\", \"event_timestamp\": {ts}{extra}}}')"
+        )
+    }
+
+    #[pg_test]
+    fn process_events_turns_events_into_calls() {
+        // answered inbound, delivered out of order and with a duplicate
+        run(&event(1, "hangup", 1787158781250, r#", "direction": "incoming", "date_connected": 1787158720114, "date_ended": 1787158781000, "duration": 60886.0, "date_started": 1787158716092"#));
+        run(&event(1, "ringing", 1787158716300, r#", "direction": "inbound", "external_number": "+14155550123""#));
+        run(&event(1, "connected", 1787158720114, r#", "date_connected": 1787158720114"#));
+        run(&event(1, "connected", 1787158720114, r#", "date_connected": 1787158720114"#));
+        // missed inbound
+        run(&event(2, "ringing", 1000000000000, r#", "direction": "inbound""#));
+        run(&event(2, "hangup", 1000000005000, r#", "direction": "inbound""#));
+        // outbound never answered
+        run(&event(3, "calling", 1000000000000, r#", "direction": "outgoing""#));
+        run(&event(3, "hangup", 1000000009000, r#", "direction": "outgoing""#));
+        // voicemail, then an enrichment event
+        run(&event(4, "ringing", 1000000000000, r#", "direction": "in""#));
+        run(&event(4, "voicemail", 1000000003000, r#", "voicemail_link": "https://vm/4""#));
+        run(&event(4, "hangup", 1000000004000, ""));
+        run(&event(4, "transcription", 1000000009000, r#", "transcription_text": "hello there""#));
+
+        assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(12));
+        assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(0));
+        let s = |id: i64| text(&format!("SELECT status || '/' || coalesce(direction, '-') FROM dialpad.calls WHERE dialpad_call_id = {id}"));
+        assert_eq!(s(1).as_deref(), Some("ended/inbound"));
+        assert_eq!(s(2).as_deref(), Some("missed/inbound"));
+        assert_eq!(s(3).as_deref(), Some("rejected/outbound"));
+        assert_eq!(s(4).as_deref(), Some("voicemail/inbound"));
+        assert_eq!(
+            text("SELECT duration_seconds::text || ' ' || started_at::text || ' ' || external_number FROM dialpad.calls WHERE dialpad_call_id = 1 AND connected_at IS NOT NULL")
+                .as_deref(),
+            Some("60.886 2026-08-19 16:58:36.092+00 +14155550123")
+        );
+        assert_eq!(
+            text("SELECT transcript || ' ' || voicemail_link || ' ' || last_state FROM dialpad.calls WHERE dialpad_call_id = 4").as_deref(),
+            Some("hello there https://vm/4 transcription")
+        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NULL"), Some(0));
+        assert_eq!(
+            one::<bool>("SELECT raw_payload = dialpad.sanitize_call_payload((SELECT payload FROM dialpad.webhook_events WHERE id = (SELECT max(id) FROM dialpad.webhook_events))) FROM dialpad.calls WHERE dialpad_call_id = 4"),
+            Some(true)
+        );
+        // within a batch the events of a call were applied in event order: no rejection
+        assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.rejected_transitions WHERE dialpad_call_id = 1"), Some(0));
+        // a stale event delivered later is refused and recorded with its event id
+        run(&event(1, "ringing", 1787158716000, ""));
+        assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(1));
+        assert_eq!(s(1).as_deref(), Some("ended/inbound"));
+        assert_eq!(
+            text("SELECT from_status || '->' || to_status FROM dialpad.rejected_transitions WHERE dialpad_call_id = 1 AND event_id IS NOT NULL").as_deref(),
+            Some("ended->ringing")
+        );
+    }
+
+    #[pg_test]
+    fn process_events_respects_max_and_order() {
+        for i in 0..7 {
+            run(&event(100 + i, "ringing", 1000000000000 + i, ""));
+        }
+        assert_eq!(one::<i32>("SELECT dialpad.process_events(3)"), Some(3));
+        assert_eq!(
+            text("SELECT string_agg(dialpad_call_id::text, ',' ORDER BY dialpad_call_id) FROM dialpad.calls").as_deref(),
+            Some("100,101,102")
+        );
+        assert_eq!(one::<i32>("SELECT dialpad.process_events(0)"), Some(0));
+        expect_sqlstate("PERFORM dialpad.process_events(-1)", "22023");
+        assert_eq!(one::<i32>("SELECT dialpad.process_events(100)"), Some(4));
+    }
+
+    #[pg_test]
+    fn bad_events_are_retried_or_dead_lettered_and_never_block_good_ones() {
+        run("INSERT INTO dialpad.webhook_events (payload) VALUES ('{\"state\": \"ringing\"}'), ('[1,2,3]'), ('{\"call_id\": \"abc\"}')");
+        run(&event(7, "ringing", 1000000000000, r#", "date_started": 99999999999999999999"#));
+        run(&event(8, "ringing", 1000000000000, ""));
+        assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(5));
+        assert_eq!(text("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 8").as_deref(), Some("ringing"));
+        assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.dead_events"), Some(2));
+        assert_eq!(
+            text("SELECT string_agg(last_error, ' | ' ORDER BY id) FROM dialpad.dead_events").as_deref(),
+            Some("payload has no call_id | payload is not a JSON object")
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM dialpad.webhook_events WHERE dead_at IS NULL AND processed_at IS NULL AND attempts = 1 AND next_attempt_at > now() AND last_error LIKE 'field %'"),
+            Some(2)
+        );
+        // not due yet: nothing to do
+        assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(0));
+        let dead_id = one::<i64>("SELECT min(id) FROM dialpad.dead_events").unwrap();
+        assert_eq!(one::<bool>(&format!("SELECT dialpad.retry_event({dead_id})")), Some(true));
+        assert_eq!(one::<bool>("SELECT dialpad.retry_event(-1)"), Some(false));
+        assert_eq!(one::<i64>("SELECT dialpad.retry_dead_events()"), Some(1));
+        assert_eq!(one::<i64>("SELECT due FROM dialpad.queue_stats"), Some(2));
+        assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(2));
+        assert_eq!(one::<i64>("SELECT dead FROM dialpad.queue_stats"), Some(2));
+    }
+
+    #[pg_test]
+    fn a_constraint_violation_fails_only_its_call() {
+        // a direction that normalizes fine but a target name the processor writes as-is;
+        // force a failure with a huge duration (out of numeric(14,3)) slipped past nothing:
+        // instead make the status unknown by editing the mapping to a status then deleting it
+        run("INSERT INTO dialpad.call_statuses VALUES ('weird', false, NULL)");
+        run("INSERT INTO dialpad.state_mapping (state, status) VALUES ('weird_state', 'weird')");
+        run(&event(50, "ringing", 1000000000000, ""));
+        run(&event(51, "weird_state", 1000000000000, ""));
+        // make 'weird' unknown to the calls table without the rules noticing: a CHECK
+        run("ALTER TABLE dialpad.calls ADD CONSTRAINT no_weird CHECK (status <> 'weird')");
+        assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(2));
+        assert_eq!(text("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 50").as_deref(), Some("ringing"));
+        assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id = 51"), Some(0));
+        assert_eq!(
+            one::<bool>("SELECT last_error LIKE '%no_weird%' AND attempts = 1 FROM dialpad.webhook_events WHERE payload->>'call_id' = '51'"),
+            Some(true)
+        );
+    }
+
+    #[pg_test]
+    fn worker_status_explains_itself() {
+        let rows = one::<i64>("SELECT count(*) FROM dialpad.worker_status()").unwrap();
+        assert!(rows >= 1);
+        assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.worker_status() WHERE NOT running AND hint IS NULL"), Some(0));
+        assert!(one::<i64>("SELECT count(*) FROM dialpad.payload_stats").unwrap() == 2);
+    }
 }

@@ -77,6 +77,14 @@ pub fn sanitize(
     Ok(w.finish())
 }
 
+/// A transcript cut as the sanitizer cuts it (for `calls.transcript`).
+pub fn truncate_transcript(s: &str) -> String {
+    match cut_point(s.as_bytes(), Limits::default().max_transcript_length) {
+        None => s.to_string(),
+        Some(at) => format!("{}{}", &s[..at], TRUNCATION_MARKER),
+    }
+}
+
 struct Sanitizer<'a> {
     limits: &'a Limits,
     on_container: &'a mut dyn FnMut(),

@@ -112,3 +112,12 @@ fn rules_changed<'a>(
     rules::invalidate(trigger.relid().map_err(err)?);
     Ok(None)
 }
+
+/// AFTER INSERT ON dialpad.webhook_events, FOR EACH STATEMENT: wake the workers at commit.
+#[pg_trigger]
+fn wake_workers_on_insert<'a>(
+    _trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
+    crate::shmem::wake_workers_at_commit();
+    Ok(None)
+}

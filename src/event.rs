@@ -1,0 +1,277 @@
+//! One Dialpad event (the flat JSON object of ../shared/DIALPAD.md) read into typed fields.
+//!
+//! Times arrive as epoch milliseconds and durations as milliseconds; they leave as
+//! PostgreSQL timestamptz microseconds and seconds. A field of the wrong type is an error
+//! naming the field (the event is retried, then dead-lettered), never a guess.
+
+use crate::jsonb::{Container, Value};
+use crate::numeric::Decimal;
+
+/// Microseconds between 1970-01-01 and 2000-01-01, PostgreSQL's timestamp epoch.
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+/// timestamptz's valid range is 4713 BC .. 294276 AD; we accept 1900 .. 9999 as plausible.
+const MIN_EPOCH_MS: i64 = -2_208_988_800_000;
+const MAX_EPOCH_MS: i64 = 253_402_300_799_999;
+/// numeric(14,3) holds values below 10^11.
+const MAX_DURATION_SECONDS: f64 = 99_999_999_999.0;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventError {
+    NotAnObject,
+    NoCallId,
+    BadField { field: &'static str, why: String },
+    Corrupt,
+}
+
+impl EventError {
+    /// An event that can never be applied, whatever is retried: dead-lettered at once.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, EventError::NotAnObject | EventError::NoCallId)
+    }
+}
+
+impl std::fmt::Display for EventError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventError::NotAnObject => f.write_str("payload is not a JSON object"),
+            EventError::NoCallId => f.write_str("payload has no call_id"),
+            EventError::BadField { field, why } => write!(f, "field {field}: {why}"),
+            EventError::Corrupt => f.write_str("malformed jsonb payload"),
+        }
+    }
+}
+
+/// What one event says about its call leg. `None` means "not in this event".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallEvent {
+    pub call_id: i64,
+    pub state: Option<String>,
+    pub direction: Option<String>,
+    /// Microseconds since 2000-01-01 (a timestamptz datum).
+    pub event_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub connected_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub duration_seconds: Option<f64>,
+    pub external_number: Option<String>,
+    pub internal_number: Option<String>,
+    pub target_id: Option<String>,
+    pub target_type: Option<String>,
+    pub target_name: Option<String>,
+    pub contact_id: Option<String>,
+    pub contact_name: Option<String>,
+    pub master_call_id: Option<i64>,
+    pub entry_point_call_id: Option<i64>,
+    pub operator_call_id: Option<i64>,
+    pub recording_url: Option<String>,
+    pub voicemail_link: Option<String>,
+    pub transcript: Option<String>,
+}
+
+fn bad(field: &'static str, why: impl Into<String>) -> EventError {
+    EventError::BadField { field, why: why.into() }
+}
+
+fn get<'a>(o: &Container<'a>, key: &str) -> Result<Option<Value<'a>>, EventError> {
+    match o.get(key.as_bytes()).map_err(|_| EventError::Corrupt)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+fn text(o: &Container<'_>, key: &'static str) -> Result<Option<String>, EventError> {
+    Ok(match get(o, key)? {
+        None => None,
+        Some(Value::String(s)) => Some(String::from_utf8_lossy(s).into_owned()),
+        Some(Value::Numeric(n)) => {
+            Some(Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?.to_string())
+        }
+        Some(Value::Bool(b)) => Some(b.to_string()),
+        Some(_) => return Err(bad(key, "expected a string")),
+    })
+}
+
+/// An integer given as a JSON number or a string of digits.
+fn integer(o: &Container<'_>, key: &'static str) -> Result<Option<i64>, EventError> {
+    Ok(match get(o, key)? {
+        None => None,
+        Some(Value::Numeric(n)) => {
+            let d = Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?;
+            Some(d.to_i64().ok_or_else(|| bad(key, format!("{d} is not a 64-bit integer")))?)
+        }
+        Some(Value::String(s)) => {
+            let s = String::from_utf8_lossy(s);
+            let t = s.trim();
+            if t.is_empty() {
+                None
+            } else {
+                Some(t.parse::<i64>().map_err(|_| bad(key, format!("\"{s}\" is not an integer")))?)
+            }
+        }
+        Some(_) => return Err(bad(key, "expected an integer")),
+    })
+}
+
+fn epoch_ms(o: &Container<'_>, key: &'static str) -> Result<Option<i64>, EventError> {
+    match integer(o, key) {
+        Ok(None) => Ok(None),
+        Ok(Some(ms)) if (MIN_EPOCH_MS..=MAX_EPOCH_MS).contains(&ms) => {
+            Ok(Some(ms * 1000 - PG_EPOCH_OFFSET_US))
+        }
+        Ok(Some(ms)) => Err(bad(key, format!("{ms} is not a plausible epoch time in milliseconds"))),
+        // Fractional milliseconds: keep the microseconds.
+        Err(EventError::BadField { .. }) => {
+            let Some(Value::Numeric(n)) = get(o, key)? else {
+                return Err(bad(key, "expected epoch milliseconds"));
+            };
+            let ms = Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?.to_f64();
+            if !(MIN_EPOCH_MS as f64..=MAX_EPOCH_MS as f64).contains(&ms) {
+                return Err(bad(key, format!("{ms} is not a plausible epoch time in milliseconds")));
+            }
+            Ok(Some((ms * 1000.0).round() as i64 - PG_EPOCH_OFFSET_US))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn milliseconds_as_seconds(o: &Container<'_>, key: &'static str) -> Result<Option<f64>, EventError> {
+    let ms = match get(o, key)? {
+        None => return Ok(None),
+        Some(Value::Numeric(n)) => Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?.to_f64(),
+        Some(Value::String(s)) => String::from_utf8_lossy(s)
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| bad(key, "expected milliseconds"))?,
+        Some(_) => return Err(bad(key, "expected milliseconds")),
+    };
+    let s = (ms / 1000.0 * 1000.0).round() / 1000.0;
+    if !s.is_finite() || s.abs() > MAX_DURATION_SECONDS {
+        return Err(bad(key, format!("{ms} ms is out of range")));
+    }
+    Ok(Some(s))
+}
+
+fn object<'a>(o: &Container<'a>, key: &'static str) -> Result<Option<Container<'a>>, EventError> {
+    match get(o, key)? {
+        None => Ok(None),
+        Some(Value::Object(c)) => Ok(Some(c)),
+        Some(_) => Err(bad(key, "expected an object")),
+    }
+}
+
+impl CallEvent {
+    /// Reads an event from the root of a jsonb payload.
+    pub fn from_payload(root: Value<'_>) -> Result<CallEvent, EventError> {
+        let Value::Object(o) = root else { return Err(EventError::NotAnObject) };
+        let call_id = integer(&o, "call_id")?.ok_or(EventError::NoCallId)?;
+        let mut e = CallEvent {
+            call_id,
+            state: text(&o, "state")?,
+            direction: text(&o, "direction")?,
+            event_at: epoch_ms(&o, "event_timestamp")?,
+            started_at: epoch_ms(&o, "date_started")?,
+            connected_at: epoch_ms(&o, "date_connected")?,
+            ended_at: epoch_ms(&o, "date_ended")?,
+            duration_seconds: milliseconds_as_seconds(&o, "duration")?,
+            external_number: text(&o, "external_number")?,
+            internal_number: text(&o, "internal_number")?,
+            master_call_id: integer(&o, "master_call_id")?,
+            entry_point_call_id: integer(&o, "entry_point_call_id")?,
+            operator_call_id: integer(&o, "operator_call_id")?,
+            voicemail_link: text(&o, "voicemail_link")?,
+            transcript: text(&o, "transcription_text")?
+                .map(|t| crate::sanitize::truncate_transcript(&t)),
+            ..CallEvent::default()
+        };
+        if let Some(t) = object(&o, "target")? {
+            e.target_id = text(&t, "id")?;
+            e.target_type = text(&t, "type")?;
+            e.target_name = text(&t, "name")?;
+        }
+        if let Some(c) = object(&o, "contact")? {
+            e.contact_id = text(&c, "id")?;
+            e.contact_name = text(&c, "name")?;
+        }
+        match get(&o, "recording_details")? {
+            Some(Value::Array(a)) => {
+                for item in a.values().map_err(|_| EventError::Corrupt)? {
+                    if let Value::Object(r) = item.map_err(|_| EventError::Corrupt)? {
+                        if let Some(url) = text(&r, "url")? {
+                            e.recording_url = Some(url);
+                            break;
+                        }
+                    }
+                }
+            }
+            None => {}
+            Some(_) => return Err(bad("recording_details", "expected an array")),
+        }
+        Ok(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jsonb::testing::jsonb;
+    use crate::jsonb::{datum_body, Container};
+
+    fn parse(text: &str) -> Result<CallEvent, EventError> {
+        let d = jsonb(text);
+        CallEvent::from_payload(Container::root(datum_body(&d).unwrap()).unwrap())
+    }
+
+    #[test]
+    fn reads_the_documented_example() {
+        let e = parse(
+            r#"{"call_id": 6612345678901234, "state": "hangup", "direction": "inbound",
+             "external_number": "+14155550123", "internal_number": "+16505550199",
+             "date_started": 1787158716092, "date_rang": 1787158716300, "date_connected": 1787158720114,
+             "date_ended": 1787158781000, "duration": 60886.0, "talk_time": 60500.25,
+             "event_timestamp": 1787158781250, "master_call_id": 6612345678901234,
+             "entry_point_call_id": 6612345678901234, "is_transferred": false,
+             "contact": {"id": "c-1", "type": "contact", "name": "Ada", "phone": "+14155550123"},
+             "target": {"id": 5001, "type": "user", "name": "Agent Smith", "office_id": 42},
+             "labels": ["support"], "routing_breadcrumbs": [], "integrations": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(e.call_id, 6612345678901234);
+        assert_eq!(e.state.as_deref(), Some("hangup"));
+        assert_eq!(e.started_at, Some(1787158716092 * 1000 - PG_EPOCH_OFFSET_US));
+        assert_eq!(e.duration_seconds, Some(60.886));
+        assert_eq!(e.target_id.as_deref(), Some("5001"));
+        assert_eq!(e.target_name.as_deref(), Some("Agent Smith"));
+        assert_eq!(e.contact_name.as_deref(), Some("Ada"));
+        assert_eq!(e.master_call_id, Some(6612345678901234));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(parse("[1]"), Err(EventError::NotAnObject));
+        assert_eq!(parse(r#"{"state": "ringing"}"#), Err(EventError::NoCallId));
+        assert_eq!(parse(r#"{"call_id": null}"#), Err(EventError::NoCallId));
+        let e = parse(r#"{"call_id": "abc"}"#).unwrap_err();
+        assert!(matches!(e, EventError::BadField { field: "call_id", .. }), "{e}");
+        let e = parse(r#"{"call_id": 1.5}"#).unwrap_err();
+        assert!(matches!(e, EventError::BadField { field: "call_id", .. }), "{e}");
+        let e = parse(r#"{"call_id": 1, "date_started": 1e30}"#).unwrap_err();
+        assert!(matches!(e, EventError::BadField { field: "date_started", .. }), "{e}");
+        let e = parse(r#"{"call_id": 1, "target": "x"}"#).unwrap_err();
+        assert!(matches!(e, EventError::BadField { field: "target", .. }), "{e}");
+        assert!(!parse(r#"{"call_id": "x"}"#).unwrap_err().is_permanent());
+        assert!(parse(r#"{"x": 1}"#).unwrap_err().is_permanent());
+    }
+
+    #[test]
+    fn tolerant_where_dialpad_varies() {
+        let e = parse(r#"{"call_id": "42", "date_ended": 1787158781000.5, "duration": "1500"}"#).unwrap();
+        assert_eq!(e.call_id, 42);
+        assert_eq!(e.ended_at, Some(1787158781000500 - PG_EPOCH_OFFSET_US));
+        assert_eq!(e.duration_seconds, Some(1.5));
+        let e = parse(r#"{"call_id": 7, "recording_details": [{"id": 1}, {"url": "https://r/2"}]}"#).unwrap();
+        assert_eq!(e.recording_url.as_deref(), Some("https://r/2"));
+        let long = "w".repeat(900);
+        let e = parse(&format!(r#"{{"call_id": 7, "transcription_text": "{long}"}}"#)).unwrap();
+        assert_eq!(e.transcript.unwrap().chars().count(), 515);
+    }
+}

@@ -1,0 +1,266 @@
+//! Applying a call's events, in order, to its row: the pure heart of the processor.
+//!
+//! Dialpad delivers out of order and more than once, so the result must not depend on
+//! arrival order more than it has to: an event older than the row's last event only fills
+//! columns that are still empty; the status moves only along the transition rules (a stale
+//! or invalid move is rejected and recorded); a duplicate changes nothing at all.
+
+use crate::direction;
+use crate::event::CallEvent;
+use crate::transitions::RuleSet;
+
+/// The status a call gets when its first event carries none (e.g. a recording event that
+/// overtook the ringing one).
+pub const INITIAL_STATUS: &str = "ringing";
+
+/// One `dialpad.calls` row, as the processor reads and writes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallRow {
+    pub dialpad_call_id: i64,
+    pub direction: Option<String>,
+    pub status: String,
+    pub last_state: Option<String>,
+    pub external_number: Option<String>,
+    pub internal_number: Option<String>,
+    pub started_at: Option<i64>,
+    pub connected_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub duration_seconds: Option<f64>,
+    pub target_id: Option<String>,
+    pub target_type: Option<String>,
+    pub target_name: Option<String>,
+    pub contact_id: Option<String>,
+    pub contact_name: Option<String>,
+    pub master_call_id: Option<i64>,
+    pub entry_point_call_id: Option<i64>,
+    pub operator_call_id: Option<i64>,
+    pub recording_url: Option<String>,
+    pub voicemail_link: Option<String>,
+    pub transcript: Option<String>,
+    pub last_event_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Index of the event (in the caller's slice) that asked for the move.
+    pub event: usize,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Folded {
+    pub row: CallRow,
+    pub rejections: Vec<Rejection>,
+    /// The event whose sanitized payload becomes `raw_payload` (the newest applied), if any.
+    pub raw_payload_from: Option<usize>,
+    /// Whether anything must be written.
+    pub changed: bool,
+}
+
+/// The status an event asks for, per `state_mapping`; None for enrichment events.
+pub fn target_status(rules: &RuleSet, ev: &CallEvent, row: Option<&CallRow>) -> Option<String> {
+    let rule = rules.states.get(ev.state.as_deref()?)?;
+    let status = rule.status.clone()?;
+    let connected = ev.connected_at.is_some() || row.is_some_and(|r| r.connected_at.is_some());
+    if connected {
+        return Some(status);
+    }
+    let dir = ev
+        .direction
+        .as_deref()
+        .and_then(|d| direction::normalize(d).ok())
+        .map(|d| d.as_str())
+        .or_else(|| row.and_then(|r| r.direction.as_deref()));
+    let unanswered = if dir == Some("outbound") {
+        rule.unanswered_outbound.clone()
+    } else {
+        rule.unanswered_inbound.clone()
+    };
+    Some(unanswered.unwrap_or(status))
+}
+
+macro_rules! merge {
+    ($row:ident, $ev:ident, $newer:ident, $($field:ident),*) => {
+        $(
+            if $ev.$field.is_some() && ($newer || $row.$field.is_none()) {
+                $row.$field = $ev.$field.clone();
+            }
+        )*
+    };
+}
+
+/// Applies `events` (already in event order) to `existing` (None for a new call).
+pub fn fold_events_by_call(existing: Option<&CallRow>, events: &[&CallEvent], rules: &RuleSet) -> Folded {
+    let mut row = existing.cloned().unwrap_or_else(|| CallRow {
+        dialpad_call_id: events.first().map(|e| e.call_id).unwrap_or_default(),
+        ..CallRow::default()
+    });
+    let mut has_status = existing.is_some();
+    let mut rejections = Vec::new();
+    let mut raw_payload_from = None;
+
+    for (i, ev) in events.iter().enumerate() {
+        // An event without a timestamp cannot be placed: treat it as the newest.
+        let newer = match (row.last_event_at, ev.event_at) {
+            (Some(last), Some(at)) => at > last,
+            (None, _) | (_, None) => true,
+        };
+        let known_before = has_status;
+
+        if let Some(target) = target_status(rules, ev, known_before.then_some(&row)) {
+            let current = known_before.then_some(row.status.as_str());
+            match rules.check(current, Some(&target)) {
+                Ok(()) => {
+                    row.status = target;
+                    has_status = true;
+                }
+                Err(e) => rejections.push(Rejection {
+                    event: i,
+                    from: current.unwrap_or("").to_string(),
+                    to: target,
+                    reason: e.reason_text(),
+                }),
+            }
+        }
+
+        let dir = ev.direction.as_deref().and_then(|d| direction::normalize(d).ok());
+        if dir.is_some() && (newer || row.direction.is_none()) {
+            row.direction = dir.map(|d| d.as_str().to_string());
+        }
+        merge!(
+            row, ev, newer, external_number, internal_number, started_at, connected_at, ended_at,
+            duration_seconds, target_id, target_type, target_name, contact_id, contact_name,
+            master_call_id, entry_point_call_id, operator_call_id, recording_url, voicemail_link,
+            transcript
+        );
+        if newer {
+            if ev.state.is_some() {
+                row.last_state = ev.state.clone();
+            }
+            if ev.event_at.is_some() {
+                row.last_event_at = ev.event_at;
+            }
+            raw_payload_from = Some(i);
+        }
+    }
+    if !has_status {
+        row.status = INITIAL_STATUS.to_string();
+    }
+    let changed = raw_payload_from.is_some() || existing != Some(&row);
+    Folded { row, rejections, raw_payload_from, changed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transitions::StateRule;
+
+    fn rules() -> RuleSet {
+        let mut r = RuleSet::seed_default();
+        let mut map = |s: &str, st: Option<&str>, inb: Option<&str>, outb: Option<&str>| {
+            r.states.insert(
+                s.into(),
+                StateRule {
+                    status: st.map(Into::into),
+                    unanswered_inbound: inb.map(Into::into),
+                    unanswered_outbound: outb.map(Into::into),
+                },
+            );
+        };
+        for s in ["calling", "preanswer", "ringing", "queued"] {
+            map(s, Some("ringing"), None, None);
+        }
+        for s in ["connected", "hold"] {
+            map(s, Some("active"), None, None);
+        }
+        map("hangup", Some("ended"), Some("missed"), Some("rejected"));
+        map("missed", Some("missed"), None, None);
+        map("voicemail", Some("voicemail"), None, None);
+        map("recording", None, None, None);
+        r
+    }
+
+    fn ev(state: &str, at: i64) -> CallEvent {
+        CallEvent { call_id: 1, state: Some(state.into()), event_at: Some(at), ..Default::default() }
+    }
+
+    fn fold(existing: Option<&CallRow>, evs: &[CallEvent]) -> Folded {
+        let refs: Vec<&CallEvent> = evs.iter().collect();
+        fold_events_by_call(existing, &refs, &rules())
+    }
+
+    #[test]
+    fn answered_inbound_call_ends() {
+        let mut connected = ev("connected", 2);
+        connected.connected_at = Some(2);
+        connected.direction = Some("Incoming".into());
+        let mut hangup = ev("hangup", 3);
+        hangup.connected_at = Some(2);
+        let f = fold(None, &[ev("ringing", 1), connected, hangup]);
+        assert_eq!(f.row.status, "ended");
+        assert_eq!(f.row.direction.as_deref(), Some("inbound"));
+        assert_eq!(f.row.last_state.as_deref(), Some("hangup"));
+        assert!(f.rejections.is_empty());
+        assert_eq!(f.raw_payload_from, Some(2));
+    }
+
+    #[test]
+    fn unanswered_hangup_is_missed_inbound_and_rejected_outbound() {
+        let mut h = ev("hangup", 2);
+        h.direction = Some("inbound".into());
+        assert_eq!(fold(None, &[ev("ringing", 1), h.clone()]).row.status, "missed");
+        h.direction = Some("outbound".into());
+        assert_eq!(fold(None, &[ev("calling", 1), h]).row.status, "rejected");
+    }
+
+    #[test]
+    fn out_of_order_events_do_not_regress_the_row() {
+        let mut hangup = ev("hangup", 3);
+        hangup.connected_at = Some(2);
+        hangup.ended_at = Some(3);
+        let first = fold(None, &[hangup]);
+        assert_eq!(first.row.status, "ended");
+        let mut late = ev("ringing", 1);
+        late.ended_at = Some(999);
+        late.external_number = Some("+1".into());
+        let second = fold(Some(&first.row), &[late]);
+        assert_eq!(second.row.status, "ended");
+        assert_eq!(second.row.ended_at, Some(3), "older events never overwrite");
+        assert_eq!(second.row.external_number.as_deref(), Some("+1"), "but they fill gaps");
+        assert_eq!(second.row.last_state.as_deref(), Some("hangup"));
+        assert_eq!(second.raw_payload_from, None);
+        assert_eq!(second.rejections.len(), 1);
+        assert_eq!((second.rejections[0].from.as_str(), second.rejections[0].to.as_str()), ("ended", "ringing"));
+    }
+
+    #[test]
+    fn duplicates_change_nothing() {
+        let first = fold(None, &[ev("ringing", 1)]);
+        let again = fold(Some(&first.row), &[ev("ringing", 1)]);
+        assert!(!again.changed);
+        assert!(again.rejections.is_empty());
+    }
+
+    #[test]
+    fn enrichment_first_starts_as_ringing_and_keeps_status() {
+        let mut rec = ev("recording", 5);
+        rec.recording_url = Some("https://r".into());
+        let f = fold(None, &[rec]);
+        assert_eq!(f.row.status, "ringing");
+        assert_eq!(f.row.recording_url.as_deref(), Some("https://r"));
+        let mut unknown = ev("some_new_state", 6);
+        unknown.transcript = Some("hi".into());
+        let g = fold(Some(&f.row), &[unknown]);
+        assert_eq!(g.row.status, "ringing");
+        assert_eq!(g.row.transcript.as_deref(), Some("hi"));
+    }
+
+    #[test]
+    fn voicemail_then_hangup_stays_voicemail() {
+        let f = fold(None, &[ev("ringing", 1), ev("voicemail", 2), ev("hangup", 3)]);
+        assert_eq!(f.row.status, "voicemail");
+        assert_eq!(f.rejections.len(), 1);
+    }
+}

@@ -1,0 +1,573 @@
+//! The batch processor: claims due events from `dialpad.webhook_events`, applies them to
+//! `dialpad.calls` and marks them, all in the caller's transaction. Used by
+//! `dialpad.process_events()` and by the background workers alike.
+//!
+//! A batch is set-based: one statement claims and marks the events (`FOR UPDATE SKIP LOCKED`),
+//! one reads the affected calls, one upserts them. Events are grouped by call and folded in
+//! event order in Rust (`fold.rs`). A per-call advisory lock (tried, never waited for) keeps
+//! two processors off the same call. Only if the upsert fails does the batch fall back to
+//! one subtransaction per call, to isolate the bad one; a clean batch pays nothing for that.
+
+use crate::datum::JsonbArg;
+use crate::event::{CallEvent, EventError};
+use crate::fold::{fold_events_by_call, CallRow, Folded};
+use crate::jsonb::Container;
+use crate::sanitize::{self, Limits};
+use crate::transitions::RuleSet;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchOutcome {
+    /// Events claimed and dealt with (applied, failed or dead-lettered).
+    pub handled: u64,
+    pub applied: u64,
+    pub failed: u64,
+    pub dead: u64,
+    pub rejected: u64,
+    /// Events left for later because another processor holds their call.
+    pub deferred: u64,
+    /// Whether as many events were claimed as allowed (more may be waiting).
+    pub full: bool,
+}
+
+/// The advisory lock namespace (`objsubid` in pg_locks): 'DP'.
+const LOCK_NAMESPACE: u16 = 0x4450;
+
+const CLAIM_SQL: &str = "\
+UPDATE dialpad.webhook_events AS e SET processed_at = pg_catalog.now()
+ WHERE e.id OPERATOR(pg_catalog.=) ANY (ARRAY(
+       SELECT p.id FROM dialpad.webhook_events AS p
+        WHERE p.processed_at IS NULL AND p.dead_at IS NULL
+          AND (p.next_attempt_at IS NULL OR p.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())
+        ORDER BY p.id
+        LIMIT $1
+          FOR UPDATE SKIP LOCKED))
+RETURNING e.id, e.payload";
+
+const READ_CALLS_SQL: &str = "\
+SELECT dialpad_call_id, direction, status, last_state, external_number, internal_number,
+       started_at, connected_at, ended_at, duration_seconds::pg_catalog.float8,
+       target_id, target_type, target_name, contact_id, contact_name,
+       master_call_id, entry_point_call_id, operator_call_id,
+       recording_url, voicemail_link, transcript, last_event_at
+  FROM dialpad.calls
+ WHERE dialpad_call_id OPERATOR(pg_catalog.=) ANY ($1)";
+
+const UPSERT_SQL: &str = "\
+INSERT INTO dialpad.calls AS c
+       (dialpad_call_id, direction, status, last_state, external_number, internal_number,
+        started_at, connected_at, ended_at, duration_seconds,
+        target_id, target_type, target_name, contact_id, contact_name,
+        master_call_id, entry_point_call_id, operator_call_id,
+        recording_url, voicemail_link, transcript, raw_payload, last_event_at)
+SELECT u.id, u.dir, u.st, u.ls, u.ext, u.int, u.sa, u.ca, u.ea, u.dur::pg_catalog.numeric(14,3),
+       u.tid, u.tty, u.tna, u.cid, u.cna, u.mid, u.eid, u.oid, u.rec, u.vm, u.tr, u.raw, u.le
+  FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), pg_catalog.unnest($7::pg_catalog.timestamptz[]), pg_catalog.unnest($8::pg_catalog.timestamptz[]), pg_catalog.unnest($9::pg_catalog.timestamptz[]), pg_catalog.unnest($10::pg_catalog.float8[]), pg_catalog.unnest($11::pg_catalog.text[]), pg_catalog.unnest($12::pg_catalog.text[]), pg_catalog.unnest($13::pg_catalog.text[]), pg_catalog.unnest($14::pg_catalog.text[]), pg_catalog.unnest($15::pg_catalog.text[]), pg_catalog.unnest($16::pg_catalog.int8[]), pg_catalog.unnest($17::pg_catalog.int8[]), pg_catalog.unnest($18::pg_catalog.int8[]), pg_catalog.unnest($19::pg_catalog.text[]), pg_catalog.unnest($20::pg_catalog.text[]), pg_catalog.unnest($21::pg_catalog.text[]), pg_catalog.unnest($22::pg_catalog.jsonb[]), pg_catalog.unnest($23::pg_catalog.timestamptz[]))
+       AS u(id, dir, st, ls, ext, int, sa, ca, ea, dur, tid, tty, tna, cid, cna, mid, eid, oid,
+            rec, vm, tr, raw, le)
+ON CONFLICT (dialpad_call_id) DO UPDATE SET
+       direction = EXCLUDED.direction, status = EXCLUDED.status, last_state = EXCLUDED.last_state,
+       external_number = EXCLUDED.external_number, internal_number = EXCLUDED.internal_number,
+       started_at = EXCLUDED.started_at, connected_at = EXCLUDED.connected_at,
+       ended_at = EXCLUDED.ended_at, duration_seconds = EXCLUDED.duration_seconds,
+       target_id = EXCLUDED.target_id, target_type = EXCLUDED.target_type,
+       target_name = EXCLUDED.target_name, contact_id = EXCLUDED.contact_id,
+       contact_name = EXCLUDED.contact_name, master_call_id = EXCLUDED.master_call_id,
+       entry_point_call_id = EXCLUDED.entry_point_call_id,
+       operator_call_id = EXCLUDED.operator_call_id, recording_url = EXCLUDED.recording_url,
+       voicemail_link = EXCLUDED.voicemail_link, transcript = EXCLUDED.transcript,
+       raw_payload = COALESCE(EXCLUDED.raw_payload, c.raw_payload),
+       last_event_at = EXCLUDED.last_event_at, updated_at = pg_catalog.now()";
+
+const REJECTIONS_SQL: &str = "\
+INSERT INTO dialpad.rejected_transitions (dialpad_call_id, event_id, from_status, to_status, reason)
+SELECT * FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.text[]))";
+
+const FAIL_SQL: &str = "\
+UPDATE dialpad.webhook_events AS e
+   SET processed_at = NULL,
+       attempts = e.attempts OPERATOR(pg_catalog.+) 1,
+       last_error = f.err,
+       next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(
+           secs => LEAST(3600, pg_catalog.power(2, e.attempts)::pg_catalog.int4)),
+       dead_at = CASE WHEN f.permanent OR e.attempts OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.>=) $4
+                      THEN pg_catalog.now() END
+  FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.bool[])) AS f(id, err, permanent)
+ WHERE e.id OPERATOR(pg_catalog.=) f.id
+RETURNING e.dead_at IS NOT NULL";
+
+const DEFER_SQL: &str = "\
+UPDATE dialpad.webhook_events SET processed_at = NULL WHERE id OPERATOR(pg_catalog.=) ANY ($1)";
+
+thread_local! {
+    static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `sql` through a plan prepared once per backend.
+fn run_kept<'c>(
+    client: &mut SpiClient<'c>,
+    sql: &'static str,
+    types: &[pg_sys::Oid],
+    limit: Option<i64>,
+    args: &[DatumWithOid],
+) -> Result<pgrx::spi::SpiTupleTable<'c>, pgrx::spi::Error> {
+    let missing = PLANS.with(|p| !p.borrow().contains_key(sql));
+    if missing {
+        let kept = client.prepare_mut(sql, &types.iter().map(|&t| t.into()).collect::<Vec<_>>())?.keep();
+        PLANS.with(|p| p.borrow_mut().insert(sql, kept));
+    }
+    PLANS.with(|p| {
+        let plans = p.borrow();
+        let plan = plans.get(sql).ok_or(pgrx::spi::Error::InvalidPosition)?;
+        client.update(plan, limit, args)
+    })
+}
+
+/// Forgets the kept plans (after the extension was dropped and re-created).
+pub fn forget_plans() {
+    PLANS.with(|p| p.borrow_mut().clear());
+}
+
+struct Claimed {
+    id: i64,
+    payload: JsonbArg,
+    parsed: Result<CallEvent, EventError>,
+}
+
+/// Processes up to `max_events` due events in the current transaction.
+pub fn process_batch(max_events: i32, rules: &RuleSet, max_attempts: i32) -> BatchOutcome {
+    Spi::connect_mut(|client| match process_batch_in(client, max_events, rules, max_attempts) {
+        Ok(o) => o,
+        Err(e) => crate::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("pg_dialpad processing failed: {e}"),
+            None,
+            None,
+        ),
+    })
+}
+
+fn process_batch_in(
+    client: &mut SpiClient<'_>,
+    max_events: i32,
+    rules: &RuleSet,
+    max_attempts: i32,
+) -> Result<BatchOutcome, pgrx::spi::Error> {
+    let mut out = BatchOutcome::default();
+    if max_events <= 0 {
+        return Ok(out);
+    }
+
+    // 1. Claim and mark in one statement.
+    let mut claimed: Vec<Claimed> = Vec::new();
+    {
+        let table = run_kept(client, CLAIM_SQL, &[pg_sys::INT4OID], None, &[max_events.into()])?;
+        for row in table {
+            let id: i64 = row.get(1)?.unwrap_or_default();
+            let payload: Option<JsonbArg> = row.get(2)?;
+            let Some(payload) = payload else { continue };
+            let parsed = Container::root(payload.body())
+                .map_err(|_| EventError::Corrupt)
+                .and_then(CallEvent::from_payload);
+            claimed.push(Claimed { id, payload, parsed });
+        }
+    }
+    out.full = claimed.len() as i64 >= max_events as i64;
+    if claimed.is_empty() {
+        return Ok(out);
+    }
+
+    // 2. Group by call, in event order (event_timestamp, then arrival).
+    let mut failures: Vec<(i64, String, bool)> = Vec::new();
+    let mut groups: HashMap<i64, Vec<usize>> = HashMap::new();
+    for (i, c) in claimed.iter().enumerate() {
+        match &c.parsed {
+            Ok(ev) => groups.entry(ev.call_id).or_default().push(i),
+            Err(e) => failures.push((c.id, e.to_string(), e.is_permanent())),
+        }
+    }
+    let mut call_ids: Vec<i64> = groups.keys().copied().collect();
+    call_ids.sort_unstable();
+
+    // 3. One processor per call at a time.
+    let mut deferred: Vec<i64> = Vec::new();
+    call_ids.retain(|call_id| {
+        if try_lock_call(*call_id) {
+            true
+        } else {
+            deferred.extend(groups[call_id].iter().map(|&i| claimed[i].id));
+            false
+        }
+    });
+
+    // 4. Current rows of those calls.
+    let mut existing: HashMap<i64, CallRow> = HashMap::with_capacity(call_ids.len());
+    if !call_ids.is_empty() {
+        let table = run_kept(client, READ_CALLS_SQL, &[pg_sys::INT8ARRAYOID], None, &[call_ids.clone().into()])?;
+        for row in table {
+            let r = read_call_row(&row)?;
+            existing.insert(r.dialpad_call_id, r);
+        }
+    }
+
+    // 5. Fold each call's events.
+    let mut folds: Vec<(i64, Folded, Vec<usize>)> = Vec::with_capacity(call_ids.len());
+    for call_id in &call_ids {
+        let mut idx = groups.remove(call_id).unwrap_or_default();
+        idx.sort_by_key(|&i| {
+            let ev = claimed[i].parsed.as_ref().ok();
+            (ev.and_then(|e| e.event_at).unwrap_or(i64::MAX), claimed[i].id)
+        });
+        let events: Vec<&CallEvent> = idx.iter().filter_map(|&i| claimed[i].parsed.as_ref().ok()).collect();
+        let folded = fold_events_by_call(existing.get(call_id), &events, rules);
+        folds.push((*call_id, folded, idx));
+    }
+
+    // 6. Write: the whole batch at once; on error, call by call to isolate the bad one.
+    let all: Vec<usize> = (0..folds.len()).collect();
+    let batch_ok = in_subtransaction(|| write_calls(client, &claimed, &folds, &all));
+    match batch_ok {
+        Ok(r) => r?,
+        Err(_) => {
+            for i in 0..folds.len() {
+                if let Err(msg) = in_subtransaction(|| write_calls(client, &claimed, &folds, &[i])) {
+                    for &e in &folds[i].2 {
+                        failures.push((claimed[e].id, msg.clone(), false));
+                    }
+                    folds[i].1.changed = false;
+                    folds[i].1.rejections.clear();
+                }
+            }
+        }
+    }
+    let failed_ids: std::collections::HashSet<i64> = failures.iter().map(|f| f.0).collect();
+    for (_, f, idx) in &folds {
+        out.rejected += f.rejections.len() as u64;
+        out.applied += idx.iter().filter(|&&i| !failed_ids.contains(&claimed[i].id)).count() as u64;
+    }
+
+    // 7. Failed events: attempt counted, error kept, retried later or dead-lettered.
+    if !failures.is_empty() {
+        let ids: Vec<i64> = failures.iter().map(|f| f.0).collect();
+        let errs: Vec<String> = failures.iter().map(|f| f.1.clone()).collect();
+        let perm: Vec<bool> = failures.iter().map(|f| f.2).collect();
+        let table = run_kept(
+            client,
+            FAIL_SQL,
+            &[pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::BOOLARRAYOID, pg_sys::INT4OID],
+            None,
+            &[ids.into(), errs.into(), perm.into(), max_attempts.into()],
+        )?;
+        for row in table {
+            if row.get::<bool>(1)?.unwrap_or(false) {
+                out.dead += 1;
+            }
+        }
+        out.failed = failures.len() as u64 - out.dead;
+    }
+    if !deferred.is_empty() {
+        out.deferred = deferred.len() as u64;
+        run_kept(client, DEFER_SQL, &[pg_sys::INT8ARRAYOID], None, &[deferred.into()])?;
+    }
+    out.handled = claimed.len() as u64 - out.deferred;
+    if let Some(s) = crate::shmem::get() {
+        s.note_processed(out.handled);
+    }
+    Ok(out)
+}
+
+/// Upserts the changed calls among `which` and records their rejected transitions.
+fn write_calls(
+    client: &mut SpiClient<'_>,
+    claimed: &[Claimed],
+    folds: &[(i64, Folded, Vec<usize>)],
+    which: &[usize],
+) -> Result<(), pgrx::spi::Error> {
+    let mut cols = Columns::default();
+    let mut rej = Rejections::default();
+    for &w in which {
+        let (call_id, f, idx) = &folds[w];
+        for r in &f.rejections {
+            rej.call.push(*call_id);
+            rej.event.push(claimed[idx[r.event]].id);
+            rej.from.push(Some(r.from.clone()).filter(|s| !s.is_empty()));
+            rej.to.push(r.to.clone());
+            rej.reason.push(r.reason.clone());
+        }
+        if !f.changed {
+            continue;
+        }
+        let raw = match f.raw_payload_from {
+            Some(i) => {
+                let body = claimed[idx[i]].payload.body();
+                let mut check = || {
+                    check_for_interrupts!();
+                };
+                Some(sanitize::sanitize(body, &Limits::default(), &mut check).map_err(|_| pgrx::spi::Error::InvalidPosition)?)
+            }
+            None => None,
+        };
+        cols.push(&f.row, raw);
+    }
+    if !cols.id.is_empty() {
+        let args = cols.into_args();
+        let types = [
+            pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID,
+            pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TIMESTAMPTZARRAYOID,
+            pg_sys::TIMESTAMPTZARRAYOID, pg_sys::TIMESTAMPTZARRAYOID, pg_sys::FLOAT8ARRAYOID,
+            pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID,
+            pg_sys::TEXTARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID,
+            pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::JSONBARRAYOID,
+            pg_sys::TIMESTAMPTZARRAYOID,
+        ];
+        run_kept(client, UPSERT_SQL, &types, None, &args)?;
+    }
+    if !rej.call.is_empty() {
+        run_kept(
+            client,
+            REJECTIONS_SQL,
+            &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID],
+            None,
+            &[rej.call.into(), rej.event.into(), rej.from.into(), rej.to.into(), rej.reason.into()],
+        )?;
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Rejections {
+    call: Vec<i64>,
+    event: Vec<i64>,
+    from: Vec<Option<String>>,
+    to: Vec<String>,
+    reason: Vec<String>,
+}
+
+/// The upsert's parameters, one array per column.
+#[derive(Default)]
+struct Columns {
+    id: Vec<i64>,
+    dir: Vec<Option<String>>,
+    status: Vec<String>,
+    last_state: Vec<Option<String>>,
+    ext: Vec<Option<String>>,
+    int: Vec<Option<String>>,
+    started: Vec<Option<TimestampWithTimeZone>>,
+    connected: Vec<Option<TimestampWithTimeZone>>,
+    ended: Vec<Option<TimestampWithTimeZone>>,
+    duration: Vec<Option<f64>>,
+    target_id: Vec<Option<String>>,
+    target_type: Vec<Option<String>>,
+    target_name: Vec<Option<String>>,
+    contact_id: Vec<Option<String>>,
+    contact_name: Vec<Option<String>>,
+    master: Vec<Option<i64>>,
+    entry: Vec<Option<i64>>,
+    operator: Vec<Option<i64>>,
+    recording: Vec<Option<String>>,
+    voicemail: Vec<Option<String>>,
+    transcript: Vec<Option<String>>,
+    raw: Vec<Option<Vec<u8>>>,
+    last_event: Vec<Option<TimestampWithTimeZone>>,
+}
+
+fn ts(us: Option<i64>) -> Option<TimestampWithTimeZone> {
+    us.and_then(|u| TimestampWithTimeZone::try_from(u).ok())
+}
+
+impl Columns {
+    fn push(&mut self, r: &CallRow, raw: Option<Vec<u8>>) {
+        self.id.push(r.dialpad_call_id);
+        self.dir.push(r.direction.clone());
+        self.status.push(r.status.clone());
+        self.last_state.push(r.last_state.clone());
+        self.ext.push(r.external_number.clone());
+        self.int.push(r.internal_number.clone());
+        self.started.push(ts(r.started_at));
+        self.connected.push(ts(r.connected_at));
+        self.ended.push(ts(r.ended_at));
+        self.duration.push(r.duration_seconds);
+        self.target_id.push(r.target_id.clone());
+        self.target_type.push(r.target_type.clone());
+        self.target_name.push(r.target_name.clone());
+        self.contact_id.push(r.contact_id.clone());
+        self.contact_name.push(r.contact_name.clone());
+        self.master.push(r.master_call_id);
+        self.entry.push(r.entry_point_call_id);
+        self.operator.push(r.operator_call_id);
+        self.recording.push(r.recording_url.clone());
+        self.voicemail.push(r.voicemail_link.clone());
+        self.transcript.push(r.transcript.clone());
+        self.raw.push(raw);
+        self.last_event.push(ts(r.last_event_at));
+    }
+
+    fn into_args<'a>(self) -> Vec<DatumWithOid<'a>> {
+        vec![
+            self.id.into(),
+            self.dir.into(),
+            self.status.into(),
+            self.last_state.into(),
+            self.ext.into(),
+            self.int.into(),
+            self.started.into(),
+            self.connected.into(),
+            self.ended.into(),
+            self.duration.into(),
+            self.target_id.into(),
+            self.target_type.into(),
+            self.target_name.into(),
+            self.contact_id.into(),
+            self.contact_name.into(),
+            self.master.into(),
+            self.entry.into(),
+            self.operator.into(),
+            self.recording.into(),
+            self.voicemail.into(),
+            self.transcript.into(),
+            jsonb_array(self.raw),
+            self.last_event.into(),
+        ]
+    }
+}
+
+/// An already-built `jsonb[]` datum.
+struct JsonbArrayDatum(pg_sys::Datum);
+
+impl IntoDatum for JsonbArrayDatum {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBARRAYOID
+    }
+}
+
+/// A `jsonb[]` built from finished jsonb datums (no text round trip).
+fn jsonb_array<'a>(items: Vec<Option<Vec<u8>>>) -> DatumWithOid<'a> {
+    unsafe {
+        let n = items.len();
+        let mut datums: Vec<pg_sys::Datum> = Vec::with_capacity(n);
+        let mut nulls: Vec<bool> = Vec::with_capacity(n);
+        for item in items {
+            match item {
+                Some(bytes) => {
+                    let p = pg_sys::palloc(bytes.len()) as *mut u8;
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+                    datums.push(pg_sys::Datum::from(p));
+                    nulls.push(false);
+                }
+                None => {
+                    datums.push(pg_sys::Datum::from(0usize));
+                    nulls.push(true);
+                }
+            }
+        }
+        let mut dims = [n as i32];
+        let mut lbs = [1i32];
+        let arr = pg_sys::construct_md_array(
+            datums.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+            1,
+            dims.as_mut_ptr(),
+            lbs.as_mut_ptr(),
+            pg_sys::JSONBOID,
+            -1,
+            false,
+            b'i' as std::ffi::c_char,
+        );
+        DatumWithOid::from(JsonbArrayDatum(pg_sys::Datum::from(arr)))
+    }
+}
+
+fn read_call_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<CallRow, pgrx::spi::Error> {
+    let t = |i: usize| -> Result<Option<i64>, pgrx::spi::Error> {
+        Ok(row.get::<TimestampWithTimeZone>(i)?.map(|t| t.into_inner()))
+    };
+    Ok(CallRow {
+        dialpad_call_id: row.get(1)?.unwrap_or_default(),
+        direction: row.get(2)?,
+        status: row.get(3)?.unwrap_or_default(),
+        last_state: row.get(4)?,
+        external_number: row.get(5)?,
+        internal_number: row.get(6)?,
+        started_at: t(7)?,
+        connected_at: t(8)?,
+        ended_at: t(9)?,
+        duration_seconds: row.get(10)?,
+        target_id: row.get(11)?,
+        target_type: row.get(12)?,
+        target_name: row.get(13)?,
+        contact_id: row.get(14)?,
+        contact_name: row.get(15)?,
+        master_call_id: row.get(16)?,
+        entry_point_call_id: row.get(17)?,
+        operator_call_id: row.get(18)?,
+        recording_url: row.get(19)?,
+        voicemail_link: row.get(20)?,
+        transcript: row.get(21)?,
+        last_event_at: t(22)?,
+    })
+}
+
+/// Tries the call's advisory lock (held until the transaction ends); never waits.
+fn try_lock_call(call_id: i64) -> bool {
+    unsafe {
+        let mut tag: pg_sys::LOCKTAG = std::mem::zeroed();
+        tag.locktag_field1 = pg_sys::MyDatabaseId.into();
+        tag.locktag_field2 = ((call_id as u64) >> 32) as u32;
+        tag.locktag_field3 = call_id as u32;
+        tag.locktag_field4 = LOCK_NAMESPACE;
+        tag.locktag_type = pg_sys::LockTagType::LOCKTAG_ADVISORY as u8;
+        tag.locktag_lockmethodid = pg_sys::USER_LOCKMETHOD as u8;
+        let r = pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, true);
+        r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    }
+}
+
+/// Runs `f` in a subtransaction: kept on success, rolled back on error (the message is
+/// returned). The caller's memory context and resource owner are restored either way.
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    unsafe {
+        let cxt = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(cxt);
+        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(move || Ok(f())))
+            .catch_others(|e| Err(caught_message(&e)))
+            .execute();
+        match result {
+            Ok(r) => {
+                pg_sys::ReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(cxt);
+                pg_sys::CurrentResourceOwner = owner;
+                Ok(r)
+            }
+            Err(msg) => {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(cxt);
+                pg_sys::CurrentResourceOwner = owner;
+                Err(msg)
+            }
+        }
+    }
+}
+
+pub fn caught_message(e: &pg_sys::panic::CaughtError) -> String {
+    match e {
+        pg_sys::panic::CaughtError::PostgresError(r)
+        | pg_sys::panic::CaughtError::ErrorReport(r)
+        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+            match r.detail() {
+                Some(d) => format!("{} ({})", r.message(), d),
+                None => r.message().to_string(),
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Monitoring functions over shared memory, behind the dialpad.worker_stats and
+//! dialpad.queue_stats views, and dialpad.worker_status() for "is it running, and if not why".
+
+use crate::{gucs, shmem};
+use pgrx::prelude::*;
+use std::sync::atomic::Ordering;
+
+fn ts(v: i64) -> Option<TimestampWithTimeZone> {
+    (v != 0).then(|| TimestampWithTimeZone::try_from(v).ok()).flatten()
+}
+
+/// Events handled by any processor in the last 60 seconds (NULL without shared memory).
+#[pg_extern(volatile, parallel_safe)]
+fn processed_last_minute() -> Option<i64> {
+    shmem::get().map(|s| s.processed_last_minute() as i64)
+}
+
+/// Wakes the workers when the current transaction commits.
+#[pg_extern(volatile, parallel_unsafe)]
+fn wake_workers() {
+    shmem::wake_workers_at_commit();
+}
+
+#[pg_extern(volatile, parallel_safe)]
+fn worker_stats() -> TableIterator<
+    'static,
+    (
+        name!(worker, i32),
+        name!(pid, Option<i32>),
+        name!(events_handled, i64),
+        name!(batches, i64),
+        name!(errors, i64),
+        name!(dead_lettered, i64),
+        name!(rejected_transitions, i64),
+        name!(last_batch_at, Option<TimestampWithTimeZone>),
+        name!(started_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let rows: Vec<_> = match shmem::get() {
+        None => Vec::new(),
+        Some(s) => s
+            .slots
+            .iter()
+            .enumerate()
+            .take(gucs::workers().max(1))
+            .map(|(i, slot)| {
+                let pid = slot.pid.load(Ordering::Acquire);
+                (
+                    i as i32,
+                    (pid != 0).then_some(pid),
+                    slot.events.load(Ordering::Relaxed) as i64,
+                    slot.batches.load(Ordering::Relaxed) as i64,
+                    slot.errors.load(Ordering::Relaxed) as i64,
+                    slot.dead.load(Ordering::Relaxed) as i64,
+                    slot.rejected.load(Ordering::Relaxed) as i64,
+                    ts(slot.last_batch_at.load(Ordering::Relaxed)),
+                    ts(slot.started_at.load(Ordering::Relaxed)),
+                )
+            })
+            .collect(),
+    };
+    TableIterator::new(rows)
+}
+
+#[pg_extern(volatile, parallel_safe)]
+fn worker_status() -> TableIterator<
+    'static,
+    (
+        name!(component, String),
+        name!(pid, Option<i32>),
+        name!(running, bool),
+        name!(detail, String),
+        name!(hint, Option<String>),
+    ),
+> {
+    let mut rows = Vec::new();
+    let Some(s) = shmem::get() else {
+        rows.push((
+            "worker".to_string(),
+            None,
+            false,
+            "pg_dialpad is not in shared_preload_libraries, so no background worker runs.".to_string(),
+            Some("Add pg_dialpad to shared_preload_libraries in postgresql.conf and restart the server; until then, call dialpad.process_events() (e.g. from pg_cron).".to_string()),
+        ));
+        return TableIterator::new(rows);
+    };
+    let n = gucs::workers();
+    if n == 0 {
+        rows.push((
+            "worker".to_string(),
+            None,
+            false,
+            "dialpad.workers is 0.".to_string(),
+            Some("Set dialpad.workers to 1 or more and restart the server.".to_string()),
+        ));
+        return TableIterator::new(rows);
+    }
+    let database = gucs::database();
+    let launcher = s.launcher_pid.load(Ordering::Acquire);
+    rows.push((
+        "launcher".to_string(),
+        (launcher != 0).then_some(launcher),
+        launcher != 0,
+        format!("supervises {n} worker(s) for database \"{database}\""),
+        (launcher == 0).then(|| "The postmaster restarts the launcher within a second; see the server log if it stays down (max_worker_processes?).".to_string()),
+    ));
+    let here = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) }
+        .to_string_lossy()
+        .into_owned();
+    for (i, slot) in s.slots.iter().enumerate().take(n) {
+        let pid = slot.pid.load(Ordering::Acquire);
+        let running = pid != 0;
+        let detail = if !running {
+            format!("worker {i} is not running")
+        } else if !gucs::enabled() {
+            format!("worker {i} is running but paused (dialpad.enabled = off)")
+        } else {
+            format!("worker {i} is processing events in database \"{database}\"")
+        };
+        let hint = if !running {
+            Some(format!(
+                "The launcher starts it within a second once database \"{database}\" exists; check the server log and max_worker_processes."
+            ))
+        } else if here != database {
+            Some(format!("The workers process database \"{database}\", not this one (\"{here}\"): set dialpad.database and restart."))
+        } else {
+            None
+        };
+        rows.push((format!("worker {i}"), running.then_some(pid), running, detail, hint));
+    }
+    TableIterator::new(rows)
+}
