@@ -11,6 +11,20 @@ COMMENT ON FUNCTION dialpad.sanitize_call_payload(jsonb, integer, integer, integ
 COMMENT ON FUNCTION dialpad.version_info() IS 'pg_dialpad version and build information.';
 COMMENT ON FUNCTION dialpad.calls_before_write() IS
     'Trigger on dialpad.calls: stores the direction normalized and enforces dialpad.status_transitions (see dialpad.invalid_transition).';
+COMMENT ON FUNCTION dialpad.webhook_events_before_insert() IS
+    'Trigger on dialpad.webhook_events: fills event_type and call_id from the payload; never rejects a payload.';
+COMMENT ON FUNCTION dialpad.wake_workers_on_insert() IS
+    'Trigger on dialpad.webhook_events: wakes the background workers when the inserting transaction commits.';
+COMMENT ON FUNCTION dialpad.process_events(integer) IS
+    'Claims up to max_events due events (FOR UPDATE SKIP LOCKED, arrival order), applies them to dialpad.calls and marks them, in the caller''s transaction; returns how many it handled. Safe to run from any number of sessions at once.';
+COMMENT ON FUNCTION dialpad.worker_status() IS
+    'Whether the launcher and each background worker run, and if not, why and what to do.';
+COMMENT ON FUNCTION dialpad.worker_stats() IS
+    'Per-worker counters from shared memory (behind the dialpad.worker_stats view).';
+COMMENT ON FUNCTION dialpad.processed_last_minute() IS
+    'Events handled by any processor in the last 60 seconds; NULL without shared_preload_libraries.';
+COMMENT ON FUNCTION dialpad.wake_workers() IS
+    'Wakes the background workers when the current transaction commits.';
 COMMENT ON FUNCTION dialpad.rules_changed() IS
     'Trigger on the rule tables: makes every session reload the rules from its next statement.';
 

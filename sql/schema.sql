@@ -107,6 +107,7 @@ CREATE TRIGGER state_mapping_upsert BEFORE INSERT ON dialpad.state_mapping
 CREATE TABLE dialpad.webhook_events (
     id              bigserial PRIMARY KEY,
     event_type      text,
+    call_id         bigint,
     payload         jsonb NOT NULL,
     received_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     processed_at    timestamptz,
@@ -118,6 +119,7 @@ CREATE TABLE dialpad.webhook_events (
 COMMENT ON TABLE dialpad.webhook_events IS
     'Inbox and immutable audit log of Dialpad webhook deliveries. Pending: processed_at and dead_at NULL; due when next_attempt_at is NULL or past.';
 COMMENT ON COLUMN dialpad.webhook_events.event_type IS 'Set from payload->>''state'' on insert when not given.';
+COMMENT ON COLUMN dialpad.webhook_events.call_id IS 'Set from payload->''call_id'' on insert (NULL when it is not an integer).';
 COMMENT ON COLUMN dialpad.webhook_events.payload IS 'The full event as delivered. Cannot be changed after insert.';
 COMMENT ON COLUMN dialpad.webhook_events.processed_at IS 'When the event was applied to dialpad.calls; NULL while pending.';
 COMMENT ON COLUMN dialpad.webhook_events.attempts IS 'How many times applying the event failed.';
@@ -131,26 +133,17 @@ CREATE INDEX webhook_events_pending ON dialpad.webhook_events (id)
     WHERE processed_at IS NULL AND dead_at IS NULL;
 CREATE INDEX webhook_events_dead ON dialpad.webhook_events (dead_at)
     WHERE dead_at IS NOT NULL;
-
-CREATE FUNCTION dialpad.webhook_events_before_insert() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NEW.event_type IS NULL AND pg_catalog.jsonb_typeof(NEW.payload) = 'object' THEN
-        NEW.event_type := NEW.payload OPERATOR(pg_catalog.->>) 'state';
-    END IF;
-    RETURN NEW;
-END
-$$;
-COMMENT ON FUNCTION dialpad.webhook_events_before_insert() IS
-    'Trigger: fills event_type from the payload''s state.';
+-- A call's history, read when an event arrives later than newer ones (see src/processor.rs).
+CREATE INDEX webhook_events_call ON dialpad.webhook_events (call_id);
 
 CREATE FUNCTION dialpad.webhook_events_immutable() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NEW.payload IS DISTINCT FROM OLD.payload
        OR NEW.received_at IS DISTINCT FROM OLD.received_at
-       OR NEW.id IS DISTINCT FROM OLD.id THEN
-        RAISE EXCEPTION 'webhook event % is part of the audit log: its id, payload and received_at cannot be changed', OLD.id
+       OR NEW.id IS DISTINCT FROM OLD.id
+       OR NEW.call_id IS DISTINCT FROM OLD.call_id THEN
+        RAISE EXCEPTION 'webhook event % is part of the audit log: its id, payload, call_id and received_at cannot be changed', OLD.id
             USING ERRCODE = 'restrict_violation',
                   HINT = 'Insert a new event instead; processing columns (processed_at, attempts, ...) may be updated.';
     END IF;
@@ -158,12 +151,10 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dialpad.webhook_events_immutable() IS
-    'Trigger: refuses any change of a stored event''s id, payload or received_at.';
+    'Trigger: refuses any change of a stored event''s id, payload, call_id or received_at.';
 
-CREATE TRIGGER webhook_events_before_insert BEFORE INSERT ON dialpad.webhook_events
-    FOR EACH ROW EXECUTE FUNCTION dialpad.webhook_events_before_insert();
 -- Column-specific: the worker's updates of processing columns never pay for this check.
-CREATE TRIGGER webhook_events_immutable BEFORE UPDATE OF id, payload, received_at ON dialpad.webhook_events
+CREATE TRIGGER webhook_events_immutable BEFORE UPDATE OF id, payload, call_id, received_at ON dialpad.webhook_events
     FOR EACH ROW EXECUTE FUNCTION dialpad.webhook_events_immutable();
 ALTER TABLE dialpad.webhook_events ENABLE ALWAYS TRIGGER webhook_events_immutable;
 

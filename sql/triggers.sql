@@ -11,3 +11,7 @@ CREATE TRIGGER status_transitions_changed AFTER INSERT OR UPDATE OR DELETE OR TR
     FOR EACH STATEMENT EXECUTE FUNCTION dialpad.rules_changed();
 CREATE TRIGGER state_mapping_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dialpad.state_mapping
     FOR EACH STATEMENT EXECUTE FUNCTION dialpad.rules_changed();
+
+CREATE TRIGGER webhook_events_before_insert BEFORE INSERT ON dialpad.webhook_events
+    FOR EACH ROW EXECUTE FUNCTION dialpad.webhook_events_before_insert();
+ALTER TABLE dialpad.webhook_events ENABLE ALWAYS TRIGGER webhook_events_before_insert;

@@ -20,17 +20,40 @@ impl JsonbArg {
     }
 }
 
-impl FromDatum for JsonbArg {
-    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
-        if is_null {
-            return None;
-        }
+impl JsonbArg {
+    /// # Safety
+    /// `datum` must be a non-null jsonb datum.
+    unsafe fn from_raw(datum: pg_sys::Datum) -> JsonbArg {
         unsafe {
             // pg_detoast_datum (not _packed): a 4-byte header, so the root container is aligned.
             let v = pg_sys::pg_detoast_datum(datum.cast_mut_ptr::<pg_sys::varlena>());
             let len = pgrx::varlena::varsize_any(v);
-            Some(JsonbArg { ptr: v as *const u8, len })
+            JsonbArg { ptr: v as *const u8, len }
         }
+    }
+}
+
+impl FromDatum for JsonbArg {
+    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+        if is_null {
+            None
+        } else {
+            Some(unsafe { JsonbArg::from_raw(datum) })
+        }
+    }
+}
+
+unsafe impl pgrx::datum::UnboxDatum for JsonbArg {
+    type As<'src>
+        = JsonbArg
+    where
+        Self: 'src;
+
+    unsafe fn unbox<'src>(d: Datum<'src>) -> Self::As<'src>
+    where
+        Self: 'src,
+    {
+        unsafe { JsonbArg::from_raw(d.sans_lifetime()) }
     }
 }
 

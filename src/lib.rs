@@ -31,7 +31,7 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
     "../sql/triggers.sql",
     name = "triggers",
-    requires = ["schema", triggers::calls_before_write, triggers::rules_changed]
+    requires = ["schema", triggers::calls_before_write, triggers::rules_changed, triggers::webhook_events_before_insert]
 );
 extension_sql_file!(
     "../sql/processing.sql",

@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.webhook_events"), Some(5));
         assert_eq!(
             text("SELECT string_agg(coalesce(event_type, '-'), ',' ORDER BY id) FROM dialpad.webhook_events").as_deref(),
-            Some("ringing,-,-,-,5")
+            Some("ringing,-,-,-,-")
         );
         expect_sqlstate("UPDATE dialpad.webhook_events SET payload = '{}' WHERE event_type = 'ringing'", "23001");
         run("UPDATE dialpad.webhook_events SET processed_at = now(), attempts = 1 WHERE event_type = 'ringing'");
@@ -394,13 +394,18 @@ mod tests {
         );
         // within a batch the events of a call were applied in event order: no rejection
         assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.rejected_transitions WHERE dialpad_call_id = 1"), Some(0));
-        // a stale event delivered later is refused and recorded with its event id
+        // a stale event delivered later takes its place in the history: same result
         run(&event(1, "ringing", 1787158716000, ""));
         assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(1));
         assert_eq!(s(1).as_deref(), Some("ended/inbound"));
+        assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.rejected_transitions WHERE dialpad_call_id = 1"), Some(0));
+        // a move the rules forbid, even in event order, is refused and recorded with its event id
+        run(&event(1, "connected", 1787158799999, ""));
+        assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(1));
+        assert_eq!(s(1).as_deref(), Some("ended/inbound"));
         assert_eq!(
-            text("SELECT from_status || '->' || to_status FROM dialpad.rejected_transitions WHERE dialpad_call_id = 1 AND event_id IS NOT NULL").as_deref(),
-            Some("ended->ringing")
+            text("SELECT r.from_status || '->' || r.to_status || ':' || e.event_type FROM dialpad.rejected_transitions r JOIN dialpad.webhook_events e ON e.id = r.event_id WHERE r.dialpad_call_id = 1").as_deref(),
+            Some("ended->active:connected")
         );
     }
 
@@ -472,5 +477,27 @@ mod tests {
         assert!(rows >= 1);
         assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.worker_status() WHERE NOT running AND hint IS NULL"), Some(0));
         assert!(one::<i64>("SELECT count(*) FROM dialpad.payload_stats").unwrap() == 2);
+    }
+
+    #[pg_test]
+    fn a_late_event_re_derives_the_call_from_its_history() {
+        run(&event(60, "hangup", 1000000004000, r#", "direction": "inbound""#));
+        assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(1));
+        assert_eq!(text("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 60").as_deref(), Some("missed"));
+        // the voicemail happened before the hangup, but was delivered after it
+        run(&event(60, "ringing", 1000000000000, ""));
+        run(&event(60, "voicemail", 1000000003000, r#", "voicemail_link": "https://vm/60""#));
+        assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(2));
+        assert_eq!(
+            text("SELECT status || ' ' || last_state || ' ' || voicemail_link FROM dialpad.calls WHERE dialpad_call_id = 60").as_deref(),
+            Some("voicemail hangup https://vm/60")
+        );
+        // a direct write still cannot leave the terminal status
+        run("UPDATE dialpad.calls SET status = 'active' WHERE dialpad_call_id = 60");
+        assert_eq!(text("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 60").as_deref(), Some("voicemail"));
+        assert_eq!(
+            text("SELECT event_type || ':' || call_id FROM dialpad.webhook_events ORDER BY id LIMIT 1").as_deref(),
+            Some("hangup:60")
+        );
     }
 }

@@ -49,6 +49,11 @@ UPDATE dialpad.webhook_events AS e SET processed_at = pg_catalog.now()
           FOR UPDATE SKIP LOCKED))
 RETURNING e.id, e.payload";
 
+const HISTORY_SQL: &str = "\
+SELECT id, payload FROM dialpad.webhook_events
+ WHERE call_id OPERATOR(pg_catalog.=) ANY ($1) AND processed_at IS NOT NULL
+   AND NOT id OPERATOR(pg_catalog.=) ANY ($2)";
+
 const READ_CALLS_SQL: &str = "\
 SELECT dialpad_call_id, direction, status, last_state, external_number, internal_number,
        started_at, connected_at, ended_at, duration_seconds::pg_catalog.float8,
@@ -215,7 +220,48 @@ fn process_batch_in(
         }
     }
 
-    // 5. Fold each call's events.
+    // 5. A call that receives an event older than its last applied one is re-derived from
+    //    its whole history in event order: a late "voicemail" must not lose to an earlier
+    //    processed "hangup". Only such calls pay for reading their history.
+    let n_batch = claimed.len();
+    let late: Vec<i64> = call_ids
+        .iter()
+        .copied()
+        .filter(|call_id| {
+            let Some(last) = existing.get(call_id).and_then(|r| r.last_event_at) else { return false };
+            groups[call_id]
+                .iter()
+                .any(|&i| claimed[i].parsed.as_ref().ok().and_then(|e| e.event_at).is_some_and(|at| at < last))
+        })
+        .collect();
+    if !late.is_empty() {
+        let batch_ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+        let table = run_kept(
+            client,
+            HISTORY_SQL,
+            &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+            None,
+            &[late.clone().into(), batch_ids.into()],
+        )?;
+        for row in table {
+            let id: i64 = row.get(1)?.unwrap_or_default();
+            let Some(payload) = row.get::<JsonbArg>(2)? else { continue };
+            let parsed = Container::root(payload.body())
+                .map_err(|_| EventError::Corrupt)
+                .and_then(CallEvent::from_payload);
+            if let Ok(ev) = &parsed {
+                if let Some(g) = groups.get_mut(&ev.call_id) {
+                    g.push(claimed.len());
+                    claimed.push(Claimed { id, payload, parsed });
+                }
+            }
+        }
+        for call_id in &late {
+            existing.remove(call_id);
+        }
+    }
+
+    // 6. Fold each call's events.
     let mut folds: Vec<(i64, Folded, Vec<usize>)> = Vec::with_capacity(call_ids.len());
     for call_id in &call_ids {
         let mut idx = groups.remove(call_id).unwrap_or_default();
@@ -224,18 +270,22 @@ fn process_batch_in(
             (ev.and_then(|e| e.event_at).unwrap_or(i64::MAX), claimed[i].id)
         });
         let events: Vec<&CallEvent> = idx.iter().filter_map(|&i| claimed[i].parsed.as_ref().ok()).collect();
-        let folded = fold_events_by_call(existing.get(call_id), &events, rules);
+        let mut folded = fold_events_by_call(existing.get(call_id), &events, rules);
+        // Rejections of history events were recorded when they were first applied.
+        folded.rejections.retain(|r| idx[r.event] < n_batch);
         folds.push((*call_id, folded, idx));
     }
 
-    // 6. Write: the whole batch at once; on error, call by call to isolate the bad one.
+    // 7. Write: the whole batch at once; on error, call by call to isolate the bad one.
     let all: Vec<usize> = (0..folds.len()).collect();
-    let batch_ok = in_subtransaction(|| write_calls(client, &claimed, &folds, &all));
+    let batch_ok = in_subtransaction(|| crate::triggers::as_processor(|| write_calls(client, &claimed, &folds, &all)));
     match batch_ok {
         Ok(r) => r?,
         Err(_) => {
             for i in 0..folds.len() {
-                if let Err(msg) = in_subtransaction(|| write_calls(client, &claimed, &folds, &[i])) {
+                if let Err(msg) =
+                    in_subtransaction(|| crate::triggers::as_processor(|| write_calls(client, &claimed, &folds, &[i])))
+                {
                     for &e in &folds[i].2 {
                         failures.push((claimed[e].id, msg.clone(), false));
                     }
@@ -248,10 +298,10 @@ fn process_batch_in(
     let failed_ids: std::collections::HashSet<i64> = failures.iter().map(|f| f.0).collect();
     for (_, f, idx) in &folds {
         out.rejected += f.rejections.len() as u64;
-        out.applied += idx.iter().filter(|&&i| !failed_ids.contains(&claimed[i].id)).count() as u64;
+        out.applied += idx.iter().filter(|&&i| i < n_batch && !failed_ids.contains(&claimed[i].id)).count() as u64;
     }
 
-    // 7. Failed events: attempt counted, error kept, retried later or dead-lettered.
+    // 8. Failed events: attempt counted, error kept, retried later or dead-lettered.
     if !failures.is_empty() {
         let ids: Vec<i64> = failures.iter().map(|f| f.0).collect();
         let errs: Vec<String> = failures.iter().map(|f| f.1.clone()).collect();
@@ -274,7 +324,7 @@ fn process_batch_in(
         out.deferred = deferred.len() as u64;
         run_kept(client, DEFER_SQL, &[pg_sys::INT8ARRAYOID], None, &[deferred.into()])?;
     }
-    out.handled = claimed.len() as u64 - out.deferred;
+    out.handled = n_batch as u64 - out.deferred;
     if let Some(s) = crate::shmem::get() {
         s.note_processed(out.handled);
     }

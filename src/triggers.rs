@@ -31,6 +31,26 @@ pub fn warn_unknown_direction(raw: &str) {
     );
 }
 
+thread_local! {
+    /// Set only by the processor (Rust code, not reachable from SQL) while it writes calls
+    /// whose transitions it has already checked in event order, possibly re-deriving a
+    /// status from the whole history after a late event (see processor.rs).
+    static PROCESSOR_WRITING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the transition check of `calls_before_write` delegated to the processor.
+pub fn as_processor<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PROCESSOR_WRITING.with(|w| w.set(false));
+        }
+    }
+    PROCESSOR_WRITING.with(|w| w.set(true));
+    let _reset = Reset;
+    f()
+}
+
 /// BEFORE INSERT OR UPDATE ON dialpad.calls, FOR EACH ROW.
 #[pg_trigger]
 fn calls_before_write<'a>(
@@ -50,7 +70,7 @@ fn calls_before_write<'a>(
         }
     }
 
-    if let Some(old) = trigger.old() {
+    if let Some(old) = trigger.old().filter(|_| !PROCESSOR_WRITING.with(|w| w.get())) {
         let from: Option<String> = old.get_by_name("status").map_err(err)?;
         let to: Option<String> = new.get_by_name("status").map_err(err)?;
         if from != to {
@@ -120,4 +140,34 @@ fn wake_workers_on_insert<'a>(
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
     crate::shmem::wake_workers_at_commit();
     Ok(None)
+}
+
+/// BEFORE INSERT ON dialpad.webhook_events, FOR EACH ROW: fills event_type (when not given)
+/// and call_id from the payload, reading jsonb's binary form. Never rejects a payload.
+#[pg_trigger]
+fn webhook_events_before_insert<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, TriggerError> {
+    let Some(new) = trigger.new() else { return Ok(None) };
+    let mut new = new.into_owned();
+    let payload: Option<crate::datum::JsonbArg> = new.get_by_name("payload").map_err(err)?;
+    let Some(payload) = payload else { return Ok(Some(new)) };
+    let Ok(crate::jsonb::Value::Object(o)) = crate::jsonb::Container::root(payload.body()) else {
+        return Ok(Some(new));
+    };
+    let event_type: Option<String> = new.get_by_name("event_type").map_err(err)?;
+    if event_type.is_none() {
+        if let Ok(Some(crate::jsonb::Value::String(s))) = o.get(b"state") {
+            new.set_by_name("event_type", String::from_utf8_lossy(s).as_ref()).map_err(err)?;
+        }
+    }
+    let call_id = match o.get(b"call_id") {
+        Ok(Some(crate::jsonb::Value::Numeric(n))) => {
+            crate::numeric::Decimal::from_datum_bytes(n).ok().and_then(|d| d.to_i64())
+        }
+        Ok(Some(crate::jsonb::Value::String(s))) => std::str::from_utf8(s).ok().and_then(|s| s.trim().parse().ok()),
+        _ => None,
+    };
+    new.set_by_name("call_id", call_id).map_err(err)?;
+    Ok(Some(new))
 }
