@@ -34,6 +34,19 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    // PGC_POSTMASTER settings can only be defined while the library is preloaded (a later
+    // load would fail with "cannot create PGC_POSTMASTER variables after startup").
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        define_startup_settings();
+    }
+    define_reloadable_settings();
+    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+    unsafe {
+        pgrx::pg_sys::MarkGUCPrefixReserved(c"dialpad".as_ptr());
+    }
+}
+
+fn define_startup_settings() {
     GucRegistry::define_string_guc(
         c"dialpad.database",
         c"Database the pg_dialpad background workers process events in.",
@@ -60,6 +73,9 @@ pub fn init() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+}
+
+fn define_reloadable_settings() {
     GucRegistry::define_int_guc(
         c"dialpad.batch_size",
         c"Maximum number of events a worker handles in one transaction.",
@@ -98,10 +114,6 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
-    unsafe {
-        pgrx::pg_sys::MarkGUCPrefixReserved(c"dialpad".as_ptr());
-    }
 }
 
 pub fn invalid_transition() -> InvalidTransition {
