@@ -201,9 +201,10 @@ pub fn worker_pids(c: &mut Client) -> Vec<i32> {
 pub fn reconnect(cluster: &Cluster) -> Client {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        // The old server may still be going down, or the new one recovering: retry the
+        // whole sequence until a session survives it.
         if let Ok(mut c) = Client::connect(&cluster.conninfo("postgres"), NoTls) {
-            if c.simple_query("SELECT 1").is_ok() {
-                c.batch_execute(SAMPLE_EVENTS_SQL).expect("load sample generator");
+            if c.simple_query("SELECT 1").is_ok() && c.batch_execute(SAMPLE_EVENTS_SQL).is_ok() {
                 return c;
             }
         }
