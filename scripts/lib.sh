@@ -55,6 +55,9 @@ ensure_all() {
 install_extension() {
     local profile=(--release)
     [ "${PROFILE:-release}" = dev ] && profile=()
+    # Overwriting the library under a running server crashes it: stop our demo cluster first
+    # (scripts/demo starts it again).
+    cluster_stop "${REPO_ROOT}/target/demo-cluster"
     log "building and installing pg_dialpad (${PROFILE:-release})"
     (cd "${REPO_ROOT}" && as_root env PATH="${PATH}" PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}" \
         cargo pgrx install "${profile[@]}" --pg-config "${PG_CONFIG}" >/dev/null)

@@ -103,9 +103,30 @@ fn slot_alive(i: usize) -> bool {
     shmem::get().is_some_and(|s| s.slots[i].pid.load(Ordering::Acquire) != 0)
 }
 
+/// Whether `name` is in pg_database. A heap scan, as the autovacuum launcher does: without
+/// a database, the relcache may be unable to build the catalog's index (right after startup,
+/// before the shared init file exists), so get_database_oid() could fail.
 fn database_exists(name: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(name) else { return false };
-    unsafe { pg_sys::get_database_oid(c.as_ptr(), true) != pg_sys::InvalidOid }
+    unsafe {
+        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
+        let mut found = false;
+        loop {
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+            let datname = std::ffi::CStr::from_ptr((*form).datname.data.as_ptr());
+            if datname.to_bytes() == name.as_bytes() {
+                found = true;
+                break;
+            }
+        }
+        pg_sys::table_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        found
+    }
 }
 
 fn start_worker(i: usize) -> Option<DynamicBackgroundWorker> {

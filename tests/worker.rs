@@ -74,6 +74,15 @@ fn assert_exactly_once(c: &mut Client, delivered: i64) {
     assert_eq!(count(c, "SELECT count(*) FROM public.processed_marks"), delivered);
 }
 
+/// Waits until the server has gone through its crash reset (the log says so).
+fn wait_for_reset(cluster: &Cluster) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cluster.log().contains("all server processes terminated; reinitializing") {
+        assert!(std::time::Instant::now() < deadline, "no crash reset:\n{}", cluster.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn drained(c: &mut Client, secs: u64) {
     wait_until(c, "SELECT pending = 0 FROM dialpad.queue_stats", secs);
 }
@@ -95,6 +104,8 @@ fn one_worker_drains_events_into_the_expected_calls() {
         count(&mut c, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker' AND query LIKE '%webhook events%'"),
         1
     );
+    let log = cluster.log();
+    assert!(!log.contains("FATAL") && !log.contains("exited with exit code"), "clean start:\n{log}");
 }
 
 #[test]
@@ -175,6 +186,8 @@ fn kill_9_of_a_worker_mid_batch_loses_nothing_and_applies_nothing_twice() {
     let status = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
     assert!(status.success());
     drop(c);
+    // the postmaster now resets every backend: wait until it has begun before reconnecting
+    wait_for_reset(&cluster);
     let mut c = reconnect(&cluster);
     drained(&mut c, 120);
     assert!(worker_pids(&mut c).iter().all(|&p| p != pid), "a new worker took over");
