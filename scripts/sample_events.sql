@@ -67,7 +67,7 @@ BEGIN
         END IF;
         connected := CASE WHEN k IN ('answered_inbound', 'outbound_answered') THEN t0 + 4000 END;
         ended := t0 + 65000;
-        transcript := CASE WHEN heavy AND random() < 0.08
+        transcript := CASE WHEN heavy AND random() < 0.2
                            THEN repeat('Customer asked about the invoice and the agent explained the charges. ', 300 + (random() * 400)::int)
                            ELSE 'Short call about an order.' END;
         FOR s IN 1 .. array_length(states, 1) LOOP
@@ -99,7 +99,7 @@ BEGIN
                 'group_id', 'group-' || (i % 50),
                 'is_transferred', false,
                 'is_internal', false,
-                'routing_breadcrumbs', CASE WHEN heavy AND i % 4 = 0 THEN breadcrumbs ELSE '[]'::jsonb END,
+                'routing_breadcrumbs', CASE WHEN heavy AND i % 2 = 0 THEN breadcrumbs ELSE '[]'::jsonb END,
                 'was_recorded', states[s] = 'recording',
                 'recording_details', CASE WHEN states[s] = 'recording' THEN jsonb_build_array(jsonb_build_object(
                     'id', 'rec-' || cid, 'url', 'https://dialpad.example/recording/' || cid,
@@ -111,7 +111,7 @@ BEGIN
                 'labels', jsonb_build_array('support', 'tier' || (i % 3)),
                 'csat_score', NULL,
                 'mos_score', 4.3,
-                'integrations', CASE WHEN heavy AND i % 5 = 0 THEN big_integrations ELSE '{}'::jsonb END,
+                'integrations', CASE WHEN heavy AND i % 5 < 2 THEN big_integrations ELSE '{}'::jsonb END,
                 'callback_requested', false,
                 'target_availability_status', 'open',
                 'public_call_review_share_link', 'https://dialpad.example/shared/' || cid,

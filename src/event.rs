@@ -72,15 +72,16 @@ fn bad(field: &'static str, why: impl Into<String>) -> EventError {
     EventError::BadField { field, why: why.into() }
 }
 
-fn get<'a>(o: &Container<'a>, key: &str) -> Result<Option<Value<'a>>, EventError> {
-    match o.get(key.as_bytes()).map_err(|_| EventError::Corrupt)? {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => Ok(Some(v)),
+/// The value, with JSON null treated as absent.
+fn present(v: Value<'_>) -> Option<Value<'_>> {
+    match v {
+        Value::Null => None,
+        v => Some(v),
     }
 }
 
-fn text(o: &Container<'_>, key: &'static str) -> Result<Option<String>, EventError> {
-    Ok(match get(o, key)? {
+fn text(v: Value<'_>, key: &'static str) -> Result<Option<String>, EventError> {
+    Ok(match present(v) {
         None => None,
         Some(Value::String(s)) => Some(String::from_utf8_lossy(s).into_owned()),
         Some(Value::Numeric(n)) => {
@@ -92,8 +93,8 @@ fn text(o: &Container<'_>, key: &'static str) -> Result<Option<String>, EventErr
 }
 
 /// An integer given as a JSON number or a string of digits.
-fn integer(o: &Container<'_>, key: &'static str) -> Result<Option<i64>, EventError> {
-    Ok(match get(o, key)? {
+fn integer(v: Value<'_>, key: &'static str) -> Result<Option<i64>, EventError> {
+    Ok(match present(v) {
         None => None,
         Some(Value::Numeric(n)) => {
             let d = Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?;
@@ -112,21 +113,18 @@ fn integer(o: &Container<'_>, key: &'static str) -> Result<Option<i64>, EventErr
     })
 }
 
-fn epoch_ms(o: &Container<'_>, key: &'static str) -> Result<Option<i64>, EventError> {
-    match integer(o, key) {
+fn epoch_ms(v: Value<'_>, key: &'static str) -> Result<Option<i64>, EventError> {
+    let implausible = |ms: f64| bad(key, format!("{ms} is not a plausible epoch time in milliseconds"));
+    match integer(v, key) {
         Ok(None) => Ok(None),
-        Ok(Some(ms)) if (MIN_EPOCH_MS..=MAX_EPOCH_MS).contains(&ms) => {
-            Ok(Some(ms * 1000 - PG_EPOCH_OFFSET_US))
-        }
-        Ok(Some(ms)) => Err(bad(key, format!("{ms} is not a plausible epoch time in milliseconds"))),
+        Ok(Some(ms)) if (MIN_EPOCH_MS..=MAX_EPOCH_MS).contains(&ms) => Ok(Some(ms * 1000 - PG_EPOCH_OFFSET_US)),
+        Ok(Some(ms)) => Err(implausible(ms as f64)),
         // Fractional milliseconds: keep the microseconds.
         Err(EventError::BadField { .. }) => {
-            let Some(Value::Numeric(n)) = get(o, key)? else {
-                return Err(bad(key, "expected epoch milliseconds"));
-            };
+            let Value::Numeric(n) = v else { return Err(bad(key, "expected epoch milliseconds")) };
             let ms = Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?.to_f64();
             if !(MIN_EPOCH_MS as f64..=MAX_EPOCH_MS as f64).contains(&ms) {
-                return Err(bad(key, format!("{ms} is not a plausible epoch time in milliseconds")));
+                return Err(implausible(ms));
             }
             Ok(Some((ms * 1000.0).round() as i64 - PG_EPOCH_OFFSET_US))
         }
@@ -134,8 +132,8 @@ fn epoch_ms(o: &Container<'_>, key: &'static str) -> Result<Option<i64>, EventEr
     }
 }
 
-fn milliseconds_as_seconds(o: &Container<'_>, key: &'static str) -> Result<Option<f64>, EventError> {
-    let ms = match get(o, key)? {
+fn milliseconds_as_seconds(v: Value<'_>, key: &'static str) -> Result<Option<f64>, EventError> {
+    let ms = match present(v) {
         None => return Ok(None),
         Some(Value::Numeric(n)) => Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?.to_f64(),
         Some(Value::String(s)) => String::from_utf8_lossy(s)
@@ -151,61 +149,101 @@ fn milliseconds_as_seconds(o: &Container<'_>, key: &'static str) -> Result<Optio
     Ok(Some(s))
 }
 
-fn object<'a>(o: &Container<'a>, key: &'static str) -> Result<Option<Container<'a>>, EventError> {
-    match get(o, key)? {
+fn object<'a>(v: Value<'a>, key: &'static str) -> Result<Option<Container<'a>>, EventError> {
+    match present(v) {
         None => Ok(None),
         Some(Value::Object(c)) => Ok(Some(c)),
         Some(_) => Err(bad(key, "expected an object")),
     }
 }
 
+/// Calls `f(key, value)` for every pair of an object, in one pass.
+fn for_each_pair<'a>(
+    o: &Container<'a>,
+    mut f: impl FnMut(&[u8], Value<'a>) -> Result<(), EventError>,
+) -> Result<(), EventError> {
+    let keys = o.keys().map_err(|_| EventError::Corrupt)?;
+    let values = o.values().map_err(|_| EventError::Corrupt)?;
+    for (k, v) in keys.zip(values) {
+        let (Value::String(k), v) = (k.map_err(|_| EventError::Corrupt)?, v.map_err(|_| EventError::Corrupt)?) else {
+            return Err(EventError::Corrupt);
+        };
+        f(k, v)?;
+    }
+    Ok(())
+}
+
 impl CallEvent {
-    /// Reads an event from the root of a jsonb payload.
+    /// Reads an event from the root of a jsonb payload, in one pass over its keys.
     pub fn from_payload(root: Value<'_>) -> Result<CallEvent, EventError> {
         let Value::Object(o) = root else { return Err(EventError::NotAnObject) };
-        let call_id = integer(&o, "call_id")?.ok_or(EventError::NoCallId)?;
-        let mut e = CallEvent {
-            call_id,
-            state: text(&o, "state")?,
-            direction: text(&o, "direction")?,
-            event_at: epoch_ms(&o, "event_timestamp")?,
-            started_at: epoch_ms(&o, "date_started")?,
-            connected_at: epoch_ms(&o, "date_connected")?,
-            ended_at: epoch_ms(&o, "date_ended")?,
-            duration_seconds: milliseconds_as_seconds(&o, "duration")?,
-            external_number: text(&o, "external_number")?,
-            internal_number: text(&o, "internal_number")?,
-            master_call_id: integer(&o, "master_call_id")?,
-            entry_point_call_id: integer(&o, "entry_point_call_id")?,
-            operator_call_id: integer(&o, "operator_call_id")?,
-            voicemail_link: text(&o, "voicemail_link")?,
-            transcript: text(&o, "transcription_text")?
-                .map(|t| crate::sanitize::truncate_transcript(&t)),
-            ..CallEvent::default()
-        };
-        if let Some(t) = object(&o, "target")? {
-            e.target_id = text(&t, "id")?;
-            e.target_type = text(&t, "type")?;
-            e.target_name = text(&t, "name")?;
-        }
-        if let Some(c) = object(&o, "contact")? {
-            e.contact_id = text(&c, "id")?;
-            e.contact_name = text(&c, "name")?;
-        }
-        match get(&o, "recording_details")? {
-            Some(Value::Array(a)) => {
-                for item in a.values().map_err(|_| EventError::Corrupt)? {
-                    if let Value::Object(r) = item.map_err(|_| EventError::Corrupt)? {
-                        if let Some(url) = text(&r, "url")? {
-                            e.recording_url = Some(url);
-                            break;
-                        }
+        let mut e = CallEvent::default();
+        let mut call_id = None;
+        for_each_pair(&o, |k, v| {
+            match k {
+                b"call_id" => call_id = integer(v, "call_id")?,
+                b"state" => e.state = text(v, "state")?,
+                b"direction" => e.direction = text(v, "direction")?,
+                b"event_timestamp" => e.event_at = epoch_ms(v, "event_timestamp")?,
+                b"date_started" => e.started_at = epoch_ms(v, "date_started")?,
+                b"date_connected" => e.connected_at = epoch_ms(v, "date_connected")?,
+                b"date_ended" => e.ended_at = epoch_ms(v, "date_ended")?,
+                b"duration" => e.duration_seconds = milliseconds_as_seconds(v, "duration")?,
+                b"external_number" => e.external_number = text(v, "external_number")?,
+                b"internal_number" => e.internal_number = text(v, "internal_number")?,
+                b"master_call_id" => e.master_call_id = integer(v, "master_call_id")?,
+                b"entry_point_call_id" => e.entry_point_call_id = integer(v, "entry_point_call_id")?,
+                b"operator_call_id" => e.operator_call_id = integer(v, "operator_call_id")?,
+                b"voicemail_link" => e.voicemail_link = text(v, "voicemail_link")?,
+                b"transcription_text" => {
+                    e.transcript = text(v, "transcription_text")?.map(|t| crate::sanitize::truncate_transcript(&t))
+                }
+                b"target" => {
+                    if let Some(t) = object(v, "target")? {
+                        for_each_pair(&t, |k, v| {
+                            match k {
+                                b"id" => e.target_id = text(v, "target.id")?,
+                                b"type" => e.target_type = text(v, "target.type")?,
+                                b"name" => e.target_name = text(v, "target.name")?,
+                                _ => {}
+                            }
+                            Ok(())
+                        })?;
                     }
                 }
+                b"contact" => {
+                    if let Some(c) = object(v, "contact")? {
+                        for_each_pair(&c, |k, v| {
+                            match k {
+                                b"id" => e.contact_id = text(v, "contact.id")?,
+                                b"name" => e.contact_name = text(v, "contact.name")?,
+                                _ => {}
+                            }
+                            Ok(())
+                        })?;
+                    }
+                }
+                b"recording_details" => match present(v) {
+                    Some(Value::Array(a)) => {
+                        for item in a.values().map_err(|_| EventError::Corrupt)? {
+                            if let Value::Object(r) = item.map_err(|_| EventError::Corrupt)? {
+                                if let Some(url) = r.get(b"url").map_err(|_| EventError::Corrupt)? {
+                                    if let Some(url) = text(url, "recording_details.url")? {
+                                        e.recording_url = Some(url);
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    None => {}
+                    Some(_) => return Err(bad("recording_details", "expected an array")),
+                },
+                _ => {}
             }
-            None => {}
-            Some(_) => return Err(bad("recording_details", "expected an array")),
-        }
+            Ok(())
+        })?;
+        e.call_id = call_id.ok_or(EventError::NoCallId)?;
         Ok(e)
     }
 }
@@ -258,6 +296,8 @@ mod tests {
         assert!(matches!(e, EventError::BadField { field: "date_started", .. }), "{e}");
         let e = parse(r#"{"call_id": 1, "target": "x"}"#).unwrap_err();
         assert!(matches!(e, EventError::BadField { field: "target", .. }), "{e}");
+        let e = parse(r#"{"call_id": 1, "target": {"name": [1]}}"#).unwrap_err();
+        assert!(matches!(e, EventError::BadField { field: "target.name", .. }), "{e}");
         assert!(!parse(r#"{"call_id": "x"}"#).unwrap_err().is_permanent());
         assert!(parse(r#"{"x": 1}"#).unwrap_err().is_permanent());
     }

@@ -129,33 +129,30 @@ impl Sanitizer<'_> {
         (self.on_container)();
         let n = c.len();
         let max = self.limits.max_array_items;
+        let mut items: Vec<Value<'_>> = Vec::with_capacity(n.min(max + 1));
         let mut kept = 0usize;
         let mut last = None;
         for v in c.values()? {
             let v = v?;
             if !is_binary_value(&v) {
                 kept += 1;
+                if items.len() <= max {
+                    items.push(v);
+                }
             }
             last = Some(v);
         }
         // An array we already cut ends with our marker: leave its length alone.
-        let already_cut = n == max + 1 && last.map(|v| is_array_marker(&v)).unwrap_or(false);
+        let already_cut = n == max + 1 && last.is_some_and(|v| is_array_marker(&v));
         let cut = !already_cut && kept > max;
-        let out_len = if cut { max + 1 } else { kept };
-        let mut f = w.begin(JB_FARRAY, out_len)?;
-        let mut written = 0usize;
-        for v in c.values()? {
-            let v = v?;
-            if is_binary_value(&v) {
-                continue;
-            }
-            if cut && written == max {
-                break;
-            }
+        if cut {
+            items.truncate(max);
+        }
+        let mut f = w.begin(JB_FARRAY, items.len() + usize::from(cut))?;
+        for v in items {
             let m = w.mark();
             let ty = self.value(w, v, level + 1, transcript)?;
             w.end_child(&mut f, m, ty)?;
-            written += 1;
         }
         if cut {
             let marker = Owned::Object(vec![
@@ -174,56 +171,39 @@ impl Sanitizer<'_> {
     fn object(&mut self, w: &mut Writer, c: Container<'_>, level: usize) -> Result<u32, JsonbError> {
         (self.on_container)();
         let n = c.len();
-        let mut kept = 0usize;
+        let mut pairs: Vec<(&[u8], Value<'_>)> = Vec::with_capacity(n);
         for (k, v) in c.keys()?.zip(c.values()?) {
-            if keep_pair(k?, &v?) {
-                kept += 1;
+            let (Value::String(k), v) = (k?, v?) else { return Err(JsonbError::Corrupt) };
+            if keep_pair(k, &v) {
+                pairs.push((k, v));
             }
         }
         // The top-level object is never summarized: a real event has ~40 keys.
-        if level > 0 && kept > self.limits.max_object_keys && !is_object_summary(&c)? {
-            return self.summary(w, c, n, level);
+        if level > 0 && pairs.len() > self.limits.max_object_keys && !is_object_summary(&c)? {
+            let sample = pairs
+                .iter()
+                .take(self.limits.sample_keys)
+                .map(|(k, _)| Owned::String(k.to_vec()))
+                .collect();
+            return self.summary(w, sample, n, level);
         }
-        let mut f = w.begin(JB_FOBJECT, kept)?;
-        for (k, v) in c.keys()?.zip(c.values()?) {
-            let k = k?;
-            if keep_pair(k, &v?) {
-                let m = w.mark();
-                let ty = w.value(&k);
-                w.end_child(&mut f, m, ty)?;
-            }
+        let mut f = w.begin(JB_FOBJECT, pairs.len())?;
+        for (k, _) in &pairs {
+            let m = w.mark();
+            let ty = w.string(k);
+            w.end_child(&mut f, m, ty)?;
         }
-        for (k, v) in c.keys()?.zip(c.values()?) {
-            let (k, v) = (k?, v?);
-            if keep_pair(k, &v) {
-                let transcript = matches!(k, Value::String(k) if contains_transcript(k));
-                let m = w.mark();
-                let ty = self.value(w, v, level + 1, transcript)?;
-                w.end_child(&mut f, m, ty)?;
-            }
+        for (k, v) in pairs {
+            let m = w.mark();
+            let ty = self.value(w, v, level + 1, contains_transcript(k))?;
+            w.end_child(&mut f, m, ty)?;
         }
         w.end(f)
     }
 
     /// `{"_truncated": true, "sample_keys": [...], "total_keys": N}`, itself sanitized at the
     /// object's level so that a second pass leaves it as it is.
-    fn summary(
-        &mut self,
-        w: &mut Writer,
-        c: Container<'_>,
-        total: usize,
-        level: usize,
-    ) -> Result<u32, JsonbError> {
-        let mut sample = Vec::with_capacity(self.limits.sample_keys);
-        for (k, v) in c.keys()?.zip(c.values()?) {
-            if sample.len() == self.limits.sample_keys {
-                break;
-            }
-            let k = k?;
-            if let (true, Value::String(k)) = (keep_pair(k, &v?), k) {
-                sample.push(Owned::String(k.to_vec()));
-            }
-        }
+    fn summary(&mut self, w: &mut Writer, sample: Vec<Owned>, total: usize, level: usize) -> Result<u32, JsonbError> {
         let summary = Owned::Object(vec![
             (b"_truncated".to_vec(), Owned::Bool(true)),
             (b"sample_keys".to_vec(), Owned::Array(sample)),
@@ -235,11 +215,8 @@ impl Sanitizer<'_> {
     }
 }
 
-fn keep_pair(k: Value<'_>, v: &Value<'_>) -> bool {
-    let binary_key = match k {
-        Value::String(k) => BINARY_KEYS.iter().any(|b| k.eq_ignore_ascii_case(b.as_bytes())),
-        _ => false,
-    };
+fn keep_pair(k: &[u8], v: &Value<'_>) -> bool {
+    let binary_key = k.len() >= 9 && k.len() <= 15 && BINARY_KEYS.iter().any(|b| k.eq_ignore_ascii_case(b.as_bytes()));
     !binary_key && !is_binary_value(v)
 }
 

@@ -176,6 +176,17 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
     let database = gucs::database();
     let role = gucs::role();
     BackgroundWorker::connect_worker_to_spi(Some(&database), role.as_deref());
+    // Asynchronous commit is safe here and saves a WAL flush per batch: the events were made
+    // durable by their inserters, and a batch's call writes commit atomically with its
+    // processed marks, so a crash can only lose whole batches, which are simply claimed again.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"synchronous_commit".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
     log!("pg_dialpad worker {index} started in database \"{database}\"");
 
     let mut said_no_extension = false;

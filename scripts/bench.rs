@@ -1,0 +1,394 @@
+//! pg_dialpad benchmarks: every figure next to a reference measured in the same run, as a
+//! ratio; medians of several runs. Run with `./scripts/bench` (release build, private
+//! cluster); writes scripts/bench-results.md and scripts/bench-results.json.
+//!
+//! Options (environment): BENCH_EVENTS (events per processing run, default 60000),
+//! BENCH_RUNS (runs per figure, default 3), BENCH_BACKLOG (large backlog, default 5000000),
+//! BENCH_MEMORY_EVENTS (events for the worker memory figure, default 2000000).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use postgres::Client;
+use std::time::{Duration, Instant};
+
+const REFERENCE_SQL: &str = include_str!("bench_reference.sql");
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+struct Row {
+    name: String,
+    value: String,
+    reference: String,
+    ratio: String,
+    target: String,
+    pass: Option<bool>,
+}
+
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, value: String, reference: String, ratio: String, target: &str, pass: Option<bool>) {
+        println!("{name:<52} {value:>22} {reference:>30} {ratio:>10} {target:>14} {}",
+            match pass { Some(true) => "ok", Some(false) => "MISSED", None => "" });
+        self.rows.push(Row { name: name.into(), value, reference, ratio, target: target.into(), pass });
+    }
+}
+
+fn exec(c: &mut Client, sql: &str) {
+    c.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+}
+
+fn secs(c: &mut Client, sql: &str) -> f64 {
+    let t = Instant::now();
+    exec(c, sql);
+    t.elapsed().as_secs_f64()
+}
+
+fn set_worker_enabled(c: &mut Client, on: bool) {
+    exec(c, &format!("ALTER SYSTEM SET dialpad.enabled = {}", if on { "on" } else { "off" }));
+    exec(c, "SELECT pg_reload_conf()");
+}
+
+/// Empties the inbox and calls and loads `n` events from bench.events in delivery order.
+fn load_events(c: &mut Client, n: usize) {
+    exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
+    exec(c, &format!(
+        "INSERT INTO dialpad.webhook_events (payload)
+           SELECT payload FROM bench.events ORDER BY delivery LIMIT {n}"
+    ));
+    exec(c, "VACUUM ANALYZE dialpad.webhook_events");
+    exec(c, "VACUUM ANALYZE dialpad.calls");
+    exec(c, "CHECKPOINT");
+}
+
+fn pending(c: &mut Client) -> i64 {
+    count(c, "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NULL AND dead_at IS NULL")
+}
+
+fn handled_by_workers(c: &mut Client) -> i64 {
+    count(c, "SELECT coalesce(sum(events_handled), 0)::int8 FROM dialpad.worker_stats")
+}
+
+/// Events per second of the background worker(s) draining `n` loaded events.
+fn worker_drain_rate(c: &mut Client, n: usize) -> f64 {
+    set_worker_enabled(c, false);
+    std::thread::sleep(Duration::from_millis(300));
+    load_events(c, n);
+    let before = handled_by_workers(c);
+    let t = Instant::now();
+    set_worker_enabled(c, true);
+    loop {
+        if handled_by_workers(c) - before >= n as i64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(t.elapsed() < Duration::from_secs(600), "drain took too long");
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    assert_eq!(pending(c), 0);
+    rate
+}
+
+/// Events per second of a SQL processor function called in a loop, one transaction each.
+fn sql_drain_rate(c: &mut Client, n: usize, function: &str) -> f64 {
+    set_worker_enabled(c, false);
+    std::thread::sleep(Duration::from_millis(300));
+    load_events(c, n);
+    let t = Instant::now();
+    loop {
+        let k: i32 = c.query_one(&format!("SELECT {function}(500)"), &[]).unwrap().get(0);
+        if k == 0 {
+            break;
+        }
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn restart_with(cluster: &Cluster, c: Client, settings: &[(&str, &str)]) -> Client {
+    let mut c = c;
+    for (k, v) in settings {
+        exec(&mut c, &format!("ALTER SYSTEM SET {k} = '{v}'"));
+    }
+    drop(c);
+    cluster.pg_ctl_stop("fast");
+    cluster.pg_ctl_start();
+    let mut c = reconnect(cluster);
+    wait_until(&mut c, "SELECT count(*) >= 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", 60);
+    c
+}
+
+fn rss_anon_kb(pid: i32) -> i64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1)
+}
+
+fn status_kb(pid: i32, key: &str) -> i64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1)
+}
+
+fn main() {
+    let n_events = env_usize("BENCH_EVENTS", 60_000);
+    let runs = env_usize("BENCH_RUNS", 3);
+    let backlog = env_usize("BENCH_BACKLOG", 5_000_000);
+    let memory_events = env_usize("BENCH_MEMORY_EVENTS", 2_000_000);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let machine = format!("{} cores ({cpu}), {} GB RAM, PostgreSQL 15",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok())).unwrap_or(0) / 1024 / 1024);
+    println!("pg_dialpad benchmarks on {machine}");
+
+    let cluster = Cluster::start(
+        "bench",
+        &[
+            "dialpad.workers = 1",
+            "dialpad.enabled = off",
+            "shared_buffers = '2GB'",
+            "max_wal_size = '20GB'",
+            "checkpoint_timeout = '30min'",
+            "track_commit_timestamp = on",
+            "fsync = on",
+            "synchronous_commit = on",
+            "autovacuum_naptime = '10s'",
+        ],
+    );
+    let mut c = cluster.ready();
+    exec(&mut c, REFERENCE_SQL);
+    let mut report = Report { rows: Vec::new(), notes: Vec::new() };
+
+    // ---- data set --------------------------------------------------------------------------
+    let calls = (n_events / 4).max(100);
+    exec(&mut c, &format!(
+        "CREATE TABLE bench.events AS
+           SELECT row_number() OVER (ORDER BY (payload->>'event_timestamp')::bigint + (hashint8(call_id * 10 + seq) % 3000)) AS delivery,
+                  call_id, kind, seq, payload
+             FROM pg_temp.dialpad_sample_events({calls}, 6612345678900000, 0.42, true);
+         CREATE INDEX ON bench.events (delivery);
+         ANALYZE bench.events;"
+    ));
+    let (total, avg_text, avg_bin): (i64, i32, i32) = {
+        let r = c.query_one("SELECT count(*), avg(length(payload::text))::int4, avg(pg_column_size(payload))::int4 FROM bench.events", &[]).unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    let n_events = n_events.min(total as usize);
+    report.notes.push(format!(
+        "Data set: {total} events of {calls} calls (answered, missed, voicemail, outbound; 3-5 events each), \
+         {avg_text} bytes of JSON on average ({avg_bin} bytes as jsonb), delivered slightly out of order."
+    ));
+    println!("{}", report.notes[0]);
+
+    // ---- sanitizer -------------------------------------------------------------------------
+    let same = count(&mut c, "SELECT count(*) FROM bench.events WHERE dialpad.sanitize_call_payload(payload) <> bench.sanitize_plpgsql(payload)");
+    report.notes.push(format!("The PL/pgSQL sanitizer gives the same result as dialpad.sanitize_call_payload on {} of {total} events.", total - same));
+    let time_of = |c: &mut Client, expr: &str| -> f64 {
+        let mut v = Vec::new();
+        for _ in 0..runs.max(3) {
+            v.push(secs(c, &format!("SELECT count({expr}) FROM bench.events")));
+        }
+        median(v)
+    };
+    exec(&mut c, "SELECT count(payload) FROM bench.events"); // warm the cache
+    let base = time_of(&mut c, "payload");
+    let rust = time_of(&mut c, "dialpad.sanitize_call_payload(payload)") - base;
+    let strip = time_of(&mut c, "jsonb_strip_nulls(payload)") - base;
+    let plpgsql = {
+        let mut v = Vec::new();
+        for _ in 0..runs {
+            v.push(secs(&mut c, "SELECT count(bench.sanitize_plpgsql(payload)) FROM bench.events") - base);
+        }
+        median(v)
+    };
+    let us = |t: f64| format!("{:.2} µs/event", t * 1e6 / total as f64);
+    report.add("sanitize_call_payload vs PL/pgSQL", us(rust), format!("PL/pgSQL {}", us(plpgsql)),
+        format!("{:.1}×", plpgsql / rust), "≥ 10× faster", Some(plpgsql / rust >= 10.0));
+    report.add("sanitize_call_payload vs jsonb_strip_nulls", us(rust), format!("strip_nulls {}", us(strip)),
+        format!("{:.2}×", rust / strip), "≤ 2× the time", Some(rust / strip <= 2.0));
+
+    // ---- processing ------------------------------------------------------------------------
+    let mut worker1 = Vec::new();
+    let mut plp = Vec::new();
+    let mut ceil = Vec::new();
+    let mut sqlfn = Vec::new();
+    for _ in 0..runs {
+        worker1.push(worker_drain_rate(&mut c, n_events));
+        ceil.push(sql_drain_rate(&mut c, n_events, "bench.process_events_ceiling"));
+        sqlfn.push(sql_drain_rate(&mut c, n_events, "dialpad.process_events"));
+    }
+    let plp_events = (n_events / 4).max(1000);
+    for _ in 0..runs {
+        plp.push(sql_drain_rate(&mut c, plp_events, "bench.process_events_plpgsql"));
+    }
+    let (w1, p, ce, sf) = (median(worker1), median(plp), median(ceil), median(sqlfn));
+    let eps = |r: f64| format!("{r:.0} events/s");
+    report.add("1 worker drain rate", eps(w1), String::new(), String::new(), "≥ 20,000/s", Some(w1 >= 20_000.0));
+    report.add("1 worker vs PL/pgSQL processor", eps(w1), format!("PL/pgSQL {}", eps(p)), format!("{:.1}×", w1 / p), "≥ 3×", Some(w1 / p >= 3.0));
+    report.add("1 worker vs set-based write-only ceiling", eps(w1), format!("ceiling {}", eps(ce)), format!("{:.2}×", w1 / ce), "≥ 0.8×", Some(w1 / ce >= 0.8));
+    report.add("dialpad.process_events() from one session", eps(sf), format!("ceiling {}", eps(ce)), format!("{:.2}×", sf / ce), "", None);
+
+    c = restart_with(&cluster, c, &[("dialpad.workers", "2")]);
+    wait_until(&mut c, "SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", 60);
+    let mut worker2 = Vec::new();
+    for _ in 0..runs {
+        worker2.push(worker_drain_rate(&mut c, n_events));
+    }
+    let w2 = median(worker2);
+    report.add("2 workers drain rate", eps(w2), format!("1 worker {}", eps(w1)), format!("{:.2}×", w2 / w1), "", None);
+    c = restart_with(&cluster, c, &[("dialpad.workers", "1")]);
+
+    // ---- latency at 1,000 events/s offered ---------------------------------------------------
+    set_worker_enabled(&mut c, true);
+    exec(&mut c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
+    let offered = 1000usize;
+    let seconds = 20usize;
+    let producers = 4usize;
+    let start_id = count(&mut c, "SELECT coalesce(max(delivery), 0) FROM bench.events") as usize;
+    let _ = start_id;
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..producers)
+        .map(|p| {
+            let conninfo = cluster.conninfo("postgres");
+            std::thread::spawn(move || {
+                let mut pc = Client::connect(&conninfo, postgres::NoTls).unwrap();
+                pc.batch_execute("SET synchronous_commit = on").unwrap();
+                let stmt = pc.prepare("INSERT INTO dialpad.webhook_events (payload) SELECT payload FROM bench.events WHERE delivery = $1").unwrap();
+                let per = offered / producers;
+                let interval = Duration::from_secs_f64(1.0 / per as f64);
+                let begin = Instant::now();
+                for i in 0..(per * seconds) {
+                    let due = begin + interval * i as u32;
+                    if let Some(d) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(d);
+                    }
+                    let delivery = (i * producers + p + 1) as i64;
+                    pc.execute(&stmt, &[&delivery]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let achieved = (offered * seconds) as f64 / t0.elapsed().as_secs_f64();
+    wait_until(&mut c, "SELECT pending = 0 FROM dialpad.queue_stats", 60);
+    let (p50, p99, max): (f64, f64, f64) = {
+        let r = c.query_one(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY l), percentile_cont(0.99) WITHIN GROUP (ORDER BY l), max(l)::float8
+               FROM (SELECT (extract(epoch FROM pg_xact_commit_timestamp(xmin) - received_at) * 1000)::float8 AS l
+                       FROM dialpad.webhook_events WHERE processed_at IS NOT NULL) x",
+            &[],
+        ).unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    report.add("latency commit→call row commit, p50", format!("{p50:.2} ms"), format!("offered {achieved:.0} events/s"), String::new(), "≤ 5 ms", Some(p50 <= 5.0));
+    report.add("latency commit→call row commit, p99", format!("{p99:.2} ms"), format!("max {max:.1} ms"), String::new(), "≤ 50 ms", Some(p99 <= 50.0));
+
+    // ---- backlog scale and worker memory ----------------------------------------------------
+    let small = 50_000usize.min(total as usize);
+    let rate_small = worker_drain_rate(&mut c, small);
+    set_worker_enabled(&mut c, false);
+    std::thread::sleep(Duration::from_millis(300));
+    exec(&mut c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
+    let copies = backlog.div_ceil(total as usize);
+    let t = Instant::now();
+    exec(&mut c, &format!(
+        "INSERT INTO dialpad.webhook_events (payload)
+           SELECT CASE WHEN k = 0 THEN e.payload
+                       ELSE e.payload || jsonb_build_object('call_id', e.call_id + k::int8 * 1000000000) END
+             FROM generate_series(0, {copies} - 1) k
+             CROSS JOIN LATERAL (SELECT call_id, payload FROM bench.events ORDER BY delivery) e
+            LIMIT {backlog}"
+    ));
+    exec(&mut c, "VACUUM ANALYZE dialpad.webhook_events");
+    exec(&mut c, "CHECKPOINT");
+    report.notes.push(format!("Loading the {backlog}-event backlog took {:.0} s.", t.elapsed().as_secs_f64()));
+    let pid: i32 = c.query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", &[]).unwrap().get(0);
+    let rss_before = rss_anon_kb(pid);
+    let measure = small.max(200_000).min(backlog);
+    let before = handled_by_workers(&mut c);
+    let t = Instant::now();
+    set_worker_enabled(&mut c, true);
+    while handled_by_workers(&mut c) - before < measure as i64 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rate_large = measure as f64 / t.elapsed().as_secs_f64();
+    report.add(&format!("drain rate with {backlog} pending"), eps(rate_large), format!("{small} pending: {}", eps(rate_small)),
+        format!("{:.2}×", rate_large / rate_small), "≥ 0.9×", Some(rate_large / rate_small >= 0.9));
+    let target_mem = memory_events.min(backlog) as i64;
+    while handled_by_workers(&mut c) - before < target_mem {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rss_after = rss_anon_kb(pid);
+    set_worker_enabled(&mut c, false);
+    report.add(&format!("worker RssAnon growth over {target_mem} events"), format!("{:.1} MB", (rss_after - rss_before) as f64 / 1024.0),
+        format!("from {:.1} MB", rss_before as f64 / 1024.0), String::new(), "≤ 10 MB", Some(rss_after - rss_before <= 10 * 1024));
+
+    // ---- sanitizing a 50 MB payload -------------------------------------------------------------
+    exec(&mut c, "TRUNCATE dialpad.webhook_events, dialpad.calls");
+    exec(&mut c,
+        "CREATE TABLE bench.huge AS SELECT jsonb_build_object(
+             'call_id', 1, 'transcription_text', repeat('word ', 6 * 1024 * 1024),
+             'integrations', (SELECT jsonb_object_agg('k' || g, repeat('v', 100)) FROM generate_series(1, 100000) g),
+             'routing_breadcrumbs', (SELECT jsonb_agg(jsonb_build_object('i', g, 's', 'step')) FROM generate_series(1, 200000) g)) AS p;
+         ALTER TABLE bench.huge ALTER COLUMN p SET STORAGE EXTERNAL;");
+    let size_mb: f64 = c.query_one("SELECT pg_column_size(p)::float8 / 1048576 FROM bench.huge", &[]).unwrap().get(0);
+    let mut s = cluster.connect();
+    let spid: i32 = s.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    s.batch_execute("SELECT 1").unwrap();
+    let hwm0 = status_kb(spid, "VmHWM:");
+    let shm0 = status_kb(spid, "RssShmem:");
+    s.batch_execute("SELECT pg_column_size(dialpad.sanitize_call_payload(p)) FROM bench.huge").unwrap();
+    let hwm1 = status_kb(spid, "VmHWM:");
+    let shm1 = status_kb(spid, "RssShmem:");
+    let peak_mb = ((hwm1 - hwm0) - (shm1 - shm0)).max(0) as f64 / 1024.0;
+    report.add(&format!("sanitize a {size_mb:.0} MB payload: peak memory"), format!("{peak_mb:.0} MB"), format!("payload {size_mb:.0} MB"),
+        format!("{:.2}×", peak_mb / size_mb), "≤ 4×", Some(peak_mb / size_mb <= 4.0));
+
+    // ---- write the results --------------------------------------------------------------------
+    let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let mut md = format!("## Benchmark results\n\nMeasured {date} on {machine} by `./scripts/bench` (medians of {runs} runs; {n_events} events per processing run).\n\n");
+    md.push_str("| figure | pg_dialpad | reference (same run) | ratio | target | |\n|---|---|---|---|---|---|\n");
+    for r in &report.rows {
+        md.push_str(&format!("| {} | {} | {} | {} | {} | {} |\n", r.name, r.value, r.reference, r.ratio, r.target,
+            match r.pass { Some(true) => "met", Some(false) => "**missed**", None => "" }));
+    }
+    md.push('\n');
+    for n in &report.notes {
+        md.push_str(&format!("- {n}\n"));
+    }
+    let json_rows: Vec<String> = report.rows.iter().map(|r| format!(
+        "    {{\"figure\": {:?}, \"value\": {:?}, \"reference\": {:?}, \"ratio\": {:?}, \"target\": {:?}, \"met\": {}}}",
+        r.name, r.value, r.reference, r.ratio, r.target, match r.pass { Some(b) => b.to_string(), None => "null".into() })).collect();
+    let json = format!("{{\n  \"date\": {date:?},\n  \"machine\": {machine:?},\n  \"runs\": {runs},\n  \"results\": [\n{}\n  ],\n  \"notes\": {:?}\n}}\n", json_rows.join(",\n"), report.notes);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    std::fs::write(dir.join("bench-results.md"), &md).unwrap();
+    std::fs::write(dir.join("bench-results.json"), &json).unwrap();
+    println!("\n{md}");
+}
