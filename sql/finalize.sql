@@ -25,6 +25,10 @@ COMMENT ON FUNCTION dialpad.processed_last_minute() IS
     'Events handled by any processor in the last 60 seconds; NULL without shared_preload_libraries.';
 COMMENT ON FUNCTION dialpad.wake_workers() IS
     'Wakes the background workers when the current transaction commits.';
+COMMENT ON FUNCTION dialpad.ingest_webhook(text) IS
+    'Stores one webhook delivery (the raw body: plain JSON, or an HS256 JWT when dialpad.webhook_secret is set) and returns its id; a redelivery of the same call_id/state/event_timestamp stores nothing and returns the stored id. Errors: 22P02 malformed JSON or token, 28000 bad signature/algorithm or JWT/secret mismatch, 54000 body over dialpad.max_body_size, 22023 stale event.';
+COMMENT ON FUNCTION dialpad.ingest_stats() IS
+    'Deliveries accepted, duplicate and rejected by dialpad.ingest_webhook since the server started (behind the dialpad.ingest_stats view).';
 COMMENT ON FUNCTION dialpad.rules_changed() IS
     'Trigger on the rule tables: makes every session reload the rules from its next statement.';
 
@@ -43,6 +47,64 @@ BEGIN
 END
 $$;
 
--- The rules are not secret: any role may read them (the functions read them as the caller).
+CREATE VIEW dialpad.ingest_stats AS SELECT * FROM dialpad.ingest_stats();
+COMMENT ON VIEW dialpad.ingest_stats IS
+    'Deliveries accepted, duplicate (stored once already) and rejected by dialpad.ingest_webhook since the server started.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Privileges. The tables belong to the extension's owner (a superuser); applications get
+-- rights only through these roles. Triggers enforce the rules for every writer and are
+-- ENABLE ALWAYS; only the owner could disable them, and session_replication_role is
+-- superuser-only.
+-- ---------------------------------------------------------------------------------------------
+DO $$
+DECLARE r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['dialpad_ingest', 'dialpad_reader', 'dialpad_admin', 'dialpad_worker'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) r) THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- The rules are not secret, and the triggers read them as whoever writes dialpad.calls.
 GRANT USAGE ON SCHEMA dialpad TO PUBLIC;
 GRANT SELECT ON dialpad.call_statuses, dialpad.status_transitions, dialpad.state_mapping TO PUBLIC;
+
+-- Functions that write or reveal more than their arguments are not for everyone.
+REVOKE EXECUTE ON FUNCTION dialpad.ingest_webhook(text), dialpad.process_events(integer),
+    dialpad.retry_event(bigint), dialpad.retry_dead_events(), dialpad.wake_workers(),
+    dialpad.worker_stats(), dialpad.ingest_stats(), dialpad.processed_last_minute()
+    FROM PUBLIC;
+
+-- dialpad_ingest: the web tier. Store deliveries, nothing else (the id and key columns are
+-- readable so that INSERT ... RETURNING id and the duplicate lookup work).
+GRANT EXECUTE ON FUNCTION dialpad.ingest_webhook(text), dialpad.wake_workers() TO dialpad_ingest;
+GRANT INSERT (event_type, payload) ON dialpad.webhook_events TO dialpad_ingest;
+GRANT SELECT (id, call_id, dedupe_key) ON dialpad.webhook_events TO dialpad_ingest;
+GRANT USAGE ON SEQUENCE dialpad.webhook_events_id_seq TO dialpad_ingest;
+
+-- dialpad_reader: analysts and dashboards. Calls, rejected transitions, stats, dead letters.
+GRANT SELECT ON dialpad.calls, dialpad.rejected_transitions, dialpad.queue_stats, dialpad.worker_stats,
+    dialpad.payload_stats, dialpad.ingest_stats, dialpad.dead_events TO dialpad_reader;
+GRANT EXECUTE ON FUNCTION dialpad.worker_stats(), dialpad.ingest_stats(), dialpad.processed_last_minute()
+    TO dialpad_reader;
+
+-- dialpad_admin: edits the rules and re-drives dead events; reads what a reader reads.
+GRANT dialpad_reader TO dialpad_admin;
+GRANT INSERT, UPDATE, DELETE ON dialpad.call_statuses, dialpad.status_transitions, dialpad.state_mapping
+    TO dialpad_admin;
+GRANT EXECUTE ON FUNCTION dialpad.retry_event(bigint), dialpad.retry_dead_events(), dialpad.wake_workers()
+    TO dialpad_admin;
+GRANT SELECT (id, processed_at, dead_at, next_attempt_at, attempts),
+      UPDATE (dead_at, attempts, next_attempt_at) ON dialpad.webhook_events TO dialpad_admin;
+
+-- dialpad_worker: what the background worker (or a pg_cron job calling process_events)
+-- needs when it does not run as a superuser: grant it to the login role named in dialpad.role.
+GRANT EXECUTE ON FUNCTION dialpad.process_events(integer), dialpad.processed_last_minute() TO dialpad_worker;
+GRANT SELECT, UPDATE (processed_at, attempts, last_error, next_attempt_at, dead_at)
+    ON dialpad.webhook_events TO dialpad_worker;
+GRANT SELECT, INSERT, UPDATE ON dialpad.calls TO dialpad_worker;
+GRANT USAGE ON SEQUENCE dialpad.rejected_transitions_id_seq TO dialpad_worker;
+GRANT INSERT ON dialpad.rejected_transitions TO dialpad_worker;

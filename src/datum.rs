@@ -23,7 +23,7 @@ impl JsonbArg {
 impl JsonbArg {
     /// # Safety
     /// `datum` must be a non-null jsonb datum.
-    unsafe fn from_raw(datum: pg_sys::Datum) -> JsonbArg {
+    pub unsafe fn from_raw(datum: pg_sys::Datum) -> JsonbArg {
         unsafe {
             // pg_detoast_datum (not _packed): a 4-byte header, so the root container is aligned.
             let v = pg_sys::pg_detoast_datum(datum.cast_mut_ptr::<pg_sys::varlena>());

@@ -24,6 +24,9 @@ pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static WEBHOOK_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static MAX_BODY_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10 * 1024 * 1024);
+pub static MAX_EVENT_AGE_S: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 pub fn init() {
     GucRegistry::define_enum_guc(
@@ -76,6 +79,34 @@ fn define_startup_settings() {
 }
 
 fn define_reloadable_settings() {
+    GucRegistry::define_string_guc(
+        c"dialpad.webhook_secret",
+        c"Shared secret of the Dialpad webhook subscription: when set, dialpad.ingest_webhook() accepts only HS256-signed JWT bodies.",
+        c"Only superusers can set or see it.",
+        &WEBHOOK_SECRET,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_int_guc(
+        c"dialpad.max_body_size",
+        c"Largest webhook body dialpad.ingest_webhook() accepts.",
+        c"Larger bodies are refused with SQLSTATE 54000 and nothing is stored.",
+        &MAX_BODY_SIZE,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"dialpad.max_event_age",
+        c"Oldest event_timestamp dialpad.ingest_webhook() accepts (0 = no freshness check).",
+        c"When set, events older than this, or more than two minutes in the future, are refused (replay protection).",
+        &MAX_EVENT_AGE_S,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_int_guc(
         c"dialpad.batch_size",
         c"Maximum number of events a worker handles in one transaction.",
@@ -146,4 +177,17 @@ pub fn max_attempts() -> i32 {
 
 pub fn enabled() -> bool {
     ENABLED.get()
+}
+
+pub fn webhook_secret() -> Option<Vec<u8>> {
+    WEBHOOK_SECRET.get().map(|c| c.into_bytes()).filter(|s| !s.is_empty())
+}
+
+pub fn max_body_size() -> usize {
+    MAX_BODY_SIZE.get().max(1) as usize
+}
+
+/// Seconds; 0 means off.
+pub fn max_event_age() -> i64 {
+    MAX_EVENT_AGE_S.get().max(0) as i64
 }

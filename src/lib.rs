@@ -13,6 +13,7 @@ pub mod event;
 pub mod fold;
 pub mod direction;
 pub mod gucs;
+pub mod ingest;
 pub mod jsonb;
 pub mod numeric;
 pub mod processor;
@@ -154,6 +155,136 @@ fn sanitize_call_payload(
             };
             error::raise(code, format!("cannot sanitize payload: {e}"), None, None)
         }
+    }
+}
+
+fn reject(code: PgSqlErrorCode, message: String, hint: Option<&str>) -> ! {
+    if let Some(s) = shmem::get() {
+        s.ingest_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    error::raise(code, message, None, hint)
+}
+
+const INSERT_DEDUPED_SQL: &str = "\
+INSERT INTO dialpad.webhook_events (payload) VALUES ($1)
+ON CONFLICT (call_id, dedupe_key) DO NOTHING
+RETURNING id";
+const INSERT_SQL: &str = "INSERT INTO dialpad.webhook_events (payload) VALUES ($1) RETURNING id";
+const FIND_DUPLICATE_SQL: &str = "SELECT id FROM dialpad.webhook_events
+ WHERE call_id OPERATOR(pg_catalog.=) $1 AND dedupe_key OPERATOR(pg_catalog.=) $2";
+
+/// Stores one webhook delivery (the raw request body: JSON, or a JWT when
+/// dialpad.webhook_secret is set) and returns its id in dialpad.webhook_events. A redelivery
+/// of the same (call_id, state, event_timestamp) stores nothing and returns the stored id.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ingest_webhook(body: &str) -> i64 {
+    use std::sync::atomic::Ordering;
+    let max = gucs::max_body_size();
+    if body.len() > max {
+        reject(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("webhook body of {} bytes exceeds dialpad.max_body_size ({max} bytes)", body.len()),
+            None,
+        );
+    }
+    let secret = gucs::webhook_secret();
+    let json = match (ingest::classify(body), &secret) {
+        (ingest::Body::Jwt { .. }, None) => reject(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            "received a signed (JWT) webhook body, but dialpad.webhook_secret is not set".into(),
+            Some("Set dialpad.webhook_secret to the secret of the Dialpad subscription (ALTER SYSTEM SET dialpad.webhook_secret = '...'; SELECT pg_reload_conf();)."),
+        ),
+        (ingest::Body::Jwt { header, payload, signature }, Some(secret)) => {
+            match ingest::verify(header, payload, signature, secret) {
+                Ok(claims) => claims,
+                Err(e @ ingest::JwtError::Malformed(_)) => {
+                    reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, e.to_string(), None)
+                }
+                Err(e) => reject(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, e.to_string(), None),
+            }
+        }
+        (ingest::Body::Json(_), Some(_)) => reject(
+            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+            "dialpad.webhook_secret is set: the webhook body must be an HS256-signed JWT".into(),
+            Some("Configure the Dialpad subscription with the same secret, or reset dialpad.webhook_secret to accept plain JSON."),
+        ),
+        (ingest::Body::Json(t), None) => t.to_string(),
+    };
+    if json.trim().is_empty() {
+        reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, "webhook body is empty".into(), None);
+    }
+    let Ok(cjson) = std::ffi::CString::new(json) else {
+        reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, "webhook body contains a NUL byte".into(), None)
+    };
+    // PostgreSQL's own JSON parser: exact numbers, its limits, its error messages (22P02).
+    let datum = PgTryBuilder::new(|| unsafe {
+        pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(cjson.as_ptr()))])
+    })
+    .catch_others(|e| {
+        if let Some(s) = shmem::get() {
+            s.ingest_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        e.rethrow()
+    })
+    .execute();
+    let Some(payload) = datum.map(|d| unsafe { datum::JsonbArg::from_raw(d) }) else {
+        reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, "webhook body is not JSON".into(), None)
+    };
+    let root = jsonb::Container::root(payload.body()).ok();
+    if let Some(err) = root.and_then(|r| freshness_error(r, gucs::max_event_age())) {
+        reject(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, err, Some("See dialpad.max_event_age."));
+    }
+    let key = root.and_then(ingest::dedupe_key);
+    let stored = Spi::connect_mut(|client| -> Result<(i64, bool), pgrx::spi::Error> {
+        let sql = if key.is_some() { INSERT_DEDUPED_SQL } else { INSERT_SQL };
+        let inserted = processor::run_kept(client, sql, &[pg_sys::JSONBOID], None, &[payload.into()])?
+            .first()
+            .get::<i64>(1)
+            .ok()
+            .flatten();
+        if let Some(id) = inserted {
+            return Ok((id, false));
+        }
+        let call_id = key.as_deref().and_then(|k| k.split('/').next()).and_then(|c| c.parse::<i64>().ok());
+        let id = processor::run_kept(
+            client,
+            FIND_DUPLICATE_SQL,
+            &[pg_sys::INT8OID, pg_sys::TEXTOID],
+            None,
+            &[call_id.into(), key.clone().into()],
+        )?
+            .first()
+            .get::<i64>(1)?
+            .unwrap_or(0);
+        Ok((id, true))
+    });
+    match stored {
+        Ok((id, duplicate)) => {
+            if let Some(s) = shmem::get() {
+                if duplicate { &s.ingest_duplicate } else { &s.ingest_accepted }.fetch_add(1, Ordering::Relaxed);
+            }
+            id
+        }
+        Err(e) => error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not store the webhook: {e}"), None, None),
+    }
+}
+
+/// Why an event is too old or too far in the future, if it is.
+fn freshness_error(root: jsonb::Value<'_>, max_age_s: i64) -> Option<String> {
+    if max_age_s == 0 {
+        return None;
+    }
+    let jsonb::Value::Object(o) = root else { return None };
+    let Ok(Some(jsonb::Value::Numeric(n))) = o.get(b"event_timestamp") else { return None };
+    let ts_ms = numeric::Decimal::from_datum_bytes(n).ok()?.to_i64()?;
+    // GetCurrentTimestamp is microseconds since 2000-01-01.
+    let now_ms = unsafe { pg_sys::GetCurrentTimestamp() } / 1000 + 946_684_800_000;
+    if ts_ms < now_ms - max_age_s * 1000 {
+        Some(format!("event_timestamp {ts_ms} is older than dialpad.max_event_age ({max_age_s} s)"))
+    } else if ts_ms > now_ms + 120_000 {
+        Some(format!("event_timestamp {ts_ms} is more than two minutes in the future"))
+    } else {
+        None
     }
 }
 

@@ -302,10 +302,19 @@ mod tests {
             Some("ringing,-,-,-,-")
         );
         expect_sqlstate("UPDATE dialpad.webhook_events SET payload = '{}' WHERE event_type = 'ringing'", "23001");
+        // call_id and the de-duplication key are filled from payloads of any size and shape
+        run("INSERT INTO dialpad.webhook_events (payload) SELECT jsonb_build_object('call_id', 6612345678901234, \
+             'state', 'hangup', 'event_timestamp', 1787158781250, 'date_connected', 1787158720114, \
+             'date_ended', 1787158781000, 'transcription_text', repeat('t', n)) FROM unnest(ARRAY[0, 100, 3000, 100000]) n \
+             ON CONFLICT DO NOTHING");
+        assert_eq!(
+            text("SELECT string_agg(DISTINCT call_id || ' ' || dedupe_key, ',') FROM dialpad.webhook_events WHERE event_type = 'hangup'").as_deref(),
+            Some("6612345678901234 6612345678901234/hangup/1787158781250")
+        );
         run("UPDATE dialpad.webhook_events SET processed_at = now(), attempts = 1 WHERE event_type = 'ringing'");
         assert_eq!(
             one::<i64>("SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NULL AND dead_at IS NULL"),
-            Some(4)
+            Some(5)
         );
     }
 
@@ -358,7 +367,8 @@ mod tests {
         run(&event(1, "hangup", 1787158781250, r#", "direction": "incoming", "date_connected": 1787158720114, "date_ended": 1787158781000, "duration": 60886.0, "date_started": 1787158716092"#));
         run(&event(1, "ringing", 1787158716300, r#", "direction": "inbound", "external_number": "+14155550123""#));
         run(&event(1, "connected", 1787158720114, r#", "date_connected": 1787158720114"#));
-        run(&event(1, "connected", 1787158720114, r#", "date_connected": 1787158720114"#));
+        // a redelivery is stored once (one row per call_id/state/event_timestamp)
+        run(&(event(1, "connected", 1787158720114, r#", "date_connected": 1787158720114"#) + " ON CONFLICT DO NOTHING"));
         // missed inbound
         run(&event(2, "ringing", 1000000000000, r#", "direction": "inbound""#));
         run(&event(2, "hangup", 1000000005000, r#", "direction": "inbound""#));
@@ -371,7 +381,7 @@ mod tests {
         run(&event(4, "hangup", 1000000004000, ""));
         run(&event(4, "transcription", 1000000009000, r#", "transcription_text": "hello there""#));
 
-        assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(12));
+        assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(11));
         assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(0));
         let s = |id: i64| text(&format!("SELECT status || '/' || coalesce(direction, '-') FROM dialpad.calls WHERE dialpad_call_id = {id}"));
         assert_eq!(s(1).as_deref(), Some("ended/inbound"));

@@ -114,7 +114,7 @@ thread_local! {
 }
 
 /// Runs `sql` through a plan prepared once per backend.
-fn run_kept<'c>(
+pub(crate) fn run_kept<'c>(
     client: &mut SpiClient<'c>,
     sql: &'static str,
     types: &[pg_sys::Oid],

@@ -130,3 +130,16 @@ fn worker_status() -> TableIterator<
     }
     TableIterator::new(rows)
 }
+
+#[pg_extern(volatile, parallel_safe)]
+fn ingest_stats() -> TableIterator<'static, (name!(accepted, Option<i64>), name!(duplicates, Option<i64>), name!(rejected, Option<i64>))> {
+    let row = match shmem::get() {
+        Some(s) => (
+            Some(s.ingest_accepted.load(Ordering::Relaxed) as i64),
+            Some(s.ingest_duplicate.load(Ordering::Relaxed) as i64),
+            Some(s.ingest_rejected.load(Ordering::Relaxed) as i64),
+        ),
+        None => (None, None, None),
+    };
+    TableIterator::new(vec![row])
+}

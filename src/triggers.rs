@@ -142,32 +142,52 @@ fn wake_workers_on_insert<'a>(
     Ok(None)
 }
 
-/// BEFORE INSERT ON dialpad.webhook_events, FOR EACH ROW: fills event_type (when not given)
-/// and call_id from the payload, reading jsonb's binary form. Never rejects a payload.
+/// BEFORE INSERT ON dialpad.webhook_events, FOR EACH ROW: fills event_type (when not given),
+/// call_id and dedupe_key from the payload, reading jsonb's binary form. Never rejects a payload.
 #[pg_trigger]
 fn webhook_events_before_insert<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, TriggerError> {
     let Some(new) = trigger.new() else { return Ok(None) };
     let mut new = new.into_owned();
-    let payload: Option<crate::datum::JsonbArg> = new.get_by_name("payload").map_err(err)?;
-    let Some(payload) = payload else { return Ok(Some(new)) };
-    let Ok(crate::jsonb::Value::Object(o)) = crate::jsonb::Container::root(payload.body()) else {
-        return Ok(Some(new));
+    // Everything is read from the payload before the tuple is modified: the payload may
+    // point into the tuple, which set_by_name replaces.
+    let (key, state, call_id) = {
+        let payload: Option<crate::datum::JsonbArg> = new.get_by_name("payload").map_err(err)?;
+        match payload.as_ref().map(|p| crate::jsonb::Container::root(p.body())) {
+            Some(Ok(root)) => {
+                let key = crate::ingest::dedupe_key(root);
+                let (state, call_id) = match root {
+                    crate::jsonb::Value::Object(o) => (
+                        match o.get(b"state") {
+                            Ok(Some(crate::jsonb::Value::String(s))) => Some(String::from_utf8_lossy(s).into_owned()),
+                            _ => None,
+                        },
+                        match o.get(b"call_id") {
+                            Ok(Some(crate::jsonb::Value::Numeric(n))) => {
+                                crate::numeric::Decimal::from_datum_bytes(n).ok().and_then(|d| d.to_i64())
+                            }
+                            Ok(Some(crate::jsonb::Value::String(s))) => {
+                                std::str::from_utf8(s).ok().and_then(|s| s.trim().parse().ok())
+                            }
+                            _ => None,
+                        },
+                    ),
+                    _ => (None, None),
+                };
+                (key, state, call_id)
+            }
+            _ => (None, None, None),
+        }
     };
     let event_type: Option<String> = new.get_by_name("event_type").map_err(err)?;
     if event_type.is_none() {
-        if let Ok(Some(crate::jsonb::Value::String(s))) = o.get(b"state") {
-            new.set_by_name("event_type", String::from_utf8_lossy(s).as_ref()).map_err(err)?;
+        if let Some(state) = state {
+            new.set_by_name("event_type", state).map_err(err)?;
         }
     }
-    let call_id = match o.get(b"call_id") {
-        Ok(Some(crate::jsonb::Value::Numeric(n))) => {
-            crate::numeric::Decimal::from_datum_bytes(n).ok().and_then(|d| d.to_i64())
-        }
-        Ok(Some(crate::jsonb::Value::String(s))) => std::str::from_utf8(s).ok().and_then(|s| s.trim().parse().ok()),
-        _ => None,
-    };
+    // Always computed here, whatever the inserter wrote.
+    new.set_by_name("dedupe_key", key).map_err(err)?;
     new.set_by_name("call_id", call_id).map_err(err)?;
     Ok(Some(new))
 }

@@ -179,7 +179,14 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
     // Asynchronous commit is safe here and saves a WAL flush per batch: the events were made
     // durable by their inserters, and a batch's call writes commit atomically with its
     // processed marks, so a crash can only lose whole batches, which are simply claimed again.
+    // Whatever the database's default search_path, the worker resolves nothing through it.
     unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
         pg_sys::SetConfigOption(
             c"synchronous_commit".as_ptr(),
             c"off".as_ptr(),

@@ -1,0 +1,181 @@
+//! What a webhook request body is, and whether to trust it.
+//!
+//! Dialpad sends either plain JSON or, when the subscription has a secret, a compact JWT
+//! (`header.payload.signature`, base64url) signed with HMAC-SHA256; there is no signature
+//! header, so a JWT is recognised by its shape. Only `alg: HS256` is accepted (never `none`),
+//! and the signature is compared in constant time.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body<'a> {
+    Json(&'a str),
+    Jwt { header: &'a str, payload: &'a str, signature: &'a str },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtError {
+    /// Not decodable: bad base64url, header not JSON, claims not UTF-8.
+    Malformed(String),
+    /// `alg` is not HS256 (e.g. `none`), or `typ` is not JWT.
+    Algorithm(String),
+    /// The signature does not match the secret.
+    Signature,
+}
+
+impl std::fmt::Display for JwtError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtError::Malformed(why) => write!(f, "malformed JWT: {why}"),
+            JwtError::Algorithm(alg) => write!(f, "JWT algorithm \"{alg}\" is not accepted (only HS256)"),
+            JwtError::Signature => f.write_str("JWT signature does not match dialpad.webhook_secret"),
+        }
+    }
+}
+
+fn is_base64url(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+}
+
+/// A body is a JWT when it is three dot-separated base64url parts (the signature may be
+/// empty only in an unsigned token, which we then refuse for its algorithm).
+pub fn classify(body: &str) -> Body<'_> {
+    let t = body.trim();
+    let mut parts = t.split('.');
+    if let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) {
+        if is_base64url(h) && is_base64url(p) && (s.is_empty() || is_base64url(s)) {
+            return Body::Jwt { header: h, payload: p, signature: s };
+        }
+    }
+    Body::Json(t)
+}
+
+fn decode(part: &str, what: &str) -> Result<Vec<u8>, JwtError> {
+    URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|e| JwtError::Malformed(format!("{what} is not base64url ({e})")))
+}
+
+/// Verifies an HS256 JWT and returns its claims (JSON text).
+pub fn verify<'a>(header: &str, payload: &str, signature: &str, secret: &[u8]) -> Result<String, JwtError> {
+    let h = decode(header, "header")?;
+    let h: serde_json::Value =
+        serde_json::from_slice(&h).map_err(|_| JwtError::Malformed("header is not JSON".into()))?;
+    let alg = h.get("alg").and_then(|a| a.as_str()).unwrap_or("");
+    if alg != "HS256" {
+        return Err(JwtError::Algorithm(if alg.is_empty() { "(missing)".into() } else { alg.to_string() }));
+    }
+    if let Some(typ) = h.get("typ") {
+        if !typ.as_str().is_some_and(|t| t.eq_ignore_ascii_case("JWT")) {
+            return Err(JwtError::Malformed(format!("typ {typ} is not JWT")));
+        }
+    }
+    // The signature is opaque: one that does not even decode cannot match.
+    let sig = decode(signature, "signature").map_err(|_| JwtError::Signature)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| JwtError::Signature)?;
+    mac.update(header.as_bytes());
+    mac.update(b".");
+    mac.update(payload.as_bytes());
+    mac.verify_slice(&sig).map_err(|_| JwtError::Signature)?; // constant time
+    let claims = decode(payload, "payload")?;
+    String::from_utf8(claims).map_err(|_| JwtError::Malformed("claims are not UTF-8".into()))
+}
+
+/// Signs claims as a compact HS256 JWT (for tests, benchmarks and documentation).
+pub fn sign(claims_json: &str, secret: &[u8]) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims_json.as_bytes());
+    let signing_input = format!("{header}.{payload}");
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(m) => m,
+        Err(_) => return signing_input + ".",
+    };
+    mac.update(signing_input.as_bytes());
+    let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signing_input}.{sig}")
+}
+
+/// The de-duplication key of an event: `call_id/state/event_timestamp`, when all three are
+/// there (Dialpad has no event id). Numbers are normalized so `42` and `"42"` agree.
+pub fn dedupe_key(root: crate::jsonb::Value<'_>) -> Option<String> {
+    use crate::jsonb::Value;
+    use crate::numeric::Decimal;
+    let Value::Object(o) = root else { return None };
+    let int = |v: Option<Value<'_>>| -> Option<i64> {
+        match v? {
+            Value::Numeric(n) => Decimal::from_datum_bytes(n).ok()?.to_i64(),
+            Value::String(s) => std::str::from_utf8(s).ok()?.trim().parse().ok(),
+            _ => None,
+        }
+    };
+    let call_id = int(o.get(b"call_id").ok()?)?;
+    let Some(Value::String(state)) = o.get(b"state").ok()? else { return None };
+    let ts = int(o.get(b"event_timestamp").ok()?)?;
+    Some(format!("{call_id}/{}/{ts}", String::from_utf8_lossy(state)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"s3cret";
+
+    fn parts(t: &str) -> (&str, &str, &str) {
+        match classify(t) {
+            Body::Jwt { header, payload, signature } => (header, payload, signature),
+            Body::Json(_) => panic!("not a JWT: {t}"),
+        }
+    }
+
+    #[test]
+    fn signed_tokens_verify_and_return_the_claims() {
+        let t = sign(r#"{"call_id": 1, "state": "ringing"}"#, SECRET);
+        let (h, p, s) = parts(&t);
+        assert_eq!(verify(h, p, s, SECRET).unwrap(), r#"{"call_id": 1, "state": "ringing"}"#);
+    }
+
+    #[test]
+    fn tampering_wrong_secrets_and_other_algorithms_are_refused() {
+        let t = sign(r#"{"call_id": 1}"#, SECRET);
+        let (h, _, s) = parts(&t);
+        let forged = URL_SAFE_NO_PAD.encode(br#"{"call_id": 2}"#);
+        assert_eq!(verify(h, &forged, s, SECRET), Err(JwtError::Signature));
+        let (h, p, s) = parts(&t);
+        assert_eq!(verify(h, p, s, b"other"), Err(JwtError::Signature));
+        let none = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        assert_eq!(verify(&none, p, "", SECRET), Err(JwtError::Algorithm("none".into())));
+        let hs512 = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS512"}"#);
+        assert!(matches!(verify(&hs512, p, s, SECRET), Err(JwtError::Algorithm(_))));
+        assert!(matches!(verify("!!", p, s, SECRET), Err(JwtError::Malformed(_))));
+        let truncated = &s[..s.len() - 4];
+        assert_eq!(verify(h, p, truncated, SECRET), Err(JwtError::Signature));
+    }
+
+    #[test]
+    fn json_and_jwt_are_told_apart() {
+        assert!(matches!(classify(r#"{"a": 1}"#), Body::Json(_)));
+        assert!(matches!(classify("  [1,2] "), Body::Json(_)));
+        assert!(matches!(classify("a.b.c"), Body::Jwt { .. }));
+        assert!(matches!(classify("a.b."), Body::Jwt { .. }));
+        assert!(matches!(classify("a.b"), Body::Json(_)));
+        assert!(matches!(classify("1.5"), Body::Json(_)));
+        assert!(matches!(classify(""), Body::Json(_)));
+    }
+
+    #[test]
+    fn dedupe_keys_normalize_numbers() {
+        use crate::jsonb::testing::jsonb;
+        use crate::jsonb::{datum_body, Container};
+        let key = |t: &str| {
+            let d = jsonb(t);
+            dedupe_key(Container::root(datum_body(&d).unwrap()).unwrap())
+        };
+        assert_eq!(key(r#"{"call_id": 42, "state": "hangup", "event_timestamp": 17}"#).as_deref(), Some("42/hangup/17"));
+        assert_eq!(key(r#"{"call_id": "42", "state": "hangup", "event_timestamp": "17"}"#).as_deref(), Some("42/hangup/17"));
+        assert_eq!(key(r#"{"call_id": 42, "state": "hangup"}"#), None);
+        assert_eq!(key(r#"[1]"#), None);
+    }
+}
