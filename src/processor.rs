@@ -167,6 +167,7 @@ fn process_batch_in(
     if max_events <= 0 {
         return Ok(out);
     }
+    let mut timer = StepTimer::new();
 
     // 1. Claim and mark in one statement.
     let mut claimed: Vec<Claimed> = Vec::new();
@@ -186,6 +187,7 @@ fn process_batch_in(
     if claimed.is_empty() {
         return Ok(out);
     }
+    timer.step("claim");
 
     // 2. Group by call, in event order (event_timestamp, then arrival).
     let mut failures: Vec<(i64, String, bool)> = Vec::new();
@@ -210,6 +212,7 @@ fn process_batch_in(
         }
     });
 
+    timer.step("lock");
     // 4. Current rows of those calls.
     let mut existing: HashMap<i64, CallRow> = HashMap::with_capacity(call_ids.len());
     if !call_ids.is_empty() {
@@ -220,6 +223,7 @@ fn process_batch_in(
         }
     }
 
+    timer.step("read calls");
     // 5. A call that receives an event older than its last applied one is re-derived from
     //    its whole history in event order: a late "voicemail" must not lose to an earlier
     //    processed "hangup". Only such calls pay for reading their history.
@@ -261,6 +265,7 @@ fn process_batch_in(
         }
     }
 
+    timer.step("history");
     // 6. Fold each call's events.
     let mut folds: Vec<(i64, Folded, Vec<usize>)> = Vec::with_capacity(call_ids.len());
     for call_id in &call_ids {
@@ -276,6 +281,7 @@ fn process_batch_in(
         folds.push((*call_id, folded, idx));
     }
 
+    timer.step("fold");
     // 7. Write: the whole batch at once; on error, call by call to isolate the bad one.
     let all: Vec<usize> = (0..folds.len()).collect();
     let batch_ok = in_subtransaction(|| crate::triggers::as_processor(|| write_calls(client, &claimed, &folds, &all)));
@@ -295,6 +301,7 @@ fn process_batch_in(
             }
         }
     }
+    timer.step("write");
     let failed_ids: std::collections::HashSet<i64> = failures.iter().map(|f| f.0).collect();
     for (_, f, idx) in &folds {
         out.rejected += f.rejections.len() as u64;
@@ -328,7 +335,45 @@ fn process_batch_in(
     if let Some(s) = crate::shmem::get() {
         s.note_processed(out.handled);
     }
+    timer.step("mark failures");
+    timer.report(&out, late.len());
     Ok(out)
+}
+
+/// Per-step timings of a batch, logged at DEBUG1 (SET client_min_messages = debug1, or
+/// log_min_messages for the workers) to see where a batch spends its time.
+struct StepTimer {
+    enabled: bool,
+    last: std::time::Instant,
+    steps: Vec<(&'static str, f64)>,
+}
+
+impl StepTimer {
+    fn new() -> StepTimer {
+        let enabled = unsafe { pg_sys::message_level_is_interesting(pg_sys::DEBUG1 as i32) };
+        StepTimer { enabled, last: std::time::Instant::now(), steps: Vec::new() }
+    }
+
+    fn step(&mut self, name: &'static str) {
+        if self.enabled {
+            let now = std::time::Instant::now();
+            self.steps.push((name, (now - self.last).as_secs_f64() * 1000.0));
+            self.last = now;
+        }
+    }
+
+    fn report(&self, out: &BatchOutcome, late_calls: usize) {
+        if self.enabled {
+            let steps: Vec<String> = self.steps.iter().map(|(n, ms)| format!("{n} {ms:.2} ms")).collect();
+            pgrx::debug1!(
+                "pg_dialpad batch: {} events ({} late calls re-derived, {} deferred): {}",
+                out.handled,
+                late_calls,
+                out.deferred,
+                steps.join(", ")
+            );
+        }
+    }
 }
 
 /// Upserts the changed calls among `which` and records their rejected transitions.

@@ -22,9 +22,11 @@ END $$;
 CREATE TRIGGER count_mark AFTER UPDATE OF processed_at ON dialpad.webhook_events
     FOR EACH ROW EXECUTE FUNCTION public.count_mark();";
 
-/// Inserts the events of `n` calls in shuffled order, with ~10% duplicates, in `chunks`
-/// transactions; remembers each call's kind in public.expected.
+/// Delivers the events of `n` calls through dialpad.ingest_webhook in shuffled order, with
+/// ~10% redelivered, in `chunks` transactions; remembers each call's kind in public.expected.
+/// Returns how many distinct events were stored.
 fn deliver(c: &mut Client, n: i32, first_call_id: i64, chunks: i32) -> i64 {
+    let before = count(c, "SELECT count(*) FROM dialpad.webhook_events");
     c.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS public.expected (call_id bigint PRIMARY KEY, kind text);
          CREATE TEMP TABLE deliveries AS
@@ -36,14 +38,13 @@ fn deliver(c: &mut Client, n: i32, first_call_id: i64, chunks: i32) -> i64 {
     .expect("prepare deliveries");
     for chunk in 0..chunks {
         c.batch_execute(&format!(
-            "INSERT INTO dialpad.webhook_events (payload)
-               SELECT payload FROM deliveries WHERE floor(r * {chunks}) = {chunk} ORDER BY r"
+            "SELECT count(dialpad.ingest_webhook(payload::text))
+               FROM (SELECT payload FROM deliveries WHERE floor(r * {chunks}) = {chunk} ORDER BY r) d"
         ))
         .expect("deliver");
     }
-    let total = count(c, "SELECT count(*) FROM deliveries");
     c.batch_execute("DROP TABLE deliveries").expect("drop deliveries");
-    total
+    count(c, "SELECT count(*) FROM dialpad.webhook_events") - before
 }
 
 fn assert_calls_as_expected(c: &mut Client) {
