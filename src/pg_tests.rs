@@ -1,5 +1,6 @@
 //! SQL-level tests, run inside a backend by `cargo pgrx test`: SQL in, rows out.
 
+#[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
