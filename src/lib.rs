@@ -69,7 +69,7 @@ fn process_events(max_events: default!(i32, 500)) -> i32 {
             None,
         );
     }
-    let rules = rules_or_error();
+    let rules = rules::current_or_raise();
     let out = processor::process_batch(max_events, &rules, gucs::max_attempts());
     out.handled as i32
 }
@@ -86,28 +86,16 @@ fn normalize_call_direction(direction: &str) -> Option<&'static str> {
     }
 }
 
-fn rules_or_error() -> std::rc::Rc<transitions::RuleSet> {
-    match rules::current() {
-        Ok(r) => r,
-        Err(e) => error::raise(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!("pg_dialpad could not read its rule tables: {e}"),
-            None,
-            Some("Is the extension installed in this database (CREATE EXTENSION pg_dialpad)?"),
-        ),
-    }
-}
-
 /// Whether `current → next` is allowed by dialpad.status_transitions.
 #[pg_extern(stable, parallel_safe)]
 fn is_valid_status_transition(current: Option<&str>, next: Option<&str>) -> bool {
-    rules_or_error().check(current, next).is_ok()
+    rules::current_or_raise().check(current, next).is_ok()
 }
 
 /// NULL when `current → next` is valid, otherwise why not.
 #[pg_extern(stable, parallel_safe)]
 fn status_transition_error(current: Option<&str>, next: Option<&str>) -> Option<String> {
-    rules_or_error().check(current, next).err().map(|e| e.to_string())
+    rules::current_or_raise().check(current, next).err().map(|e| e.to_string())
 }
 
 fn limit_arg(name: &str, value: i32) -> usize {

@@ -638,19 +638,12 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
             .catch_others(|e| Err(caught_message(&e)))
             .execute();
         match result {
-            Ok(r) => {
-                pg_sys::ReleaseCurrentSubTransaction();
-                pg_sys::MemoryContextSwitchTo(cxt);
-                pg_sys::CurrentResourceOwner = owner;
-                Ok(r)
-            }
-            Err(msg) => {
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                pg_sys::MemoryContextSwitchTo(cxt);
-                pg_sys::CurrentResourceOwner = owner;
-                Err(msg)
-            }
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
         }
+        pg_sys::MemoryContextSwitchTo(cxt);
+        pg_sys::CurrentResourceOwner = owner;
+        result
     }
 }
 

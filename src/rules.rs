@@ -62,6 +62,19 @@ pub fn current() -> Result<Rc<RuleSet>, pgrx::spi::Error> {
     Ok(rules)
 }
 
+/// The current rules, or an ERROR (42P01) saying the extension's tables cannot be read.
+pub fn current_or_raise() -> Rc<RuleSet> {
+    match current() {
+        Ok(r) => r,
+        Err(e) => crate::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("pg_dialpad could not read its rule tables: {e}"),
+            None,
+            Some("Is the extension installed in this database (CREATE EXTENSION pg_dialpad)?"),
+        ),
+    }
+}
+
 fn load() -> Result<(RuleSet, [pg_sys::Oid; 3]), pgrx::spi::Error> {
     Spi::connect(|client| {
         let mut rules = RuleSet::default();

@@ -252,15 +252,7 @@ fn run_one_batch() -> Result<Option<processor::BatchOutcome>, String> {
             if !extension_installed() {
                 return None;
             }
-            let rules = match rules::current() {
-                Ok(r) => r,
-                Err(e) => crate::error::raise(
-                    pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                    format!("cannot read rule tables: {e}"),
-                    None,
-                    None,
-                ),
-            };
+            let rules = rules::current_or_raise();
             Some(processor::process_batch(gucs::batch_size(), &rules, gucs::max_attempts()))
         }))
     })
