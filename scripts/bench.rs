@@ -5,7 +5,8 @@
 //! Options (environment): BENCH_EVENTS (events per processing run, default 60000),
 //! BENCH_RUNS (runs per figure, default 3), BENCH_BACKLOG (large backlog, default 5000000),
 //! BENCH_MEMORY_EVENTS (events for the worker memory figure, default 2000000),
-//! BENCH_ONLY=ingest (only the ingest figures, printed and not written).
+//! BENCH_HOLD_SECONDS (how long the held-snapshot benchmark holds it, default 600),
+//! BENCH_ONLY=ingest or BENCH_ONLY=held-snapshot (only those figures, printed and not written).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -199,7 +200,6 @@ fn ingest_bench(cluster: &Cluster, c: &mut Client, report: &mut Report, runs: us
     }
     exec(c, "TRUNCATE dialpad.webhook_events");
     let (j, p, i) = (median(jwt_rates), median(plain_rates), median(insert_rates));
-    let eps = |r: f64| format!("{r:.0} events/s");
     report.add("ingest_webhook, JWT-verified, 2 sessions", eps(j), String::new(), String::new(), "≥ 10,000/s", Some(j >= 10_000.0));
     report.add("ingest_webhook, plain JSON vs plain INSERT", eps(p), format!("INSERT {}", eps(i)), format!("{:.2}×", p / i), "≥ 0.8×", Some(p / i >= 0.8));
 }
@@ -222,11 +222,130 @@ fn status_kb(pid: i32, key: &str) -> i64 {
         .unwrap_or(-1)
 }
 
+/// Inserts `n` events at `rate` per second from 4 sessions, one delivery per transaction,
+/// replicating the data set with new call ids when it runs out (`round` offsets them).
+fn offer_load(cluster: &Cluster, total: usize, rate: usize, seconds: usize, round: i64) -> f64 {
+    let producers = 4usize;
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..producers)
+        .map(|p| {
+            let conninfo = cluster.conninfo("postgres");
+            std::thread::spawn(move || {
+                let mut pc = Client::connect(&conninfo, postgres::NoTls).unwrap();
+                pc.batch_execute("SET synchronous_commit = on").unwrap();
+                let stmt = pc.prepare(
+                    "INSERT INTO dialpad.webhook_events (payload)
+                     SELECT CASE WHEN $2::int8 = 0 THEN payload
+                                 ELSE payload || jsonb_build_object('call_id', call_id + $2::int8 * 1000000000) END
+                       FROM bench.events WHERE delivery = $1").unwrap();
+                let per = rate / producers;
+                let interval = Duration::from_secs_f64(1.0 / per as f64);
+                let begin = Instant::now();
+                for i in 0..(per * seconds) {
+                    let due = begin + interval * i as u32;
+                    if let Some(d) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(d);
+                    }
+                    let k = i * producers + p;
+                    let delivery = (k % total + 1) as i64;
+                    let copy = round + (k / total) as i64;
+                    pc.execute(&stmt, &[&delivery, &copy]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    (rate * seconds) as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// Drain rate of the worker over `n` events added on top of what the inbox holds (no
+/// TRUNCATE, no VACUUM: the table as it is).
+fn drain_rate_as_is(c: &mut Client, n: usize, round: i64) -> f64 {
+    set_worker_enabled(c, false);
+    std::thread::sleep(Duration::from_millis(300));
+    exec(c, &format!(
+        "INSERT INTO dialpad.webhook_events (payload)
+           SELECT payload || jsonb_build_object('call_id', call_id + {round}::int8 * 1000000000)
+             FROM bench.events ORDER BY delivery LIMIT {n}"
+    ));
+    let before = handled_by_workers(c);
+    let t = Instant::now();
+    set_worker_enabled(c, true);
+    while handled_by_workers(c) - before < n as i64 {
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(t.elapsed() < Duration::from_secs(600), "drain took too long");
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Another session holds a snapshot for `hold` seconds (vacuum can remove nothing processed
+/// since) while 1,000 events/s arrive; then the drain rate right after it ends.
+fn held_snapshot_bench(cluster: &Cluster, c: &mut Client, report: &mut Report, total: usize, hold: usize) {
+    let n = 50_000usize.min(total);
+    exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
+    exec(c, "VACUUM ANALYZE dialpad.webhook_events");
+    exec(c, "VACUUM ANALYZE dialpad.calls");
+    let normal = median((0..3).map(|r| drain_rate_as_is(c, n, 100 + r)).collect());
+    set_worker_enabled(c, true);
+
+    let mut holder = cluster.connect();
+    holder.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM dialpad.calls").unwrap();
+    let held = count(c, "SELECT count(*) FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND state = 'idle in transaction'");
+    assert!(held >= 1, "the snapshot is not held");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        let conninfo = cluster.conninfo("postgres");
+        std::thread::spawn(move || {
+            let mut sc = Client::connect(&conninfo, postgres::NoTls).unwrap();
+            let mut samples = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(5));
+                samples.push(count(&mut sc, "SELECT pending FROM dialpad.queue_stats"));
+            }
+            samples
+        })
+    };
+    let before = handled_by_workers(c);
+    let offered = offer_load(cluster, total, 1000, hold, 200);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.join().unwrap();
+    let pending_end = count(c, "SELECT pending FROM dialpad.queue_stats");
+    let handled = handled_by_workers(c) - before;
+    let dead_rows = count(c, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'dialpad.webhook_events'::regclass");
+    holder.batch_execute("COMMIT").unwrap();
+    let released = Instant::now();
+    let after = drain_rate_as_is(c, n, 300);
+    let after_at = released.elapsed().as_secs_f64();
+    let max_pending = samples.iter().copied().max().unwrap_or(0).max(pending_end);
+    let minutes = hold as f64 / 60.0;
+    report.add(&format!("snapshot held {minutes:.0} min at 1000 events/s offered: largest backlog"),
+        format!("{max_pending} events"), format!("offered {offered:.0} events/s, {handled} handled"), String::new(),
+        "backlog does not grow (< 1 s of traffic)", Some(max_pending < 1000));
+    report.add("drain rate right after the snapshot is released",
+        eps(after), format!("before the hold {}", eps(normal)), format!("{:.2}×", after / normal),
+        "≥ 0.9× within a minute", Some(after / normal >= 0.9 && after_at <= 60.0));
+    report.notes.push(format!(
+        "Held snapshot: {hold} s; backlog sampled every 5 s ({} samples, largest {max_pending}); {dead_rows} dead inbox rows \
+         vacuum could not remove by the end; the drain after release ({n} events added on top of the inbox as it was, \
+         no VACUUM) finished {after_at:.0} s after the snapshot was released.",
+        samples.len()
+    ));
+    set_worker_enabled(c, false);
+}
+
+fn eps(r: f64) -> String {
+    format!("{r:.0} events/s")
+}
+
 fn main() {
     let n_events = env_usize("BENCH_EVENTS", 60_000);
     let runs = env_usize("BENCH_RUNS", 3);
     let backlog = env_usize("BENCH_BACKLOG", 5_000_000);
     let memory_events = env_usize("BENCH_MEMORY_EVENTS", 2_000_000);
+    let hold = env_usize("BENCH_HOLD_SECONDS", 600);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
@@ -257,7 +376,10 @@ fn main() {
     // ---- data set --------------------------------------------------------------------------
     let calls = (n_events / 4).max(100);
     exec(&mut c, &format!(
-        "CREATE TABLE bench.events AS
+        "-- Stored as the inbox stores them (lz4, see sql/schema.sql): the backlog is copied from
+         -- here, compressed datums as they are.
+         SET default_toast_compression = lz4;
+         CREATE TABLE bench.events AS
            SELECT row_number() OVER (ORDER BY (payload->>'event_timestamp')::bigint + (hashint8(call_id * 10 + seq) % 3000)) AS delivery,
                   call_id, kind, seq, payload
              FROM pg_temp.dialpad_sample_events({calls}, 6612345678900000, 0.42, true);
@@ -278,6 +400,16 @@ fn main() {
     // ---- sanitizer -------------------------------------------------------------------------
     if std::env::var("BENCH_ONLY").as_deref() == Ok("ingest") {
         ingest_bench(&cluster, &mut c, &mut report, runs, n_events.min(40_000));
+        return;
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("held-snapshot") {
+        held_snapshot_bench(&cluster, &mut c, &mut report, total as usize, hold);
+        for r in &report.rows {
+            println!("{} | {} | {} | {} | {}", r.name, r.value, r.reference, r.ratio, r.target);
+        }
+        for n in &report.notes {
+            println!("- {n}");
+        }
         return;
     }
     let same = count(&mut c, "SELECT count(*) FROM bench.events WHERE dialpad.sanitize_call_payload(payload) <> bench.sanitize_plpgsql(payload)");
@@ -324,7 +456,6 @@ fn main() {
         plp.push(sql_drain_rate(&mut c, plp_events, "bench.process_events_plpgsql"));
     }
     let (w1, p, ce, sf) = (median(worker1), median(plp), median(ceil), median(sqlfn));
-    let eps = |r: f64| format!("{r:.0} events/s");
     report.add("1 worker drain rate", eps(w1), String::new(), String::new(), "≥ 20,000/s", Some(w1 >= 20_000.0));
     report.add("1 worker vs PL/pgSQL processor", eps(w1), format!("PL/pgSQL {}", eps(p)), format!("{:.1}×", w1 / p), "≥ 3×", Some(w1 / p >= 3.0));
     report.add("1 worker vs set-based write-only ceiling", eps(w1), format!("ceiling {}", eps(ce)), format!("{:.2}×", w1 / ce), "≥ 0.8×", Some(w1 / ce >= 0.8));
@@ -433,6 +564,9 @@ fn main() {
     set_worker_enabled(&mut c, false);
     report.add(&format!("worker RssAnon growth over {target_mem} events"), format!("{:.1} MB", (rss_after - rss_before) as f64 / 1024.0),
         format!("from {:.1} MB", rss_before as f64 / 1024.0), String::new(), "≤ 10 MB", Some(rss_after - rss_before <= 10 * 1024));
+
+    // ---- a snapshot held for minutes ------------------------------------------------------------
+    held_snapshot_bench(&cluster, &mut c, &mut report, total as usize, hold);
 
     // ---- sanitizing a 50 MB payload -------------------------------------------------------------
     exec(&mut c, "TRUNCATE dialpad.webhook_events, dialpad.calls");

@@ -245,6 +245,22 @@ BEGIN
 END
 $$;
 
+-- Autovacuum, per table. Every event is updated once when processed and most calls a few
+-- times, so both tables produce dead rows at the rate of the traffic; with the default
+-- scale factor (20%) a 10-million-row audit log would wait for 2 million dead rows, and the
+-- indexes the worker writes (the pending-claim index above all) would carry them until
+-- then. At 2% autovacuum keeps up with the traffic; the insert threshold keeps the
+-- visibility map (index-only scans, anti-wraparound freezing) of the append-mostly inbox
+-- current. No fillfactor: neither table can use HOT updates (processing changes a column of
+-- the pending index's predicate; a call update changes the GIN-indexed raw_payload), so free
+-- space left in pages would never be used.
+ALTER TABLE dialpad.webhook_events SET (
+    autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE dialpad.calls SET (
+    autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02);
+
 -- pg_dump keeps the rows of extension tables only when they are registered.
 SELECT pg_catalog.pg_extension_config_dump('dialpad.call_statuses', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.status_transitions', '');

@@ -19,6 +19,7 @@ pub mod numeric;
 pub mod processor;
 pub mod rules;
 pub mod sanitize;
+pub mod scan_floor;
 pub mod shmem;
 pub mod stats;
 pub mod transitions;
@@ -70,7 +71,7 @@ fn process_events(max_events: default!(i32, 500)) -> i32 {
         );
     }
     let rules = rules::current_or_raise();
-    let out = processor::process_batch(max_events, &rules, gucs::max_attempts());
+    let out = processor::process_batch(max_events, &rules, gucs::max_attempts(), processor::Scan::Full);
     out.handled as i32
 }
 
@@ -234,7 +235,7 @@ fn ingest_webhook(body: &str) -> i64 {
             return Ok((id, false));
         }
         let call_id = key.as_deref().and_then(|k| k.split('/').next()).and_then(|c| c.parse::<i64>().ok());
-        let id = processor::run_kept(
+        let id = processor::run_replanned(
             client,
             FIND_DUPLICATE_SQL,
             &[pg_sys::INT8OID, pg_sys::TEXTOID],

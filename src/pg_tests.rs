@@ -511,4 +511,49 @@ mod tests {
             Some("hangup:60")
         );
     }
+
+    /// The claim's plans for `modes` (the processor runs custom plans), from the lowest id
+    /// and from a floor.
+    fn claim_plans(modes: &[&str]) -> Vec<String> {
+        run(&format!("PREPARE dialpad_claim(int4, int8) AS {}", crate::processor::CLAIM_SQL));
+        let mut plans = Vec::new();
+        for mode in modes {
+            run(&format!("SET LOCAL plan_cache_mode = {mode}"));
+            for from in [0, 15_000] {
+                let plan = Spi::connect(|c| {
+                    c.select(&format!("EXPLAIN EXECUTE dialpad_claim(500, {from})"), None, &[])
+                        .unwrap()
+                        .map(|r| r.get::<String>(1).unwrap().unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                });
+                plans.push(plan);
+            }
+        }
+        run("DEALLOCATE dialpad_claim");
+        plans
+    }
+
+    #[pg_test]
+    fn the_claim_stays_on_the_pending_index() {
+        // A large inbox where almost everything is processed: the claim reads the partial
+        // index in id order (the floor bounds that scan), never the whole table, and never
+        // sorts. First with statistics from when the table was empty (right after install or
+        // a TRUNCATE), then with current ones.
+        let check = |plans: Vec<String>| {
+            for plan in plans {
+                assert!(plan.contains("Index Scan using webhook_events_pending"), "{plan}");
+                assert!(!plan.contains("Seq Scan on webhook_events"), "{plan}");
+                assert!(!plan.contains("Sort"), "{plan}");
+            }
+        };
+        run("ANALYZE dialpad.webhook_events");
+        run("INSERT INTO dialpad.webhook_events (payload)
+               SELECT jsonb_build_object('call_id', i, 'state', 'ringing', 'event_timestamp', 1000000000000 + i)
+                 FROM generate_series(1, 20000) i");
+        run("UPDATE dialpad.webhook_events SET processed_at = now() WHERE id % 100 <> 0");
+        check(claim_plans(&["force_custom_plan"]));
+        run("ANALYZE dialpad.webhook_events");
+        check(claim_plans(&["force_custom_plan", "force_generic_plan"]));
+    }
 }

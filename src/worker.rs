@@ -253,7 +253,7 @@ fn run_one_batch() -> Result<Option<processor::BatchOutcome>, String> {
                 return None;
             }
             let rules = rules::current_or_raise();
-            Some(processor::process_batch(gucs::batch_size(), &rules, gucs::max_attempts()))
+            Some(processor::process_batch(gucs::batch_size(), &rules, gucs::max_attempts(), processor::Scan::FromFloor))
         }))
     })
     .catch_others(|e| Err(processor::caught_message(&e)))
