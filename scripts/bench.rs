@@ -474,37 +474,7 @@ fn main() {
     // ---- latency at 1,000 events/s offered ---------------------------------------------------
     set_worker_enabled(&mut c, true);
     exec(&mut c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
-    let offered = 1000usize;
-    let seconds = 20usize;
-    let producers = 4usize;
-    let start_id = count(&mut c, "SELECT coalesce(max(delivery), 0) FROM bench.events") as usize;
-    let _ = start_id;
-    let t0 = Instant::now();
-    let handles: Vec<_> = (0..producers)
-        .map(|p| {
-            let conninfo = cluster.conninfo("postgres");
-            std::thread::spawn(move || {
-                let mut pc = Client::connect(&conninfo, postgres::NoTls).unwrap();
-                pc.batch_execute("SET synchronous_commit = on").unwrap();
-                let stmt = pc.prepare("INSERT INTO dialpad.webhook_events (payload) SELECT payload FROM bench.events WHERE delivery = $1").unwrap();
-                let per = offered / producers;
-                let interval = Duration::from_secs_f64(1.0 / per as f64);
-                let begin = Instant::now();
-                for i in 0..(per * seconds) {
-                    let due = begin + interval * i as u32;
-                    if let Some(d) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(d);
-                    }
-                    let delivery = (i * producers + p + 1) as i64;
-                    pc.execute(&stmt, &[&delivery]).unwrap();
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
-    let achieved = (offered * seconds) as f64 / t0.elapsed().as_secs_f64();
+    let achieved = offer_load(&cluster, total as usize, 1000, 20, 0);
     wait_until(&mut c, "SELECT pending = 0 FROM dialpad.queue_stats", 60);
     let (p50, p99, max): (f64, f64, f64) = {
         let r = c.query_one(
