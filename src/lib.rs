@@ -235,13 +235,13 @@ fn ingest_webhook(body: &str) -> i64 {
             return Ok((id, false));
         }
         let call_id = key.as_deref().and_then(|k| k.split('/').next()).and_then(|c| c.parse::<i64>().ok());
-        let id = processor::run_replanned(
+        let id = processor::replanned(|| processor::run_kept(
             client,
             FIND_DUPLICATE_SQL,
             &[pg_sys::INT8OID, pg_sys::TEXTOID],
             None,
             &[call_id.into(), key.clone().into()],
-        )?
+        ))?
             .first()
             .get::<i64>(1)?
             .unwrap_or(0);

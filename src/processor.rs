@@ -137,20 +137,14 @@ pub(crate) fn run_kept<'c>(
     })
 }
 
-/// Like [`run_kept`], for a statement that reads a table: planned for its actual arguments
-/// each time. Left to the plan cache, such a plan settles on a generic plan made once, maybe
+/// Runs `run` (a [`run_kept`] of a statement that reads a table) with the statement planned
+/// for its actual arguments. Left to the plan cache, such a plan settles on a generic plan made once, maybe
 /// when the table was small (right after install or a TRUNCATE: a sequential scan of
 /// dialpad.calls), and keeps it until the next ANALYZE; the worker measured 17k events/s with
 /// that, 21.6k with re-planning. The upsert and the rejection insert read no table and keep
 /// their generic plans. The setting is scoped like a function's SET clause: restored here, or
 /// by the (sub)transaction abort on error.
-pub(crate) fn run_replanned<'c>(
-    client: &mut SpiClient<'c>,
-    sql: &'static str,
-    types: &[pg_sys::Oid],
-    limit: Option<i64>,
-    args: &[DatumWithOid],
-) -> Result<pgrx::spi::SpiTupleTable<'c>, pgrx::spi::Error> {
+pub(crate) fn replanned<T>(run: impl FnOnce() -> T) -> T {
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
     unsafe {
         pg_sys::set_config_option(
@@ -164,7 +158,7 @@ pub(crate) fn run_replanned<'c>(
             false,
         );
     }
-    let result = run_kept(client, sql, types, limit, args);
+    let result = run();
     unsafe { pg_sys::AtEOXact_GUC(true, nest) };
     result
 }
@@ -224,7 +218,7 @@ fn process_batch_in(
         Scan::FromFloor => SCAN_FLOOR.with(|f| f.borrow_mut().start(std::time::Instant::now())),
     };
     {
-        let table = run_replanned(client, CLAIM_SQL, &[pg_sys::INT4OID, pg_sys::INT8OID], None, &[max_events.into(), from.into()])?;
+        let table = replanned(|| run_kept(client, CLAIM_SQL, &[pg_sys::INT4OID, pg_sys::INT8OID], None, &[max_events.into(), from.into()]))?;
         for row in table {
             let id: i64 = row.get(1)?.unwrap_or_default();
             let payload: Option<JsonbArg> = row.get(2)?;
@@ -270,7 +264,7 @@ fn process_batch_in(
     // 4. Current rows of those calls.
     let mut existing: HashMap<i64, CallRow> = HashMap::with_capacity(call_ids.len());
     if !call_ids.is_empty() {
-        let table = run_replanned(client, READ_CALLS_SQL, &[pg_sys::INT8ARRAYOID], None, &[call_ids.clone().into()])?;
+        let table = replanned(|| run_kept(client, READ_CALLS_SQL, &[pg_sys::INT8ARRAYOID], None, &[call_ids.clone().into()]))?;
         for row in table {
             let r = read_call_row(&row)?;
             existing.insert(r.dialpad_call_id, r);
@@ -294,13 +288,13 @@ fn process_batch_in(
         .collect();
     if !late.is_empty() {
         let batch_ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
-        let table = run_replanned(
+        let table = replanned(|| run_kept(
             client,
             HISTORY_SQL,
             &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
             None,
             &[late.clone().into(), batch_ids.into()],
-        )?;
+        ))?;
         for row in table {
             let id: i64 = row.get(1)?.unwrap_or_default();
             let Some(payload) = row.get::<JsonbArg>(2)? else { continue };
@@ -367,13 +361,13 @@ fn process_batch_in(
         let ids: Vec<i64> = failures.iter().map(|f| f.0).collect();
         let errs: Vec<String> = failures.iter().map(|f| f.1.clone()).collect();
         let perm: Vec<bool> = failures.iter().map(|f| f.2).collect();
-        let table = run_replanned(
+        let table = replanned(|| run_kept(
             client,
             FAIL_SQL,
             &[pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::BOOLARRAYOID, pg_sys::INT4OID],
             None,
             &[ids.into(), errs.into(), perm.into(), max_attempts.into()],
-        )?;
+        ))?;
         for row in table {
             if row.get::<bool>(1)?.unwrap_or(false) {
                 out.dead += 1;
@@ -383,7 +377,7 @@ fn process_batch_in(
     }
     if !deferred.is_empty() {
         out.deferred = deferred.len() as u64;
-        run_replanned(client, DEFER_SQL, &[pg_sys::INT8ARRAYOID], None, &[deferred.into()])?;
+        replanned(|| run_kept(client, DEFER_SQL, &[pg_sys::INT8ARRAYOID], None, &[deferred.into()]))?;
     }
     out.handled = n_batch as u64 - out.deferred;
     if let Some(s) = crate::shmem::get() {
