@@ -12,7 +12,7 @@ COMMENT ON FUNCTION dialpad.version_info() IS 'pg_dialpad version and build info
 COMMENT ON FUNCTION dialpad.calls_before_write() IS
     'Trigger on dialpad.calls: stores the direction normalized and enforces dialpad.status_transitions (see dialpad.invalid_transition).';
 COMMENT ON FUNCTION dialpad.webhook_events_before_insert() IS
-    'Trigger on dialpad.webhook_events: fills event_type and call_id from the payload; never rejects a payload.';
+    'Trigger on dialpad.webhook_events: fills event_type, call_id and dedupe_key from the payload and marks a redelivery duplicate_of its first delivery; never rejects a payload.';
 COMMENT ON FUNCTION dialpad.wake_workers_on_insert() IS
     'Trigger on dialpad.webhook_events: wakes the background workers when the inserting transaction commits.';
 COMMENT ON FUNCTION dialpad.process_events(integer) IS
@@ -26,7 +26,7 @@ COMMENT ON FUNCTION dialpad.processed_last_minute() IS
 COMMENT ON FUNCTION dialpad.wake_workers() IS
     'Wakes the background workers when the current transaction commits.';
 COMMENT ON FUNCTION dialpad.ingest_webhook(text) IS
-    'Stores one webhook delivery (the raw body: plain JSON, or an HS256 JWT when dialpad.webhook_secret is set) and returns its id; a redelivery of the same call_id/state/event_timestamp stores nothing and returns the stored id. Errors: 22P02 malformed JSON or token, 28000 bad signature/algorithm or JWT/secret mismatch, 54000 body over dialpad.max_body_size, 22023 stale event.';
+    'Stores one webhook delivery (the raw body: plain JSON, or an HS256 JWT when dialpad.webhook_secret is set) and returns the id of its first delivery; a redelivery of the same call_id/state/event_timestamp is kept marked duplicate_of that id and never applied again. Errors: 22P02 malformed JSON or token, 28000 bad signature/algorithm or JWT/secret mismatch, 54000 body over dialpad.max_body_size, 22023 stale event.';
 COMMENT ON FUNCTION dialpad.ingest_stats() IS
     'Deliveries accepted, duplicate and rejected by dialpad.ingest_webhook since the server started (behind the dialpad.ingest_stats view).';
 COMMENT ON FUNCTION dialpad.rules_changed() IS
@@ -82,7 +82,7 @@ REVOKE EXECUTE ON FUNCTION dialpad.ingest_webhook(text), dialpad.process_events(
 -- readable so that INSERT ... RETURNING id and the duplicate lookup work).
 GRANT EXECUTE ON FUNCTION dialpad.ingest_webhook(text), dialpad.wake_workers() TO dialpad_ingest;
 GRANT INSERT (event_type, payload) ON dialpad.webhook_events TO dialpad_ingest;
-GRANT SELECT (id, call_id, dedupe_key) ON dialpad.webhook_events TO dialpad_ingest;
+GRANT SELECT (id, call_id, dedupe_key, duplicate_of) ON dialpad.webhook_events TO dialpad_ingest;
 GRANT USAGE ON SEQUENCE dialpad.webhook_events_id_seq TO dialpad_ingest;
 
 -- dialpad_reader: analysts and dashboards. Calls, rejected transitions, stats, dead letters.
@@ -103,7 +103,7 @@ GRANT SELECT (id, processed_at, dead_at, next_attempt_at, attempts),
 -- dialpad_worker: what the background worker (or a pg_cron job calling process_events)
 -- needs when it does not run as a superuser: grant it to the login role named in dialpad.role.
 GRANT EXECUTE ON FUNCTION dialpad.process_events(integer), dialpad.processed_last_minute() TO dialpad_worker;
-GRANT SELECT, UPDATE (processed_at, attempts, last_error, next_attempt_at, dead_at)
+GRANT SELECT, UPDATE (processed_at, attempts, last_error, next_attempt_at, dead_at, duplicate_of)
     ON dialpad.webhook_events TO dialpad_worker;
 GRANT SELECT, INSERT, UPDATE ON dialpad.calls TO dialpad_worker;
 GRANT USAGE ON SEQUENCE dialpad.rejected_transitions_id_seq TO dialpad_worker;

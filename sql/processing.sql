@@ -82,3 +82,12 @@ SELECT 'webhook_events.payload',
   FROM dialpad.webhook_events e;
 COMMENT ON VIEW dialpad.payload_stats IS
     'Stored size of the sanitized payloads on calls and of the full payloads in the inbox (scans both tables).';
+
+-- DROP EXTENSION while the workers run and sessions ingest: see src/drop_guard.rs.
+CREATE FUNCTION dialpad.before_drop() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'dialpad_before_drop';
+COMMENT ON FUNCTION dialpad.before_drop() IS
+    'Event trigger: before DROP EXTENSION pg_dialpad (or DROP SCHEMA dialpad), pauses the workers and locks the extension''s tables in the order every writer locks them, so the drop succeeds at once.';
+CREATE EVENT TRIGGER dialpad_before_drop ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA')
+    EXECUTE FUNCTION dialpad.before_drop();

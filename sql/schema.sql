@@ -115,12 +115,14 @@ CREATE TABLE dialpad.webhook_events (
     attempts        integer NOT NULL DEFAULT 0 CHECK (attempts OPERATOR(pg_catalog.>=) 0),
     last_error      text,
     next_attempt_at timestamptz,
-    dead_at         timestamptz
+    dead_at         timestamptz,
+    duplicate_of    bigint
 );
 COMMENT ON TABLE dialpad.webhook_events IS
     'Inbox and immutable audit log of Dialpad webhook deliveries. Pending: processed_at and dead_at NULL; due when next_attempt_at is NULL or past.';
 COMMENT ON COLUMN dialpad.webhook_events.event_type IS 'Set from payload->>''state'' on insert when not given.';
-COMMENT ON COLUMN dialpad.webhook_events.dedupe_key IS 'call_id/state/event_timestamp, set on insert when all three are in the payload: one row per key (Dialpad redelivers).';
+COMMENT ON COLUMN dialpad.webhook_events.dedupe_key IS 'call_id/state/event_timestamp (numbers in one canonical spelling), set on insert when all three are in the payload: deliveries with the same key are one event (Dialpad redelivers).';
+COMMENT ON COLUMN dialpad.webhook_events.duplicate_of IS 'Set on a redelivery: the id of the first delivery of the same event. Kept in the audit log, never applied.';
 COMMENT ON COLUMN dialpad.webhook_events.call_id IS 'Set from payload->''call_id'' on insert (NULL when it is not an integer).';
 COMMENT ON COLUMN dialpad.webhook_events.payload IS 'The full event as delivered. Cannot be changed after insert.';
 COMMENT ON COLUMN dialpad.webhook_events.processed_at IS 'When the event was applied to dialpad.calls; NULL while pending.';
@@ -135,10 +137,12 @@ CREATE INDEX webhook_events_pending ON dialpad.webhook_events (id)
     WHERE processed_at IS NULL AND dead_at IS NULL;
 CREATE INDEX webhook_events_dead ON dialpad.webhook_events (dead_at)
     WHERE dead_at IS NOT NULL;
--- One index, two jobs (each index costs every insert and every processed mark): it keeps
--- one row per (call_id, state, event_timestamp) — dedupe_key starts with the call id, and
--- NULL keys never conflict — and it finds a call's history when an event arrives late.
-CREATE UNIQUE INDEX webhook_events_call_dedupe ON dialpad.webhook_events (call_id, dedupe_key);
+-- One index, two jobs (each index costs every insert and every processed mark): it finds the
+-- first delivery of a redelivered event (the insert trigger marks the redelivery
+-- duplicate_of it), and a call's history when an event arrives late. Not unique: every
+-- delivery is stored, so no INSERT or COPY ever fails for a redelivery, and a unique index
+-- could not span the time partitions of the inbox.
+CREATE INDEX webhook_events_call_dedupe ON dialpad.webhook_events (call_id, dedupe_key);
 
 CREATE FUNCTION dialpad.webhook_events_immutable() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

@@ -24,9 +24,10 @@ pub enum EventError {
 }
 
 impl EventError {
-    /// An event that can never be applied, whatever is retried: dead-lettered at once.
+    /// An event that can never be applied, whatever is retried: dead-lettered at once. The
+    /// payload is immutable, so an event that cannot be read now never can be.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, EventError::NotAnObject | EventError::NoCallId)
+        true
     }
 }
 
@@ -146,7 +147,19 @@ fn milliseconds_as_seconds(v: Value<'_>, key: &'static str) -> Result<Option<f64
     if !s.is_finite() || s.abs() > MAX_DURATION_SECONDS {
         return Err(bad(key, format!("{ms} ms is out of range")));
     }
+    if s < 0.0 {
+        return Err(bad(key, format!("{ms} ms is negative")));
+    }
     Ok(Some(s))
+}
+
+/// A Dialpad state is a word; a number or anything else there is not a state we can map.
+fn state(v: Value<'_>) -> Result<Option<String>, EventError> {
+    match present(v) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(String::from_utf8_lossy(s).into_owned())),
+        Some(_) => Err(bad("state", "expected a string such as \"hangup\"")),
+    }
 }
 
 fn object<'a>(v: Value<'a>, key: &'static str) -> Result<Option<Container<'a>>, EventError> {
@@ -182,7 +195,7 @@ impl CallEvent {
         for_each_pair(&o, |k, v| {
             match k {
                 b"call_id" => call_id = integer(v, "call_id")?,
-                b"state" => e.state = text(v, "state")?,
+                b"state" => e.state = state(v)?,
                 b"direction" => e.direction = text(v, "direction")?,
                 b"event_timestamp" => e.event_at = epoch_ms(v, "event_timestamp")?,
                 b"date_started" => e.started_at = epoch_ms(v, "date_started")?,
@@ -244,6 +257,11 @@ impl CallEvent {
             Ok(())
         })?;
         e.call_id = call_id.ok_or(EventError::NoCallId)?;
+        if let (Some(start), Some(end)) = (e.started_at, e.ended_at) {
+            if end < start {
+                return Err(bad("date_ended", "is before date_started"));
+            }
+        }
         Ok(e)
     }
 }
@@ -298,8 +316,19 @@ mod tests {
         assert!(matches!(e, EventError::BadField { field: "target", .. }), "{e}");
         let e = parse(r#"{"call_id": 1, "target": {"name": [1]}}"#).unwrap_err();
         assert!(matches!(e, EventError::BadField { field: "target.name", .. }), "{e}");
-        assert!(!parse(r#"{"call_id": "x"}"#).unwrap_err().is_permanent());
+        assert!(parse(r#"{"call_id": "x"}"#).unwrap_err().is_permanent());
         assert!(parse(r#"{"x": 1}"#).unwrap_err().is_permanent());
+    }
+
+    #[test]
+    fn implausible_values_are_refused_with_the_field_named() {
+        let e = parse(r#"{"call_id": 1, "duration": -5}"#).unwrap_err();
+        assert_eq!(e.to_string(), "field duration: -5 ms is negative");
+        let e = parse(r#"{"call_id": 1, "state": 7}"#).unwrap_err();
+        assert!(matches!(e, EventError::BadField { field: "state", .. }), "{e}");
+        let e = parse(r#"{"call_id": 1, "date_started": 1787158716092, "date_ended": 1787158716000}"#).unwrap_err();
+        assert_eq!(e.to_string(), "field date_ended: is before date_started");
+        assert!(parse(r#"{"call_id": 1, "duration": 0, "date_started": 5, "date_ended": 5}"#).is_ok());
     }
 
     #[test]

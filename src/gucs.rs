@@ -2,7 +2,7 @@
 //!
 //! Read at server start (PGC_POSTMASTER): database, role, workers. Changed by a reload
 //! (PGC_SIGHUP), which the worker applies in its loop: batch_size, poll_interval,
-//! max_attempts, enabled. Per session: invalid_transition.
+//! max_attempts, enabled, lock_timeout. Per session: invalid_transition.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::CString;
@@ -27,6 +27,7 @@ pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static WEBHOOK_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static MAX_BODY_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10 * 1024 * 1024);
 pub static MAX_EVENT_AGE_S: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 
 pub fn init() {
     GucRegistry::define_enum_guc(
@@ -137,6 +138,16 @@ fn define_reloadable_settings() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"dialpad.lock_timeout",
+        c"Longest a processor waits for a lock before it leaves that call for a later batch.",
+        c"The workers never wait longer (PostgreSQL's lock_timeout is set to this in their sessions); dialpad.process_events() uses it unless the caller set lock_timeout. A call whose row another transaction holds is deferred by a second, the other calls of the batch are applied.",
+        &LOCK_TIMEOUT_MS,
+        1,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_bool_guc(
         c"dialpad.enabled",
         c"Whether the pg_dialpad background workers process events.",
@@ -173,6 +184,10 @@ pub fn poll_interval() -> std::time::Duration {
 
 pub fn max_attempts() -> i32 {
     MAX_ATTEMPTS.get()
+}
+
+pub fn lock_timeout_ms() -> i32 {
+    LOCK_TIMEOUT_MS.get().max(1)
 }
 
 pub fn enabled() -> bool {

@@ -98,22 +98,46 @@ pub fn sign(claims_json: &str, secret: &[u8]) -> String {
     format!("{signing_input}.{sig}")
 }
 
+/// A decimal number written the one canonical way: no sign for zero, no leading zeros, no
+/// trailing fractional zeros (`"017.50"` and `17.5` agree). None if it is not a number.
+pub fn canonical_decimal(text: &str) -> Option<String> {
+    let t = text.trim();
+    let (negative, digits) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    let zero = int == "0" && frac.is_empty();
+    let sign = if negative && !zero { "-" } else { "" };
+    Some(if frac.is_empty() { format!("{sign}{int}") } else { format!("{sign}{int}.{frac}") })
+}
+
 /// The de-duplication key of an event: `call_id/state/event_timestamp`, when all three are
-/// there (Dialpad has no event id). Numbers are normalized so `42` and `"42"` agree.
+/// there (Dialpad has no event id). Numbers are normalized so `42`, `"42"` and `42.0` agree,
+/// and a fractional timestamp keeps its fraction.
 pub fn dedupe_key(root: crate::jsonb::Value<'_>) -> Option<String> {
     use crate::jsonb::Value;
     use crate::numeric::Decimal;
     let Value::Object(o) = root else { return None };
-    let int = |v: Option<Value<'_>>| -> Option<i64> {
+    let number = |v: Option<Value<'_>>| -> Option<String> {
         match v? {
-            Value::Numeric(n) => Decimal::from_datum_bytes(n).ok()?.to_i64(),
-            Value::String(s) => std::str::from_utf8(s).ok()?.trim().parse().ok(),
+            Value::Numeric(n) => canonical_decimal(&Decimal::from_datum_bytes(n).ok()?.to_string()),
+            Value::String(s) => canonical_decimal(std::str::from_utf8(s).ok()?),
             _ => None,
         }
     };
-    let call_id = int(o.get(b"call_id").ok()?)?;
+    let call_id = number(o.get(b"call_id").ok()?)?.parse::<i64>().ok()?;
     let Some(Value::String(state)) = o.get(b"state").ok()? else { return None };
-    let ts = int(o.get(b"event_timestamp").ok()?)?;
+    let ts = number(o.get(b"event_timestamp").ok()?)?;
     Some(format!("{call_id}/{}/{ts}", String::from_utf8_lossy(state)))
 }
 
@@ -166,6 +190,16 @@ mod tests {
     }
 
     #[test]
+    fn decimals_have_one_canonical_spelling() {
+        for (a, b) in [("17", "17"), ("017", "17"), ("17.50", "17.5"), ("17.0", "17"), ("-0.0", "0"), (".5", "0.5"), ("-3.10", "-3.1")] {
+            assert_eq!(canonical_decimal(a).as_deref(), Some(b), "{a}");
+        }
+        for bad in ["", ".", "1e5", "abc", "1.2.3", "--1"] {
+            assert_eq!(canonical_decimal(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn dedupe_keys_normalize_numbers() {
         use crate::jsonb::testing::jsonb;
         use crate::jsonb::{datum_body, Container};
@@ -176,6 +210,9 @@ mod tests {
         assert_eq!(key(r#"{"call_id": 42, "state": "hangup", "event_timestamp": 17}"#).as_deref(), Some("42/hangup/17"));
         assert_eq!(key(r#"{"call_id": "42", "state": "hangup", "event_timestamp": "17"}"#).as_deref(), Some("42/hangup/17"));
         assert_eq!(key(r#"{"call_id": 42, "state": "hangup"}"#), None);
+        assert_eq!(key(r#"{"call_id": 42.0, "state": "hangup", "event_timestamp": 17.250}"#).as_deref(), Some("42/hangup/17.25"));
+        assert_eq!(key(r#"{"call_id": 42, "state": "hangup", "event_timestamp": "0017.25"}"#).as_deref(), Some("42/hangup/17.25"));
+        assert_eq!(key(r#"{"call_id": 42.5, "state": "hangup", "event_timestamp": 1}"#), None);
         assert_eq!(key(r#"[1]"#), None);
     }
 }

@@ -8,6 +8,8 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 pub mod datum;
+pub mod dedupe;
+pub mod drop_guard;
 pub mod error;
 pub mod event;
 pub mod fold;
@@ -25,6 +27,7 @@ pub mod stats;
 pub mod transitions;
 pub mod triggers;
 pub mod varlena;
+pub mod version;
 pub mod worker;
 
 ::pgrx::pg_module_magic!();
@@ -70,9 +73,42 @@ fn process_events(max_events: default!(i32, 500)) -> i32 {
             None,
         );
     }
+    version::require_current();
     let rules = rules::current_or_raise();
-    let out = processor::process_batch(max_events, &rules, gucs::max_attempts(), processor::Scan::Full);
+    let out = with_default_lock_timeout(|| {
+        processor::process_batch(max_events, &rules, gucs::max_attempts(), processor::Scan::Full)
+    });
     out.handled as i32
+}
+
+/// Runs `f` with lock_timeout = dialpad.lock_timeout unless the caller set a lock_timeout
+/// of their own (a caller may choose to wait; the default never stalls). Scoped like a
+/// function's SET clause: restored here, or by the transaction's abort.
+fn with_default_lock_timeout<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: reads a GUC by name; NULL only if it does not exist, which it always does.
+    let current = unsafe { pg_sys::GetConfigOption(c"lock_timeout".as_ptr(), true, false) };
+    let unset = current.is_null() || unsafe { std::ffi::CStr::from_ptr(current) }.to_bytes() == b"0";
+    if !unset {
+        return f();
+    }
+    let value = std::ffi::CString::new(gucs::lock_timeout_ms().to_string()).unwrap_or_default();
+    // SAFETY: a GUC nest level opened and closed around f, as fmgr does for SET clauses.
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    unsafe {
+        pg_sys::set_config_option(
+            c"lock_timeout".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
+    let out = f();
+    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+    out
 }
 
 /// `inbound`, `outbound`, or NULL (with a WARNING for a spelling we do not know).
@@ -154,17 +190,32 @@ fn reject(code: PgSqlErrorCode, message: String, hint: Option<&str>) -> ! {
     error::raise(code, message, None, hint)
 }
 
-const INSERT_DEDUPED_SQL: &str = "\
+/// Every delivery is stored; the insert trigger marks a redelivery duplicate_of its first.
+const INSERT_SQL: &str = "INSERT INTO dialpad.webhook_events (payload) VALUES ($1) RETURNING id, duplicate_of";
+/// The 0.1.0 inbox (before ALTER EXTENSION ... UPDATE) still has its unique index.
+const INSERT_0_1_SQL: &str = "\
 INSERT INTO dialpad.webhook_events (payload) VALUES ($1)
 ON CONFLICT (call_id, dedupe_key) DO NOTHING
 RETURNING id";
-const INSERT_SQL: &str = "INSERT INTO dialpad.webhook_events (payload) VALUES ($1) RETURNING id";
-const FIND_DUPLICATE_SQL: &str = "SELECT id FROM dialpad.webhook_events
+const INSERT_PLAIN_0_1_SQL: &str = "INSERT INTO dialpad.webhook_events (payload) VALUES ($1) RETURNING id";
+const FIND_DUPLICATE_0_1_SQL: &str = "SELECT id FROM dialpad.webhook_events
  WHERE call_id OPERATOR(pg_catalog.=) $1 AND dedupe_key OPERATOR(pg_catalog.=) $2";
 
+/// Whether dialpad.webhook_events has the 0.2.0 shape (duplicate_of). From the syscache:
+/// no query, and always current after ALTER EXTENSION ... UPDATE.
+fn inbox_marks_duplicates() -> bool {
+    // SAFETY: catalog lookups by name with valid C strings; InvalidOid when absent.
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(c"dialpad".as_ptr(), true);
+        let rel = pg_sys::get_relname_relid(c"webhook_events".as_ptr(), ns);
+        rel != pg_sys::InvalidOid && pg_sys::get_attnum(rel, c"duplicate_of".as_ptr()) != pg_sys::InvalidAttrNumber as i16
+    }
+}
+
 /// Stores one webhook delivery (the raw request body: JSON, or a JWT when
-/// dialpad.webhook_secret is set) and returns its id in dialpad.webhook_events. A redelivery
-/// of the same (call_id, state, event_timestamp) stores nothing and returns the stored id.
+/// dialpad.webhook_secret is set) and returns the id of its first delivery in
+/// dialpad.webhook_events: a redelivery of the same (call_id, state, event_timestamp) is kept
+/// in the audit log, marked duplicate_of that id, and never applied again.
 #[pg_extern(volatile, parallel_unsafe)]
 fn ingest_webhook(body: &str) -> i64 {
     use std::sync::atomic::Ordering;
@@ -225,7 +276,15 @@ fn ingest_webhook(body: &str) -> i64 {
     }
     let key = root.and_then(ingest::dedupe_key);
     let stored = Spi::connect_mut(|client| -> Result<(i64, bool), pgrx::spi::Error> {
-        let sql = if key.is_some() { INSERT_DEDUPED_SQL } else { INSERT_SQL };
+        if inbox_marks_duplicates() {
+            let row = processor::run_kept(client, INSERT_SQL, &[pg_sys::JSONBOID], None, &[payload.into()])?.first();
+            let id = row.get::<i64>(1)?.unwrap_or(0);
+            return Ok(match row.get::<i64>(2)? {
+                Some(first) => (first, true),
+                None => (id, false),
+            });
+        }
+        let sql = if key.is_some() { INSERT_0_1_SQL } else { INSERT_PLAIN_0_1_SQL };
         let inserted = processor::run_kept(client, sql, &[pg_sys::JSONBOID], None, &[payload.into()])?
             .first()
             .get::<i64>(1)
@@ -237,7 +296,7 @@ fn ingest_webhook(body: &str) -> i64 {
         let call_id = key.as_deref().and_then(|k| k.split('/').next()).and_then(|c| c.parse::<i64>().ok());
         let id = processor::replanned(|| processor::run_kept(
             client,
-            FIND_DUPLICATE_SQL,
+            FIND_DUPLICATE_0_1_SQL,
             &[pg_sys::INT8OID, pg_sys::TEXTOID],
             None,
             &[call_id.into(), key.clone().into()],

@@ -30,10 +30,15 @@ pub struct BatchOutcome {
     pub failed: u64,
     pub dead: u64,
     pub rejected: u64,
-    /// Events left for later because another processor holds their call.
+    /// Events left for later because another processor (or a lock) holds their call.
     pub deferred: u64,
+    /// Redeliveries found while applying (marked duplicate_of, not applied again).
+    pub duplicates: u64,
     /// Whether as many events were claimed as allowed (more may be waiting).
     pub full: bool,
+    /// Set when the batch held more distinct calls than the lock table leaves room for:
+    /// the calls it was limited to (the others were left for the next batch).
+    pub capped_at_calls: Option<usize>,
 }
 
 /// The advisory lock namespace (`objsubid` in pg_locks): 'DP'.
@@ -53,7 +58,7 @@ RETURNING e.id, e.payload";
 
 const HISTORY_SQL: &str = "\
 SELECT id, payload FROM dialpad.webhook_events
- WHERE call_id OPERATOR(pg_catalog.=) ANY ($1) AND processed_at IS NOT NULL
+ WHERE call_id OPERATOR(pg_catalog.=) ANY ($1) AND processed_at IS NOT NULL AND duplicate_of IS NULL
    AND NOT id OPERATOR(pg_catalog.=) ANY ($2)";
 
 const READ_CALLS_SQL: &str = "\
@@ -108,12 +113,28 @@ UPDATE dialpad.webhook_events AS e
  WHERE e.id OPERATOR(pg_catalog.=) f.id
 RETURNING e.dead_at IS NOT NULL";
 
+/// Returns events to the queue without counting an attempt; those in $2 (their call was
+/// locked by another transaction) wait a second, so a long-held lock costs one try a second.
 const DEFER_SQL: &str = "\
-UPDATE dialpad.webhook_events SET processed_at = NULL WHERE id OPERATOR(pg_catalog.=) ANY ($1)";
+UPDATE dialpad.webhook_events
+   SET processed_at = NULL,
+       next_attempt_at = CASE WHEN id OPERATOR(pg_catalog.=) ANY ($2)
+                              THEN pg_catalog.now() OPERATOR(pg_catalog.+) '1 second'::pg_catalog.interval
+                              ELSE next_attempt_at END
+ WHERE id OPERATOR(pg_catalog.=) ANY ($1)";
+
+/// Redeliveries that reached the processor (not caught at insert): kept, marked, not applied.
+const DUPLICATES_SQL: &str = "\
+UPDATE dialpad.webhook_events AS e SET duplicate_of = d.original
+  FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[])) AS d(id, original)
+ WHERE e.id OPERATOR(pg_catalog.=) d.id";
 
 thread_local! {
     /// Where this backend's claims start reading the pending index (see scan_floor.rs).
     static SCAN_FLOOR: RefCell<ScanFloor> = RefCell::new(ScanFloor::new());
+    /// The claim size this backend adapted to after a batch was capped by the lock table
+    /// (doubled back after each full batch that was not).
+    static ADAPTED_LIMIT: std::cell::Cell<i32> = const { std::cell::Cell::new(i32::MAX) };
     static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
 }
 
@@ -210,6 +231,7 @@ fn process_batch_in(
         return Ok(out);
     }
     let mut timer = StepTimer::new();
+    let max_events = max_events.min(ADAPTED_LIMIT.with(|a| a.get()));
 
     // 1. Claim and mark in one statement.
     let mut claimed: Vec<Claimed> = Vec::new();
@@ -249,8 +271,22 @@ fn process_batch_in(
     let mut call_ids: Vec<i64> = groups.keys().copied().collect();
     call_ids.sort_unstable();
 
-    // 3. One processor per call at a time.
+    // 3. One processor per call at a time, and no more calls than the shared lock table
+    //    has room for (one entry per call): the oldest calls first, the rest next batch.
     let mut deferred: Vec<i64> = Vec::new();
+    let mut lock_waits: Vec<i64> = Vec::new();
+    let cap = max_calls_per_batch();
+    if call_ids.len() > cap {
+        call_ids.sort_unstable_by_key(|c| groups[c].iter().map(|&i| claimed[i].id).min());
+        for call_id in call_ids.drain(cap..) {
+            deferred.extend(groups[&call_id].iter().map(|&i| claimed[i].id));
+        }
+        out.capped_at_calls = Some(cap);
+        let kept: usize = call_ids.iter().map(|c| groups[c].len()).sum();
+        ADAPTED_LIMIT.with(|a| a.set(kept.max(1) as i32));
+    } else if out.full {
+        ADAPTED_LIMIT.with(|a| a.set(a.get().saturating_mul(2)));
+    }
     call_ids.retain(|call_id| {
         if try_lock_call(*call_id) {
             true
@@ -274,7 +310,9 @@ fn process_batch_in(
     timer.step("read calls");
     // 5. A call that receives an event older than its last applied one is re-derived from
     //    its whole history in event order: a late "voicemail" must not lose to an earlier
-    //    processed "hangup". Only such calls pay for reading their history.
+    //    processed "hangup". An event as old as the last applied one may be a redelivery
+    //    that the insert trigger could not catch (delivered concurrently): its history
+    //    tells. Only such calls pay for reading their history.
     let n_batch = claimed.len();
     let late: Vec<i64> = call_ids
         .iter()
@@ -283,7 +321,7 @@ fn process_batch_in(
             let Some(last) = existing.get(call_id).and_then(|r| r.last_event_at) else { return false };
             groups[call_id]
                 .iter()
-                .any(|&i| claimed[i].parsed.as_ref().ok().and_then(|e| e.event_at).is_some_and(|at| at < last))
+                .any(|&i| claimed[i].parsed.as_ref().ok().and_then(|e| e.event_at).is_some_and(|at| at <= last))
         })
         .collect();
     if !late.is_empty() {
@@ -314,14 +352,19 @@ fn process_batch_in(
     }
 
     timer.step("history");
-    // 6. Fold each call's events.
+    // 6. Fold each call's events, each redelivery once.
     let mut folds: Vec<(i64, Folded, Vec<usize>)> = Vec::with_capacity(call_ids.len());
+    let mut duplicates: Vec<(i64, i64)> = Vec::new();
     for call_id in &call_ids {
+        check_for_interrupts!();
         let mut idx = groups.remove(call_id).unwrap_or_default();
         idx.sort_by_key(|&i| {
             let ev = claimed[i].parsed.as_ref().ok();
             (ev.and_then(|e| e.event_at).unwrap_or(i64::MAX), claimed[i].id)
         });
+        let dups = find_redeliveries(&claimed, &idx, n_batch);
+        idx.retain(|i| !dups.iter().any(|(d, _)| d == i));
+        duplicates.extend(dups.iter().map(|&(d, orig)| (claimed[d].id, orig)));
         let events: Vec<&CallEvent> = idx.iter().filter_map(|&i| claimed[i].parsed.as_ref().ok()).collect();
         let mut folded = fold_events_by_call(existing.get(call_id), &events, rules);
         // Rejections of history events were recorded when they were first applied.
@@ -330,30 +373,40 @@ fn process_batch_in(
     }
 
     timer.step("fold");
-    // 7. Write: the whole batch at once; on error, call by call to isolate the bad one.
+    // 7. Write: the whole batch at once; on error, call by call to isolate the bad one. A
+    //    call whose row another transaction has locked (lock_timeout) is deferred, not
+    //    failed; only the batch's own events are ever marked failed, never its history.
     let all: Vec<usize> = (0..folds.len()).collect();
-    let batch_ok = in_subtransaction(|| crate::triggers::as_processor(|| write_calls(client, &claimed, &folds, &all)));
-    match batch_ok {
-        Ok(r) => r?,
-        Err(_) => {
-            for i in 0..folds.len() {
-                if let Err(msg) =
-                    in_subtransaction(|| crate::triggers::as_processor(|| write_calls(client, &claimed, &folds, &[i])))
-                {
-                    for &e in &folds[i].2 {
-                        failures.push((claimed[e].id, msg.clone(), false));
-                    }
-                    folds[i].1.changed = false;
-                    folds[i].1.rejections.clear();
-                }
+    if in_subtransaction(|| write_calls_or_raise(client, &claimed, &folds, &all)).is_err() {
+        for i in 0..folds.len() {
+            check_for_interrupts!();
+            let Err(e) = in_subtransaction(|| write_calls_or_raise(client, &claimed, &folds, &[i])) else { continue };
+            let own = folds[i].2.iter().copied().filter(|&e| e < n_batch).map(|e| claimed[e].id);
+            if e.is_lock_conflict() {
+                let ids: Vec<i64> = own.collect();
+                deferred.extend(&ids);
+                lock_waits.extend(ids);
+            } else {
+                failures.extend(own.map(|id| (id, e.message.clone(), false)));
             }
+            folds[i].1.changed = false;
+            folds[i].1.rejections.clear();
         }
     }
     timer.step("write");
     let failed_ids: std::collections::HashSet<i64> = failures.iter().map(|f| f.0).collect();
+    let deferred_ids: std::collections::HashSet<i64> = lock_waits.iter().copied().collect();
     for (_, f, idx) in &folds {
         out.rejected += f.rejections.len() as u64;
-        out.applied += idx.iter().filter(|&&i| i < n_batch && !failed_ids.contains(&claimed[i].id)).count() as u64;
+        out.applied += idx
+            .iter()
+            .filter(|&&i| i < n_batch && !failed_ids.contains(&claimed[i].id) && !deferred_ids.contains(&claimed[i].id))
+            .count() as u64;
+    }
+    if !duplicates.is_empty() {
+        out.duplicates = duplicates.len() as u64;
+        let (ids, originals): (Vec<i64>, Vec<i64>) = duplicates.into_iter().unzip();
+        run_kept(client, DUPLICATES_SQL, &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID], None, &[ids.into(), originals.into()])?;
     }
 
     // 8. Failed events: attempt counted, error kept, retried later or dead-lettered.
@@ -377,7 +430,9 @@ fn process_batch_in(
     }
     if !deferred.is_empty() {
         out.deferred = deferred.len() as u64;
-        replanned(|| run_kept(client, DEFER_SQL, &[pg_sys::INT8ARRAYOID], None, &[deferred.into()]))?;
+        replanned(|| {
+            run_kept(client, DEFER_SQL, &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID], None, &[deferred.into(), lock_waits.into()])
+        })?;
     }
     out.handled = n_batch as u64 - out.deferred;
     if let Some(s) = crate::shmem::get() {
@@ -422,6 +477,42 @@ impl StepTimer {
             );
         }
     }
+}
+
+/// [`write_calls`] as the processor, with any error raised, so that the enclosing
+/// subtransaction rolls back whatever part of the write was done.
+fn write_calls_or_raise(client: &mut SpiClient<'_>, claimed: &[Claimed], folds: &[(i64, Folded, Vec<usize>)], which: &[usize]) {
+    if let Err(e) = crate::triggers::as_processor(|| write_calls(client, claimed, folds, which)) {
+        crate::error::raise(pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not write calls: {e}"), None, None);
+    }
+}
+
+/// The redeliveries among a call's events (`idx`, in event order): an event of the batch
+/// (index < `n_batch`) whose (state, event_timestamp) an applied history event or an earlier
+/// batch event already has. Returns (index of the redelivery, id of the first delivery).
+fn find_redeliveries(claimed: &[Claimed], idx: &[usize], n_batch: usize) -> Vec<(usize, i64)> {
+    let key = |i: usize| {
+        let ev = claimed[i].parsed.as_ref().ok()?;
+        Some((ev.state.clone()?, ev.event_at?))
+    };
+    let mut first: HashMap<(String, i64), i64> = HashMap::new();
+    for &i in idx.iter().filter(|&&i| i >= n_batch) {
+        if let Some(k) = key(i) {
+            first.entry(k).or_insert(claimed[i].id);
+        }
+    }
+    let mut dups = Vec::new();
+    for &i in idx.iter().filter(|&&i| i < n_batch) {
+        if let Some(k) = key(i) {
+            match first.get(&k) {
+                Some(&orig) => dups.push((i, orig)),
+                None => {
+                    first.insert(k, claimed[i].id);
+                }
+            }
+        }
+    }
+    dups
 }
 
 /// Upserts the changed calls among `which` and records their rejected transitions.
@@ -659,8 +750,21 @@ fn read_call_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<CallRow, pgrx:
     })
 }
 
-/// Tries the call's advisory lock (held until the transaction ends); never waits.
+/// How many distinct calls one batch may hold locks on: a quarter of the shared lock table
+/// shared among the workers and one more processor, so that a large dialpad.batch_size never
+/// exhausts it (other sessions would fail with "out of shared memory").
+fn max_calls_per_batch() -> usize {
+    // SAFETY: plain reads of integer settings fixed at server start.
+    let (per_xact, backends) = unsafe { (pg_sys::max_locks_per_xact, pg_sys::MaxBackends) };
+    let table = (per_xact.max(10) as usize) * (backends.max(1) as usize);
+    (table / 4 / (crate::gucs::workers() + 1)).max(16)
+}
+
+/// Tries the call's advisory lock (held until the transaction ends); never waits, and
+/// reports a full lock table as "not available" instead of raising an error.
 fn try_lock_call(call_id: i64) -> bool {
+    // SAFETY: the LOCKTAG is fully initialized; LockAcquireExtended with dontWait never
+    // blocks, and with reportMemoryError = false returns NOT_AVAIL when the table is full.
     unsafe {
         let mut tag: pg_sys::LOCKTAG = std::mem::zeroed();
         tag.locktag_field1 = pg_sys::MyDatabaseId.into();
@@ -669,21 +773,46 @@ fn try_lock_call(call_id: i64) -> bool {
         tag.locktag_field4 = LOCK_NAMESPACE;
         tag.locktag_type = pg_sys::LockTagType::LOCKTAG_ADVISORY as u8;
         tag.locktag_lockmethodid = pg_sys::USER_LOCKMETHOD as u8;
-        let r = pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, true);
+        let r = pg_sys::LockAcquireExtended(
+            &tag,
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            true,
+            false,
+            std::ptr::null_mut(),
+        );
         r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
     }
 }
 
-/// Runs `f` in a subtransaction: kept on success, rolled back on error (the message is
-/// returned). The caller's memory context and resource owner are restored either way.
-pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+/// An error caught in a subtransaction: its SQLSTATE and message.
+pub struct CaughtSqlError {
+    pub code: pgrx::PgSqlErrorCode,
+    pub message: String,
+}
+
+impl CaughtSqlError {
+    /// A lock we could not get in time (lock_timeout) or a deadlock: the call is busy, not bad.
+    fn is_lock_conflict(&self) -> bool {
+        matches!(
+            self.code,
+            pgrx::PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE | pgrx::PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
+        )
+    }
+}
+
+/// Runs `f` in a subtransaction: kept on success, rolled back on error (returned). The
+/// caller's memory context and resource owner are restored either way.
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtSqlError> {
+    // SAFETY: the subtransaction is begun and ended here on every path (PgTryBuilder catches
+    // the ERROR's longjmp); memory context and resource owner are put back as they were.
     unsafe {
         let cxt = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(cxt);
         let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(move || Ok(f())))
-            .catch_others(|e| Err(caught_message(&e)))
+            .catch_others(|e| Err(CaughtSqlError { code: caught_code(&e), message: caught_message(&e) }))
             .execute();
         match result {
             Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
@@ -692,6 +821,14 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
         pg_sys::MemoryContextSwitchTo(cxt);
         pg_sys::CurrentResourceOwner = owner;
         result
+    }
+}
+
+fn caught_code(e: &pg_sys::panic::CaughtError) -> pgrx::PgSqlErrorCode {
+    match e {
+        pg_sys::panic::CaughtError::PostgresError(r)
+        | pg_sys::panic::CaughtError::ErrorReport(r)
+        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.sql_error_code(),
     }
 }
 

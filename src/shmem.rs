@@ -6,7 +6,7 @@
 
 use pgrx::pg_sys;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 pub const MAX_WORKERS: usize = 32;
 const RING: usize = 64;
@@ -24,6 +24,20 @@ pub struct WorkerSlot {
     /// TimestampTz; 0 = never.
     pub last_batch_at: AtomicI64,
     pub started_at: AtomicI64,
+    /// Whether the worker is inside a batch's transaction now.
+    pub in_batch: AtomicBool,
+    /// A [`WorkerState`].
+    state: AtomicU8,
+}
+
+/// What a running worker is doing, for dialpad.worker_status().
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum WorkerState {
+    Processing = 0,
+    NoExtension = 1,
+    VersionMismatch = 2,
+    Paused = 3,
 }
 
 #[repr(C)]
@@ -35,6 +49,9 @@ pub struct Shared {
     pub ingest_accepted: AtomicU64,
     pub ingest_duplicate: AtomicU64,
     pub ingest_rejected: AtomicU64,
+    /// pid of a backend running DROP EXTENSION pg_dialpad (0: none); the workers start no
+    /// batch while it is set and that backend lives.
+    drop_pid: AtomicI32,
 }
 
 static mut SHARED: *mut Shared = std::ptr::null_mut();
@@ -117,12 +134,28 @@ impl WorkerSlot {
             self.latch.store(latch as usize, Ordering::Release);
         }
         self.started_at.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Relaxed);
+        self.in_batch.store(false, Ordering::Release);
+        self.set_state(WorkerState::Processing);
         true
     }
 
     pub fn release(&self) {
+        self.in_batch.store(false, Ordering::Release);
         self.latch.store(0, Ordering::Release);
         self.pid.store(0, Ordering::Release);
+    }
+
+    pub fn set_state(&self, state: WorkerState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> WorkerState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => WorkerState::NoExtension,
+            2 => WorkerState::VersionMismatch,
+            3 => WorkerState::Paused,
+            _ => WorkerState::Processing,
+        }
     }
 
     pub fn record_batch(&self, events: u64, errors: u64, dead: u64, rejected: u64) {
@@ -171,6 +204,36 @@ impl Shared {
             .sum()
     }
 
+    /// Marks a DROP EXTENSION in progress in the calling backend (cleared at its
+    /// transaction's end, see [`on_xact_event`]).
+    pub fn begin_drop(&self) {
+        self.drop_pid.store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
+        DROP_AT_XACT_END.with(|d| d.set(true));
+        register_xact_callback();
+    }
+
+    /// Whether a live backend is dropping the extension.
+    pub fn drop_in_progress(&self) -> bool {
+        let pid = self.drop_pid.load(Ordering::Acquire);
+        // SAFETY: kill(pid, 0) only checks for existence.
+        pid != 0 && unsafe { libc_kill_alive(pid) }
+    }
+
+    /// Waits (at most `timeout`) until no worker is inside a batch.
+    pub fn wait_for_workers_idle(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.slots.iter().all(|s| !s.in_batch.load(Ordering::Acquire) || s.pid.load(Ordering::Acquire) == 0) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            pgrx::check_for_interrupts!();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Sets the latch of every running worker.
     pub fn wake_workers(&self) {
         for slot in &self.slots {
@@ -185,6 +248,25 @@ impl Shared {
 thread_local! {
     static WAKE_AT_COMMIT: Cell<bool> = const { Cell::new(false) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    static DROP_AT_XACT_END: Cell<bool> = const { Cell::new(false) };
+}
+
+fn register_xact_callback() {
+    if !CALLBACK_REGISTERED.with(|c| c.replace(true)) {
+        // SAFETY: a static callback with no argument, registered once per backend.
+        unsafe { pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut()) };
+    }
+}
+
+/// Clears this backend's DROP EXTENSION mark at the end of its transaction.
+fn end_drop() {
+    if DROP_AT_XACT_END.with(|d| d.replace(false)) {
+        if let Some(s) = get() {
+            let me = unsafe { pg_sys::MyProcPid };
+            let _ = s.drop_pid.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
+            s.wake_workers();
+        }
+    }
 }
 
 #[pgrx::pg_guard]
@@ -192,13 +274,17 @@ unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: 
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+            end_drop();
             if WAKE_AT_COMMIT.with(|w| w.replace(false)) {
                 if let Some(s) = get() {
                     s.wake_workers();
                 }
             }
         }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => WAKE_AT_COMMIT.with(|w| w.set(false)),
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            end_drop();
+            WAKE_AT_COMMIT.with(|w| w.set(false))
+        }
         _ => {}
     }
 }
@@ -209,8 +295,6 @@ pub fn wake_workers_at_commit() {
     if get().is_none() {
         return;
     }
-    if !CALLBACK_REGISTERED.with(|c| c.replace(true)) {
-        unsafe { pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut()) };
-    }
+    register_xact_callback();
     WAKE_AT_COMMIT.with(|w| w.set(true));
 }

@@ -143,7 +143,9 @@ fn wake_workers_on_insert<'a>(
 }
 
 /// BEFORE INSERT ON dialpad.webhook_events, FOR EACH ROW: fills event_type (when not given),
-/// call_id and dedupe_key from the payload, reading jsonb's binary form. Never rejects a payload.
+/// call_id and dedupe_key from the payload, reading jsonb's binary form, and marks a
+/// redelivery `duplicate_of` its first delivery (handled at once: it is never applied
+/// again). Never rejects a payload: every INSERT and COPY stores every row it carries.
 #[pg_trigger]
 fn webhook_events_before_insert<'a>(
     trigger: &'a PgTrigger<'a>,
@@ -186,8 +188,22 @@ fn webhook_events_before_insert<'a>(
             new.set_by_name("event_type", state).map_err(err)?;
         }
     }
-    // Always computed here, whatever the inserter wrote.
+    // Always computed here, whatever the inserter wrote. A table without duplicate_of is a
+    // 0.1.0 schema that ALTER EXTENSION ... UPDATE has not converted yet: it keeps its
+    // unique index, and this library must go on storing into it meanwhile.
+    let first = match (&key, call_id) {
+        (Some(k), Some(c)) if new.get_attribute_by_name("duplicate_of").is_some() => crate::dedupe::first_delivery(c, k),
+        _ => None,
+    };
     new.set_by_name("dedupe_key", key).map_err(err)?;
     new.set_by_name("call_id", call_id).map_err(err)?;
+    if let Some(first) = first {
+        new.set_by_name("duplicate_of", first).map_err(err)?;
+        let now = TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }).ok();
+        new.set_by_name("processed_at", now).map_err(err)?;
+    } else if new.get_attribute_by_name("duplicate_of").is_some() {
+        // A row that is not a redelivery is never stored as one, whatever the inserter wrote.
+        new.set_by_name::<Option<i64>>("duplicate_of", None).map_err(err)?;
+    }
     Ok(Some(new))
 }

@@ -11,6 +11,14 @@
 //!   pg_stat_activity, and sleep on its latch, which every committed insert into
 //!   webhook_events sets. While a batch comes back full it loops without sleeping.
 //! - An error in a batch is logged, the transaction aborted, and the worker lives on.
+//! - Like a good backend it never waits on a lock without a timeout (`dialpad.lock_timeout`:
+//!   a call whose row someone else holds is deferred, see processor.rs), reports its table
+//!   statistics after every transaction (without that, autovacuum never sees its writes),
+//!   and SIGTERM goes through PostgreSQL's own `die()`, so it leaves within a second even
+//!   while it waits on a lock or runs a long statement.
+//! - It writes nothing while its library and the extension's SQL objects disagree on the
+//!   version (new library loaded, `ALTER EXTENSION pg_dialpad UPDATE` not run yet), nor
+//!   while a `DROP EXTENSION pg_dialpad` is waiting for it to get out of the way.
 
 use crate::{gucs, processor, rules, shmem};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags};
@@ -165,7 +173,13 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
     let index = arg.value();
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SAFETY: installing PostgreSQL's own SIGTERM handler, as worker_spi does; die() only
+    // sets ProcDiePending/InterruptPending and the latch, which CHECK_FOR_INTERRUPTS acts on
+    // (inside lock waits too), so the worker leaves promptly from wherever it is.
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+    }
     let Some(shared) = shmem::get() else { return };
     if index >= shmem::MAX_WORKERS || !shared.slots[index].claim() {
         return; // another live worker holds this slot
@@ -194,32 +208,66 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
             pg_sys::GucSource::PGC_S_OVERRIDE,
         );
     }
+    apply_lock_timeout();
     log!("pg_dialpad worker {index} started in database \"{database}\"");
 
-    let mut said_no_extension = false;
+    let mut said: Option<Idle> = None;
+    let mut said_capped = false;
     let mut last_error_log: Option<Instant> = None;
     loop {
-        if BackgroundWorker::sigterm_received() {
-            break;
-        }
+        check_for_interrupts!();
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            apply_lock_timeout();
         }
         let mut full = false;
         if gucs::enabled() {
             report_activity(pg_sys::BackendState::STATE_RUNNING, c"processing webhook events");
-            match run_one_batch() {
-                Ok(Some(o)) => {
-                    said_no_extension = false;
+            slot.in_batch.store(true, Ordering::Release);
+            let result = run_one_batch(shared);
+            slot.in_batch.store(false, Ordering::Release);
+            // After every transaction, as worker_spi does: without it the table statistics
+            // (n_tup_upd, n_dead_tup, ...) never leave this process and autovacuum and
+            // autoanalyze never see the worker's writes.
+            // SAFETY: called outside a transaction, as PostgreSQL requires.
+            unsafe { pg_sys::pgstat_report_stat(false) };
+            match result {
+                Ok(Ran(o)) => {
+                    said = None;
+                    slot.set_state(shmem::WorkerState::Processing);
                     if o.handled > 0 || o.deferred > 0 {
                         slot.record_batch(o.handled, o.failed, o.dead, o.rejected);
                     }
+                    if let Some(calls) = o.capped_at_calls {
+                        if !said_capped {
+                            log!(
+                                "pg_dialpad worker {index}: a batch held more distinct calls than the lock table leaves room for; \
+                                 batches are limited to {calls} calls (raise max_locks_per_transaction or lower dialpad.batch_size)"
+                            );
+                            said_capped = true;
+                        }
+                    }
                     full = o.full;
                 }
-                Ok(None) => {
-                    if !said_no_extension {
-                        log!("pg_dialpad worker {index}: extension pg_dialpad is not installed in \"{database}\"; waiting");
-                        said_no_extension = true;
+                Ok(idle) => {
+                    let state = match idle {
+                        Ran(_) | NotInstalled => shmem::WorkerState::NoExtension,
+                        VersionMismatch { .. } => shmem::WorkerState::VersionMismatch,
+                        DropInProgress => shmem::WorkerState::Paused,
+                    };
+                    slot.set_state(state);
+                    let key = Idle::of(&idle);
+                    if said != Some(key) {
+                        match &idle {
+                            VersionMismatch { sql } => log!(
+                                "pg_dialpad worker {index}: the library is version {} but the extension in \"{database}\" is {sql}; \
+                                 writing nothing until ALTER EXTENSION pg_dialpad UPDATE is run",
+                                env!("CARGO_PKG_VERSION")
+                            ),
+                            DropInProgress => log!("pg_dialpad worker {index}: DROP EXTENSION pg_dialpad is in progress; pausing"),
+                            _ => log!("pg_dialpad worker {index}: extension pg_dialpad is not installed in \"{database}\"; waiting"),
+                        }
+                        said = Some(key);
                     }
                 }
                 Err(msg) => {
@@ -234,26 +282,81 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
             report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook events");
         }
         if full {
-            check_for_interrupts!();
             continue;
         }
+        // Flush what the last batches left pending before sleeping (rate-limited above).
+        // SAFETY: outside a transaction.
+        unsafe { pg_sys::pgstat_report_stat(true) };
         if !BackgroundWorker::wait_latch(Some(gucs::poll_interval())) {
-            break;
+            break; // postmaster death
         }
     }
     slot.release();
     // Exit code 0: the launcher, not the postmaster, decides whether to start it again.
 }
 
-/// One batch in its own transaction. Ok(None) when the extension is not installed.
-fn run_one_batch() -> Result<Option<processor::BatchOutcome>, String> {
-    let result: Result<Option<processor::BatchOutcome>, String> = PgTryBuilder::new(|| {
+unsafe extern "C-unwind" {
+    /// PostgreSQL's SIGTERM handler for backends (tcop/postgres.c), the raw C symbol: the
+    /// binding pgrx generates is a Rust wrapper, which cannot be a signal handler.
+    #[link_name = "die"]
+    fn postgres_die(postgres_signal_arg: std::ffi::c_int);
+}
+
+/// Sets the session's lock_timeout to dialpad.lock_timeout: no statement of the worker ever
+/// waits on a lock for longer (PostgreSQL's default, 0, would wait forever).
+fn apply_lock_timeout() {
+    let value = std::ffi::CString::new(gucs::lock_timeout_ms().to_string()).unwrap_or_default();
+    // SAFETY: a plain GUC assignment with valid C strings, outside any transaction.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"lock_timeout".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+}
+
+/// What a pass of the worker loop found.
+enum Pass {
+    Ran(processor::BatchOutcome),
+    NotInstalled,
+    VersionMismatch { sql: String },
+    DropInProgress,
+}
+use Pass::{DropInProgress, NotInstalled, Ran, VersionMismatch};
+
+/// The kind of an idle pass, so that each is logged once, not on every loop.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Idle {
+    NotInstalled,
+    VersionMismatch,
+    Drop,
+}
+
+impl Idle {
+    fn of(p: &Pass) -> Idle {
+        match p {
+            VersionMismatch { .. } => Idle::VersionMismatch,
+            DropInProgress => Idle::Drop,
+            _ => Idle::NotInstalled,
+        }
+    }
+}
+
+/// One batch in its own transaction, unless there is nothing this library may write to.
+fn run_one_batch(shared: &shmem::Shared) -> Result<Pass, String> {
+    if shared.drop_in_progress() {
+        return Ok(DropInProgress);
+    }
+    let result: Result<Pass, String> = PgTryBuilder::new(|| {
         Ok(BackgroundWorker::transaction(|| {
-            if !extension_installed() {
-                return None;
+            let Some(sql) = crate::version::installed_version() else { return NotInstalled };
+            if sql != env!("CARGO_PKG_VERSION") {
+                return VersionMismatch { sql };
             }
             let rules = rules::current_or_raise();
-            Some(processor::process_batch(gucs::batch_size(), &rules, gucs::max_attempts(), processor::Scan::FromFloor))
+            Ran(processor::process_batch(gucs::batch_size(), &rules, gucs::max_attempts(), processor::Scan::FromFloor))
         }))
     })
     .catch_others(|e| Err(processor::caught_message(&e)))
@@ -268,7 +371,3 @@ fn run_one_batch() -> Result<Option<processor::BatchOutcome>, String> {
     result
 }
 
-fn extension_installed() -> bool {
-    let oid = unsafe { pg_sys::get_extension_oid(c"pg_dialpad".as_ptr(), true) };
-    oid != pg_sys::InvalidOid
-}

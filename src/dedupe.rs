@@ -1,0 +1,73 @@
+//! Finding the first delivery of a redelivered event, for the insert trigger on the inbox.
+//!
+//! Dialpad delivers at least once: retries, and two identical subscriptions deliver every
+//! event twice. Every delivery is kept in the audit log; a redelivery is stored marked
+//! `duplicate_of` its first delivery (and as handled, so it is never claimed). There is no
+//! unique index to lean on — a plain INSERT or COPY must succeed for every row, and a unique
+//! index on a time-partitioned inbox would have to include the partition key — so the
+//! trigger looks the key up with the latest snapshot (as PostgreSQL's foreign-key checks
+//! do), which sees every committed delivery whatever the inserter's isolation level.
+//! Deliveries of the same event in flight at the same moment cannot see each other; the
+//! processor, which holds one call at a time, catches those (see processor.rs).
+
+use pgrx::pg_sys;
+use std::cell::Cell;
+
+const FIND_SQL: &std::ffi::CStr = c"SELECT id FROM dialpad.webhook_events
+ WHERE call_id OPERATOR(pg_catalog.=) $1 AND dedupe_key OPERATOR(pg_catalog.=) $2 AND duplicate_of IS NULL
+ ORDER BY id LIMIT 1";
+
+thread_local! {
+    /// The lookup's plan, kept for the life of the backend (SPI_keepplan); null until first use.
+    static PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The id of the first stored delivery of (call_id, dedupe_key), if any is committed (or
+/// was stored earlier in this transaction).
+pub fn first_delivery(call_id: i64, key: &str) -> Option<i64> {
+    // SAFETY: a complete SPI session: connected and finished here on the normal path; on an
+    // ERROR, PostgreSQL's (sub)transaction abort cleans up the SPI stack. The plan is kept
+    // in TopMemoryContext by SPI_keepplan and is revalidated by the plan cache if the table
+    // is dropped and re-created. The text datum is palloc'd in the SPI procedure context
+    // and only used within it; the result is copied out as an int8 before SPI_finish.
+    unsafe {
+        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+            return None;
+        }
+        let mut plan = PLAN.with(|p| p.get());
+        if plan.is_null() {
+            let mut types = [pg_sys::INT8OID, pg_sys::TEXTOID];
+            let p = pg_sys::SPI_prepare(FIND_SQL.as_ptr(), 2, types.as_mut_ptr());
+            if p.is_null() || pg_sys::SPI_keepplan(p) != 0 {
+                pg_sys::SPI_finish();
+                return None;
+            }
+            PLAN.with(|c| c.set(p));
+            plan = p;
+        }
+        let text = pg_sys::cstring_to_text_with_len(key.as_ptr() as *const std::ffi::c_char, key.len() as i32);
+        let mut values = [pg_sys::Datum::from(call_id), pg_sys::Datum::from(text)];
+        let nulls = [b' ' as std::ffi::c_char; 2];
+        let rc = pg_sys::SPI_execute_snapshot(
+            plan,
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            pg_sys::GetLatestSnapshot(),
+            std::ptr::null_mut(),
+            true,
+            false,
+            1,
+        );
+        let mut found = None;
+        if rc == pg_sys::SPI_OK_SELECT as i32 && pg_sys::SPI_processed == 1 && !pg_sys::SPI_tuptable.is_null() {
+            let table = &*pg_sys::SPI_tuptable;
+            let mut isnull = false;
+            let d = pg_sys::SPI_getbinval(*table.vals, table.tupdesc, 1, &mut isnull);
+            if !isnull {
+                found = Some(d.value() as i64);
+            }
+        }
+        pg_sys::SPI_finish();
+        found
+    }
+}
