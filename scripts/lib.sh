@@ -91,3 +91,25 @@ cluster_stop() {
         as_postgres "${PG_BIN}/pg_ctl" -D "${dir}/data" -m fast -w stop >/dev/null 2>&1 || true
     fi
 }
+
+# Builds the package of every released version (scripts/released-versions) from its commit,
+# once: target/released/<version>/ holds its library, control file and SQL, for the upgrade
+# test. A git worktree keeps the current tree and install untouched.
+package_released_versions() {
+    local version commit out wt
+    while read -r version commit; do
+        case "${version}" in ''|'#'*) continue ;; esac
+        out="${REPO_ROOT}/target/released/${version}"
+        [ -f "${out}/.complete" ] && continue
+        log "packaging released pg_dialpad ${version} (${commit}) for the upgrade test"
+        wt="${REPO_ROOT}/target/released/src-${version}"
+        rm -rf "${wt}" "${out}"
+        git -C "${REPO_ROOT}" worktree prune
+        git -C "${REPO_ROOT}" worktree add --detach "${wt}" "${commit}" >/dev/null
+        # Its own target dir: the current build's artifacts stay as they are.
+        (cd "${wt}" && CARGO_TARGET_DIR="${REPO_ROOT}/target/released/build" \
+            cargo pgrx package --debug --pg-config "${PG_CONFIG}" --out-dir "${out}" >/dev/null)
+        git -C "${REPO_ROOT}" worktree remove --force "${wt}"
+        touch "${out}/.complete"
+    done < "${REPO_ROOT}/scripts/released-versions"
+}

@@ -201,14 +201,20 @@ const INSERT_PLAIN_0_1_SQL: &str = "INSERT INTO dialpad.webhook_events (payload)
 const FIND_DUPLICATE_0_1_SQL: &str = "SELECT id FROM dialpad.webhook_events
  WHERE call_id OPERATOR(pg_catalog.=) $1 AND dedupe_key OPERATOR(pg_catalog.=) $2";
 
-/// Whether dialpad.webhook_events has the 0.2.0 shape (duplicate_of). From the syscache:
-/// no query, and always current after ALTER EXTENSION ... UPDATE.
+/// Whether dialpad.webhook_events has the 0.2.0 shape (duplicate_of). The inbox is locked
+/// first (RowExclusiveLock, which the INSERT takes anyway), so that an ALTER EXTENSION ...
+/// UPDATE in progress is waited for and its result seen; then the syscache answers.
 fn inbox_marks_duplicates() -> bool {
-    // SAFETY: catalog lookups by name with valid C strings; InvalidOid when absent.
+    // SAFETY: catalog lookups by name with valid C strings (InvalidOid when absent); the lock
+    // is a regular relation lock held to the end of the transaction.
     unsafe {
         let ns = pg_sys::get_namespace_oid(c"dialpad".as_ptr(), true);
         let rel = pg_sys::get_relname_relid(c"webhook_events".as_ptr(), ns);
-        rel != pg_sys::InvalidOid && pg_sys::get_attnum(rel, c"duplicate_of".as_ptr()) != pg_sys::InvalidAttrNumber as i16
+        if rel == pg_sys::InvalidOid {
+            return true;
+        }
+        pg_sys::LockRelationOid(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        pg_sys::get_attnum(rel, c"duplicate_of".as_ptr()) != pg_sys::InvalidAttrNumber as i16
     }
 }
 

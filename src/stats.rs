@@ -110,17 +110,30 @@ fn worker_status() -> TableIterator<
     for (i, slot) in s.slots.iter().enumerate().take(n) {
         let pid = slot.pid.load(Ordering::Acquire);
         let running = pid != 0;
+        let state = slot.state();
         let detail = if !running {
             format!("worker {i} is not running")
         } else if !gucs::enabled() {
             format!("worker {i} is running but paused (dialpad.enabled = off)")
         } else {
-            format!("worker {i} is processing events in database \"{database}\"")
+            match state {
+                shmem::WorkerState::Processing => format!("worker {i} is processing events in database \"{database}\""),
+                shmem::WorkerState::NoExtension => format!("worker {i} is waiting: extension pg_dialpad is not installed in database \"{database}\""),
+                shmem::WorkerState::VersionMismatch => format!(
+                    "worker {i} writes nothing: its library is version {} but the extension's SQL objects are another version",
+                    crate::version::LIBRARY
+                ),
+                shmem::WorkerState::Paused => format!("worker {i} is paused while DROP EXTENSION pg_dialpad runs"),
+            }
         };
         let hint = if !running {
             Some(format!(
                 "The launcher starts it within a second once database \"{database}\" exists; check the server log and max_worker_processes."
             ))
+        } else if state == shmem::WorkerState::VersionMismatch {
+            Some(format!("Run ALTER EXTENSION pg_dialpad UPDATE; in database \"{database}\" (see README, \"Upgrading\")."))
+        } else if state == shmem::WorkerState::NoExtension {
+            Some(format!("Run CREATE EXTENSION pg_dialpad; in database \"{database}\"."))
         } else if here != database {
             Some(format!("The workers process database \"{database}\", not this one (\"{here}\"): set dialpad.database and restart."))
         } else {

@@ -44,9 +44,106 @@ fn check(mut cmd: Command, what: &str) -> String {
     text
 }
 
+/// A private copy of the PostgreSQL installation (bin, lib, share), relocatable as Debian's
+/// is: a test can install another pg_dialpad version into it without touching the system
+/// installation that other tests use.
+pub struct PgInstall {
+    pub root: PathBuf,
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).expect("mkdir");
+    check(
+        {
+            let mut c = Command::new("cp");
+            c.arg("-a").arg(from).arg(to);
+            c
+        },
+        "cp -a",
+    );
+}
+
+impl PgInstall {
+    /// Copies the installation of `DIALPAD_PG_BIN` (which holds the current pg_dialpad).
+    pub fn copy(name: &str) -> PgInstall {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("it-pg").join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let install = PgInstall { root };
+        let system = pg_bin();
+        let major = system.parent().unwrap().file_name().unwrap().to_owned();
+        copy_tree(system.parent().unwrap(), &install.root.join("usr/lib/postgresql").join(&major));
+        copy_tree(&PathBuf::from("/usr/share/postgresql").join(&major), &install.root.join("usr/share/postgresql").join(&major));
+        install
+    }
+
+    pub fn bin(&self) -> PathBuf {
+        self.pg_dir("usr/lib/postgresql").join("bin")
+    }
+
+    fn pg_dir(&self, base: &str) -> PathBuf {
+        let major = pg_bin().parent().unwrap().file_name().unwrap().to_owned();
+        self.root.join(base).join(major)
+    }
+
+    /// Installs pg_dialpad's files from `from`, a `cargo pgrx package` tree or another
+    /// installation root: the library, the control file and every SQL script.
+    pub fn install_pg_dialpad_from(&self, from: &Path) {
+        let lib = |root: &Path| root.join("usr/lib/postgresql").join(self.pg_dir("usr/lib/postgresql").file_name().unwrap()).join("lib");
+        let ext = |root: &Path| root.join("usr/share/postgresql").join(self.pg_dir("usr/share/postgresql").file_name().unwrap()).join("extension");
+        std::fs::copy(lib(from).join("pg_dialpad.so"), lib(&self.root).join("pg_dialpad.so")).expect("copy library");
+        for entry in std::fs::read_dir(ext(from)).expect("extension dir") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("pg_dialpad") {
+                std::fs::copy(&path, ext(&self.root).join(&name)).expect("copy extension file");
+            }
+        }
+    }
+
+    /// Removes every pg_dialpad SQL script and the control file (before installing another version).
+    pub fn remove_pg_dialpad_sql(&self) {
+        let ext = self.pg_dir("usr/share/postgresql").join("extension");
+        for entry in std::fs::read_dir(&ext).expect("extension dir") {
+            let path = entry.expect("entry").path();
+            if path.file_name().unwrap().to_string_lossy().starts_with("pg_dialpad") {
+                std::fs::remove_file(path).expect("remove");
+            }
+        }
+    }
+}
+
+impl Drop for PgInstall {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// Released versions and their commits (scripts/released-versions).
+pub fn released_versions() -> Vec<(String, String)> {
+    include_str!("../../scripts/released-versions")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' ').map(|(v, c)| (v.to_string(), c.trim().to_string())))
+        .collect()
+}
+
+/// The `cargo pgrx package` tree of a released version (built by scripts/test).
+pub fn released_package(version: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("released").join(version);
+    assert!(p.join(".complete").exists(), "{} is missing: scripts/test packages the released versions", p.display());
+    p
+}
+
 impl Cluster {
     /// initdb + start, with extra postgresql.conf lines.
     pub fn start(name: &str, conf: &[&str]) -> Cluster {
+        Cluster::start_with(name, pg_bin(), conf)
+    }
+
+    /// Like [`Cluster::start`], with the binaries of another installation.
+    pub fn start_with(name: &str, bin: PathBuf, conf: &[&str]) -> Cluster {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("it-clusters");
         let dir = root.join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -69,7 +166,6 @@ impl Cluster {
                 "chown",
             );
         }
-        let bin = pg_bin();
         let data = dir.join("data");
         check(
             as_postgres(
@@ -212,3 +308,105 @@ pub fn reconnect(cluster: &Cluster) -> Client {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Records, per event, how many committed transactions marked it processed: exactly once
+/// means every count is 1 in the end.
+pub const AUDIT_SQL: &str = "
+CREATE TABLE public.processed_marks (event_id bigint PRIMARY KEY, n int NOT NULL);
+CREATE FUNCTION public.count_mark() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.processed_at IS NULL AND NEW.processed_at IS NOT NULL THEN
+        INSERT INTO public.processed_marks VALUES (NEW.id, 1)
+        ON CONFLICT (event_id) DO UPDATE SET n = processed_marks.n + 1;
+    ELSIF OLD.processed_at IS NOT NULL AND NEW.processed_at IS NULL THEN
+        UPDATE public.processed_marks SET n = n - 1 WHERE event_id = NEW.id;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER count_mark AFTER UPDATE OF processed_at ON dialpad.webhook_events
+    FOR EACH ROW EXECUTE FUNCTION public.count_mark();";
+
+/// Delivers the events of `n` calls through dialpad.ingest_webhook in shuffled order, with
+/// ~10% redelivered, in `chunks` transactions; remembers each call's kind in public.expected.
+/// Returns how many distinct events were stored (a redelivery is the same event).
+pub fn deliver(c: &mut Client, n: i32, first_call_id: i64, chunks: i32) -> i64 {
+    let before = count(c, DISTINCT_EVENTS_SQL);
+    c.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS public.expected (call_id bigint PRIMARY KEY, kind text);
+         CREATE TEMP TABLE deliveries AS
+           SELECT e.call_id, e.kind, e.payload, random() AS r
+             FROM pg_temp.dialpad_sample_events({n}, {first_call_id}, 0.7, false) e;
+         INSERT INTO deliveries SELECT call_id, kind, payload, random() FROM deliveries WHERE random() < 0.1;
+         INSERT INTO public.expected SELECT DISTINCT call_id, kind FROM deliveries ON CONFLICT DO NOTHING;"
+    ))
+    .expect("prepare deliveries");
+    for chunk in 0..chunks {
+        c.batch_execute(&format!(
+            "SELECT count(dialpad.ingest_webhook(payload::text))
+               FROM (SELECT payload FROM deliveries WHERE floor(r * {chunks}) = {chunk} ORDER BY r) d"
+        ))
+        .expect("deliver");
+    }
+    c.batch_execute("DROP TABLE deliveries").expect("drop deliveries");
+    count(c, DISTINCT_EVENTS_SQL) - before
+}
+
+pub fn assert_calls_as_expected(c: &mut Client) {
+    let wrong = count(
+        c,
+        "SELECT count(*) FROM public.expected x LEFT JOIN dialpad.calls k ON k.dialpad_call_id = x.call_id
+          WHERE k.status IS DISTINCT FROM pg_temp.dialpad_expected_status(x.kind)
+             OR k.direction IS DISTINCT FROM CASE WHEN x.kind = 'outbound_answered' THEN 'outbound' ELSE 'inbound' END",
+    );
+    let detail: Vec<String> = c
+        .query(
+            "SELECT x.call_id || ' ' || x.kind || ' -> ' || coalesce(k.status, 'NO ROW') FROM public.expected x
+               LEFT JOIN dialpad.calls k ON k.dialpad_call_id = x.call_id
+              WHERE k.status IS DISTINCT FROM pg_temp.dialpad_expected_status(x.kind) LIMIT 5",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(wrong, 0, "calls not as expected: {detail:?}");
+    assert_eq!(count(c, "SELECT count(*) FROM dialpad.calls"), count(c, "SELECT count(*) FROM public.expected"));
+}
+
+/// Distinct events in the inbox, in any version's schema: deliveries with the same
+/// de-duplication key are one event.
+pub const DISTINCT_EVENTS_SQL: &str =
+    "SELECT count(DISTINCT coalesce(dedupe_key, 'id ' || id)) FROM dialpad.webhook_events";
+
+/// Every event applied once: one applied (not duplicate) delivery per key, each marked
+/// processed by exactly one committed transaction.
+pub fn assert_exactly_once(c: &mut Client, delivered: i64) {
+    assert_eq!(
+        count(c, "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NOT NULL AND duplicate_of IS NULL"),
+        delivered
+    );
+    assert_eq!(
+        count(c, "SELECT count(*) FROM (SELECT dedupe_key FROM dialpad.webhook_events WHERE dedupe_key IS NOT NULL AND duplicate_of IS NULL GROUP BY 1 HAVING count(*) > 1) d"),
+        0,
+        "a redelivery was applied as a second event"
+    );
+    assert_eq!(count(c, "SELECT count(*) FROM public.processed_marks WHERE n <> 1"), 0, "an event was marked twice");
+    assert_eq!(
+        count(c, "SELECT count(*) FROM public.processed_marks m JOIN dialpad.webhook_events e ON e.id = m.event_id WHERE e.duplicate_of IS NULL"),
+        delivered
+    );
+}
+
+/// Waits until the server has gone through its crash reset (the log says so).
+pub fn wait_for_reset(cluster: &Cluster) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cluster.log().contains("all server processes terminated; reinitializing") {
+        assert!(std::time::Instant::now() < deadline, "no crash reset:\n{}", cluster.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+pub fn drained(c: &mut Client, secs: u64) {
+    wait_until(c, "SELECT pending = 0 FROM dialpad.queue_stats", secs);
+}
+
