@@ -453,7 +453,7 @@ mod tests {
         assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.dead_events WHERE attempts = 1"), Some(4));
         assert_eq!(
             text("SELECT string_agg(last_error, ' | ' ORDER BY id) FROM dialpad.dead_events").as_deref(),
-            Some("payload has no call_id | payload is not a JSON object | field call_id: \"abc\" is not an integer | field date_started: 99999999999999999999 is not a 64-bit integer")
+            Some("payload has no call_id | payload is not a JSON object | field call_id: \"abc\" is not an integer | field date_started: 100000000000000000000 is not a plausible epoch time in milliseconds")
         );
         assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(0));
         let dead_id = one::<i64>("SELECT min(id) FROM dialpad.dead_events").unwrap();
