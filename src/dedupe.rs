@@ -12,6 +12,35 @@
 
 use pgrx::pg_sys;
 use std::cell::Cell;
+use std::hash::{Hash, Hasher};
+
+/// The advisory lock namespace of de-duplication keys (`objsubid` in pg_locks): 'DQ'.
+const KEY_LOCK_NAMESPACE: u16 = 0x4451;
+
+/// Serializes deliveries of one event by `dialpad.ingest_webhook`: waits (as an INSERT
+/// into a unique index would) until another transaction delivering the same key ends, so
+/// that the lookup then sees its row. One lock-table entry per call, held to the end of the
+/// transaction; if the lock table is full, it goes on without (the processor still applies
+/// the event once). Plain INSERT and COPY take no such lock: a COPY of a million rows would
+/// need a million entries.
+pub fn lock_key(call_id: i64, key: &str) {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    let hash = h.finish();
+    // SAFETY: a fully initialized advisory LOCKTAG; LockAcquireExtended waits like any
+    // lock (lock_timeout and interrupts apply) and returns NOT_AVAIL instead of raising
+    // "out of shared memory" when reportMemoryError is false.
+    unsafe {
+        let mut tag: pg_sys::LOCKTAG = std::mem::zeroed();
+        tag.locktag_field1 = pg_sys::MyDatabaseId.into();
+        tag.locktag_field2 = (hash >> 32) as u32 ^ (call_id as u64 >> 32) as u32;
+        tag.locktag_field3 = hash as u32 ^ call_id as u32;
+        tag.locktag_field4 = KEY_LOCK_NAMESPACE;
+        tag.locktag_type = pg_sys::LockTagType::LOCKTAG_ADVISORY as u8;
+        tag.locktag_lockmethodid = pg_sys::USER_LOCKMETHOD as u8;
+        pg_sys::LockAcquireExtended(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false, false, std::ptr::null_mut());
+    }
+}
 
 const FIND_SQL: &std::ffi::CStr = c"SELECT id FROM dialpad.webhook_events
  WHERE call_id OPERATOR(pg_catalog.=) $1 AND dedupe_key OPERATOR(pg_catalog.=) $2 AND duplicate_of IS NULL

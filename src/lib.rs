@@ -283,6 +283,11 @@ fn ingest_webhook(body: &str) -> i64 {
     let key = root.and_then(ingest::dedupe_key);
     let stored = Spi::connect_mut(|client| -> Result<(i64, bool), pgrx::spi::Error> {
         if inbox_marks_duplicates() {
+            if let Some(k) = key.as_deref() {
+                if let Some(call_id) = k.split('/').next().and_then(|c| c.parse::<i64>().ok()) {
+                    dedupe::lock_key(call_id, k);
+                }
+            }
             let row = processor::run_kept(client, INSERT_SQL, &[pg_sys::JSONBOID], None, &[payload.into()])?.first();
             let id = row.get::<i64>(1)?.unwrap_or(0);
             return Ok(match row.get::<i64>(2)? {

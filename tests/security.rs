@@ -105,7 +105,7 @@ fn signed_bodies_are_verified_and_bad_ones_store_nothing() {
 }
 
 #[test]
-fn a_redelivered_event_is_stored_once_even_from_8_sessions_at_once() {
+fn a_redelivered_event_is_applied_once_and_answered_with_one_id_even_from_8_sessions_at_once() {
     let cluster = Cluster::start("dedupe", &["dialpad.workers = 0"]);
     let mut c = cluster.ready();
     let event = r#"{"call_id": 42, "state": "hangup", "event_timestamp": 1787158781250}"#;
@@ -130,19 +130,22 @@ fn a_redelivered_event_is_stored_once_even_from_8_sessions_at_once() {
         .collect();
     let ids: Vec<i64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(ids.iter().all(|&id| id == ids[0]), "{ids:?}");
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 43"), 1);
+    // every delivery is in the audit log, one of them the event
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 43"), 8);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 43 AND duplicate_of IS NULL"), 1);
     assert_eq!(count(&mut c, "SELECT duplicates FROM dialpad.ingest_stats"), 8);
     // events without the three fields are never lost, and never de-duplicated
     for _ in 0..2 {
         c.query_one("SELECT dialpad.ingest_webhook($1)", &[&r#"{"state": "ringing"}"#]).unwrap();
     }
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id IS NULL"), 2);
-    // a plain INSERT still works; a duplicate one is refused by the unique key
+    // a plain INSERT still works, and so does a redelivered one: kept, marked duplicate_of
     c.batch_execute(r#"INSERT INTO dialpad.webhook_events (payload) VALUES ('{"call_id": 44, "state": "ringing", "event_timestamp": 1}')"#).unwrap();
     assert_eq!(
         sqlstate(&mut c, "INSERT INTO dialpad.webhook_events (payload) VALUES ($1::text::jsonb)", r#"{"call_id": 44, "state": "ringing", "event_timestamp": 1}"#),
-        "23505"
+        ""
     );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 44 AND duplicate_of IS NOT NULL"), 1);
 }
 
 fn setup_roles(c: &mut Client) {
