@@ -70,7 +70,7 @@ $$;
 
 -- The rules are not secret, and the triggers read them as whoever writes dialpad.calls.
 GRANT USAGE ON SCHEMA dialpad TO PUBLIC;
-GRANT SELECT ON dialpad.call_statuses, dialpad.status_transitions, dialpad.state_mapping TO PUBLIC;
+GRANT SELECT ON dialpad.call_statuses, dialpad.status_transitions, dialpad.state_mapping, dialpad.deleted_rules TO PUBLIC;
 
 -- Functions that write or reveal more than their arguments are not for everyone.
 REVOKE EXECUTE ON FUNCTION dialpad.ingest_webhook(text), dialpad.process_events(integer),
@@ -95,6 +95,7 @@ GRANT EXECUTE ON FUNCTION dialpad.worker_stats(), dialpad.ingest_stats(), dialpa
 GRANT dialpad_reader TO dialpad_admin;
 GRANT INSERT, UPDATE, DELETE ON dialpad.call_statuses, dialpad.status_transitions, dialpad.state_mapping
     TO dialpad_admin;
+GRANT INSERT, DELETE ON dialpad.deleted_rules TO dialpad_admin;
 GRANT EXECUTE ON FUNCTION dialpad.retry_event(bigint), dialpad.retry_dead_events(), dialpad.wake_workers()
     TO dialpad_admin;
 GRANT SELECT (id, processed_at, dead_at, next_attempt_at, attempts),

@@ -20,17 +20,20 @@ CREATE TABLE dialpad.status_transitions (
     CHECK (from_status OPERATOR(pg_catalog.<>) to_status)
 );
 COMMENT ON TABLE dialpad.status_transitions IS
-    'Allowed status changes. The same status is always allowed (idempotent retries); a row leaving a terminal status has no effect.';
+    'Allowed status changes. The same status is always allowed (idempotent retries); a row leaving a terminal status is refused (nothing leaves a terminal status).';
 
 CREATE TABLE dialpad.state_mapping (
     state  text PRIMARY KEY,
     status text REFERENCES dialpad.call_statuses (status),
     status_if_unanswered_inbound  text REFERENCES dialpad.call_statuses (status),
     status_if_unanswered_outbound text REFERENCES dialpad.call_statuses (status),
-    description text
+    description text,
+    keep_terminal boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE dialpad.state_mapping IS
-    'Dialpad event state -> call status. status NULL: an enrichment event that changes no status. The status_if_unanswered_* columns replace status when the event has no date_connected.';
+    'Dialpad event state -> call status. status NULL: an enrichment event that changes no status. The status_if_unanswered_* columns replace status when the event has no date_connected; such a status is a default conclusion that a later event of the call mapping to another terminal status refines.';
+COMMENT ON COLUMN dialpad.state_mapping.keep_terminal IS
+    'When the call already has a terminal status, the event confirms it (no change, no rejected transition): true for hangup, which follows voicemail, missed and blocked.';
 
 INSERT INTO dialpad.call_statuses (status, is_terminal, description) VALUES
     ('ringing',   false, 'The call is being set up or is ringing.'),
@@ -63,6 +66,7 @@ INSERT INTO dialpad.state_mapping (state, status, status_if_unanswered_inbound, 
     ('call_moments', NULL, NULL, NULL), ('ai_playbook', NULL, NULL, NULL),
     ('recap_summary', NULL, NULL, NULL), ('recap_outcome', NULL, NULL, NULL),
     ('recap_purposes', NULL, NULL, NULL), ('recap_action_items', NULL, NULL, NULL);
+UPDATE dialpad.state_mapping SET keep_terminal = true WHERE state = 'hangup';
 
 -- pg_dump restores these rows after CREATE EXTENSION has inserted the defaults above; an
 -- insert of an existing key therefore updates that row instead of failing, so that a DBA's
@@ -79,7 +83,8 @@ BEGIN
            SET status = NEW.status,
                status_if_unanswered_inbound = NEW.status_if_unanswered_inbound,
                status_if_unanswered_outbound = NEW.status_if_unanswered_outbound,
-               description = NEW.description
+               description = NEW.description,
+               keep_terminal = NEW.keep_terminal
          WHERE state = NEW.state;
     ELSE
         PERFORM 1 FROM dialpad.status_transitions
@@ -100,6 +105,95 @@ CREATE TRIGGER status_transitions_upsert BEFORE INSERT ON dialpad.status_transit
     FOR EACH ROW EXECUTE FUNCTION dialpad.rule_upsert();
 CREATE TRIGGER state_mapping_upsert BEFORE INSERT ON dialpad.state_mapping
     FOR EACH ROW EXECUTE FUNCTION dialpad.rule_upsert();
+
+-- A rule row that could never take effect is refused rather than stored and ignored:
+-- nothing leaves a terminal status, so neither may a transition row.
+CREATE FUNCTION dialpad.check_rule() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_ARGV[0] = 'status_transitions' THEN
+        IF EXISTS (SELECT 1 FROM dialpad.call_statuses WHERE status = NEW.from_status AND is_terminal) THEN
+            RAISE EXCEPTION 'transition % -> % can never take effect: % is a terminal status', NEW.from_status, NEW.to_status, NEW.from_status
+                USING ERRCODE = 'check_violation',
+                      HINT = format('Nothing leaves a terminal status. To allow this move, make it non-terminal first: UPDATE dialpad.call_statuses SET is_terminal = false WHERE status = %L;', NEW.from_status);
+        END IF;
+    ELSIF NEW.is_terminal AND EXISTS (SELECT 1 FROM dialpad.status_transitions WHERE from_status = NEW.status) THEN
+        RAISE EXCEPTION 'status % cannot be terminal: dialpad.status_transitions has moves out of it', NEW.status
+            USING ERRCODE = 'check_violation',
+                  HINT = format('Delete those moves first: DELETE FROM dialpad.status_transitions WHERE from_status = %L;', NEW.status);
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dialpad.check_rule() IS
+    'Trigger: refuses (23514) a status_transitions row out of a terminal status, and making a status terminal while moves out of it exist.';
+CREATE TRIGGER status_transitions_check BEFORE INSERT OR UPDATE ON dialpad.status_transitions
+    FOR EACH ROW EXECUTE FUNCTION dialpad.check_rule('status_transitions');
+CREATE TRIGGER call_statuses_check BEFORE INSERT OR UPDATE OF is_terminal ON dialpad.call_statuses
+    FOR EACH ROW EXECUTE FUNCTION dialpad.check_rule('call_statuses');
+
+-- Deleted rules. pg_dump keeps the rule tables' rows, but a restore runs CREATE EXTENSION
+-- first, which inserts the default rows again: a deleted default would come back. Every
+-- deletion leaves its key here (dumped too); restoring a key deletes that rule again.
+CREATE TABLE dialpad.deleted_rules (
+    rule_table text NOT NULL CHECK (rule_table IN ('call_statuses', 'status_transitions', 'state_mapping')),
+    rule_key   text[] NOT NULL,
+    deleted_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (rule_table, rule_key)
+);
+COMMENT ON TABLE dialpad.deleted_rules IS
+    'Keys of deleted rule rows, so that a pg_dump/restore deletes again the defaults CREATE EXTENSION re-inserts. Re-inserting a rule removes its key.';
+
+CREATE FUNCTION dialpad.rule_key(rule_table text, rule jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE rule_table
+        WHEN 'status_transitions' THEN ARRAY[rule ->> 'from_status', rule ->> 'to_status']
+        WHEN 'call_statuses' THEN ARRAY[rule ->> 'status']
+        ELSE ARRAY[rule ->> 'state'] END
+$$;
+COMMENT ON FUNCTION dialpad.rule_key(text, jsonb) IS
+    'The key of a rule row (as jsonb) of the named rule table, as kept in dialpad.deleted_rules.';
+
+CREATE FUNCTION dialpad.rule_deleted() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO dialpad.deleted_rules (rule_table, rule_key)
+        VALUES (TG_ARGV[0], dialpad.rule_key(TG_ARGV[0], to_jsonb(OLD)))
+        ON CONFLICT DO NOTHING;
+    ELSE
+        DELETE FROM dialpad.deleted_rules
+         WHERE rule_table = TG_ARGV[0] AND rule_key = dialpad.rule_key(TG_ARGV[0], to_jsonb(NEW));
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dialpad.rule_deleted() IS
+    'Trigger: records the key of a deleted rule row in dialpad.deleted_rules, and forgets it when the rule is inserted again.';
+CREATE TRIGGER call_statuses_deleted AFTER INSERT OR DELETE ON dialpad.call_statuses
+    FOR EACH ROW EXECUTE FUNCTION dialpad.rule_deleted('call_statuses');
+CREATE TRIGGER status_transitions_deleted AFTER INSERT OR DELETE ON dialpad.status_transitions
+    FOR EACH ROW EXECUTE FUNCTION dialpad.rule_deleted('status_transitions');
+CREATE TRIGGER state_mapping_deleted AFTER INSERT OR DELETE ON dialpad.state_mapping
+    FOR EACH ROW EXECUTE FUNCTION dialpad.rule_deleted('state_mapping');
+
+CREATE FUNCTION dialpad.reapply_rule_deletion() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.rule_table = 'call_statuses' THEN
+        DELETE FROM dialpad.call_statuses WHERE status = NEW.rule_key[1];
+    ELSIF NEW.rule_table = 'status_transitions' THEN
+        DELETE FROM dialpad.status_transitions WHERE from_status = NEW.rule_key[1] AND to_status = NEW.rule_key[2];
+    ELSE
+        DELETE FROM dialpad.state_mapping WHERE state = NEW.rule_key[1];
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dialpad.reapply_rule_deletion() IS
+    'Trigger on dialpad.deleted_rules: deletes the rule row a restored key names (pg_dump/restore keeps deletions of default rules).';
+CREATE TRIGGER deleted_rules_apply AFTER INSERT ON dialpad.deleted_rules
+    FOR EACH ROW EXECUTE FUNCTION dialpad.reapply_rule_deletion();
 
 -- ---------------------------------------------------------------------------------------------
 -- The inbox: every delivery, kept whole and never modified (the audit log).
@@ -269,6 +363,7 @@ ALTER TABLE dialpad.calls SET (
 SELECT pg_catalog.pg_extension_config_dump('dialpad.call_statuses', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.status_transitions', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.state_mapping', '');
+SELECT pg_catalog.pg_extension_config_dump('dialpad.deleted_rules', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.webhook_events', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.webhook_events_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.calls', '');

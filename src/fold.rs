@@ -4,6 +4,17 @@
 //! arrival order more than it has to: an event older than the row's last event only fills
 //! columns that are still empty; the status moves only along the transition rules (a stale
 //! or invalid move is rejected and recorded); a duplicate changes nothing at all.
+//!
+//! Terminal statuses, in event order:
+//! - an event whose mapping has `keep_terminal` (hangup) confirms a terminal status the call
+//!   already has: no change, no rejection (voicemail → hangup, blocked → hangup are normal);
+//! - a status concluded from `status_if_unanswered_*` (a hangup without `date_connected`:
+//!   missed, or rejected for outbound) is a default: a later event of the call that maps to
+//!   another terminal status (`voicemail_uploaded` after the hangup) refines it;
+//! - every other terminal status is final; a move out of it is rejected and recorded.
+//! The processor re-derives a call from its whole history in event order whenever an event
+//! is late or conflicts with a terminal status, so the outcome is the same whatever order
+//! the events arrived in.
 
 use crate::direction;
 use crate::event::CallEvent;
@@ -59,13 +70,34 @@ pub struct Folded {
     pub changed: bool,
 }
 
+/// What an event asks of a call's status, per `state_mapping`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub status: String,
+    /// Concluded from status_if_unanswered_* (a default a later event may refine).
+    pub by_default: bool,
+    pub keep_terminal: bool,
+}
+
 /// The status an event asks for, per `state_mapping`; None for enrichment events.
 pub fn target_status(rules: &RuleSet, ev: &CallEvent, row: Option<&CallRow>) -> Option<String> {
+    target(rules, ev, row).map(|t| t.status)
+}
+
+/// Whether applying `ev` to a row in a terminal status needs the call's history: it asks
+/// for another status and does not merely confirm the end.
+pub fn conflicts_with_terminal(rules: &RuleSet, ev: &CallEvent, row: &CallRow) -> bool {
+    rules.is_terminal(&row.status)
+        && target(rules, ev, Some(row)).is_some_and(|t| !t.keep_terminal && t.status != row.status)
+}
+
+fn target(rules: &RuleSet, ev: &CallEvent, row: Option<&CallRow>) -> Option<Target> {
     let rule = rules.states.get(ev.state.as_deref()?)?;
     let status = rule.status.clone()?;
+    let keep_terminal = rule.keep_terminal;
     let connected = ev.connected_at.is_some() || row.is_some_and(|r| r.connected_at.is_some());
     if connected {
-        return Some(status);
+        return Some(Target { status, by_default: false, keep_terminal });
     }
     let dir = ev
         .direction
@@ -78,7 +110,10 @@ pub fn target_status(rules: &RuleSet, ev: &CallEvent, row: Option<&CallRow>) -> 
     } else {
         rule.unanswered_inbound.clone()
     };
-    Some(unanswered.unwrap_or(status))
+    Some(match unanswered {
+        Some(s) => Target { status: s, by_default: true, keep_terminal },
+        None => Target { status, by_default: false, keep_terminal },
+    })
 }
 
 macro_rules! merge {
@@ -98,6 +133,10 @@ pub fn fold_events_by_call(existing: Option<&CallRow>, events: &[&CallEvent], ru
         ..CallRow::default()
     });
     let mut has_status = existing.is_some();
+    // Whether the current status is a default conclusion (see the module doc); unknown for
+    // a row read back from the table, so taken as final there: the processor re-derives
+    // from history whenever that matters.
+    let mut by_default = false;
     let mut rejections = Vec::new();
     let mut raw_payload_from = None;
 
@@ -109,19 +148,32 @@ pub fn fold_events_by_call(existing: Option<&CallRow>, events: &[&CallEvent], ru
         };
         let known_before = has_status;
 
-        if let Some(target) = target_status(rules, ev, known_before.then_some(&row)) {
+        if let Some(t) = target(rules, ev, known_before.then_some(&row)) {
             let current = known_before.then_some(row.status.as_str());
-            match rules.check(current, Some(&target)) {
-                Ok(()) => {
-                    row.status = target;
-                    has_status = true;
+            let terminal_now = current.is_some_and(|c| rules.is_terminal(c));
+            if terminal_now && t.keep_terminal {
+                // confirms the end the call already reached
+            } else if terminal_now && by_default && rules.is_terminal(&t.status) && rules.is_known(&t.status) {
+                if current != Some(t.status.as_str()) {
+                    row.status = t.status;
+                    by_default = t.by_default;
                 }
-                Err(e) => rejections.push(Rejection {
-                    event: i,
-                    from: current.unwrap_or("").to_string(),
-                    to: target,
-                    reason: e.reason_text(),
-                }),
+            } else {
+                match rules.check(current, Some(&t.status)) {
+                    Ok(()) => {
+                        if current != Some(t.status.as_str()) {
+                            by_default = t.by_default;
+                        }
+                        row.status = t.status;
+                        has_status = true;
+                    }
+                    Err(e) => rejections.push(Rejection {
+                        event: i,
+                        from: current.unwrap_or("").to_string(),
+                        to: t.status,
+                        reason: e.reason_text(),
+                    }),
+                }
             }
         }
 
@@ -166,6 +218,7 @@ mod tests {
                     status: st.map(Into::into),
                     unanswered_inbound: inb.map(Into::into),
                     unanswered_outbound: outb.map(Into::into),
+                    keep_terminal: false,
                 },
             );
         };
@@ -178,7 +231,12 @@ mod tests {
         map("hangup", Some("ended"), Some("missed"), Some("rejected"));
         map("missed", Some("missed"), None, None);
         map("voicemail", Some("voicemail"), None, None);
+        map("voicemail_uploaded", Some("voicemail"), None, None);
+        map("blocked", Some("rejected"), None, None);
         map("recording", None, None, None);
+        if let Some(h) = r.states.get_mut("hangup") {
+            h.keep_terminal = true;
+        }
         r
     }
 
@@ -258,9 +316,38 @@ mod tests {
     }
 
     #[test]
-    fn voicemail_then_hangup_stays_voicemail() {
-        let f = fold(None, &[ev("ringing", 1), ev("voicemail", 2), ev("hangup", 3)]);
-        assert_eq!(f.row.status, "voicemail");
-        assert_eq!(f.rejections.len(), 1);
+    fn normal_lifecycles_reject_nothing() {
+        let f = fold(None, &[ev("ringing", 1), ev("voicemail", 2), ev("hangup", 3), ev("voicemail_uploaded", 4)]);
+        assert_eq!((f.row.status.as_str(), f.rejections.len()), ("voicemail", 0));
+        let f = fold(None, &[ev("blocked", 1), ev("hangup", 2)]);
+        assert_eq!((f.row.status.as_str(), f.rejections.len()), ("rejected", 0));
+        let f = fold(None, &[ev("ringing", 1), ev("missed", 2), ev("hangup", 3)]);
+        assert_eq!((f.row.status.as_str(), f.rejections.len()), ("missed", 0));
+    }
+
+    #[test]
+    fn a_default_conclusion_is_refined_and_never_flips_back() {
+        // Every arrival order of a voicemail call gives voicemail, when all events are there,
+        // re-derived in event order as the processor does.
+        let events = [ev("ringing", 1), ev("voicemail", 2), ev("hangup", 3), ev("voicemail_uploaded", 4)];
+        let orders: [[usize; 4]; 4] = [[0, 1, 2, 3], [3, 2, 1, 0], [2, 3, 0, 1], [3, 2, 0, 1]];
+        for order in orders {
+            let mut seen: Vec<CallEvent> = Vec::new();
+            let mut statuses = Vec::new();
+            for &i in &order {
+                seen.push(events[i].clone());
+                seen.sort_by_key(|e| e.event_at);
+                let f = fold(None, &seen);
+                assert!(f.rejections.is_empty(), "{order:?}: {:?}", f.rejections);
+                statuses.push(f.row.status.clone());
+            }
+            assert_eq!(statuses.last().map(String::as_str), Some("voicemail"), "{order:?}");
+            // once voicemail, always voicemail: no voicemail -> missed -> voicemail
+            let first_vm = statuses.iter().position(|s| s == "voicemail").unwrap();
+            assert!(statuses[first_vm..].iter().all(|s| s == "voicemail"), "{order:?}: {statuses:?}");
+        }
+        // An explicit terminal status is final: missed (a missed event) is not refined.
+        let f = fold(None, &[ev("missed", 1), ev("voicemail", 2)]);
+        assert_eq!((f.row.status.as_str(), f.rejections.len()), ("missed", 1));
     }
 }

@@ -312,16 +312,21 @@ fn process_batch_in(
     //    its whole history in event order: a late "voicemail" must not lose to an earlier
     //    processed "hangup". An event as old as the last applied one may be a redelivery
     //    that the insert trigger could not catch (delivered concurrently): its history
-    //    tells. Only such calls pay for reading their history.
+    //    tells. So does an event that asks a call in a terminal status for another status:
+    //    whether that status was a default conclusion a later event may refine (a hangup's
+    //    "missed" before "voicemail_uploaded", see fold.rs) only the history says. Only such
+    //    calls pay for reading their history.
     let n_batch = claimed.len();
     let late: Vec<i64> = call_ids
         .iter()
         .copied()
         .filter(|call_id| {
-            let Some(last) = existing.get(call_id).and_then(|r| r.last_event_at) else { return false };
-            groups[call_id]
-                .iter()
-                .any(|&i| claimed[i].parsed.as_ref().ok().and_then(|e| e.event_at).is_some_and(|at| at <= last))
+            let Some(row) = existing.get(call_id) else { return false };
+            groups[call_id].iter().any(|&i| {
+                let Ok(ev) = claimed[i].parsed.as_ref() else { return false };
+                ev.event_at.zip(row.last_event_at).is_some_and(|(at, last)| at <= last)
+                    || crate::fold::conflicts_with_terminal(rules, ev, row)
+            })
         })
         .collect();
     if !late.is_empty() {

@@ -98,9 +98,12 @@ fn load() -> Result<(RuleSet, [pg_sys::Oid; 3]), pgrx::spi::Error> {
                 rules.transitions.insert((a, b));
             }
         }
+        // keep_terminal is read through to_jsonb so that a 0.1.0 table (before ALTER
+        // EXTENSION ... UPDATE, which adds the column) still loads.
         for row in client.select(
-            "SELECT state, status, status_if_unanswered_inbound, status_if_unanswered_outbound \
-             FROM dialpad.state_mapping",
+            "SELECT state, status, status_if_unanswered_inbound, status_if_unanswered_outbound, \
+                    coalesce((pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.->>) 'keep_terminal')::boolean, false) \
+             FROM dialpad.state_mapping m",
             None,
             &[],
         )? {
@@ -111,6 +114,7 @@ fn load() -> Result<(RuleSet, [pg_sys::Oid; 3]), pgrx::spi::Error> {
                         status: row.get(2)?,
                         unanswered_inbound: row.get(3)?,
                         unanswered_outbound: row.get(4)?,
+                        keep_terminal: row.get(5)?.unwrap_or(false),
                     },
                 );
             }

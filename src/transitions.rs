@@ -12,6 +12,8 @@ pub struct StateRule {
     /// Used instead of `status` when the event has no `date_connected`.
     pub unanswered_inbound: Option<String>,
     pub unanswered_outbound: Option<String>,
+    /// A call already in a terminal status keeps it: the event (hangup) confirms the end.
+    pub keep_terminal: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -93,6 +95,10 @@ impl RuleSet {
             r.transitions.insert((a.into(), b.into()));
         }
         r
+    }
+
+    pub fn is_terminal(&self, status: &str) -> bool {
+        self.statuses.get(status).copied().unwrap_or(false)
     }
 
     pub fn is_known(&self, status: &str) -> bool {

@@ -269,3 +269,69 @@ fn drop_extension_succeeds_at_once_while_events_flow_and_the_worker_resumes_afte
     c.batch_execute("INSERT INTO dialpad.webhook_events (payload) VALUES ('{\"call_id\": 1, \"state\": \"ringing\"}')").unwrap();
     wait_until(&mut c, "SELECT count(*) = 1 FROM dialpad.calls", 30);
 }
+
+#[test]
+fn normal_lifecycles_record_no_rejection_and_terminal_statuses_do_not_flip() {
+    let cluster = Cluster::start("terminal", &["dialpad.workers = 0"]);
+    let mut c = cluster.ready();
+    // Every kind of the sample generator, shuffled and redelivered, plus a blocked call.
+    deliver(&mut c, 300, 9_000_000, 3);
+    c.batch_execute(
+        "INSERT INTO dialpad.webhook_events (payload) VALUES
+           ('{\"call_id\": 1, \"state\": \"blocked\", \"direction\": \"inbound\", \"event_timestamp\": 1}'),
+           ('{\"call_id\": 1, \"state\": \"hangup\", \"direction\": \"inbound\", \"event_timestamp\": 2}')",
+    )
+    .unwrap();
+    while count(&mut c, "SELECT dialpad.process_events(100)::int8") > 0 {}
+    assert_calls_as_expected_or_blocked(&mut c);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.rejected_transitions"), 0, "normal lifecycles are not anomalies");
+
+    // A voicemail call whose events arrive newest first: voicemail as soon as it is known,
+    // and never missed after that.
+    let ev = |state: &str, ts: i64| format!(r#"{{"call_id": 2, "state": "{state}", "direction": "inbound", "event_timestamp": {ts}}}"#);
+    let mut statuses = Vec::new();
+    for (state, ts) in [("voicemail_uploaded", 4), ("hangup", 3), ("voicemail", 2), ("ringing", 1)] {
+        c.execute("INSERT INTO dialpad.webhook_events (payload) VALUES ($1::text::jsonb)", &[&ev(state, ts)]).unwrap();
+        c.batch_execute("SELECT dialpad.process_events()").unwrap();
+        statuses.push(c.query_one("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 2", &[]).unwrap().get::<_, String>(0));
+    }
+    assert_eq!(statuses, ["voicemail"; 4], "no voicemail -> missed -> voicemail");
+    // A hangup first (missed, by default) is refined by the voicemail that arrives after it.
+    let ev3 = |state: &str, ts: i64| format!(r#"{{"call_id": 3, "state": "{state}", "direction": "inbound", "event_timestamp": {ts}}}"#);
+    for (state, ts) in [("hangup", 3), ("voicemail", 2)] {
+        c.execute("INSERT INTO dialpad.webhook_events (payload) VALUES ($1::text::jsonb)", &[&ev3(state, ts)]).unwrap();
+        c.batch_execute("SELECT dialpad.process_events()").unwrap();
+    }
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id = 3 AND status = 'voicemail'"), 1);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.rejected_transitions"), 0);
+    // ...while any other writer still cannot move a call out of a terminal status.
+    c.batch_execute("UPDATE dialpad.calls SET status = 'missed' WHERE dialpad_call_id = 3").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id = 3 AND status = 'voicemail'"), 1);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.rejected_transitions WHERE dialpad_call_id = 3 AND to_status = 'missed'"), 1);
+}
+
+/// The sample calls as expected, and call 1 (blocked) rejected.
+fn assert_calls_as_expected_or_blocked(c: &mut postgres::Client) {
+    assert_eq!(count(c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id = 1 AND status = 'rejected'"), 1);
+    c.batch_execute("DELETE FROM dialpad.calls WHERE dialpad_call_id = 1").unwrap();
+    assert_calls_as_expected(c);
+}
+
+#[test]
+fn a_rule_row_that_can_never_take_effect_is_refused() {
+    let cluster = Cluster::start("rulecheck", &["dialpad.workers = 0"]);
+    let mut c = cluster.ready();
+    let err = c.batch_execute("INSERT INTO dialpad.status_transitions VALUES ('ended', 'active')").unwrap_err();
+    let db = err.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "23514");
+    assert_eq!(db.message(), "transition ended -> active can never take effect: ended is a terminal status");
+    assert!(db.hint().unwrap().contains("SET is_terminal = false WHERE status = 'ended'"), "{:?}", db.hint());
+    assert_eq!(sqlstate(&mut c, "UPDATE dialpad.call_statuses SET is_terminal = true WHERE status = 'active'"), "23514");
+    // The way the hint shows works.
+    c.batch_execute(
+        "UPDATE dialpad.call_statuses SET is_terminal = false WHERE status = 'ended';
+         INSERT INTO dialpad.status_transitions VALUES ('ended', 'active');",
+    )
+    .unwrap();
+    assert!(c.query_one("SELECT dialpad.is_valid_status_transition('ended', 'active')", &[]).unwrap().get::<_, bool>(0));
+}

@@ -79,3 +79,50 @@ fn drop_and_recreate_the_extension_in_a_session() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls"), 1);
     assert!(c.query_one("SELECT dialpad.is_valid_status_transition('ringing', 'active')", &[]).unwrap().get::<_, bool>(0));
 }
+
+#[test]
+fn dump_and_restore_keep_deleted_default_rules_deleted() {
+    let cluster = Cluster::start("dumpdel", &["dialpad.workers = 0"]);
+    let mut c = cluster.ready();
+    c.batch_execute(
+        "DELETE FROM dialpad.status_transitions WHERE from_status = 'active' AND to_status = 'voicemail';
+         DELETE FROM dialpad.state_mapping WHERE state = 'csat';
+         INSERT INTO dialpad.state_mapping (state, status) VALUES ('my_state', 'ringing');
+         DELETE FROM dialpad.state_mapping WHERE state = 'my_state';",
+    )
+    .unwrap();
+    let rules = |c: &mut postgres::Client| -> String {
+        c.query_one(
+            "SELECT (SELECT string_agg(from_status || '>' || to_status, ',' ORDER BY 1) FROM dialpad.status_transitions)
+                 || ' | ' || (SELECT string_agg(state, ',' ORDER BY state) FROM dialpad.state_mapping)",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let before = rules(&mut c);
+    assert!(!before.contains("active>voicemail") && !before.contains(",csat,"), "{before}");
+    let dump = cluster.dir.join("dump.sql");
+    cluster.tool("pg_dump", &["-d", "postgres", "-f", dump.to_str().unwrap()]);
+    c.batch_execute("CREATE DATABASE restored").unwrap();
+    cluster.tool("psql", &["-v", "ON_ERROR_STOP=1", "-q", "-d", "restored", "-f", dump.to_str().unwrap()]);
+    let mut r = cluster.connect_db("restored");
+    assert_eq!(rules(&mut r), before, "the rules after a restore are the rules before it");
+    // The same pending event gives the same status in both databases.
+    let event = r#"{"call_id": 5, "state": "voicemail", "event_timestamp": 2}"#;
+    for db in [&mut c, &mut r] {
+        db.batch_execute(
+            "INSERT INTO dialpad.webhook_events (payload) VALUES ('{\"call_id\": 5, \"state\": \"connected\", \"event_timestamp\": 1, \"date_connected\": 1}');
+             SELECT dialpad.process_events();",
+        )
+        .unwrap();
+        db.execute("INSERT INTO dialpad.webhook_events (payload) VALUES ($1::text::jsonb)", &[&event]).unwrap();
+        db.batch_execute("SELECT dialpad.process_events()").unwrap();
+    }
+    let status = |db: &mut postgres::Client| -> String { db.query_one("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 5", &[]).unwrap().get(0) };
+    assert_eq!(status(&mut c), "active");
+    assert_eq!(status(&mut r), "active");
+    // Inserting a deleted rule again brings it back for good.
+    r.batch_execute("INSERT INTO dialpad.state_mapping (state, status) VALUES ('csat', NULL)").unwrap();
+    assert_eq!(count(&mut r, "SELECT count(*) FROM dialpad.deleted_rules WHERE rule_key = '{csat}'"), 0);
+}
