@@ -179,3 +179,25 @@ CREATE TRIGGER deleted_rules_apply AFTER INSERT ON dialpad.deleted_rules
 SELECT pg_catalog.pg_extension_config_dump('dialpad.deleted_rules', '');
 GRANT SELECT ON dialpad.deleted_rules TO PUBLIC;
 GRANT INSERT, DELETE ON dialpad.deleted_rules TO dialpad_admin;
+
+-- The sanitized copy is bounded (max_bytes, 64 kB by default; long keys cut): two new
+-- parameters, so the function is re-created with the new signature.
+DROP FUNCTION dialpad.sanitize_call_payload(jsonb, integer, integer, integer, integer, integer, integer);
+CREATE FUNCTION dialpad.sanitize_call_payload(
+	"payload" jsonb,
+	"max_transcript_length" INT DEFAULT 500,
+	"max_string_length" INT DEFAULT 2000,
+	"max_array_items" INT DEFAULT 10,
+	"max_object_keys" INT DEFAULT 20,
+	"sample_keys" INT DEFAULT 5,
+	"max_depth" INT DEFAULT 5,
+	"max_key_length" INT DEFAULT 256,
+	"max_bytes" INT DEFAULT 65536
+) RETURNS jsonb
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'sanitize_call_payload_wrapper';
+ALTER FUNCTION dialpad.sanitize_call_payload(jsonb, integer, integer, integer, integer, integer, integer, integer, integer)
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION dialpad.sanitize_call_payload(jsonb, integer, integer, integer, integer, integer, integer, integer, integer) IS
+    'A size-bounded copy of a payload: transcripts cut at max_transcript_length characters, other strings at max_string_length, binary data removed, arrays cut to max_array_items plus a marker, nested objects over max_object_keys summarized, values deeper than max_depth replaced, keys longer than max_key_length cut; at most max_bytes of jsonb in all (as a last resort the top level keeps the pairs that fit and lists the rest). Idempotent.';

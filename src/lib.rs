@@ -158,7 +158,17 @@ fn sanitize_call_payload(
     max_object_keys: default!(i32, 20),
     sample_keys: default!(i32, 5),
     max_depth: default!(i32, 5),
+    max_key_length: default!(i32, 256),
+    max_bytes: default!(i32, 65536),
 ) -> datum::JsonbOut {
+    if (max_bytes as i64) < sanitize::MIN_MAX_BYTES as i64 {
+        error::raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("max_bytes must be at least {}, not {max_bytes}", sanitize::MIN_MAX_BYTES),
+            None,
+            Some("The bound must leave room for the markers of a summarized object."),
+        );
+    }
     let limits = sanitize::Limits {
         max_transcript_length: limit_arg("max_transcript_length", max_transcript_length),
         max_string_length: limit_arg("max_string_length", max_string_length),
@@ -166,6 +176,8 @@ fn sanitize_call_payload(
         max_object_keys: limit_arg("max_object_keys", max_object_keys),
         sample_keys: limit_arg("sample_keys", sample_keys),
         max_depth: limit_arg("max_depth", max_depth),
+        max_key_length: limit_arg("max_key_length", max_key_length),
+        max_bytes: limit_arg("max_bytes", max_bytes),
     };
     let mut on_container = || {
         check_for_interrupts!();

@@ -93,6 +93,10 @@ mod tests {
         run("INSERT INTO dialpad.call_statuses VALUES ('spam', true, 'flagged as spam')");
         run("INSERT INTO dialpad.status_transitions VALUES ('ringing', 'spam')");
         assert_eq!(one::<bool>("SELECT dialpad.is_valid_status_transition('ringing', 'spam')"), Some(true));
+        // A status with moves out of it cannot become terminal (they would never take
+        // effect); without them it can, and the next statement sees it.
+        expect_sqlstate("UPDATE dialpad.call_statuses SET is_terminal = true WHERE status = 'active'", "23514");
+        run("DELETE FROM dialpad.status_transitions WHERE from_status = 'active'");
         run("UPDATE dialpad.call_statuses SET is_terminal = true WHERE status = 'active'");
         assert_eq!(one::<bool>("SELECT dialpad.is_valid_status_transition('active', 'ended')"), Some(false));
     }
@@ -191,6 +195,28 @@ mod tests {
             "SELECT length(dialpad.sanitize_call_payload(jsonb_build_object('transcript', repeat('é', 1000)))->>'transcript')",
         );
         assert_eq!(n, Some(515));
+    }
+
+    #[pg_test]
+    fn sanitized_payloads_are_bounded_for_any_input() {
+        // one 9 MB key, 400,000 top-level keys: at most 64 kB of jsonb, call_id kept
+        let key = one::<i32>(
+            "SELECT pg_column_size(dialpad.sanitize_call_payload(jsonb_build_object('call_id', 1, repeat('k', 9 * 1024 * 1024), 1)))",
+        )
+        .unwrap();
+        assert!(key <= 65536, "{key}");
+        let many = one::<bool>(
+            "WITH s AS (SELECT dialpad.sanitize_call_payload(jsonb_object_agg('key_' || g, g) || '{\"call_id\": 7}') AS p \
+             FROM generate_series(1, 400000) g) \
+             SELECT pg_column_size(p) <= 65536 AND p->>'call_id' = '7' AND p->>'total_keys' = '400001' \
+                    AND dialpad.sanitize_call_payload(p) = p FROM s",
+        );
+        assert_eq!(many, Some(true));
+        assert_eq!(
+            one::<bool>("SELECT pg_column_size(dialpad.sanitize_call_payload(jsonb_build_object('a', repeat('x', 100)), max_bytes => 2048)) <= 2048"),
+            Some(true)
+        );
+        expect_sqlstate("SELECT dialpad.sanitize_call_payload('{}', max_bytes => 100)", "22023");
     }
 
     #[pg_test]
@@ -352,7 +378,7 @@ mod tests {
         );
         assert_eq!(
             registered.as_deref(),
-            Some("call_statuses,calls,rejected_transitions,state_mapping,status_transitions,webhook_events")
+            Some("call_statuses,calls,deleted_rules,rejected_transitions,state_mapping,status_transitions,webhook_events")
         );
     }
 

@@ -5,7 +5,17 @@
 //! Rules (each limit overridable): transcript strings cut at 500 characters, other strings at
 //! 2,000; binary keys and `data:…;base64,` strings dropped; arrays cut to 10 items plus a
 //! marker; nested objects of more than 20 keys summarized; values deeper than 5 levels
-//! replaced. The output is a fixed point: sanitizing it again changes nothing.
+//! replaced; keys longer than 256 characters cut like strings. The output is a fixed point:
+//! sanitizing it again changes nothing.
+//!
+//! The result is bounded: at most `max_bytes` (64 kB) of jsonb for any input. The rules
+//! above bound every value but not their number, so an event with 400,000 top-level keys,
+//! or twenty nested 20-key objects of 2,000-character strings, still passes them large. As
+//! a last resort only, such a result keeps the top-level pairs that fit (in jsonb's key
+//! order: shortest keys first, which holds `call_id`, `state`, `direction`) and records the
+//! rest as `"_truncated": true, "total_keys": N, "omitted_keys": [first few]` (a top-level
+//! array keeps its first items and the array marker; a top-level scalar too large becomes
+//! null). Normal events (about 40 keys, a few kB) never reach this.
 
 use crate::jsonb::{
     self, Container, JsonbError, Owned, Value, Writer, JB_FARRAY, JB_FOBJECT, JB_FSCALAR,
@@ -28,7 +38,12 @@ pub struct Limits {
     pub max_object_keys: usize,
     pub sample_keys: usize,
     pub max_depth: usize,
+    pub max_key_length: usize,
+    pub max_bytes: usize,
 }
+
+/// The smallest `max_bytes` accepted: room for the markers of a summarized object.
+pub const MIN_MAX_BYTES: usize = 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -39,6 +54,8 @@ impl Default for Limits {
             max_object_keys: 20,
             sample_keys: 5,
             max_depth: 5,
+            max_key_length: 256,
+            max_bytes: 64 * 1024,
         }
     }
 }
@@ -47,6 +64,19 @@ impl Default for Limits {
 /// jsonb datum. `on_container` runs before each container is entered: the backend glue uses
 /// it for CHECK_FOR_INTERRUPTS and the stack-depth check.
 pub fn sanitize(
+    input: &[u8],
+    limits: &Limits,
+    on_container: &mut dyn FnMut(),
+) -> Result<Vec<u8>, JsonbError> {
+    let out = sanitize_values(input, limits, on_container)?;
+    if out.len() <= limits.max_bytes.max(MIN_MAX_BYTES) {
+        return Ok(out);
+    }
+    bound_top_level(&out, limits)
+}
+
+/// Every rule but the size bound.
+fn sanitize_values(
     input: &[u8],
     limits: &Limits,
     on_container: &mut dyn FnMut(),
@@ -171,12 +201,26 @@ impl Sanitizer<'_> {
     fn object(&mut self, w: &mut Writer, c: Container<'_>, level: usize) -> Result<u32, JsonbError> {
         (self.on_container)();
         let n = c.len();
-        let mut pairs: Vec<(&[u8], Value<'_>)> = Vec::with_capacity(n);
+        let mut pairs: Vec<(std::borrow::Cow<'_, [u8]>, Value<'_>)> = Vec::with_capacity(n);
+        let mut cut_keys = false;
         for (k, v) in c.keys()?.zip(c.values()?) {
             let (Value::String(k), v) = (k?, v?) else { return Err(JsonbError::Corrupt) };
             if keep_pair(k, &v) {
-                pairs.push((k, v));
+                // Our own markers keep their keys, so that a second pass recognizes them.
+                let limit = if MARKER_KEYS.contains(&k) { usize::MAX } else { self.limits.max_key_length };
+                let key = match cut_point(k, limit) {
+                    None => std::borrow::Cow::Borrowed(k),
+                    Some(at) => {
+                        cut_keys = true;
+                        std::borrow::Cow::Owned([&k[..at], TRUNCATION_MARKER.as_bytes()].concat())
+                    }
+                };
+                pairs.push((key, v));
             }
+        }
+        if cut_keys {
+            // Cut keys change places in jsonb's key order and may meet: first one wins.
+            sort_and_dedupe(&mut pairs);
         }
         // The top-level object is never summarized: a real event has ~40 keys.
         if level > 0 && pairs.len() > self.limits.max_object_keys && !is_object_summary(&c)? {
@@ -195,7 +239,7 @@ impl Sanitizer<'_> {
         }
         for (k, v) in pairs {
             let m = w.mark();
-            let ty = self.value(w, v, level + 1, contains_transcript(k))?;
+            let ty = self.value(w, v, level + 1, contains_transcript(&k))?;
             w.end_child(&mut f, m, ty)?;
         }
         w.end(f)
@@ -213,6 +257,152 @@ impl Sanitizer<'_> {
         let summary = Container::root(jsonb::datum_body(&summary)?)?;
         self.value(w, summary, level, false)
     }
+}
+
+/// The keys of the markers the sanitizer writes (never cut, never kept from the input in
+/// the size bound's summary).
+const MARKER_KEYS: [&[u8]; 5] = [b"_truncated", b"total_items", b"sample_keys", b"total_keys", b"omitted_keys"];
+
+/// jsonb's key order (shorter first, then bytewise), keeping the first of equal keys.
+fn sort_and_dedupe<K: AsRef<[u8]>, V>(pairs: &mut Vec<(K, V)>) {
+    pairs.sort_by(|(a, _), (b, _)| {
+        let (a, b) = (a.as_ref(), b.as_ref());
+        a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+    });
+    pairs.dedup_by(|(a, _), (b, _)| a.as_ref() == b.as_ref());
+}
+
+/// Bytes a value takes in a container (alignment padding counted at its worst).
+fn encoded_size(v: &Value<'_>) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Numeric(n) => n.len() + 3,
+        Value::Array(c) | Value::Object(c) => c.raw().len() + 3,
+        Value::Null | Value::Bool(_) => 0,
+    }
+}
+
+/// The last resort of the size bound, applied to an already sanitized datum whose values
+/// all passed the other rules (see the module doc).
+fn bound_top_level(out: &[u8], limits: &Limits) -> Result<Vec<u8>, JsonbError> {
+    let max_bytes = limits.max_bytes.max(MIN_MAX_BYTES);
+    let root = Container::root(jsonb::datum_body(out)?)?;
+    let mut budget = max_bytes;
+    loop {
+        let raw = match root {
+            Value::Object(c) => bounded_object(&c, limits, budget)?,
+            Value::Array(c) if !c.is_scalar() => bounded_array(&c, limits, budget)?,
+            _ => Owned::Null.encode()?,
+        };
+        // The markers go through the same rules as everything else (depth, string length),
+        // so that a second pass finds nothing to change; the kept values are fixed points.
+        let bounded = sanitize_values(jsonb::datum_body(&raw)?, limits, &mut || {})?;
+        if bounded.len() <= max_bytes || budget < 64 {
+            return Ok(bounded);
+        }
+        // Padding estimated high, never low: only a key-heavy object can overshoot, by a little.
+        budget -= (bounded.len() - max_bytes).max(budget / 16);
+    }
+}
+
+fn bounded_object(c: &Container<'_>, limits: &Limits, budget: usize) -> Result<Vec<u8>, JsonbError> {
+    let mut pairs: Vec<(&[u8], Value<'_>)> = Vec::with_capacity(c.len());
+    for (k, v) in c.keys()?.zip(c.values()?) {
+        let (Value::String(k), v) = (k?, v?) else { return Err(JsonbError::Corrupt) };
+        pairs.push((k, v));
+    }
+    let total = pairs.len();
+    // Room for the markers, with a sample of the longest keys allowed.
+    let sample_len = limits.sample_keys.min(limits.max_array_items);
+    let marker_room = 64 + sample_len * (4 * (limits.max_key_length.min(limits.max_string_length) + TRUNCATION_MARKER.len()) + 4);
+    let mut used = 32 + marker_room;
+    let mut kept: Vec<(&[u8], Value<'_>)> = Vec::new();
+    let mut omitted: Vec<Owned> = Vec::new();
+    for (k, v) in pairs {
+        let cost = k.len() + encoded_size(&v) + 8;
+        if !MARKER_KEYS[2..].contains(&k) && k != b"_truncated" && used + cost <= budget {
+            used += cost;
+            kept.push((k, v));
+        } else if omitted.len() < sample_len {
+            let name = match cut_point(k, limits.max_string_length) {
+                None => k.to_vec(),
+                Some(at) => [&k[..at], TRUNCATION_MARKER.as_bytes()].concat(),
+            };
+            omitted.push(Owned::String(name));
+        }
+    }
+    let markers = Owned::Object(vec![
+        (b"_truncated".to_vec(), Owned::Bool(true)),
+        (b"total_keys".to_vec(), Owned::uint(total as u64)),
+        (b"omitted_keys".to_vec(), Owned::Array(omitted)),
+    ])
+    .encode()?;
+    let markers = Container::root(jsonb::datum_body(&markers)?)?;
+    let Value::Object(mc) = markers else { return Err(JsonbError::Corrupt) };
+    for (k, v) in mc.keys()?.zip(mc.values()?) {
+        let (Value::String(k), v) = (k?, v?) else { return Err(JsonbError::Corrupt) };
+        kept.push((k, v));
+    }
+    sort_and_dedupe(&mut kept);
+    let mut w = Writer::with_capacity(budget + 64);
+    let mut f = w.begin(JB_FOBJECT, kept.len())?;
+    for (k, _) in &kept {
+        let m = w.mark();
+        let ty = w.string(k);
+        w.end_child(&mut f, m, ty)?;
+    }
+    for (_, v) in &kept {
+        let m = w.mark();
+        let ty = w.value(v);
+        w.end_child(&mut f, m, ty)?;
+    }
+    w.end(f)?;
+    Ok(w.finish())
+}
+
+fn bounded_array(c: &Container<'_>, limits: &Limits, budget: usize) -> Result<Vec<u8>, JsonbError> {
+    let mut items: Vec<Value<'_>> = c.values()?.collect::<Result<_, _>>()?;
+    let total = match items.last() {
+        Some(Value::Object(m)) if is_array_marker(&items[items.len() - 1]) => {
+            let t = m.get(b"total_items")?;
+            items.pop();
+            match t {
+                Some(Value::Numeric(n)) => crate::numeric::Decimal::from_datum_bytes(n)
+                    .ok()
+                    .and_then(|d| d.to_i64())
+                    .map(|t| t as usize)
+                    .unwrap_or(items.len()),
+                _ => items.len(),
+            }
+        }
+        _ => items.len(),
+    };
+    let _ = limits;
+    let mut used = 96;
+    let mut kept = Vec::new();
+    for v in items {
+        let cost = encoded_size(&v) + 4;
+        if used + cost > budget {
+            break;
+        }
+        used += cost;
+        kept.push(v);
+    }
+    let marker = Owned::Object(vec![
+        (b"_truncated".to_vec(), Owned::Bool(true)),
+        (b"total_items".to_vec(), Owned::uint(total as u64)),
+    ])
+    .encode()?;
+    let marker = Container::root(jsonb::datum_body(&marker)?)?;
+    let mut w = Writer::with_capacity(budget + 64);
+    let mut f = w.begin(JB_FARRAY, kept.len() + 1)?;
+    for v in kept.iter().chain(std::iter::once(&marker)) {
+        let m = w.mark();
+        let ty = w.value(v);
+        w.end_child(&mut f, m, ty)?;
+    }
+    w.end(f)?;
+    Ok(w.finish())
 }
 
 fn keep_pair(k: &[u8], v: &Value<'_>) -> bool {
@@ -430,6 +620,58 @@ mod tests {
         }
     }
 
+    fn sanitized_size(v: &J) -> usize {
+        let datum = crate::jsonb::testing::from_serde(v).encode().unwrap();
+        sanitize(jsonb::datum_body(&datum).unwrap(), &Limits::default(), &mut || {}).unwrap().len()
+    }
+
+    #[test]
+    fn the_result_is_bounded_whatever_the_input() {
+        // one 1 MB key (the SQL tests take 9 MB)
+        let key = "k".repeat(1024 * 1024);
+        let doc = json!({ "call_id": 1, key.clone(): 1 });
+        let out = san(doc.clone());
+        assert!(sanitized_size(&doc) <= 64 * 1024);
+        let cut = format!("{}{}", "k".repeat(256), TRUNCATION_MARKER);
+        assert_eq!(out[&cut], json!(1));
+        assert_eq!(out["call_id"], json!(1));
+        // 20,000 top-level keys (the SQL tests take 400,000): the shortest kept, the rest counted
+        let mut m = serde_json::Map::new();
+        m.insert("call_id".into(), json!(6612345678901234u64));
+        m.insert("state".into(), json!("hangup"));
+        for i in 0..20_000 {
+            m.insert(format!("key_{i:06}"), json!(i));
+        }
+        let doc = J::Object(m);
+        assert!(sanitized_size(&doc) <= 64 * 1024);
+        let out = san(doc);
+        assert_eq!(out["call_id"], json!(6612345678901234u64));
+        assert_eq!(out["state"], json!("hangup"));
+        assert_eq!(out["_truncated"], json!(true));
+        assert_eq!(out["total_keys"], json!(20_002));
+        assert_eq!(out["omitted_keys"].as_array().unwrap().len(), 5);
+        assert_eq!(san(out.clone()), out, "idempotent");
+        // a nested bomb that every other rule lets through: 20 x 20 x 2000 characters
+        let inner: serde_json::Map<String, J> = (0..20).map(|i| (format!("f{i:02}"), J::String("x".repeat(2000)))).collect();
+        let outer: serde_json::Map<String, J> = (0..20).map(|i| (format!("g{i:02}"), J::Object(inner.clone()))).collect();
+        let doc = json!({ "call_id": 1, "state": "hangup", "integrations": { "a": J::Object(outer.clone()), "b": J::Object(outer) } });
+        let out = san(doc.clone());
+        assert!(sanitized_size(&doc) <= 64 * 1024);
+        assert_eq!((out["call_id"].clone(), out["state"].clone()), (json!(1), json!("hangup")));
+        assert_eq!(out["omitted_keys"], json!(["integrations"]));
+        assert_eq!(san(out.clone()), out, "idempotent");
+    }
+
+    #[test]
+    fn a_normal_event_is_untouched_by_the_bound() {
+        let doc = json!({"call_id": 6612345678901234u64, "state": "hangup", "direction": "inbound",
+            "external_number": "+14155550123", "internal_number": "+16505550199", "date_started": 1787158716092u64,
+            "contact": {"id": "c-1", "type": "contact", "name": "Ada", "phone": "+14155550123"},
+            "target": {"id": 5001, "type": "user", "name": "Agent Smith", "office_id": 42},
+            "labels": ["support"], "routing_breadcrumbs": [], "integrations": {}});
+        assert_eq!(san(doc.clone()), doc);
+    }
+
     #[test]
     fn cut_point_handles_edges() {
         assert_eq!(cut_point(b"abc", 3), None);
@@ -478,16 +720,20 @@ mod tests {
         }
 
         fn arb_limits() -> impl Strategy<Value = Limits> {
-            (0usize..600, 0usize..2100, 0usize..12, 0usize..22, 0usize..7, 0usize..7).prop_map(
-                |(t, s, a, o, k, d)| Limits {
+            (
+                (0usize..600, 0usize..2100, 0usize..12, 0usize..22, 0usize..7, 0usize..7),
+                (0usize..40, prop_oneof![Just(64 * 1024), 1024usize..4096]),
+            )
+                .prop_map(|((t, s, a, o, k, d), (kl, b))| Limits {
                     max_transcript_length: t,
                     max_string_length: s,
                     max_array_items: a,
                     max_object_keys: o,
                     sample_keys: k,
                     max_depth: d,
-                },
-            )
+                    max_key_length: kl,
+                    max_bytes: b,
+                })
         }
 
         /// Checks every limit on the output, returning the deepest level seen.
@@ -517,6 +763,7 @@ mod tests {
                         );
                     }
                     for (k, v) in m {
+                        assert!(k.chars().count() <= l.max_key_length + TRUNCATION_MARKER_CHARS, "key too long");
                         assert!(!BINARY_KEYS.contains(&k.to_ascii_lowercase().as_str()));
                         check(v, l, level + 1, k.to_ascii_lowercase().contains("transcript"), false);
                     }
@@ -529,6 +776,9 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(300))]
             #[test]
             fn limits_hold_and_sanitizing_is_idempotent(doc in arb_json(), limits in arb_limits()) {
+                let datum = crate::jsonb::testing::from_serde(&doc).encode().unwrap();
+                let raw = sanitize(jsonb::datum_body(&datum).unwrap(), &limits, &mut || {}).unwrap();
+                prop_assert!(raw.len() <= limits.max_bytes, "{} bytes over {}", raw.len(), limits.max_bytes);
                 let once = run(&doc, &limits);
                 check(&once, &limits, 0, false, true);
                 let twice = run(&once, &limits);
