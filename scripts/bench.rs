@@ -27,7 +27,11 @@ fn median(mut v: Vec<f64>) -> f64 {
         return f64::NAN;
     }
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 struct Row {
@@ -46,8 +50,14 @@ struct Report {
 
 impl Report {
     fn add(&mut self, name: &str, value: String, reference: String, ratio: String, target: &str, pass: Option<bool>) {
-        println!("{name:<52} {value:>22} {reference:>30} {ratio:>10} {target:>14} {}",
-            match pass { Some(true) => "ok", Some(false) => "MISSED", None => "" });
+        println!(
+            "{name:<52} {value:>22} {reference:>30} {ratio:>10} {target:>14} {}",
+            match pass {
+                Some(true) => "ok",
+                Some(false) => "MISSED",
+                None => "",
+            }
+        );
         self.rows.push(Row { name: name.into(), value, reference, ratio, target: target.into(), pass });
     }
 }
@@ -70,10 +80,13 @@ fn set_worker_enabled(c: &mut Client, on: bool) {
 /// Empties the inbox and calls and loads `n` events from bench.events in delivery order.
 fn load_events(c: &mut Client, n: usize) {
     exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
-    exec(c, &format!(
-        "INSERT INTO dialpad.webhook_events (payload)
+    exec(
+        c,
+        &format!(
+            "INSERT INTO dialpad.webhook_events (payload)
            SELECT payload FROM bench.events ORDER BY delivery LIMIT {n}"
-    ));
+        ),
+    );
     exec(c, "VACUUM ANALYZE dialpad.webhook_events");
     exec(c, "VACUUM ANALYZE dialpad.calls");
     exec(c, "CHECKPOINT");
@@ -163,7 +176,8 @@ fn sign(claims: &str, secret: &[u8]) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     use hmac::{Hmac, Mac};
-    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#), URL_SAFE_NO_PAD.encode(claims));
+    let input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#), URL_SAFE_NO_PAD.encode(claims));
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
     mac.update(input.as_bytes());
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
@@ -196,12 +210,31 @@ fn ingest_bench(cluster: &Cluster, c: &mut Client, report: &mut Report, runs: us
         exec(c, "TRUNCATE dialpad.webhook_events");
         plain_rates.push(ingest_rate(cluster, &bodies, 2, "SELECT dialpad.ingest_webhook($1)"));
         exec(c, "TRUNCATE dialpad.webhook_events");
-        insert_rates.push(ingest_rate(cluster, &bodies, 2, "INSERT INTO dialpad.webhook_events (payload) VALUES ($1::text::jsonb)"));
+        insert_rates.push(ingest_rate(
+            cluster,
+            &bodies,
+            2,
+            "INSERT INTO dialpad.webhook_events (payload) VALUES ($1::text::jsonb)",
+        ));
     }
     exec(c, "TRUNCATE dialpad.webhook_events");
     let (j, p, i) = (median(jwt_rates), median(plain_rates), median(insert_rates));
-    report.add("ingest_webhook, JWT-verified, 2 sessions", eps(j), String::new(), String::new(), "≥ 10,000/s", Some(j >= 10_000.0));
-    report.add("ingest_webhook, plain JSON vs plain INSERT", eps(p), format!("INSERT {}", eps(i)), format!("{:.2}×", p / i), "≥ 0.8×", Some(p / i >= 0.8));
+    report.add(
+        "ingest_webhook, JWT-verified, 2 sessions",
+        eps(j),
+        String::new(),
+        String::new(),
+        "≥ 10,000/s",
+        Some(j >= 10_000.0),
+    );
+    report.add(
+        "ingest_webhook, plain JSON vs plain INSERT",
+        eps(p),
+        format!("INSERT {}", eps(i)),
+        format!("{:.2}×", p / i),
+        "≥ 0.8×",
+        Some(p / i >= 0.8),
+    );
 }
 
 fn rss_anon_kb(pid: i32) -> i64 {
@@ -233,11 +266,14 @@ fn offer_load(cluster: &Cluster, total: usize, rate: usize, seconds: usize, roun
             std::thread::spawn(move || {
                 let mut pc = Client::connect(&conninfo, postgres::NoTls).unwrap();
                 pc.batch_execute("SET synchronous_commit = on").unwrap();
-                let stmt = pc.prepare(
-                    "INSERT INTO dialpad.webhook_events (payload)
+                let stmt = pc
+                    .prepare(
+                        "INSERT INTO dialpad.webhook_events (payload)
                      SELECT CASE WHEN $2::int8 = 0 THEN payload
                                  ELSE payload || jsonb_build_object('call_id', call_id + $2::int8 * 1000000000) END
-                       FROM bench.events WHERE delivery = $1").unwrap();
+                       FROM bench.events WHERE delivery = $1",
+                    )
+                    .unwrap();
                 let per = rate / producers;
                 let interval = Duration::from_secs_f64(1.0 / per as f64);
                 let begin = Instant::now();
@@ -265,11 +301,14 @@ fn offer_load(cluster: &Cluster, total: usize, rate: usize, seconds: usize, roun
 fn drain_rate_as_is(c: &mut Client, n: usize, round: i64) -> f64 {
     set_worker_enabled(c, false);
     std::thread::sleep(Duration::from_millis(300));
-    exec(c, &format!(
-        "INSERT INTO dialpad.webhook_events (payload)
+    exec(
+        c,
+        &format!(
+            "INSERT INTO dialpad.webhook_events (payload)
            SELECT payload || jsonb_build_object('call_id', call_id + {round}::int8 * 1000000000)
              FROM bench.events ORDER BY delivery LIMIT {n}"
-    ));
+        ),
+    );
     let before = handled_by_workers(c);
     let t = Instant::now();
     set_worker_enabled(c, true);
@@ -292,7 +331,10 @@ fn held_snapshot_bench(cluster: &Cluster, c: &mut Client, report: &mut Report, t
 
     let mut holder = cluster.connect();
     holder.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM dialpad.calls").unwrap();
-    let held = count(c, "SELECT count(*) FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND state = 'idle in transaction'");
+    let held = count(
+        c,
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND state = 'idle in transaction'",
+    );
     assert!(held >= 1, "the snapshot is not held");
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
@@ -314,19 +356,30 @@ fn held_snapshot_bench(cluster: &Cluster, c: &mut Client, report: &mut Report, t
     let samples = sampler.join().unwrap();
     let pending_end = count(c, "SELECT pending FROM dialpad.queue_stats");
     let handled = handled_by_workers(c) - before;
-    let dead_rows = count(c, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'dialpad.webhook_events'::regclass");
+    let dead_rows =
+        count(c, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'dialpad.webhook_events'::regclass");
     holder.batch_execute("COMMIT").unwrap();
     let released = Instant::now();
     let after = drain_rate_as_is(c, n, 300);
     let after_at = released.elapsed().as_secs_f64();
     let max_pending = samples.iter().copied().max().unwrap_or(0).max(pending_end);
     let minutes = hold as f64 / 60.0;
-    report.add(&format!("snapshot held {minutes:.0} min at 1000 events/s offered: largest backlog"),
-        format!("{max_pending} events"), format!("offered {offered:.0} events/s, {handled} handled"), String::new(),
-        "backlog does not grow (< 1 s of traffic)", Some(max_pending < 1000));
-    report.add("drain rate right after the snapshot is released",
-        eps(after), format!("before the hold {}", eps(normal)), format!("{:.2}×", after / normal),
-        "≥ 0.9× within a minute", Some(after / normal >= 0.9 && after_at <= 60.0));
+    report.add(
+        &format!("snapshot held {minutes:.0} min at 1000 events/s offered: largest backlog"),
+        format!("{max_pending} events"),
+        format!("offered {offered:.0} events/s, {handled} handled"),
+        String::new(),
+        "backlog does not grow (< 1 s of traffic)",
+        Some(max_pending < 1000),
+    );
+    report.add(
+        "drain rate right after the snapshot is released",
+        eps(after),
+        format!("before the hold {}", eps(normal)),
+        format!("{:.2}×", after / normal),
+        "≥ 0.9× within a minute",
+        Some(after / normal >= 0.9 && after_at <= 60.0),
+    );
     report.notes.push(format!(
         "Held snapshot: {hold} s; backlog sampled every 5 s ({} samples, largest {max_pending}); {dead_rows} dead inbox rows \
          vacuum could not remove by the end; the drain after release ({n} events added on top of the inbox as it was, \
@@ -348,11 +401,26 @@ fn main() {
     let hold = env_usize("BENCH_HOLD_SECONDS", 600);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let machine = format!("{} cores ({cpu}), {} GB RAM, PostgreSQL 15",
+    let machine = format!(
+        "{} cores ({cpu}), {} GB RAM, PostgreSQL 15",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok())).unwrap_or(0) / 1024 / 1024);
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| s
+                .lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok()))
+            .unwrap_or(0)
+            / 1024
+            / 1024
+    );
     println!("pg_dialpad benchmarks on {machine}");
 
     let cluster = Cluster::start(
@@ -413,7 +481,10 @@ fn main() {
         return;
     }
     let same = count(&mut c, "SELECT count(*) FROM bench.events WHERE dialpad.sanitize_call_payload(payload) <> bench.sanitize_plpgsql(payload)");
-    report.notes.push(format!("The PL/pgSQL sanitizer gives the same result as dialpad.sanitize_call_payload on {} of {total} events.", total - same));
+    report.notes.push(format!(
+        "The PL/pgSQL sanitizer gives the same result as dialpad.sanitize_call_payload on {} of {total} events.",
+        total - same
+    ));
     let time_of = |c: &mut Client, expr: &str| -> f64 {
         let mut v = Vec::new();
         for _ in 0..runs.max(3) {
@@ -433,10 +504,22 @@ fn main() {
         median(v)
     };
     let us = |t: f64| format!("{:.2} µs/event", t * 1e6 / total as f64);
-    report.add("sanitize_call_payload vs PL/pgSQL", us(rust), format!("PL/pgSQL {}", us(plpgsql)),
-        format!("{:.1}×", plpgsql / rust), "≥ 10× faster", Some(plpgsql / rust >= 10.0));
-    report.add("sanitize_call_payload vs jsonb_strip_nulls", us(rust), format!("strip_nulls {}", us(strip)),
-        format!("{:.2}×", rust / strip), "≤ 2× the time", Some(rust / strip <= 2.0));
+    report.add(
+        "sanitize_call_payload vs PL/pgSQL",
+        us(rust),
+        format!("PL/pgSQL {}", us(plpgsql)),
+        format!("{:.1}×", plpgsql / rust),
+        "≥ 10× faster",
+        Some(plpgsql / rust >= 10.0),
+    );
+    report.add(
+        "sanitize_call_payload vs jsonb_strip_nulls",
+        us(rust),
+        format!("strip_nulls {}", us(strip)),
+        format!("{:.2}×", rust / strip),
+        "≤ 2× the time",
+        Some(rust / strip <= 2.0),
+    );
 
     // ---- ingest ----------------------------------------------------------------------------
     ingest_bench(&cluster, &mut c, &mut report, runs, n_events.min(40_000));
@@ -457,9 +540,30 @@ fn main() {
     }
     let (w1, p, ce, sf) = (median(worker1), median(plp), median(ceil), median(sqlfn));
     report.add("1 worker drain rate", eps(w1), String::new(), String::new(), "≥ 20,000/s", Some(w1 >= 20_000.0));
-    report.add("1 worker vs PL/pgSQL processor", eps(w1), format!("PL/pgSQL {}", eps(p)), format!("{:.1}×", w1 / p), "≥ 3×", Some(w1 / p >= 3.0));
-    report.add("1 worker vs set-based write-only ceiling", eps(w1), format!("ceiling {}", eps(ce)), format!("{:.2}×", w1 / ce), "≥ 0.8×", Some(w1 / ce >= 0.8));
-    report.add("dialpad.process_events() from one session", eps(sf), format!("ceiling {}", eps(ce)), format!("{:.2}×", sf / ce), "", None);
+    report.add(
+        "1 worker vs PL/pgSQL processor",
+        eps(w1),
+        format!("PL/pgSQL {}", eps(p)),
+        format!("{:.1}×", w1 / p),
+        "≥ 3×",
+        Some(w1 / p >= 3.0),
+    );
+    report.add(
+        "1 worker vs set-based write-only ceiling",
+        eps(w1),
+        format!("ceiling {}", eps(ce)),
+        format!("{:.2}×", w1 / ce),
+        "≥ 0.8×",
+        Some(w1 / ce >= 0.8),
+    );
+    report.add(
+        "dialpad.process_events() from one session",
+        eps(sf),
+        format!("ceiling {}", eps(ce)),
+        format!("{:.2}×", sf / ce),
+        "",
+        None,
+    );
 
     c = restart_with(&cluster, c, &[("dialpad.workers", "2")]);
     wait_until(&mut c, "SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", 60);
@@ -485,8 +589,22 @@ fn main() {
         ).unwrap();
         (r.get(0), r.get(1), r.get(2))
     };
-    report.add("latency commit→call row commit, p50", format!("{p50:.2} ms"), format!("offered {achieved:.0} events/s"), String::new(), "≤ 5 ms", Some(p50 <= 5.0));
-    report.add("latency commit→call row commit, p99", format!("{p99:.2} ms"), format!("max {max:.1} ms"), String::new(), "≤ 50 ms", Some(p99 <= 50.0));
+    report.add(
+        "latency commit→call row commit, p50",
+        format!("{p50:.2} ms"),
+        format!("offered {achieved:.0} events/s"),
+        String::new(),
+        "≤ 5 ms",
+        Some(p50 <= 5.0),
+    );
+    report.add(
+        "latency commit→call row commit, p99",
+        format!("{p99:.2} ms"),
+        format!("max {max:.1} ms"),
+        String::new(),
+        "≤ 50 ms",
+        Some(p99 <= 50.0),
+    );
 
     // ---- backlog scale and worker memory ----------------------------------------------------
     let small = 50_000usize.min(total as usize);
@@ -500,8 +618,10 @@ fn main() {
     // batch as in the small backlog. (A single INSERT ... SELECT over generate_series lets the
     // planner interleave the copies, which would give every event of a batch its own call
     // and measure a different workload.)
-    exec(&mut c, &format!(
-        "DO $$ BEGIN
+    exec(
+        &mut c,
+        &format!(
+            "DO $$ BEGIN
            FOR k IN 0 .. {copies} - 1 LOOP
              INSERT INTO dialpad.webhook_events (payload)
                SELECT CASE WHEN k = 0 THEN payload
@@ -510,11 +630,13 @@ fn main() {
                 LIMIT greatest(0, {backlog} - k * {total});
            END LOOP;
          END $$"
-    ));
+        ),
+    );
     exec(&mut c, "VACUUM ANALYZE dialpad.webhook_events");
     exec(&mut c, "CHECKPOINT");
     report.notes.push(format!("Loading the {backlog}-event backlog took {:.0} s.", t.elapsed().as_secs_f64()));
-    let pid: i32 = c.query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", &[]).unwrap().get(0);
+    let pid: i32 =
+        c.query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", &[]).unwrap().get(0);
     let rss_before = rss_anon_kb(pid);
     let measure = small.min(backlog);
     let before = handled_by_workers(&mut c);
@@ -524,16 +646,28 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let rate_large = measure as f64 / t.elapsed().as_secs_f64();
-    report.add(&format!("drain rate with {backlog} pending"), eps(rate_large), format!("{small} pending: {}", eps(rate_small)),
-        format!("{:.2}×", rate_large / rate_small), "≥ 0.9×", Some(rate_large / rate_small >= 0.9));
+    report.add(
+        &format!("drain rate with {backlog} pending"),
+        eps(rate_large),
+        format!("{small} pending: {}", eps(rate_small)),
+        format!("{:.2}×", rate_large / rate_small),
+        "≥ 0.9×",
+        Some(rate_large / rate_small >= 0.9),
+    );
     let target_mem = memory_events.min(backlog) as i64;
     while handled_by_workers(&mut c) - before < target_mem {
         std::thread::sleep(Duration::from_millis(200));
     }
     let rss_after = rss_anon_kb(pid);
     set_worker_enabled(&mut c, false);
-    report.add(&format!("worker RssAnon growth over {target_mem} events"), format!("{:.1} MB", (rss_after - rss_before) as f64 / 1024.0),
-        format!("from {:.1} MB", rss_before as f64 / 1024.0), String::new(), "≤ 10 MB", Some(rss_after - rss_before <= 10 * 1024));
+    report.add(
+        &format!("worker RssAnon growth over {target_mem} events"),
+        format!("{:.1} MB", (rss_after - rss_before) as f64 / 1024.0),
+        format!("from {:.1} MB", rss_before as f64 / 1024.0),
+        String::new(),
+        "≤ 10 MB",
+        Some(rss_after - rss_before <= 10 * 1024),
+    );
 
     // ---- a snapshot held for minutes ------------------------------------------------------------
     held_snapshot_bench(&cluster, &mut c, &mut report, total as usize, hold);
@@ -546,7 +680,8 @@ fn main() {
              'integrations', (SELECT jsonb_object_agg('k' || g, repeat('v', 100)) FROM generate_series(1, 100000) g),
              'routing_breadcrumbs', (SELECT jsonb_agg(jsonb_build_object('i', g, 's', 'step')) FROM generate_series(1, 200000) g)) AS p;
          ALTER TABLE bench.huge ALTER COLUMN p SET STORAGE EXTERNAL;");
-    let size_mb: f64 = c.query_one("SELECT pg_column_size(p || '{}'::jsonb)::float8 / 1048576 FROM bench.huge", &[]).unwrap().get(0);
+    let size_mb: f64 =
+        c.query_one("SELECT pg_column_size(p || '{}'::jsonb)::float8 / 1048576 FROM bench.huge", &[]).unwrap().get(0);
     let mut s = cluster.connect();
     let spid: i32 = s.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     s.batch_execute("SELECT 1").unwrap();
@@ -556,17 +691,38 @@ fn main() {
     let hwm1 = status_kb(spid, "VmHWM:");
     let shm1 = status_kb(spid, "RssShmem:");
     let peak_mb = ((hwm1 - hwm0) - (shm1 - shm0)).max(0) as f64 / 1024.0;
-    report.add(&format!("sanitize a {size_mb:.0} MB payload: peak memory"), format!("{peak_mb:.0} MB"), format!("payload {size_mb:.0} MB"),
-        format!("{:.2}×", peak_mb / size_mb), "≤ 4×", Some(peak_mb / size_mb <= 4.0));
+    report.add(
+        &format!("sanitize a {size_mb:.0} MB payload: peak memory"),
+        format!("{peak_mb:.0} MB"),
+        format!("payload {size_mb:.0} MB"),
+        format!("{:.2}×", peak_mb / size_mb),
+        "≤ 4×",
+        Some(peak_mb / size_mb <= 4.0),
+    );
 
     // ---- write the results --------------------------------------------------------------------
-    let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let mut md = format!("## Benchmark results\n\nMeasured {date} on {machine} by `./scripts/bench` (medians of {runs} runs; {n_events} events per processing run).\n\n");
     md.push_str("| figure | pg_dialpad | reference (same run) | ratio | target | |\n|---|---|---|---|---|---|\n");
     for r in &report.rows {
-        md.push_str(&format!("| {} | {} | {} | {} | {} | {} |\n", r.name, r.value, r.reference, r.ratio, r.target,
-            match r.pass { Some(true) => "met", Some(false) => "**missed**", None => "" }));
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.name,
+            r.value,
+            r.reference,
+            r.ratio,
+            r.target,
+            match r.pass {
+                Some(true) => "met",
+                Some(false) => "**missed**",
+                None => "",
+            }
+        ));
     }
     md.push('\n');
     for n in &report.notes {

@@ -38,7 +38,14 @@ pub fn lock_key(call_id: i64, key: &str) {
         tag.locktag_field4 = KEY_LOCK_NAMESPACE;
         tag.locktag_type = pg_sys::LockTagType::LOCKTAG_ADVISORY as u8;
         tag.locktag_lockmethodid = pg_sys::USER_LOCKMETHOD as u8;
-        pg_sys::LockAcquireExtended(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false, false, std::ptr::null_mut());
+        pg_sys::LockAcquireExtended(
+            &tag,
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            false,
+            false,
+            std::ptr::null_mut(),
+        );
     }
 }
 

@@ -89,7 +89,12 @@ pub unsafe extern "C-unwind" fn dialpad_before_drop(fcinfo: pg_sys::FunctionCall
             }
         }
         Spi::run(LOCK_IN_ORDER_SQL).unwrap_or_else(|e| {
-            crate::error::raise(pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("pg_dialpad could not prepare the drop: {e}"), None, None)
+            crate::error::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("pg_dialpad could not prepare the drop: {e}"),
+                None,
+                None,
+            )
         });
     }
     pg_sys::Datum::from(0)

@@ -85,9 +85,7 @@ fn text(v: Value<'_>, key: &'static str) -> Result<Option<String>, EventError> {
     Ok(match present(v) {
         None => None,
         Some(Value::String(s)) => Some(String::from_utf8_lossy(s).into_owned()),
-        Some(Value::Numeric(n)) => {
-            Some(Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?.to_string())
-        }
+        Some(Value::Numeric(n)) => Some(Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?.to_string()),
         Some(Value::Bool(b)) => Some(b.to_string()),
         Some(_) => return Err(bad(key, "expected a string")),
     })
@@ -137,10 +135,9 @@ fn milliseconds_as_seconds(v: Value<'_>, key: &'static str) -> Result<Option<f64
     let ms = match present(v) {
         None => return Ok(None),
         Some(Value::Numeric(n)) => Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?.to_f64(),
-        Some(Value::String(s)) => String::from_utf8_lossy(s)
-            .trim()
-            .parse::<f64>()
-            .map_err(|_| bad(key, "expected milliseconds"))?,
+        Some(Value::String(s)) => {
+            String::from_utf8_lossy(s).trim().parse::<f64>().map_err(|_| bad(key, "expected milliseconds"))?
+        }
         Some(_) => return Err(bad(key, "expected milliseconds")),
     };
     let s = (ms / 1000.0 * 1000.0).round() / 1000.0;

@@ -105,11 +105,8 @@ fn target(rules: &RuleSet, ev: &CallEvent, row: Option<&CallRow>) -> Option<Targ
         .and_then(|d| direction::normalize(d).ok())
         .map(|d| d.as_str())
         .or_else(|| row.and_then(|r| r.direction.as_deref()));
-    let unanswered = if dir == Some("outbound") {
-        rule.unanswered_outbound.clone()
-    } else {
-        rule.unanswered_inbound.clone()
-    };
+    let unanswered =
+        if dir == Some("outbound") { rule.unanswered_outbound.clone() } else { rule.unanswered_inbound.clone() };
     Some(match unanswered {
         Some(s) => Target { status: s, by_default: true, keep_terminal },
         None => Target { status, by_default: false, keep_terminal },
@@ -182,9 +179,25 @@ pub fn fold_events_by_call(existing: Option<&CallRow>, events: &[&CallEvent], ru
             row.direction = dir.map(|d| d.as_str().to_string());
         }
         merge!(
-            row, ev, newer, external_number, internal_number, started_at, connected_at, ended_at,
-            duration_seconds, target_id, target_type, target_name, contact_id, contact_name,
-            master_call_id, entry_point_call_id, operator_call_id, recording_url, voicemail_link,
+            row,
+            ev,
+            newer,
+            external_number,
+            internal_number,
+            started_at,
+            connected_at,
+            ended_at,
+            duration_seconds,
+            target_id,
+            target_type,
+            target_name,
+            contact_id,
+            contact_name,
+            master_call_id,
+            entry_point_call_id,
+            operator_call_id,
+            recording_url,
+            voicemail_link,
             transcript
         );
         if newer {

@@ -191,7 +191,15 @@ mod tests {
 
     #[test]
     fn decimals_have_one_canonical_spelling() {
-        for (a, b) in [("17", "17"), ("017", "17"), ("17.50", "17.5"), ("17.0", "17"), ("-0.0", "0"), (".5", "0.5"), ("-3.10", "-3.1")] {
+        for (a, b) in [
+            ("17", "17"),
+            ("017", "17"),
+            ("17.50", "17.5"),
+            ("17.0", "17"),
+            ("-0.0", "0"),
+            (".5", "0.5"),
+            ("-3.10", "-3.1"),
+        ] {
             assert_eq!(canonical_decimal(a).as_deref(), Some(b), "{a}");
         }
         for bad in ["", ".", "1e5", "abc", "1.2.3", "--1"] {
@@ -207,11 +215,23 @@ mod tests {
             let d = jsonb(t);
             dedupe_key(Container::root(datum_body(&d).unwrap()).unwrap())
         };
-        assert_eq!(key(r#"{"call_id": 42, "state": "hangup", "event_timestamp": 17}"#).as_deref(), Some("42/hangup/17"));
-        assert_eq!(key(r#"{"call_id": "42", "state": "hangup", "event_timestamp": "17"}"#).as_deref(), Some("42/hangup/17"));
+        assert_eq!(
+            key(r#"{"call_id": 42, "state": "hangup", "event_timestamp": 17}"#).as_deref(),
+            Some("42/hangup/17")
+        );
+        assert_eq!(
+            key(r#"{"call_id": "42", "state": "hangup", "event_timestamp": "17"}"#).as_deref(),
+            Some("42/hangup/17")
+        );
         assert_eq!(key(r#"{"call_id": 42, "state": "hangup"}"#), None);
-        assert_eq!(key(r#"{"call_id": 42.0, "state": "hangup", "event_timestamp": 17.250}"#).as_deref(), Some("42/hangup/17.25"));
-        assert_eq!(key(r#"{"call_id": 42, "state": "hangup", "event_timestamp": "0017.25"}"#).as_deref(), Some("42/hangup/17.25"));
+        assert_eq!(
+            key(r#"{"call_id": 42.0, "state": "hangup", "event_timestamp": 17.250}"#).as_deref(),
+            Some("42/hangup/17.25")
+        );
+        assert_eq!(
+            key(r#"{"call_id": 42, "state": "hangup", "event_timestamp": "0017.25"}"#).as_deref(),
+            Some("42/hangup/17.25")
+        );
         assert_eq!(key(r#"{"call_id": 42.5, "state": "hangup", "event_timestamp": 1}"#), None);
         assert_eq!(key(r#"[1]"#), None);
     }

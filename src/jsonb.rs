@@ -41,9 +41,7 @@ impl std::fmt::Display for JsonbError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             JsonbError::Corrupt => f.write_str("malformed jsonb value"),
-            JsonbError::TooLarge => {
-                f.write_str("jsonb value exceeds the maximum container size of 268435455 bytes")
-            }
+            JsonbError::TooLarge => f.write_str("jsonb value exceeds the maximum container size of 268435455 bytes"),
         }
     }
 }
@@ -76,10 +74,7 @@ fn intalign(x: usize) -> usize {
 
 #[inline]
 fn read_u32(bytes: &[u8], at: usize) -> Result<u32> {
-    bytes
-        .get(at..at + 4)
-        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or(JsonbError::Corrupt)
+    bytes.get(at..at + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).ok_or(JsonbError::Corrupt)
 }
 
 impl<'a> Container<'a> {
@@ -87,9 +82,8 @@ impl<'a> Container<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Container<'a>> {
         let header = read_u32(bytes, 0)?;
         let c = Container { bytes, header };
-        let needed = 4usize
-            .checked_add(c.entries().checked_mul(4).ok_or(JsonbError::Corrupt)?)
-            .ok_or(JsonbError::Corrupt)?;
+        let needed =
+            4usize.checked_add(c.entries().checked_mul(4).ok_or(JsonbError::Corrupt)?).ok_or(JsonbError::Corrupt)?;
         if needed > bytes.len() || (header & (JB_FOBJECT | JB_FARRAY)) == 0 {
             return Err(JsonbError::Corrupt);
         }
@@ -519,13 +513,11 @@ pub mod testing {
             serde_json::Value::Null => Owned::Null,
             serde_json::Value::Bool(b) => Owned::Bool(*b),
             serde_json::Value::String(s) => Owned::str(s),
-            serde_json::Value::Number(n) => {
-                Owned::Numeric(Decimal::parse(&n.to_string()).unwrap().to_datum_bytes())
-            }
+            serde_json::Value::Number(n) => Owned::Numeric(Decimal::parse(&n.to_string()).unwrap().to_datum_bytes()),
             serde_json::Value::Array(a) => Owned::Array(a.iter().map(from_serde).collect()),
-            serde_json::Value::Object(o) => Owned::Object(
-                o.iter().map(|(k, v)| (k.as_bytes().to_vec(), from_serde(v))).collect(),
-            ),
+            serde_json::Value::Object(o) => {
+                Owned::Object(o.iter().map(|(k, v)| (k.as_bytes().to_vec(), from_serde(v))).collect())
+            }
         }
     }
 
@@ -538,9 +530,7 @@ pub mod testing {
                 let text = Decimal::from_datum_bytes(n).unwrap().to_string();
                 serde_json::from_str(&text).unwrap()
             }
-            Value::Array(c) => {
-                serde_json::Value::Array(c.values().unwrap().map(|v| to_serde(&v.unwrap())).collect())
-            }
+            Value::Array(c) => serde_json::Value::Array(c.values().unwrap().map(|v| to_serde(&v.unwrap())).collect()),
             Value::Object(c) => {
                 let mut m = serde_json::Map::new();
                 for (k, v) in c.keys().unwrap().zip(c.values().unwrap()) {

@@ -9,11 +9,11 @@ use pgrx::PgSqlErrorCode;
 
 pub mod datum;
 pub mod dedupe;
+pub mod direction;
 pub mod drop_guard;
 pub mod error;
 pub mod event;
 pub mod fold;
-pub mod direction;
 pub mod gucs;
 pub mod ingest;
 pub mod jsonb;
@@ -36,7 +36,8 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
     "../sql/triggers.sql",
     name = "triggers",
-    requires = ["schema", triggers::calls_before_write, triggers::rules_changed, triggers::webhook_events_before_insert]
+    requires =
+        ["schema", triggers::calls_before_write, triggers::rules_changed, triggers::webhook_events_before_insert]
 );
 extension_sql_file!(
     "../sql/processing.sql",
@@ -317,16 +318,18 @@ fn ingest_webhook(body: &str) -> i64 {
             return Ok((id, false));
         }
         let call_id = key.as_deref().and_then(|k| k.split('/').next()).and_then(|c| c.parse::<i64>().ok());
-        let id = processor::replanned(|| processor::run_kept(
-            client,
-            FIND_DUPLICATE_0_1_SQL,
-            &[pg_sys::INT8OID, pg_sys::TEXTOID],
-            None,
-            &[call_id.into(), key.clone().into()],
-        ))?
-            .first()
-            .get::<i64>(1)?
-            .unwrap_or(0);
+        let id = processor::replanned(|| {
+            processor::run_kept(
+                client,
+                FIND_DUPLICATE_0_1_SQL,
+                &[pg_sys::INT8OID, pg_sys::TEXTOID],
+                None,
+                &[call_id.into(), key.clone().into()],
+            )
+        })?
+        .first()
+        .get::<i64>(1)?
+        .unwrap_or(0);
         Ok((id, true))
     });
     match stored {
@@ -336,7 +339,12 @@ fn ingest_webhook(body: &str) -> i64 {
             }
             id
         }
-        Err(e) => error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not store the webhook: {e}"), None, None),
+        Err(e) => error::raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("could not store the webhook: {e}"),
+            None,
+            None,
+        ),
     }
 }
 

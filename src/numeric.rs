@@ -124,10 +124,8 @@ impl Decimal {
         while padded.len() % DEC_DIGITS != 0 {
             padded.push(0);
         }
-        let digits: Vec<i16> = padded
-            .chunks(DEC_DIGITS)
-            .map(|c| c.iter().fold(0i16, |acc, &d| acc * 10 + d as i16))
-            .collect();
+        let digits: Vec<i16> =
+            padded.chunks(DEC_DIGITS).map(|c| c.iter().fold(0i16, |acc, &d| acc * 10 + d as i16)).collect();
         let mut d = Decimal { negative, weight: weight as i32, dscale: dscale as i32, digits };
         d.strip();
         Ok(d)

@@ -50,9 +50,8 @@ mod tests {
 
     #[pg_test]
     fn transition_seed_examples() {
-        let valid = |a: &str, b: &str| {
-            one::<bool>(&format!("SELECT dialpad.is_valid_status_transition({a}, {b})")).unwrap()
-        };
+        let valid =
+            |a: &str, b: &str| one::<bool>(&format!("SELECT dialpad.is_valid_status_transition({a}, {b})")).unwrap();
         assert!(valid("'ringing'", "'active'"));
         assert!(valid("'active'", "'ended'"));
         assert!(!valid("'ended'", "'active'"));
@@ -143,12 +142,14 @@ mod tests {
     #[pg_test]
     fn sanitize_rules_in_sql() {
         let eq = |input: &str, expected: &str| {
-            let same = one::<bool>(&format!(
-                "SELECT dialpad.sanitize_call_payload('{input}'::jsonb) = '{expected}'::jsonb"
-            ));
-            assert_eq!(same, Some(true), "{input} -> {}", text(&format!(
-                "SELECT dialpad.sanitize_call_payload('{input}'::jsonb)::text"
-            )).unwrap_or_default());
+            let same =
+                one::<bool>(&format!("SELECT dialpad.sanitize_call_payload('{input}'::jsonb) = '{expected}'::jsonb"));
+            assert_eq!(
+                same,
+                Some(true),
+                "{input} -> {}",
+                text(&format!("SELECT dialpad.sanitize_call_payload('{input}'::jsonb)::text")).unwrap_or_default()
+            );
         };
         eq(r#"{"a":{"b":{"c":{"d":{"e":{"f":1}}}}}}"#, r#"{"a":{"b":{"c":{"d":{"e":{"f":"[max depth exceeded]"}}}}}}"#);
         eq(r#"{"audio_data":"AAAA","x":1,"y":"data:audio/wav;base64,UklGRg=="}"#, r#"{"x":1}"#);
@@ -161,7 +162,10 @@ mod tests {
         eq(r#""hello""#, r#""hello""#);
         eq(r#"123456789012345678901234567890"#, r#"123456789012345678901234567890"#);
         eq(r#"{}"#, r#"{}"#);
-        eq(r#"{"":"", "odd key \" with quote":[], "ключ":"значение"}"#, r#"{"":"", "odd key \" with quote":[], "ключ":"значение"}"#);
+        eq(
+            r#"{"":"", "odd key \" with quote":[], "ключ":"значение"}"#,
+            r#"{"":"", "odd key \" with quote":[], "ключ":"значение"}"#,
+        );
         assert_eq!(text("SELECT dialpad.sanitize_call_payload(NULL)::text"), None);
     }
 
@@ -277,8 +281,10 @@ mod tests {
         assert_eq!(text("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 10").as_deref(), Some("ended"));
         assert_eq!(text("SELECT transcript FROM dialpad.calls WHERE dialpad_call_id = 10").as_deref(), Some("bye"));
         assert_eq!(
-            text("SELECT from_status || '->' || to_status FROM dialpad.rejected_transitions WHERE dialpad_call_id = 10")
-                .as_deref(),
+            text(
+                "SELECT from_status || '->' || to_status FROM dialpad.rejected_transitions WHERE dialpad_call_id = 10"
+            )
+            .as_deref(),
             Some("ended->ringing")
         );
         // INSERT ... ON CONFLICT DO UPDATE goes through the same rule
@@ -325,7 +331,8 @@ mod tests {
              ('{\"call_id\": 1, \"state\": \"ringing\"}'), ('[1,2]'), ('\"text\"'), ('null'), ('{\"state\": 5}')");
         assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.webhook_events"), Some(5));
         assert_eq!(
-            text("SELECT string_agg(coalesce(event_type, '-'), ',' ORDER BY id) FROM dialpad.webhook_events").as_deref(),
+            text("SELECT string_agg(coalesce(event_type, '-'), ',' ORDER BY id) FROM dialpad.webhook_events")
+                .as_deref(),
             Some("ringing,-,-,-,-")
         );
         expect_sqlstate("UPDATE dialpad.webhook_events SET payload = '{}' WHERE event_type = 'ringing'", "23001");
@@ -347,7 +354,9 @@ mod tests {
         );
         run("SELECT dialpad.process_events()");
         assert_eq!(
-            one::<i64>("SELECT count(*) FROM dialpad.webhook_events WHERE event_type = 'hangup' AND duplicate_of IS NOT NULL"),
+            one::<i64>(
+                "SELECT count(*) FROM dialpad.webhook_events WHERE event_type = 'hangup' AND duplicate_of IS NOT NULL"
+            ),
             Some(3)
         );
     }
@@ -384,7 +393,9 @@ mod tests {
 
     #[pg_test]
     fn version_info_names_the_version() {
-        assert!(text("SELECT dialpad.version_info()").unwrap().starts_with(&format!("pg_dialpad {} ", env!("CARGO_PKG_VERSION"))));
+        assert!(text("SELECT dialpad.version_info()")
+            .unwrap()
+            .starts_with(&format!("pg_dialpad {} ", env!("CARGO_PKG_VERSION"))));
     }
 
     // ---- process_events ----------------------------------------------------------------------
@@ -398,7 +409,12 @@ mod tests {
     #[pg_test]
     fn process_events_turns_events_into_calls() {
         // answered inbound, delivered out of order and with a duplicate
-        run(&event(1, "hangup", 1787158781250, r#", "direction": "incoming", "date_connected": 1787158720114, "date_ended": 1787158781000, "duration": 60886.0, "date_started": 1787158716092"#));
+        run(&event(
+            1,
+            "hangup",
+            1787158781250,
+            r#", "direction": "incoming", "date_connected": 1787158720114, "date_ended": 1787158781000, "duration": 60886.0, "date_started": 1787158716092"#,
+        ));
         run(&event(1, "ringing", 1787158716300, r#", "direction": "inbound", "external_number": "+14155550123""#));
         run(&event(1, "connected", 1787158720114, r#", "date_connected": 1787158720114"#));
         // a redelivery is stored once (one row per call_id/state/event_timestamp)
@@ -417,7 +433,11 @@ mod tests {
 
         assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(11));
         assert_eq!(one::<i32>("SELECT dialpad.process_events()"), Some(0));
-        let s = |id: i64| text(&format!("SELECT status || '/' || coalesce(direction, '-') FROM dialpad.calls WHERE dialpad_call_id = {id}"));
+        let s = |id: i64| {
+            text(&format!(
+                "SELECT status || '/' || coalesce(direction, '-') FROM dialpad.calls WHERE dialpad_call_id = {id}"
+            ))
+        };
         assert_eq!(s(1).as_deref(), Some("ended/inbound"));
         assert_eq!(s(2).as_deref(), Some("missed/inbound"));
         assert_eq!(s(3).as_deref(), Some("rejected/outbound"));
@@ -460,7 +480,8 @@ mod tests {
         }
         assert_eq!(one::<i32>("SELECT dialpad.process_events(3)"), Some(3));
         assert_eq!(
-            text("SELECT string_agg(dialpad_call_id::text, ',' ORDER BY dialpad_call_id) FROM dialpad.calls").as_deref(),
+            text("SELECT string_agg(dialpad_call_id::text, ',' ORDER BY dialpad_call_id) FROM dialpad.calls")
+                .as_deref(),
             Some("100,101,102")
         );
         assert_eq!(one::<i32>("SELECT dialpad.process_events(0)"), Some(0));
@@ -515,7 +536,10 @@ mod tests {
     fn worker_status_explains_itself() {
         let rows = one::<i64>("SELECT count(*) FROM dialpad.worker_status()").unwrap();
         assert!(rows >= 1);
-        assert_eq!(one::<i64>("SELECT count(*) FROM dialpad.worker_status() WHERE NOT running AND hint IS NULL"), Some(0));
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM dialpad.worker_status() WHERE NOT running AND hint IS NULL"),
+            Some(0)
+        );
         assert!(one::<i64>("SELECT count(*) FROM dialpad.payload_stats").unwrap() == 2);
     }
 

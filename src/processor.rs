@@ -240,14 +240,15 @@ fn process_batch_in(
         Scan::FromFloor => SCAN_FLOOR.with(|f| f.borrow_mut().start(std::time::Instant::now())),
     };
     {
-        let table = replanned(|| run_kept(client, CLAIM_SQL, &[pg_sys::INT4OID, pg_sys::INT8OID], None, &[max_events.into(), from.into()]))?;
+        let table = replanned(|| {
+            run_kept(client, CLAIM_SQL, &[pg_sys::INT4OID, pg_sys::INT8OID], None, &[max_events.into(), from.into()])
+        })?;
         for row in table {
             let id: i64 = row.get(1)?.unwrap_or_default();
             let payload: Option<JsonbArg> = row.get(2)?;
             let Some(payload) = payload else { continue };
-            let parsed = Container::root(payload.body())
-                .map_err(|_| EventError::Corrupt)
-                .and_then(CallEvent::from_payload);
+            let parsed =
+                Container::root(payload.body()).map_err(|_| EventError::Corrupt).and_then(CallEvent::from_payload);
             claimed.push(Claimed { id, payload, parsed });
         }
     }
@@ -300,7 +301,8 @@ fn process_batch_in(
     // 4. Current rows of those calls.
     let mut existing: HashMap<i64, CallRow> = HashMap::with_capacity(call_ids.len());
     if !call_ids.is_empty() {
-        let table = replanned(|| run_kept(client, READ_CALLS_SQL, &[pg_sys::INT8ARRAYOID], None, &[call_ids.clone().into()]))?;
+        let table =
+            replanned(|| run_kept(client, READ_CALLS_SQL, &[pg_sys::INT8ARRAYOID], None, &[call_ids.clone().into()]))?;
         for row in table {
             let r = read_call_row(&row)?;
             existing.insert(r.dialpad_call_id, r);
@@ -331,19 +333,20 @@ fn process_batch_in(
         .collect();
     if !late.is_empty() {
         let batch_ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
-        let table = replanned(|| run_kept(
-            client,
-            HISTORY_SQL,
-            &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
-            None,
-            &[late.clone().into(), batch_ids.into()],
-        ))?;
+        let table = replanned(|| {
+            run_kept(
+                client,
+                HISTORY_SQL,
+                &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+                None,
+                &[late.clone().into(), batch_ids.into()],
+            )
+        })?;
         for row in table {
             let id: i64 = row.get(1)?.unwrap_or_default();
             let Some(payload) = row.get::<JsonbArg>(2)? else { continue };
-            let parsed = Container::root(payload.body())
-                .map_err(|_| EventError::Corrupt)
-                .and_then(CallEvent::from_payload);
+            let parsed =
+                Container::root(payload.body()).map_err(|_| EventError::Corrupt).and_then(CallEvent::from_payload);
             if let Ok(ev) = &parsed {
                 if let Some(g) = groups.get_mut(&ev.call_id) {
                     g.push(claimed.len());
@@ -411,7 +414,13 @@ fn process_batch_in(
     if !duplicates.is_empty() {
         out.duplicates = duplicates.len() as u64;
         let (ids, originals): (Vec<i64>, Vec<i64>) = duplicates.into_iter().unzip();
-        run_kept(client, DUPLICATES_SQL, &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID], None, &[ids.into(), originals.into()])?;
+        run_kept(
+            client,
+            DUPLICATES_SQL,
+            &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+            None,
+            &[ids.into(), originals.into()],
+        )?;
     }
 
     // 8. Failed events: attempt counted, error kept, retried later or dead-lettered.
@@ -419,13 +428,15 @@ fn process_batch_in(
         let ids: Vec<i64> = failures.iter().map(|f| f.0).collect();
         let errs: Vec<String> = failures.iter().map(|f| f.1.clone()).collect();
         let perm: Vec<bool> = failures.iter().map(|f| f.2).collect();
-        let table = replanned(|| run_kept(
-            client,
-            FAIL_SQL,
-            &[pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::BOOLARRAYOID, pg_sys::INT4OID],
-            None,
-            &[ids.into(), errs.into(), perm.into(), max_attempts.into()],
-        ))?;
+        let table = replanned(|| {
+            run_kept(
+                client,
+                FAIL_SQL,
+                &[pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::BOOLARRAYOID, pg_sys::INT4OID],
+                None,
+                &[ids.into(), errs.into(), perm.into(), max_attempts.into()],
+            )
+        })?;
         for row in table {
             if row.get::<bool>(1)?.unwrap_or(false) {
                 out.dead += 1;
@@ -436,7 +447,13 @@ fn process_batch_in(
     if !deferred.is_empty() {
         out.deferred = deferred.len() as u64;
         replanned(|| {
-            run_kept(client, DEFER_SQL, &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID], None, &[deferred.into(), lock_waits.into()])
+            run_kept(
+                client,
+                DEFER_SQL,
+                &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+                None,
+                &[deferred.into(), lock_waits.into()],
+            )
         })?;
     }
     out.handled = n_batch as u64 - out.deferred;
@@ -486,9 +503,19 @@ impl StepTimer {
 
 /// [`write_calls`] as the processor, with any error raised, so that the enclosing
 /// subtransaction rolls back whatever part of the write was done.
-fn write_calls_or_raise(client: &mut SpiClient<'_>, claimed: &[Claimed], folds: &[(i64, Folded, Vec<usize>)], which: &[usize]) {
+fn write_calls_or_raise(
+    client: &mut SpiClient<'_>,
+    claimed: &[Claimed],
+    folds: &[(i64, Folded, Vec<usize>)],
+    which: &[usize],
+) {
     if let Err(e) = crate::triggers::as_processor(|| write_calls(client, claimed, folds, which)) {
-        crate::error::raise(pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not write calls: {e}"), None, None);
+        crate::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("could not write calls: {e}"),
+            None,
+            None,
+        );
     }
 }
 
@@ -547,7 +574,10 @@ fn write_calls(
                 let mut check = || {
                     check_for_interrupts!();
                 };
-                Some(sanitize::sanitize(body, &Limits::default(), &mut check).map_err(|_| pgrx::spi::Error::InvalidPosition)?)
+                Some(
+                    sanitize::sanitize(body, &Limits::default(), &mut check)
+                        .map_err(|_| pgrx::spi::Error::InvalidPosition)?,
+                )
             }
             None => None,
         };
@@ -556,12 +586,28 @@ fn write_calls(
     if !cols.id.is_empty() {
         let args = cols.into_args();
         let types = [
-            pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID,
-            pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TIMESTAMPTZARRAYOID,
-            pg_sys::TIMESTAMPTZARRAYOID, pg_sys::TIMESTAMPTZARRAYOID, pg_sys::FLOAT8ARRAYOID,
-            pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID,
-            pg_sys::TEXTARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID,
-            pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::JSONBARRAYOID,
+            pg_sys::INT8ARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::TIMESTAMPTZARRAYOID,
+            pg_sys::TIMESTAMPTZARRAYOID,
+            pg_sys::TIMESTAMPTZARRAYOID,
+            pg_sys::FLOAT8ARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::INT8ARRAYOID,
+            pg_sys::INT8ARRAYOID,
+            pg_sys::INT8ARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::JSONBARRAYOID,
             pg_sys::TIMESTAMPTZARRAYOID,
         ];
         run_kept(client, UPSERT_SQL, &types, None, &args)?;
@@ -570,7 +616,13 @@ fn write_calls(
         run_kept(
             client,
             REJECTIONS_SQL,
-            &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::TEXTARRAYOID],
+            &[
+                pg_sys::INT8ARRAYOID,
+                pg_sys::INT8ARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TEXTARRAYOID,
+            ],
             None,
             &[rej.call.into(), rej.event.into(), rej.from.into(), rej.to.into(), rej.reason.into()],
         )?;
@@ -841,11 +893,9 @@ pub fn caught_message(e: &pg_sys::panic::CaughtError) -> String {
     match e {
         pg_sys::panic::CaughtError::PostgresError(r)
         | pg_sys::panic::CaughtError::ErrorReport(r)
-        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-            match r.detail() {
-                Some(d) => format!("{} ({})", r.message(), d),
-                None => r.message().to_string(),
-            }
-        }
+        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => match r.detail() {
+            Some(d) => format!("{} ({})", r.message(), d),
+            None => r.message().to_string(),
+        },
     }
 }

@@ -48,17 +48,15 @@ pub fn current() -> Result<Rc<RuleSet>, pgrx::spi::Error> {
     // long transaction in READ COMMITTED also sees them from its next statement.
     unsafe { pg_sys::AcceptInvalidationMessages() };
     let generation = GENERATION.with(|g| g.get());
-    if let Some(rules) = CACHE.with(|c| {
-        c.borrow().as_ref().filter(|c| c.generation == generation).map(|c| c.rules.clone())
-    }) {
+    if let Some(rules) =
+        CACHE.with(|c| c.borrow().as_ref().filter(|c| c.generation == generation).map(|c| c.rules.clone()))
+    {
         return Ok(rules);
     }
     let (rules, oids) = load()?;
     let rules = Rc::new(rules);
     TABLE_OIDS.with(|t| t.set(oids));
-    CACHE.with(|c| {
-        *c.borrow_mut() = Some(Cached { generation, rules: rules.clone() })
-    });
+    CACHE.with(|c| *c.borrow_mut() = Some(Cached { generation, rules: rules.clone() }));
     Ok(rules)
 }
 
@@ -78,22 +76,14 @@ pub fn current_or_raise() -> Rc<RuleSet> {
 fn load() -> Result<(RuleSet, [pg_sys::Oid; 3]), pgrx::spi::Error> {
     Spi::connect(|client| {
         let mut rules = RuleSet::default();
-        for row in client.select(
-            "SELECT status, is_terminal FROM dialpad.call_statuses",
-            None,
-            &[],
-        )? {
+        for row in client.select("SELECT status, is_terminal FROM dialpad.call_statuses", None, &[])? {
             let status: Option<String> = row.get(1)?;
             let terminal: Option<bool> = row.get(2)?;
             if let Some(s) = status {
                 rules.statuses.insert(s, terminal.unwrap_or(false));
             }
         }
-        for row in client.select(
-            "SELECT from_status, to_status FROM dialpad.status_transitions",
-            None,
-            &[],
-        )? {
+        for row in client.select("SELECT from_status, to_status FROM dialpad.status_transitions", None, &[])? {
             if let (Some(a), Some(b)) = (row.get::<String>(1)?, row.get::<String>(2)?) {
                 rules.transitions.insert((a, b));
             }

@@ -18,8 +18,7 @@
 //! null). Normal events (about 40 keys, a few kB) never reach this.
 
 use crate::jsonb::{
-    self, Container, JsonbError, Owned, Value, Writer, JB_FARRAY, JB_FOBJECT, JB_FSCALAR,
-    JENTRY_ISNULL,
+    self, Container, JsonbError, Owned, Value, Writer, JB_FARRAY, JB_FOBJECT, JB_FSCALAR, JENTRY_ISNULL,
 };
 
 pub const TRUNCATION_MARKER: &str = "... [truncated]";
@@ -27,8 +26,7 @@ pub const DEPTH_MARKER: &str = "[max depth exceeded]";
 const TRUNCATION_MARKER_CHARS: usize = 15;
 
 /// Keys whose values are binary blobs and are dropped whatever they hold.
-pub const BINARY_KEYS: [&str; 5] =
-    ["audio_data", "file_data", "binary_data", "image_data", "attachment_data"];
+pub const BINARY_KEYS: [&str; 5] = ["audio_data", "file_data", "binary_data", "image_data", "attachment_data"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -63,11 +61,7 @@ impl Default for Limits {
 /// Sanitizes the jsonb datum body `input` (varlena header stripped) and returns a complete
 /// jsonb datum. `on_container` runs before each container is entered: the backend glue uses
 /// it for CHECK_FOR_INTERRUPTS and the stack-depth check.
-pub fn sanitize(
-    input: &[u8],
-    limits: &Limits,
-    on_container: &mut dyn FnMut(),
-) -> Result<Vec<u8>, JsonbError> {
+pub fn sanitize(input: &[u8], limits: &Limits, on_container: &mut dyn FnMut()) -> Result<Vec<u8>, JsonbError> {
     let out = sanitize_values(input, limits, on_container)?;
     if out.len() <= limits.max_bytes.max(MIN_MAX_BYTES) {
         return Ok(out);
@@ -76,11 +70,7 @@ pub fn sanitize(
 }
 
 /// Every rule but the size bound.
-fn sanitize_values(
-    input: &[u8],
-    limits: &Limits,
-    on_container: &mut dyn FnMut(),
-) -> Result<Vec<u8>, JsonbError> {
+fn sanitize_values(input: &[u8], limits: &Limits, on_container: &mut dyn FnMut()) -> Result<Vec<u8>, JsonbError> {
     let root = Container::root(input)?;
     let mut w = Writer::with_capacity(input.len() + 64);
     let mut s = Sanitizer { limits, on_container };
@@ -95,11 +85,7 @@ fn sanitize_values(
             let mut f = w.begin(JB_FARRAY | JB_FSCALAR, 1)?;
             let m = w.mark();
             // A top-level binary string has nowhere to be removed from: it becomes null.
-            let ty = if is_binary_value(&scalar) {
-                JENTRY_ISNULL
-            } else {
-                s.value(&mut w, scalar, 0, false)?
-            };
+            let ty = if is_binary_value(&scalar) { JENTRY_ISNULL } else { s.value(&mut w, scalar, 0, false)? };
             w.end_child(&mut f, m, ty)?;
             w.end(f)?;
         }
@@ -121,23 +107,13 @@ struct Sanitizer<'a> {
 }
 
 impl Sanitizer<'_> {
-    fn value(
-        &mut self,
-        w: &mut Writer,
-        v: Value<'_>,
-        level: usize,
-        transcript: bool,
-    ) -> Result<u32, JsonbError> {
+    fn value(&mut self, w: &mut Writer, v: Value<'_>, level: usize, transcript: bool) -> Result<u32, JsonbError> {
         if level > self.limits.max_depth {
             return Ok(w.string(DEPTH_MARKER.as_bytes()));
         }
         match v {
             Value::String(s) => {
-                let limit = if transcript {
-                    self.limits.max_transcript_length
-                } else {
-                    self.limits.max_string_length
-                };
+                let limit = if transcript { self.limits.max_transcript_length } else { self.limits.max_string_length };
                 Ok(match cut_point(s, limit) {
                     None => w.string(s),
                     Some(at) => w.string_parts(&s[..at], TRUNCATION_MARKER.as_bytes()),
@@ -149,13 +125,7 @@ impl Sanitizer<'_> {
         }
     }
 
-    fn array(
-        &mut self,
-        w: &mut Writer,
-        c: Container<'_>,
-        level: usize,
-        transcript: bool,
-    ) -> Result<u32, JsonbError> {
+    fn array(&mut self, w: &mut Writer, c: Container<'_>, level: usize, transcript: bool) -> Result<u32, JsonbError> {
         (self.on_container)();
         let n = c.len();
         let max = self.limits.max_array_items;
@@ -224,11 +194,7 @@ impl Sanitizer<'_> {
         }
         // The top-level object is never summarized: a real event has ~40 keys.
         if level > 0 && pairs.len() > self.limits.max_object_keys && !is_object_summary(&c)? {
-            let sample = pairs
-                .iter()
-                .take(self.limits.sample_keys)
-                .map(|(k, _)| Owned::String(k.to_vec()))
-                .collect();
+            let sample = pairs.iter().take(self.limits.sample_keys).map(|(k, _)| Owned::String(k.to_vec())).collect();
             return self.summary(w, sample, n, level);
         }
         let mut f = w.begin(JB_FOBJECT, pairs.len())?;
@@ -314,7 +280,8 @@ fn bounded_object(c: &Container<'_>, limits: &Limits, budget: usize) -> Result<V
     let total = pairs.len();
     // Room for the markers, with a sample of the longest keys allowed.
     let sample_len = limits.sample_keys.min(limits.max_array_items);
-    let marker_room = 64 + sample_len * (4 * (limits.max_key_length.min(limits.max_string_length) + TRUNCATION_MARKER.len()) + 4);
+    let marker_room =
+        64 + sample_len * (4 * (limits.max_key_length.min(limits.max_string_length) + TRUNCATION_MARKER.len()) + 4);
     let mut used = 32 + marker_room;
     let mut kept: Vec<(&[u8], Value<'_>)> = Vec::new();
     let mut omitted: Vec<Owned> = Vec::new();
@@ -455,8 +422,7 @@ fn cut_point(s: &[u8], limit: usize) -> Option<usize> {
 fn is_array_marker(v: &Value<'_>) -> bool {
     match v {
         Value::Object(c) if c.len() == 2 => {
-            matches!(c.get(b"_truncated"), Ok(Some(_)))
-                && matches!(c.get(b"total_items"), Ok(Some(_)))
+            matches!(c.get(b"_truncated"), Ok(Some(_))) && matches!(c.get(b"total_items"), Ok(Some(_)))
         }
         _ => false,
     }
@@ -652,8 +618,10 @@ mod tests {
         assert_eq!(out["omitted_keys"].as_array().unwrap().len(), 5);
         assert_eq!(san(out.clone()), out, "idempotent");
         // a nested bomb that every other rule lets through: 20 x 20 x 2000 characters
-        let inner: serde_json::Map<String, J> = (0..20).map(|i| (format!("f{i:02}"), J::String("x".repeat(2000)))).collect();
-        let outer: serde_json::Map<String, J> = (0..20).map(|i| (format!("g{i:02}"), J::Object(inner.clone()))).collect();
+        let inner: serde_json::Map<String, J> =
+            (0..20).map(|i| (format!("f{i:02}"), J::String("x".repeat(2000)))).collect();
+        let outer: serde_json::Map<String, J> =
+            (0..20).map(|i| (format!("g{i:02}"), J::Object(inner.clone()))).collect();
         let doc = json!({ "call_id": 1, "state": "hangup", "integrations": { "a": J::Object(outer.clone()), "b": J::Object(outer) } });
         let out = san(doc.clone());
         assert!(sanitized_size(&doc) <= 64 * 1024);
@@ -702,10 +670,25 @@ mod tests {
                 prop_oneof![
                     prop::collection::vec(inner.clone(), 0..30).prop_map(J::Array),
                     prop::collection::vec(
-                        (prop::sample::select(vec![
-                            "a", "transcript", "call_transcript_x", "audio_data", "k1", "k2",
-                            "k3", "name", "x", "y", "z", "_truncated", "total_items",
-                        ]).prop_flat_map(|k| (Just(k), 0u8..40)), inner),
+                        (
+                            prop::sample::select(vec![
+                                "a",
+                                "transcript",
+                                "call_transcript_x",
+                                "audio_data",
+                                "k1",
+                                "k2",
+                                "k3",
+                                "name",
+                                "x",
+                                "y",
+                                "z",
+                                "_truncated",
+                                "total_items",
+                            ])
+                            .prop_flat_map(|k| (Just(k), 0u8..40)),
+                            inner
+                        ),
                         0..40,
                     )
                     .prop_map(|pairs| {
@@ -756,11 +739,7 @@ mod tests {
                 }
                 J::Object(m) => {
                     if !top {
-                        assert!(
-                            m.len() <= l.max_object_keys.max(3),
-                            "object of {} keys",
-                            m.len()
-                        );
+                        assert!(m.len() <= l.max_object_keys.max(3), "object of {} keys", m.len());
                     }
                     for (k, v) in m {
                         assert!(k.chars().count() <= l.max_key_length + TRUNCATION_MARKER_CHARS, "key too long");

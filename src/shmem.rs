@@ -185,9 +185,7 @@ impl Shared {
         let sec = now_seconds();
         let i = sec.rem_euclid(RING as i64) as usize;
         let old = self.ring_second[i].load(Ordering::Acquire);
-        if old != sec
-            && self.ring_second[i].compare_exchange(old, sec, Ordering::AcqRel, Ordering::Acquire).is_ok()
-        {
+        if old != sec && self.ring_second[i].compare_exchange(old, sec, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.ring_count[i].store(0, Ordering::Release);
         }
         self.ring_count[i].fetch_add(n, Ordering::AcqRel);

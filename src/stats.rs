@@ -131,7 +131,9 @@ fn worker_status() -> TableIterator<
                 "The launcher starts it within a second once database \"{database}\" exists; check the server log and max_worker_processes."
             ))
         } else if state == shmem::WorkerState::VersionMismatch {
-            Some(format!("Run ALTER EXTENSION pg_dialpad UPDATE; in database \"{database}\" (see README, \"Upgrading\")."))
+            Some(format!(
+                "Run ALTER EXTENSION pg_dialpad UPDATE; in database \"{database}\" (see README, \"Upgrading\")."
+            ))
         } else if state == shmem::WorkerState::NoExtension {
             Some(format!("Run CREATE EXTENSION pg_dialpad; in database \"{database}\"."))
         } else if here != database {
@@ -145,7 +147,9 @@ fn worker_status() -> TableIterator<
 }
 
 #[pg_extern(volatile, parallel_safe)]
-fn ingest_stats() -> TableIterator<'static, (name!(accepted, Option<i64>), name!(duplicates, Option<i64>), name!(rejected, Option<i64>))> {
+fn ingest_stats(
+) -> TableIterator<'static, (name!(accepted, Option<i64>), name!(duplicates, Option<i64>), name!(rejected, Option<i64>))>
+{
     let row = match shmem::get() {
         Some(s) => (
             Some(s.ingest_accepted.load(Ordering::Relaxed) as i64),

@@ -109,13 +109,8 @@ impl RuleSet {
     /// (idempotent retries); nothing leaves a terminal status, whatever the transitions table
     /// says.
     pub fn check(&self, current: Option<&str>, next: Option<&str>) -> Result<(), TransitionError> {
-        let fail = |reason| {
-            Err(TransitionError {
-                from: current.map(str::to_string),
-                to: next.map(str::to_string),
-                reason,
-            })
-        };
+        let fail =
+            |reason| Err(TransitionError { from: current.map(str::to_string), to: next.map(str::to_string), reason });
         let Some(next) = next else { return fail(Reason::MissingNext) };
         if !self.is_known(next) {
             return fail(Reason::UnknownNext);

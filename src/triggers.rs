@@ -126,9 +126,7 @@ pub fn record_rejection(
 /// AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON each rule table, FOR EACH STATEMENT:
 /// tells every backend (at commit) and this one (at the next command) to reload the rules.
 #[pg_trigger]
-fn rules_changed<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
+fn rules_changed<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
     rules::invalidate(trigger.relid().map_err(err)?);
     Ok(None)
 }
@@ -192,7 +190,9 @@ fn webhook_events_before_insert<'a>(
     // 0.1.0 schema that ALTER EXTENSION ... UPDATE has not converted yet: it keeps its
     // unique index, and this library must go on storing into it meanwhile.
     let first = match (&key, call_id) {
-        (Some(k), Some(c)) if new.get_attribute_by_name("duplicate_of").is_some() => crate::dedupe::first_delivery(c, k),
+        (Some(k), Some(c)) if new.get_attribute_by_name("duplicate_of").is_some() => {
+            crate::dedupe::first_delivery(c, k)
+        }
         _ => None,
     };
     new.set_by_name("dedupe_key", key).map_err(err)?;

@@ -11,7 +11,8 @@ use pgrx::PgSqlErrorCode;
 /// This library's version (the crate's).
 pub const LIBRARY: &str = env!("CARGO_PKG_VERSION");
 
-const INSTALLED_SQL: &str = "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_dialpad'";
+const INSTALLED_SQL: &str =
+    "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_dialpad'";
 
 /// `pg_extension.extversion` of pg_dialpad in this database, if it is installed.
 pub fn installed_version() -> Option<String> {
@@ -29,10 +30,9 @@ pub fn require_current() {
             format!("pg_dialpad's library is version {LIBRARY} but its SQL objects in this database are version {sql}"),
             "Run ALTER EXTENSION pg_dialpad UPDATE; (see README, \"Upgrading\").",
         ),
-        None => (
-            "extension pg_dialpad is not installed in this database".to_string(),
-            "Run CREATE EXTENSION pg_dialpad;",
-        ),
+        None => {
+            ("extension pg_dialpad is not installed in this database".to_string(), "Run CREATE EXTENSION pg_dialpad;")
+        }
     };
     crate::error::raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, None, Some(hint))
 }

@@ -21,7 +21,9 @@
 //!   while a `DROP EXTENSION pg_dialpad` is waiting for it to get out of the way.
 
 use crate::{gucs, processor, rules, shmem};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags,
+};
 use pgrx::prelude::*;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -82,10 +84,7 @@ pub extern "C-unwind" fn dialpad_launcher_main(_arg: pg_sys::Datum) {
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"supervising workers");
         for (i, h) in handles.iter_mut().enumerate() {
             let running = match h {
-                Some((w, _)) => !matches!(
-                    w.pid(),
-                    Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)
-                ),
+                Some((w, _)) => !matches!(w.pid(), Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)),
                 None => slot_alive(i),
             };
             // At most one start a second per slot: a worker that dies at once never spins.
@@ -370,4 +369,3 @@ fn run_one_batch(shared: &shmem::Shared) -> Result<Pass, String> {
     }
     result
 }
-

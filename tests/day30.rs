@@ -24,7 +24,8 @@ fn set_and_reload(c: &mut postgres::Client, setting: &str) {
 
 #[test]
 fn table_statistics_move_and_autovacuum_runs_while_the_worker_drains() {
-    let cluster = Cluster::start("stats", &["dialpad.workers = 1", "autovacuum_naptime = 1", "dialpad.batch_size = 200"]);
+    let cluster =
+        Cluster::start("stats", &["dialpad.workers = 1", "autovacuum_naptime = 1", "dialpad.batch_size = 200"]);
     let mut c = cluster.ready();
     c.batch_execute(
         "INSERT INTO dialpad.webhook_events (payload)
@@ -38,7 +39,11 @@ fn table_statistics_move_and_autovacuum_runs_while_the_worker_drains() {
         "SELECT n_tup_ins >= 4000 AND n_tup_upd > 0 FROM pg_stat_user_tables WHERE relid = 'dialpad.calls'::regclass",
         15,
     );
-    wait_until(&mut c, "SELECT n_tup_upd >= 10000 FROM pg_stat_user_tables WHERE relid = 'dialpad.webhook_events'::regclass", 15);
+    wait_until(
+        &mut c,
+        "SELECT n_tup_upd >= 10000 FROM pg_stat_user_tables WHERE relid = 'dialpad.webhook_events'::regclass",
+        15,
+    );
     // ...so autovacuum and autoanalyze run on both tables while the worker lives.
     wait_until(
         &mut c,
@@ -67,7 +72,10 @@ fn a_locked_call_delays_only_that_call_and_sigterm_is_obeyed_at_once() {
     // Every other call is applied while the row stays locked.
     wait_until(&mut c, "SELECT count(*) = 301 FROM dialpad.calls", 20);
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id = 1 AND status = 'ringing'"), 1);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NULL AND attempts = 0"), 1);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NULL AND attempts = 0"),
+        1
+    );
 
     // With a long lock timeout the worker does wait on the row: SIGTERM still ends it at once.
     set_and_reload(&mut c, "dialpad.lock_timeout = '10min'");
@@ -159,7 +167,10 @@ fn redeliveries_never_fail_an_insert_or_a_copy_and_are_applied_once() {
         1
     );
     // ingest_webhook returns the first delivery's id for a redelivery.
-    let first: i64 = c.query_one("SELECT min(id) FROM dialpad.webhook_events WHERE (payload->>'call_id')::int8 = 42", &[]).unwrap().get(0);
+    let first: i64 = c
+        .query_one("SELECT min(id) FROM dialpad.webhook_events WHERE (payload->>'call_id')::int8 = 42", &[])
+        .unwrap()
+        .get(0);
     let again: i64 = c.query_one("SELECT dialpad.ingest_webhook($1)", &[&ev]).unwrap().get(0);
     assert_eq!(again, first);
     // Redeliveries in flight together (not visible to each other at insert) are caught by
@@ -179,7 +190,8 @@ fn redeliveries_never_fail_an_insert_or_a_copy_and_are_applied_once() {
 
 #[test]
 fn a_batch_never_fails_for_its_own_size() {
-    let cluster = Cluster::start("bigbatch", &["dialpad.workers = 1", "dialpad.batch_size = 50000", "dialpad.enabled = off"]);
+    let cluster =
+        Cluster::start("bigbatch", &["dialpad.workers = 1", "dialpad.batch_size = 50000", "dialpad.enabled = off"]);
     let mut c = cluster.ready();
     c.batch_execute(
         "INSERT INTO dialpad.webhook_events (payload)
@@ -211,7 +223,13 @@ fn only_the_batch_events_are_marked_failed_and_unreadable_events_die_at_once() {
         count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE payload->>'state' = 'ringing' AND processed_at IS NOT NULL AND attempts = 0"),
         1
     );
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE payload->>'state' = 'calling' AND attempts = 1"), 1);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM dialpad.webhook_events WHERE payload->>'state' = 'calling' AND attempts = 1"
+        ),
+        1
+    );
 
     // Fields that can never be read are dead-lettered at the first attempt, with the reason.
     c.batch_execute(
@@ -250,7 +268,10 @@ fn drop_extension_succeeds_at_once_while_events_flow_and_the_worker_resumes_afte
                 let mut n: i64 = 0;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let body = format!(r#"{{"call_id": {}, "state": "ringing", "event_timestamp": {n}}}"#, 1_000_000 * (t + 1) + n % 500);
+                    let body = format!(
+                        r#"{{"call_id": {}, "state": "ringing", "event_timestamp": {n}}}"#,
+                        1_000_000 * (t + 1) + n % 500
+                    );
                     let _ = i.query_one("SELECT dialpad.ingest_webhook($1)", &[&body]);
                 }
             })
@@ -266,7 +287,8 @@ fn drop_extension_succeeds_at_once_while_events_flow_and_the_worker_resumes_afte
     assert_eq!(result, "ok", "DROP EXTENSION on the first try:\n{}", cluster.log());
     assert!(cluster.log().contains("DROP EXTENSION pg_dialpad is in progress"), "{}", cluster.log());
     c.batch_execute("CREATE EXTENSION pg_dialpad").unwrap();
-    c.batch_execute("INSERT INTO dialpad.webhook_events (payload) VALUES ('{\"call_id\": 1, \"state\": \"ringing\"}')").unwrap();
+    c.batch_execute("INSERT INTO dialpad.webhook_events (payload) VALUES ('{\"call_id\": 1, \"state\": \"ringing\"}')")
+        .unwrap();
     wait_until(&mut c, "SELECT count(*) = 1 FROM dialpad.calls", 30);
 }
 
@@ -284,30 +306,52 @@ fn normal_lifecycles_record_no_rejection_and_terminal_statuses_do_not_flip() {
     .unwrap();
     while count(&mut c, "SELECT dialpad.process_events(100)::int8") > 0 {}
     assert_calls_as_expected_or_blocked(&mut c);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.rejected_transitions"), 0, "normal lifecycles are not anomalies");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dialpad.rejected_transitions"),
+        0,
+        "normal lifecycles are not anomalies"
+    );
 
     // A voicemail call whose events arrive newest first: voicemail as soon as it is known,
     // and never missed after that.
-    let ev = |state: &str, ts: i64| format!(r#"{{"call_id": 2, "state": "{state}", "direction": "inbound", "event_timestamp": {ts}}}"#);
+    let ev = |state: &str, ts: i64| {
+        format!(r#"{{"call_id": 2, "state": "{state}", "direction": "inbound", "event_timestamp": {ts}}}"#)
+    };
     let mut statuses = Vec::new();
     for (state, ts) in [("voicemail_uploaded", 4), ("hangup", 3), ("voicemail", 2), ("ringing", 1)] {
         c.execute("INSERT INTO dialpad.webhook_events (payload) VALUES ($1::text::jsonb)", &[&ev(state, ts)]).unwrap();
         c.batch_execute("SELECT dialpad.process_events()").unwrap();
-        statuses.push(c.query_one("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 2", &[]).unwrap().get::<_, String>(0));
+        statuses.push(
+            c.query_one("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 2", &[]).unwrap().get::<_, String>(0),
+        );
     }
     assert_eq!(statuses, ["voicemail"; 4], "no voicemail -> missed -> voicemail");
     // A hangup first (missed, by default) is refined by the voicemail that arrives after it.
-    let ev3 = |state: &str, ts: i64| format!(r#"{{"call_id": 3, "state": "{state}", "direction": "inbound", "event_timestamp": {ts}}}"#);
+    let ev3 = |state: &str, ts: i64| {
+        format!(r#"{{"call_id": 3, "state": "{state}", "direction": "inbound", "event_timestamp": {ts}}}"#)
+    };
     for (state, ts) in [("hangup", 3), ("voicemail", 2)] {
         c.execute("INSERT INTO dialpad.webhook_events (payload) VALUES ($1::text::jsonb)", &[&ev3(state, ts)]).unwrap();
         c.batch_execute("SELECT dialpad.process_events()").unwrap();
     }
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id = 3 AND status = 'voicemail'"), 1);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id = 3 AND status = 'voicemail'"),
+        1
+    );
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.rejected_transitions"), 0);
     // ...while any other writer still cannot move a call out of a terminal status.
     c.batch_execute("UPDATE dialpad.calls SET status = 'missed' WHERE dialpad_call_id = 3").unwrap();
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id = 3 AND status = 'voicemail'"), 1);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.rejected_transitions WHERE dialpad_call_id = 3 AND to_status = 'missed'"), 1);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id = 3 AND status = 'voicemail'"),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM dialpad.rejected_transitions WHERE dialpad_call_id = 3 AND to_status = 'missed'"
+        ),
+        1
+    );
 }
 
 /// The sample calls as expected, and call 1 (blocked) rejected.
@@ -326,12 +370,18 @@ fn a_rule_row_that_can_never_take_effect_is_refused() {
     assert_eq!(db.code().code(), "23514");
     assert_eq!(db.message(), "transition ended -> active can never take effect: ended is a terminal status");
     assert!(db.hint().unwrap().contains("SET is_terminal = false WHERE status = 'ended'"), "{:?}", db.hint());
-    assert_eq!(sqlstate(&mut c, "UPDATE dialpad.call_statuses SET is_terminal = true WHERE status = 'active'"), "23514");
+    assert_eq!(
+        sqlstate(&mut c, "UPDATE dialpad.call_statuses SET is_terminal = true WHERE status = 'active'"),
+        "23514"
+    );
     // The way the hint shows works.
     c.batch_execute(
         "UPDATE dialpad.call_statuses SET is_terminal = false WHERE status = 'ended';
          INSERT INTO dialpad.status_transitions VALUES ('ended', 'active');",
     )
     .unwrap();
-    assert!(c.query_one("SELECT dialpad.is_valid_status_transition('ended', 'active')", &[]).unwrap().get::<_, bool>(0));
+    assert!(c
+        .query_one("SELECT dialpad.is_valid_status_transition('ended', 'active')", &[])
+        .unwrap()
+        .get::<_, bool>(0));
 }

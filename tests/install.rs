@@ -39,7 +39,10 @@ fn pg_dump_and_restore_keep_rules_events_and_calls() {
     assert_eq!(snapshot(&mut r), before);
     // the sequence continues after the restored ids
     r.batch_execute("INSERT INTO dialpad.webhook_events (payload) VALUES ('{}')").unwrap();
-    assert!(count(&mut r, "SELECT count(DISTINCT id) FROM dialpad.webhook_events") == count(&mut r, "SELECT count(*) FROM dialpad.webhook_events"));
+    assert!(
+        count(&mut r, "SELECT count(DISTINCT id) FROM dialpad.webhook_events")
+            == count(&mut r, "SELECT count(*) FROM dialpad.webhook_events")
+    );
 }
 
 #[test]
@@ -54,7 +57,8 @@ fn a_rule_edit_is_seen_by_other_sessions_from_their_next_statement() {
     // same transaction of session a (READ COMMITTED), next statement
     assert!(a.query_one(q, &[]).unwrap().get::<_, bool>(0));
     a.batch_execute("COMMIT").unwrap();
-    b.batch_execute("DELETE FROM dialpad.status_transitions WHERE from_status = 'active' AND to_status = 'missed'").unwrap();
+    b.batch_execute("DELETE FROM dialpad.status_transitions WHERE from_status = 'active' AND to_status = 'missed'")
+        .unwrap();
     assert!(!a.query_one(q, &[]).unwrap().get::<_, bool>(0));
     // a trigger in session a follows the edit too
     a.batch_execute("INSERT INTO dialpad.calls (dialpad_call_id, status) VALUES (1, 'active')").unwrap();
@@ -77,7 +81,10 @@ fn drop_and_recreate_the_extension_in_a_session() {
     .unwrap();
     assert_eq!(count(&mut c, "SELECT dialpad.process_events()::int8"), 1);
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls"), 1);
-    assert!(c.query_one("SELECT dialpad.is_valid_status_transition('ringing', 'active')", &[]).unwrap().get::<_, bool>(0));
+    assert!(c
+        .query_one("SELECT dialpad.is_valid_status_transition('ringing', 'active')", &[])
+        .unwrap()
+        .get::<_, bool>(0));
 }
 
 #[test]
@@ -119,7 +126,9 @@ fn dump_and_restore_keep_deleted_default_rules_deleted() {
         db.execute("INSERT INTO dialpad.webhook_events (payload) VALUES ($1::text::jsonb)", &[&event]).unwrap();
         db.batch_execute("SELECT dialpad.process_events()").unwrap();
     }
-    let status = |db: &mut postgres::Client| -> String { db.query_one("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 5", &[]).unwrap().get(0) };
+    let status = |db: &mut postgres::Client| -> String {
+        db.query_one("SELECT status FROM dialpad.calls WHERE dialpad_call_id = 5", &[]).unwrap().get(0)
+    };
     assert_eq!(status(&mut c), "active");
     assert_eq!(status(&mut r), "active");
     // Inserting a deleted rule again brings it back for good.

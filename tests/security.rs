@@ -58,7 +58,8 @@ fn signed_bodies_are_verified_and_bad_ones_store_nothing() {
     set_secret(&mut c, Some(SECRET));
     let other = r#"{"call_id": 7, "state": "hangup", "event_timestamp": 1787158716999}"#;
     let id2: i64 = c.query_one("SELECT dialpad.ingest_webhook($1)", &[&signed(other)]).unwrap().get(0);
-    let stored: String = c.query_one("SELECT payload::text FROM dialpad.webhook_events WHERE id = $1", &[&id2]).unwrap().get(0);
+    let stored: String =
+        c.query_one("SELECT payload::text FROM dialpad.webhook_events WHERE id = $1", &[&id2]).unwrap().get(0);
     assert_eq!(stored, r#"{"state": "hangup", "call_id": 7, "event_timestamp": 1787158716999}"#);
 
     let before = count(&mut c, "SELECT count(*) FROM dialpad.webhook_events");
@@ -67,7 +68,8 @@ fn signed_bodies_are_verified_and_bad_ones_store_nothing() {
     let forged_claims = URL_SAFE_NO_PAD.encode(r#"{"call_id": 8, "state": "hangup", "event_timestamp": 1}"#);
     parts[1] = &forged_claims;
     let tampered = parts.join(".");
-    let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#), URL_SAFE_NO_PAD.encode(other));
+    let none =
+        format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#), URL_SAFE_NO_PAD.encode(other));
     let truncated = &good[..good.len() - 10];
     let cases: Vec<(&str, String, &str)> = vec![
         ("tampered payload", tampered, "28000"),
@@ -77,7 +79,11 @@ fn signed_bodies_are_verified_and_bad_ones_store_nothing() {
         ("truncated token", truncated.to_string(), "28000"),
         ("plain JSON while a secret is set", other.to_string(), "28000"),
         ("signed non-JSON", signed("not json"), "22P02"),
-        ("header not JSON", format!("{}.{}.{}", URL_SAFE_NO_PAD.encode("xx"), URL_SAFE_NO_PAD.encode(other), "abc"), "22P02"),
+        (
+            "header not JSON",
+            format!("{}.{}.{}", URL_SAFE_NO_PAD.encode("xx"), URL_SAFE_NO_PAD.encode(other), "abc"),
+            "22P02",
+        ),
     ];
     for (what, body, state) in &cases {
         assert_eq!(&ingest_state(&mut c, body), state, "{what}");
@@ -110,7 +116,13 @@ fn a_redelivered_event_is_applied_once_and_answered_with_one_id_even_from_8_sess
     let mut c = cluster.ready();
     let event = r#"{"call_id": 42, "state": "hangup", "event_timestamp": 1787158781250}"#;
     let first: i64 = c.query_one("SELECT dialpad.ingest_webhook($1)", &[&event]).unwrap().get(0);
-    let again: i64 = c.query_one("SELECT dialpad.ingest_webhook($1)", &[&r#"{"event_timestamp": 1787158781250, "call_id": "42", "state": "hangup"}"#]).unwrap().get(0);
+    let again: i64 = c
+        .query_one(
+            "SELECT dialpad.ingest_webhook($1)",
+            &[&r#"{"event_timestamp": 1787158781250, "call_id": "42", "state": "hangup"}"#],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(first, again);
     let racing = r#"{"call_id": 43, "state": "connected", "event_timestamp": 1787158790000}"#;
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
@@ -132,7 +144,10 @@ fn a_redelivered_event_is_applied_once_and_answered_with_one_id_even_from_8_sess
     assert!(ids.iter().all(|&id| id == ids[0]), "{ids:?}");
     // every delivery is in the audit log, one of them the event
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 43"), 8);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 43 AND duplicate_of IS NULL"), 1);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 43 AND duplicate_of IS NULL"),
+        1
+    );
     assert_eq!(count(&mut c, "SELECT duplicates FROM dialpad.ingest_stats"), 8);
     // events without the three fields are never lost, and never de-duplicated
     for _ in 0..2 {
@@ -142,10 +157,17 @@ fn a_redelivered_event_is_applied_once_and_answered_with_one_id_even_from_8_sess
     // a plain INSERT still works, and so does a redelivered one: kept, marked duplicate_of
     c.batch_execute(r#"INSERT INTO dialpad.webhook_events (payload) VALUES ('{"call_id": 44, "state": "ringing", "event_timestamp": 1}')"#).unwrap();
     assert_eq!(
-        sqlstate(&mut c, "INSERT INTO dialpad.webhook_events (payload) VALUES ($1::text::jsonb)", r#"{"call_id": 44, "state": "ringing", "event_timestamp": 1}"#),
+        sqlstate(
+            &mut c,
+            "INSERT INTO dialpad.webhook_events (payload) VALUES ($1::text::jsonb)",
+            r#"{"call_id": 44, "state": "ringing", "event_timestamp": 1}"#
+        ),
         ""
     );
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 44 AND duplicate_of IS NOT NULL"), 1);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 44 AND duplicate_of IS NOT NULL"),
+        1
+    );
 }
 
 fn setup_roles(c: &mut Client) {
@@ -183,7 +205,14 @@ fn every_role_can_do_its_job_and_nothing_more() {
     .unwrap();
     let denied = "42501";
     // dialpad_ingest
-    assert_eq!(as_role(&mut c, "web", r#"SELECT dialpad.ingest_webhook('{"call_id": 2, "state": "ringing", "event_timestamp": 5}')"#), "");
+    assert_eq!(
+        as_role(
+            &mut c,
+            "web",
+            r#"SELECT dialpad.ingest_webhook('{"call_id": 2, "state": "ringing", "event_timestamp": 5}')"#
+        ),
+        ""
+    );
     assert_eq!(as_role(&mut c, "web", r#"INSERT INTO dialpad.webhook_events (payload) VALUES ('{"call_id": 3}')"#), "");
     assert_eq!(as_role(&mut c, "web", "SELECT payload FROM dialpad.webhook_events"), denied);
     assert_eq!(as_role(&mut c, "web", "UPDATE dialpad.webhook_events SET payload = '{}'"), denied);
@@ -191,9 +220,16 @@ fn every_role_can_do_its_job_and_nothing_more() {
     assert_eq!(as_role(&mut c, "web", "SELECT * FROM dialpad.calls"), denied);
     assert_eq!(as_role(&mut c, "web", "SELECT dialpad.process_events()"), denied);
     // dialpad_reader
-    for sql in ["SELECT * FROM dialpad.calls", "SELECT * FROM dialpad.queue_stats", "SELECT * FROM dialpad.worker_stats",
-                "SELECT * FROM dialpad.dead_events", "SELECT * FROM dialpad.ingest_stats", "SELECT * FROM dialpad.payload_stats",
-                "SELECT * FROM dialpad.rejected_transitions", "SELECT * FROM dialpad.worker_status()"] {
+    for sql in [
+        "SELECT * FROM dialpad.calls",
+        "SELECT * FROM dialpad.queue_stats",
+        "SELECT * FROM dialpad.worker_stats",
+        "SELECT * FROM dialpad.dead_events",
+        "SELECT * FROM dialpad.ingest_stats",
+        "SELECT * FROM dialpad.payload_stats",
+        "SELECT * FROM dialpad.rejected_transitions",
+        "SELECT * FROM dialpad.worker_status()",
+    ] {
         assert_eq!(as_role(&mut c, "analyst", sql), "", "{sql}");
     }
     assert_eq!(as_role(&mut c, "analyst", r#"INSERT INTO dialpad.webhook_events (payload) VALUES ('{}')"#), denied);
@@ -210,7 +246,11 @@ fn every_role_can_do_its_job_and_nothing_more() {
     assert_eq!(as_role(&mut c, "dba", "SELECT * FROM dialpad.calls"), "");
     // nobody but the owner can switch the rules off
     for role in ["web", "analyst", "dba", "app", "bg"] {
-        assert_eq!(as_role(&mut c, role, "ALTER TABLE dialpad.calls DISABLE TRIGGER calls_before_write"), denied, "{role}");
+        assert_eq!(
+            as_role(&mut c, role, "ALTER TABLE dialpad.calls DISABLE TRIGGER calls_before_write"),
+            denied,
+            "{role}"
+        );
         assert_eq!(as_role(&mut c, role, "ALTER TABLE dialpad.webhook_events DISABLE TRIGGER ALL"), denied, "{role}");
         assert_eq!(as_role(&mut c, role, "SET session_replication_role = replica"), denied, "{role}");
         assert_eq!(as_role(&mut c, role, "TRUNCATE dialpad.webhook_events"), denied, "{role}");
@@ -224,13 +264,20 @@ fn every_role_can_do_its_job_and_nothing_more() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.rejected_transitions WHERE dialpad_call_id = 1"), 2);
     assert_eq!(as_role(&mut c, "bg", "SET dialpad.invalid_transition = error; UPDATE dialpad.calls SET status = 'active' WHERE dialpad_call_id = 1"), "23514");
     c.batch_execute("RESET dialpad.invalid_transition").unwrap();
-    let mut bg = Client::connect(&cluster.conninfo("postgres").replace("user=postgres", "user=bg"), postgres::NoTls).unwrap();
+    let mut bg =
+        Client::connect(&cluster.conninfo("postgres").replace("user=postgres", "user=bg"), postgres::NoTls).unwrap();
     let mut w = bg.copy_in("COPY dialpad.calls (dialpad_call_id, direction, status) FROM STDIN").unwrap();
     std::io::Write::write_all(&mut w, b"77\tINCOMING\tringing\n").unwrap();
     w.finish().unwrap();
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id = 77 AND direction = 'inbound'"), 1);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id = 77 AND direction = 'inbound'"),
+        1
+    );
     // the tables belong to the extension's owner
-    assert_eq!(count(&mut c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'dialpad' AND tableowner <> 'postgres'"), 0);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'dialpad' AND tableowner <> 'postgres'"),
+        0
+    );
 }
 
 #[test]
@@ -243,7 +290,11 @@ fn the_worker_runs_as_a_dedicated_non_superuser_role() {
     cluster.pg_ctl_stop("fast");
     cluster.pg_ctl_start();
     let mut c = reconnect(&cluster);
-    wait_until(&mut c, "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker' AND usename = 'dialpad_bg'", 30);
+    wait_until(
+        &mut c,
+        "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker' AND usename = 'dialpad_bg'",
+        30,
+    );
     c.batch_execute(
         "INSERT INTO dialpad.webhook_events (payload)
            SELECT payload FROM pg_temp.dialpad_sample_events(50) ORDER BY call_id, seq;
@@ -293,7 +344,8 @@ fn hostile_objects_on_the_search_path_change_nothing() {
     .unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE status OPERATOR(pg_catalog.=) 'missed' AND direction OPERATOR(pg_catalog.=) 'inbound'"), 1);
     // the worker lives with the same database default search_path
-    c.batch_execute(r#"SELECT dialpad.ingest_webhook('{"call_id": 2, "state": "ringing", "event_timestamp": 1000}')"#).unwrap();
+    c.batch_execute(r#"SELECT dialpad.ingest_webhook('{"call_id": 2, "state": "ringing", "event_timestamp": 1000}')"#)
+        .unwrap();
     wait_until(&mut c, "SELECT pg_catalog.count(*) OPERATOR(pg_catalog.=) 2 FROM dialpad.calls", 30);
     assert!(!cluster.log().contains("hijacked"), "{}", cluster.log());
 }

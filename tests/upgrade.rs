@@ -12,7 +12,11 @@ use std::sync::Arc;
 const FINGERPRINT_SQL: &str = include_str!("catalog_fingerprint.sql");
 
 fn fingerprint(c: &mut postgres::Client) -> Vec<String> {
-    c.query(FINGERPRINT_SQL, &[]).expect("fingerprint").iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()).collect()
+    c.query(FINGERPRINT_SQL, &[])
+        .expect("fingerprint")
+        .iter()
+        .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
+        .collect()
 }
 
 fn sqlstate(c: &mut postgres::Client, sql: &str) -> String {
@@ -80,7 +84,11 @@ fn upgrade_from(old: &str) {
     wait_until(&mut c, "SELECT bool_or(detail LIKE '%writes nothing%' AND hint LIKE '%ALTER EXTENSION pg_dialpad UPDATE%') FROM dialpad.worker_status()", 30);
     assert_eq!(sqlstate(&mut c, "SELECT dialpad.process_events()"), "55000");
     std::thread::sleep(std::time::Duration::from_secs(1));
-    assert_eq!(count(&mut c, "SELECT pending FROM dialpad.queue_stats"), pending, "nothing is processed before ALTER EXTENSION");
+    assert_eq!(
+        count(&mut c, "SELECT pending FROM dialpad.queue_stats"),
+        pending,
+        "nothing is processed before ALTER EXTENSION"
+    );
     assert!(cluster.log().contains("writing nothing until ALTER EXTENSION pg_dialpad UPDATE"), "{}", cluster.log());
 
     // Deliveries keep arriving, before, during and after ALTER EXTENSION ... UPDATE.
@@ -117,7 +125,10 @@ fn upgrade_from(old: &str) {
     stop.store(true, Ordering::Relaxed);
     let (sent, errors) = ingest.join().expect("ingest thread");
     assert!(sent > 0 && errors.is_empty(), "deliveries refused during the upgrade: {errors:?}");
-    assert_eq!(text(&mut c, "SELECT extversion FROM pg_extension WHERE extname = 'pg_dialpad'"), env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        text(&mut c, "SELECT extversion FROM pg_extension WHERE extname = 'pg_dialpad'"),
+        env!("CARGO_PKG_VERSION")
+    );
 
     // Everything is still there and the pending events are processed correctly.
     drained(&mut c, 60);
@@ -134,7 +145,10 @@ fn upgrade_from(old: &str) {
     assert_eq!(text(&mut c, "SHOW dialpad.batch_size"), "77");
     assert_calls_as_expected(&mut c);
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NOT NULL AND duplicate_of IS NULL"),
+        count(
+            &mut c,
+            "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NOT NULL AND duplicate_of IS NULL"
+        ),
         count(&mut c, DISTINCT_EVENTS_SQL) - 1,
         "every event but the dead one applied once"
     );

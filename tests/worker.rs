@@ -53,7 +53,10 @@ fn a_poison_event_is_dead_lettered_while_the_others_drain() {
     wait_until(&mut c, "SELECT count(*) = 3 FROM dialpad.dead_events", 30);
     wait_until(&mut c, &format!("SELECT count(*) = {delivered} FROM dialpad.webhook_events WHERE processed_at IS NOT NULL AND duplicate_of IS NULL"), 30);
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM dialpad.dead_events WHERE last_error LIKE 'field date_started%' AND attempts = 1"),
+        count(
+            &mut c,
+            "SELECT count(*) FROM dialpad.dead_events WHERE last_error LIKE 'field date_started%' AND attempts = 1"
+        ),
         1
     );
     assert_calls_as_expected(&mut c);
@@ -93,7 +96,8 @@ fn a_reload_changes_the_batch_size() {
 
 #[test]
 fn kill_9_of_a_worker_mid_batch_loses_nothing_and_applies_nothing_twice() {
-    let cluster = Cluster::start("kill9", &["dialpad.workers = 1", "dialpad.batch_size = 200", "restart_after_crash = on"]);
+    let cluster =
+        Cluster::start("kill9", &["dialpad.workers = 1", "dialpad.batch_size = 200", "restart_after_crash = on"]);
     let mut c = cluster.ready();
     c.batch_execute(AUDIT_SQL).unwrap();
     let delivered = deliver(&mut c, 3000, 4_000_000, 1);
@@ -123,7 +127,10 @@ fn pg_terminate_backend_of_a_worker_brings_a_new_one() {
         &format!("SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker' AND pid <> {pid}"),
         30,
     );
-    c.batch_execute(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_dialpad launcher'")).unwrap();
+    c.batch_execute(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_dialpad launcher'"
+    ))
+    .unwrap();
     wait_until(&mut c, "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad launcher'", 30);
     c.batch_execute(AUDIT_SQL).unwrap();
     let delivered = deliver(&mut c, 100, 5_000_000, 2);
@@ -180,7 +187,8 @@ fn without_preload_the_functions_work_and_worker_status_says_why() {
     assert!(!row.get::<_, bool>(0));
     assert!(row.get::<_, String>(1).contains("shared_preload_libraries"));
     assert!(row.get::<_, Option<String>>(2).unwrap().contains("process_events"));
-    c.batch_execute("INSERT INTO dialpad.webhook_events (payload) VALUES ('{\"call_id\": 9, \"state\": \"ringing\"}')").unwrap();
+    c.batch_execute("INSERT INTO dialpad.webhook_events (payload) VALUES ('{\"call_id\": 9, \"state\": \"ringing\"}')")
+        .unwrap();
     assert_eq!(count(&mut c, "SELECT dialpad.process_events()::int8"), 1);
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls"), 1);
 }

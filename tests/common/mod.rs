@@ -66,13 +66,19 @@ fn copy_tree(from: &Path, to: &Path) {
 impl PgInstall {
     /// Copies the installation of `DIALPAD_PG_BIN` (which holds the current pg_dialpad).
     pub fn copy(name: &str) -> PgInstall {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("it-pg").join(format!("{name}-{}", std::process::id()));
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("it-pg")
+            .join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let install = PgInstall { root };
         let system = pg_bin();
         let major = system.parent().unwrap().file_name().unwrap().to_owned();
         copy_tree(system.parent().unwrap(), &install.root.join("usr/lib/postgresql").join(&major));
-        copy_tree(&PathBuf::from("/usr/share/postgresql").join(&major), &install.root.join("usr/share/postgresql").join(&major));
+        copy_tree(
+            &PathBuf::from("/usr/share/postgresql").join(&major),
+            &install.root.join("usr/share/postgresql").join(&major),
+        );
         install
     }
 
@@ -88,8 +94,14 @@ impl PgInstall {
     /// Installs pg_dialpad's files from `from`, a `cargo pgrx package` tree or another
     /// installation root: the library, the control file and every SQL script.
     pub fn install_pg_dialpad_from(&self, from: &Path) {
-        let lib = |root: &Path| root.join("usr/lib/postgresql").join(self.pg_dir("usr/lib/postgresql").file_name().unwrap()).join("lib");
-        let ext = |root: &Path| root.join("usr/share/postgresql").join(self.pg_dir("usr/share/postgresql").file_name().unwrap()).join("extension");
+        let lib = |root: &Path| {
+            root.join("usr/lib/postgresql").join(self.pg_dir("usr/lib/postgresql").file_name().unwrap()).join("lib")
+        };
+        let ext = |root: &Path| {
+            root.join("usr/share/postgresql")
+                .join(self.pg_dir("usr/share/postgresql").file_name().unwrap())
+                .join("extension")
+        };
         std::fs::copy(lib(from).join("pg_dialpad.so"), lib(&self.root).join("pg_dialpad.so")).expect("copy library");
         for entry in std::fs::read_dir(ext(from)).expect("extension dir") {
             let path = entry.expect("entry").path();
@@ -204,7 +216,16 @@ impl Cluster {
         check(
             as_postgres(
                 &self.bin.join("pg_ctl"),
-                &["-D", self.data().to_str().unwrap(), "-l", self.dir.join("server.log").to_str().unwrap(), "-w", "-t", "60", "start"],
+                &[
+                    "-D",
+                    self.data().to_str().unwrap(),
+                    "-l",
+                    self.dir.join("server.log").to_str().unwrap(),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
             ),
             "pg_ctl start",
         );
@@ -259,7 +280,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = as_postgres(&self.bin.join("pg_ctl"), &["-D", self.data().to_str().unwrap(), "-m", "immediate", "-w", "stop"]).output();
+        let _ = as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", self.data().to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+        )
+        .output();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -409,4 +434,3 @@ pub fn wait_for_reset(cluster: &Cluster) {
 pub fn drained(c: &mut Client, secs: u64) {
     wait_until(c, "SELECT pending = 0 FROM dialpad.queue_stats", secs);
 }
-
