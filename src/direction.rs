@@ -17,17 +17,17 @@ impl Direction {
 }
 
 /// Case and surrounding whitespace are ignored. Anything that is not a known spelling
-/// (the empty string included) is `Err(())`; the caller decides how loudly to say so.
-pub fn normalize(raw: &str) -> Result<Direction, ()> {
+/// (the empty string included) is `None`; the caller decides how loudly to say so.
+pub fn normalize(raw: &str) -> Option<Direction> {
     let t = raw.trim();
     const INBOUND: [&str; 3] = ["inbound", "incoming", "in"];
     const OUTBOUND: [&str; 3] = ["outbound", "outgoing", "out"];
     if INBOUND.iter().any(|s| t.eq_ignore_ascii_case(s)) {
-        Ok(Direction::Inbound)
+        Some(Direction::Inbound)
     } else if OUTBOUND.iter().any(|s| t.eq_ignore_ascii_case(s)) {
-        Ok(Direction::Outbound)
+        Some(Direction::Outbound)
     } else {
-        Err(())
+        None
     }
 }
 
@@ -38,13 +38,13 @@ mod tests {
     #[test]
     fn seed_spellings() {
         for s in ["inbound", "incoming", "in", "INBOUND", " Incoming\t", "In"] {
-            assert_eq!(normalize(s), Ok(Direction::Inbound), "{s}");
+            assert_eq!(normalize(s), Some(Direction::Inbound), "{s}");
         }
         for s in ["outbound", "outgoing", "out", "OUTGOING", "  out  "] {
-            assert_eq!(normalize(s), Ok(Direction::Outbound), "{s}");
+            assert_eq!(normalize(s), Some(Direction::Outbound), "{s}");
         }
         for s in ["", " ", "xyz", "inn", "internal", "in bound", "outboundx"] {
-            assert_eq!(normalize(s), Err(()), "{s}");
+            assert_eq!(normalize(s), None, "{s}");
         }
     }
 }

@@ -12,6 +12,7 @@
 //!   missed, or rejected for outbound) is a default: a later event of the call that maps to
 //!   another terminal status (`voicemail_uploaded` after the hangup) refines it;
 //! - every other terminal status is final; a move out of it is rejected and recorded.
+//!
 //! The processor re-derives a call from its whole history in event order whenever an event
 //! is late or conflicts with a terminal status, so the outcome is the same whatever order
 //! the events arrived in.
@@ -102,7 +103,7 @@ fn target(rules: &RuleSet, ev: &CallEvent, row: Option<&CallRow>) -> Option<Targ
     let dir = ev
         .direction
         .as_deref()
-        .and_then(|d| direction::normalize(d).ok())
+        .and_then(direction::normalize)
         .map(|d| d.as_str())
         .or_else(|| row.and_then(|r| r.direction.as_deref()));
     let unanswered =
@@ -174,7 +175,7 @@ pub fn fold_events_by_call(existing: Option<&CallRow>, events: &[&CallEvent], ru
             }
         }
 
-        let dir = ev.direction.as_deref().and_then(|d| direction::normalize(d).ok());
+        let dir = ev.direction.as_deref().and_then(direction::normalize);
         if dir.is_some() && (newer || row.direction.is_none()) {
             row.direction = dir.map(|d| d.as_str().to_string());
         }

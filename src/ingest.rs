@@ -60,7 +60,7 @@ fn decode(part: &str, what: &str) -> Result<Vec<u8>, JwtError> {
 }
 
 /// Verifies an HS256 JWT and returns its claims (JSON text).
-pub fn verify<'a>(header: &str, payload: &str, signature: &str, secret: &[u8]) -> Result<String, JwtError> {
+pub fn verify(header: &str, payload: &str, signature: &str, secret: &[u8]) -> Result<String, JwtError> {
     let h = decode(header, "header")?;
     let h: serde_json::Value =
         serde_json::from_slice(&h).map_err(|_| JwtError::Malformed("header is not JSON".into()))?;

@@ -343,7 +343,7 @@ impl Writer {
         if end > JENTRY_OFFLENMASK as usize {
             return Err(JsonbError::TooLarge);
         }
-        let meta = if idx % JB_OFFSET_STRIDE == 0 {
+        let meta = if idx.is_multiple_of(JB_OFFSET_STRIDE) {
             ty | JENTRY_HAS_OFF | end as u32
         } else {
             ty | (self.buf.len() - mark) as u32

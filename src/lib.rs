@@ -116,8 +116,8 @@ fn with_default_lock_timeout<R>(f: impl FnOnce() -> R) -> R {
 #[pg_extern(immutable, strict, parallel_safe)]
 fn normalize_call_direction(direction: &str) -> Option<&'static str> {
     match direction::normalize(direction) {
-        Ok(d) => Some(d.as_str()),
-        Err(()) => {
+        Some(d) => Some(d.as_str()),
+        None => {
             triggers::warn_unknown_direction(direction);
             None
         }

@@ -121,7 +121,7 @@ impl Decimal {
         let offset = (weight * DEC_DIGITS as i64 + DEC_DIGITS as i64 - 1 - dweight) as usize;
         let mut padded = vec![0u8; offset];
         padded.extend_from_slice(&dec);
-        while padded.len() % DEC_DIGITS != 0 {
+        while !padded.len().is_multiple_of(DEC_DIGITS) {
             padded.push(0);
         }
         let digits: Vec<i16> =

@@ -21,6 +21,8 @@ fn wake_workers() {
     shmem::wake_workers_at_commit();
 }
 
+// The row type is written out as pgrx reads it to generate the SQL signature.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn worker_stats() -> TableIterator<
     'static,
@@ -62,6 +64,7 @@ fn worker_stats() -> TableIterator<
     TableIterator::new(rows)
 }
 
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn worker_status() -> TableIterator<
     'static,

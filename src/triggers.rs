@@ -61,9 +61,9 @@ fn calls_before_write<'a>(
 
     if let Some(raw) = new.get_by_name::<String>("direction").map_err(err)? {
         match direction::normalize(&raw) {
-            Ok(d) if d.as_str() == raw => {}
-            Ok(d) => new.set_by_name("direction", d.as_str()).map_err(err)?,
-            Err(()) => {
+            Some(d) if d.as_str() == raw => {}
+            Some(d) => new.set_by_name("direction", d.as_str()).map_err(err)?,
+            None => {
                 warn_unknown_direction(&raw);
                 new.set_by_name::<Option<&str>>("direction", None).map_err(err)?;
             }

@@ -127,9 +127,9 @@ fn pg_terminate_backend_of_a_worker_brings_a_new_one() {
         &format!("SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker' AND pid <> {pid}"),
         30,
     );
-    c.batch_execute(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_dialpad launcher'"
-    ))
+    c.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_dialpad launcher'",
+    )
     .unwrap();
     wait_until(&mut c, "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad launcher'", 30);
     c.batch_execute(AUDIT_SQL).unwrap();
