@@ -40,11 +40,13 @@ pub fn init() {
     );
     // PGC_POSTMASTER settings can only be defined while the library is preloaded (a later
     // load would fail with "cannot create PGC_POSTMASTER variables after startup").
+    // SAFETY: a plain read of a flag PostgreSQL sets while it loads preloaded libraries.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         define_startup_settings();
     }
     define_reloadable_settings();
     #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+    // SAFETY: called from _PG_init after our settings are defined, with a valid C string.
     unsafe {
         pgrx::pg_sys::MarkGUCPrefixReserved(c"dialpad".as_ptr());
     }

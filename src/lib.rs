@@ -18,6 +18,7 @@ pub mod gucs;
 pub mod ingest;
 pub mod jsonb;
 pub mod numeric;
+pub mod pg;
 pub mod processor;
 pub mod rules;
 pub mod sanitize;
@@ -50,6 +51,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     rules::init();
+    // SAFETY: plain reads of flags PostgreSQL sets before loading libraries.
     unsafe {
         if !pg_sys::process_shared_preload_libraries_in_progress {
             return;
@@ -86,30 +88,11 @@ fn process_events(max_events: default!(i32, 500)) -> i32 {
 /// of their own (a caller may choose to wait; the default never stalls). Scoped like a
 /// function's SET clause: restored here, or by the transaction's abort.
 fn with_default_lock_timeout<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: reads a GUC by name; NULL only if it does not exist, which it always does.
-    let current = unsafe { pg_sys::GetConfigOption(c"lock_timeout".as_ptr(), true, false) };
-    let unset = current.is_null() || unsafe { std::ffi::CStr::from_ptr(current) }.to_bytes() == b"0";
-    if !unset {
+    if pg::setting(c"lock_timeout").is_some_and(|v| v != "0") {
         return f();
     }
     let value = std::ffi::CString::new(gucs::lock_timeout_ms().to_string()).unwrap_or_default();
-    // SAFETY: a GUC nest level opened and closed around f, as fmgr does for SET clauses.
-    let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    unsafe {
-        pg_sys::set_config_option(
-            c"lock_timeout".as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-    }
-    let out = f();
-    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
-    out
+    pg::with_setting(c"lock_timeout", &value, f)
 }
 
 /// `inbound`, `outbound`, or NULL (with a WARNING for a spelling we do not know).
@@ -182,6 +165,7 @@ fn sanitize_call_payload(
     };
     let mut on_container = || {
         check_for_interrupts!();
+        // SAFETY: compares this stack's depth with max_stack_depth; raises an ERROR if over.
         unsafe { pg_sys::check_stack_depth() };
     };
     match sanitize::sanitize(payload.body(), &limits, &mut on_container) {
@@ -276,6 +260,8 @@ fn ingest_webhook(body: &str) -> i64 {
         reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, "webhook body contains a NUL byte".into(), None)
     };
     // PostgreSQL's own JSON parser: exact numbers, its limits, its error messages (22P02).
+    // SAFETY: jsonb_in takes a NUL-terminated C string (cjson outlives the call) and returns
+    // a palloc'd jsonb datum or raises an ERROR, which the builder catches.
     let datum = PgTryBuilder::new(|| unsafe {
         pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(cjson.as_ptr()))])
     })
@@ -286,6 +272,7 @@ fn ingest_webhook(body: &str) -> i64 {
         e.rethrow()
     })
     .execute();
+    // SAFETY: the datum is the jsonb jsonb_in just returned, valid in this memory context.
     let Some(payload) = datum.map(|d| unsafe { datum::JsonbArg::from_raw(d) }) else {
         reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, "webhook body is not JSON".into(), None)
     };
@@ -357,7 +344,7 @@ fn freshness_error(root: jsonb::Value<'_>, max_age_s: i64) -> Option<String> {
     let Ok(Some(jsonb::Value::Numeric(n))) = o.get(b"event_timestamp") else { return None };
     let ts_ms = numeric::Decimal::from_datum_bytes(n).ok()?.to_i64()?;
     // GetCurrentTimestamp is microseconds since 2000-01-01.
-    let now_ms = unsafe { pg_sys::GetCurrentTimestamp() } / 1000 + 946_684_800_000;
+    let now_ms = pg::now() / 1000 + 946_684_800_000;
     if ts_ms < now_ms - max_age_s * 1000 {
         Some(format!("event_timestamp {ts_ms} is older than dialpad.max_event_age ({max_age_s} s)"))
     } else if ts_ms > now_ms + 120_000 {

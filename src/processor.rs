@@ -166,22 +166,7 @@ pub(crate) fn run_kept<'c>(
 /// their generic plans. The setting is scoped like a function's SET clause: restored here, or
 /// by the (sub)transaction abort on error.
 pub(crate) fn replanned<T>(run: impl FnOnce() -> T) -> T {
-    let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    unsafe {
-        pg_sys::set_config_option(
-            c"plan_cache_mode".as_ptr(),
-            c"force_custom_plan".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-    }
-    let result = run();
-    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
-    result
+    crate::pg::with_setting(c"plan_cache_mode", c"force_custom_plan", run)
 }
 
 /// Forgets the kept plans (after the extension was dropped and re-created).
@@ -475,6 +460,7 @@ struct StepTimer {
 
 impl StepTimer {
     fn new() -> StepTimer {
+        // SAFETY: reads the client/server log levels; no preconditions.
         let enabled = unsafe { pg_sys::message_level_is_interesting(pg_sys::DEBUG1 as i32) };
         StepTimer { enabled, last: std::time::Instant::now(), steps: Vec::new() }
     }
@@ -742,6 +728,9 @@ impl IntoDatum for JsonbArrayDatum {
 
 /// A `jsonb[]` built from finished jsonb datums (no text round trip).
 fn jsonb_array<'a>(items: Vec<Option<Vec<u8>>>) -> DatumWithOid<'a> {
+    // SAFETY: each item is a complete jsonb datum (varlena header set by jsonb::Writer),
+    // copied into palloc'd memory of the current context; construct_md_array copies the
+    // datums into one array in the same context, which outlives the statement it is bound to.
     unsafe {
         let n = items.len();
         let mut datums: Vec<pg_sys::Datum> = Vec::with_capacity(n);
@@ -811,6 +800,7 @@ fn read_call_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<CallRow, pgrx:
 /// shared among the workers and one more processor, so that a large dialpad.batch_size never
 /// exhausts it (other sessions would fail with "out of shared memory").
 fn max_calls_per_batch() -> usize {
+    // SAFETY: plain reads of integer settings fixed at server start.
     // SAFETY: plain reads of integer settings fixed at server start.
     let (per_xact, backends) = unsafe { (pg_sys::max_locks_per_xact, pg_sys::MaxBackends) };
     let table = (per_xact.max(10) as usize) * (backends.max(1) as usize);

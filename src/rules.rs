@@ -22,6 +22,9 @@ thread_local! {
     static TABLE_OIDS: Cell<[pg_sys::Oid; 3]> = const { Cell::new([pg_sys::InvalidOid; 3]) };
 }
 
+/// # Safety
+/// Called only by PostgreSQL's invalidation machinery, as registered in [`init`]; reads and
+/// bumps thread-local counters only.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let ours = TABLE_OIDS.with(|t| t.get());
@@ -32,6 +35,8 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
 
 /// Called from `_PG_init`.
 pub fn init() {
+    // SAFETY: registers a static callback once per process (from _PG_init); PostgreSQL keeps
+    // a fixed number of callback slots, and we take one.
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0));
     }
@@ -39,6 +44,8 @@ pub fn init() {
 
 /// Called by the statement triggers on the rule tables.
 pub fn invalidate(relid: pg_sys::Oid) {
+    // SAFETY: queues an invalidation of an existing relation (the trigger's own table),
+    // inside the transaction that changed it.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
 }
 
@@ -46,6 +53,7 @@ pub fn invalidate(relid: pg_sys::Oid) {
 pub fn current() -> Result<Rc<RuleSet>, pgrx::spi::Error> {
     // Pick up edits committed by other sessions since our last lock acquisition, so that a
     // long transaction in READ COMMITTED also sees them from its next statement.
+    // SAFETY: processes queued invalidations; allowed anywhere inside a transaction.
     unsafe { pg_sys::AcceptInvalidationMessages() };
     let generation = GENERATION.with(|g| g.get());
     if let Some(rules) =

@@ -61,6 +61,8 @@ static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 
 /// Called from `_PG_init` while preloading.
 pub fn init() {
+    // SAFETY: runs once, in the postmaster, while shared_preload_libraries are loaded
+    // (the only time hooks may be chained); the previous hooks are kept and called first.
     unsafe {
         #[cfg(any(feature = "pg13", feature = "pg14"))]
         pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>());
@@ -74,9 +76,13 @@ pub fn init() {
     }
 }
 
+/// # Safety
+/// Called only by PostgreSQL, as the shmem_request_hook installed by [`init`].
 #[cfg(not(any(feature = "pg13", feature = "pg14")))]
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn shmem_request() {
+    // SAFETY: called by the postmaster at shmem_request time, the one moment
+    // RequestAddinShmemSpace is allowed; PREV_SHMEM_REQUEST_HOOK was set by init().
     unsafe {
         if let Some(prev) = PREV_SHMEM_REQUEST_HOOK {
             prev();
@@ -85,8 +91,13 @@ unsafe extern "C-unwind" fn shmem_request() {
     }
 }
 
+/// # Safety
+/// Called only by PostgreSQL, as the shmem_startup_hook installed by [`init`].
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn shmem_startup() {
+    // SAFETY: called in the postmaster (and in EXEC_BACKEND children) after shared memory
+    // exists; AddinShmemInitLock serializes ShmemInitStruct, which returns memory of the
+    // requested size; zero bytes are a valid `Shared` (atomics). SHARED is written here only.
     unsafe {
         if let Some(prev) = PREV_SHMEM_STARTUP_HOOK {
             prev();
@@ -106,6 +117,8 @@ unsafe extern "C-unwind" fn shmem_startup() {
 }
 
 pub fn get() -> Option<&'static Shared> {
+    // SAFETY: SHARED is written once, in shmem_startup, before any backend or worker runs
+    // extension code, and points to shared memory that lives as long as the server.
     unsafe {
         let p = SHARED;
         if p.is_null() {
@@ -117,23 +130,26 @@ pub fn get() -> Option<&'static Shared> {
 }
 
 fn now_seconds() -> i64 {
-    unsafe { pg_sys::GetCurrentTimestamp() }.div_euclid(1_000_000)
+    crate::pg::now().div_euclid(1_000_000)
 }
 
 impl WorkerSlot {
     /// Claims this slot for the calling process; false if a live process holds it.
     pub fn claim(&self) -> bool {
-        let me = unsafe { pg_sys::MyProcPid };
+        let me = crate::pg::my_pid();
         let held = self.pid.load(Ordering::Acquire);
-        if held != 0 && held != me && unsafe { libc_kill_alive(held) } {
+        if held != 0 && held != me && crate::pg::process_alive(held) {
             return false;
         }
         self.pid.store(me, Ordering::Release);
+        // SAFETY: MyProc is this backend's PGPROC in shared memory, set before any worker
+        // code runs; its latch lives as long as the process, and the slot is released
+        // (latch cleared) before the process exits (before_shmem_exit in the worker).
         unsafe {
             let latch = std::ptr::addr_of_mut!((*pg_sys::MyProc).procLatch);
             self.latch.store(latch as usize, Ordering::Release);
         }
-        self.started_at.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Relaxed);
+        self.started_at.store(crate::pg::now(), Ordering::Relaxed);
         self.in_batch.store(false, Ordering::Release);
         self.set_state(WorkerState::Processing);
         true
@@ -164,16 +180,8 @@ impl WorkerSlot {
         self.errors.fetch_add(errors, Ordering::Relaxed);
         self.dead.fetch_add(dead, Ordering::Relaxed);
         self.rejected.fetch_add(rejected, Ordering::Relaxed);
-        self.last_batch_at.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Relaxed);
+        self.last_batch_at.store(crate::pg::now(), Ordering::Relaxed);
     }
-}
-
-/// Whether a process exists (signal 0).
-unsafe fn libc_kill_alive(pid: i32) -> bool {
-    unsafe extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    unsafe { kill(pid, 0) == 0 }
 }
 
 impl Shared {
@@ -205,7 +213,7 @@ impl Shared {
     /// Marks a DROP EXTENSION in progress in the calling backend (cleared at its
     /// transaction's end, see [`on_xact_event`]).
     pub fn begin_drop(&self) {
-        self.drop_pid.store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
+        self.drop_pid.store(crate::pg::my_pid(), Ordering::Release);
         DROP_AT_XACT_END.with(|d| d.set(true));
         register_xact_callback();
     }
@@ -213,8 +221,7 @@ impl Shared {
     /// Whether a live backend is dropping the extension.
     pub fn drop_in_progress(&self) -> bool {
         let pid = self.drop_pid.load(Ordering::Acquire);
-        // SAFETY: kill(pid, 0) only checks for existence.
-        pid != 0 && unsafe { libc_kill_alive(pid) }
+        pid != 0 && crate::pg::process_alive(pid)
     }
 
     /// Waits (at most `timeout`) until no worker is inside a batch.
@@ -237,6 +244,8 @@ impl Shared {
         for slot in &self.slots {
             let latch = slot.latch.load(Ordering::Acquire);
             if latch != 0 {
+                // SAFETY: a latch pointer stored by claim(): a PGPROC latch in shared memory,
+                // valid in every process; SetLatch on a latch whose owner has exited is harmless.
                 unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
             }
         }
@@ -260,13 +269,16 @@ fn register_xact_callback() {
 fn end_drop() {
     if DROP_AT_XACT_END.with(|d| d.replace(false)) {
         if let Some(s) = get() {
-            let me = unsafe { pg_sys::MyProcPid };
+            let me = crate::pg::my_pid();
             let _ = s.drop_pid.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
             s.wake_workers();
         }
     }
 }
 
+/// # Safety
+/// Called only by PostgreSQL, as the transaction callback registered here; touches only
+/// this backend's thread-locals and shared memory atomics.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;

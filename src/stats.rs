@@ -107,9 +107,16 @@ fn worker_status() -> TableIterator<
         format!("supervises {n} worker(s) for database \"{database}\""),
         (launcher == 0).then(|| "The postmaster restarts the launcher within a second; see the server log if it stays down (max_worker_processes?).".to_string()),
     ));
-    let here = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) }
-        .to_string_lossy()
-        .into_owned();
+    // SAFETY: get_database_name returns NULL (database dropped meanwhile) or a palloc'd C
+    // string, copied at once.
+    let here = unsafe {
+        let p = pg_sys::get_database_name(crate::pg::my_database());
+        if p.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
     for (i, slot) in s.slots.iter().enumerate().take(n) {
         let pid = slot.pid.load(Ordering::Acquire);
         let running = pid != 0;

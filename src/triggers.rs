@@ -199,7 +199,7 @@ fn webhook_events_before_insert<'a>(
     new.set_by_name("call_id", call_id).map_err(err)?;
     if let Some(first) = first {
         new.set_by_name("duplicate_of", first).map_err(err)?;
-        let now = TimestampWithTimeZone::try_from(unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }).ok();
+        let now = TimestampWithTimeZone::try_from(crate::pg::transaction_start()).ok();
         new.set_by_name("processed_at", now).map_err(err)?;
     } else if new.get_attribute_by_name("duplicate_of").is_some() {
         // A row that is not a redelivery is never stored as one, whatever the inserter wrote.

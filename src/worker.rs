@@ -47,6 +47,8 @@ pub fn register_launcher() {
 }
 
 fn report_activity(state: pg_sys::BackendState::Type, what: &std::ffi::CStr) {
+    // SAFETY: a valid C string for the duration of the call (PostgreSQL copies it into
+    // this backend's shared activity slot).
     unsafe { pg_sys::pgstat_report_activity(state, what.as_ptr()) };
 }
 
@@ -56,7 +58,7 @@ pub extern "C-unwind" fn dialpad_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(None, None);
     if let Some(s) = shmem::get() {
-        s.launcher_pid.store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
+        s.launcher_pid.store(crate::pg::my_pid(), Ordering::Release);
     }
     let database = gucs::database();
     let n = gucs::workers().min(shmem::MAX_WORKERS);
@@ -66,6 +68,8 @@ pub extern "C-unwind" fn dialpad_launcher_main(_arg: pg_sys::Datum) {
 
     loop {
         if BackgroundWorker::sighup_received() {
+            // SAFETY: re-reads the configuration files outside any transaction, as a
+            // backend's main loop does after SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let exists = BackgroundWorker::transaction(|| database_exists(&database));
@@ -103,6 +107,7 @@ pub extern "C-unwind" fn dialpad_launcher_main(_arg: pg_sys::Datum) {
     }
     // Exit code 1: restarted after bgw_restart_time unless the server is shutting down
     // (so pg_terminate_backend on the launcher does not stop pg_dialpad for good).
+    // SAFETY: ends the process through PostgreSQL's exit path (shmem exit callbacks run).
     unsafe { pg_sys::proc_exit(1) };
 }
 
@@ -114,6 +119,9 @@ fn slot_alive(i: usize) -> bool {
 /// a database, the relcache may be unable to build the catalog's index (right after startup,
 /// before the shared init file exists), so get_database_oid() could fail.
 fn database_exists(name: &str) -> bool {
+    // SAFETY: called inside a transaction (BackgroundWorker::transaction); the catalog is
+    // opened, scanned and closed here with matching locks; each tuple is read as the
+    // pg_database row struct it is, only while the scan holds it.
     unsafe {
         let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
@@ -145,7 +153,7 @@ fn start_worker(i: usize) -> Option<DynamicBackgroundWorker> {
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(None)
-        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .set_notify_pid(crate::pg::my_pid())
         .load_dynamic();
     match r {
         Ok(w) => Some(w),
@@ -158,11 +166,14 @@ fn start_worker(i: usize) -> Option<DynamicBackgroundWorker> {
     }
 }
 
+/// # Safety
+/// Called only by PostgreSQL at process exit (before_shmem_exit), with the slot index the
+/// worker registered.
 #[pg_guard]
 unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
     if let Some(s) = shmem::get() {
         let i = arg.value();
-        if i < shmem::MAX_WORKERS && s.slots[i].pid.load(Ordering::Acquire) == unsafe { pg_sys::MyProcPid } {
+        if i < shmem::MAX_WORKERS && s.slots[i].pid.load(Ordering::Acquire) == crate::pg::my_pid() {
             s.slots[i].release();
         }
     }
@@ -184,6 +195,8 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
         return; // another live worker holds this slot
     }
     let slot = &shared.slots[index];
+    // SAFETY: registers a static callback, with the slot index as its argument, run once
+    // when the process exits (normally, by FATAL or by die()).
     unsafe { pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(index)) };
 
     let database = gucs::database();
@@ -193,6 +206,7 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
     // durable by their inserters, and a batch's call writes commit atomically with its
     // processed marks, so a crash can only lose whole batches, which are simply claimed again.
     // Whatever the database's default search_path, the worker resolves nothing through it.
+    // SAFETY: plain GUC assignments with valid C strings, outside any transaction.
     unsafe {
         pg_sys::SetConfigOption(
             c"search_path".as_ptr(),
@@ -216,6 +230,7 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
     loop {
         check_for_interrupts!();
         if BackgroundWorker::sighup_received() {
+            // SAFETY: outside any transaction, as in the launcher's loop.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             apply_lock_timeout();
         }
@@ -361,6 +376,9 @@ fn run_one_batch(shared: &shmem::Shared) -> Result<Pass, String> {
     .catch_others(|e| Err(processor::caught_message(&e)))
     .execute();
     if result.is_err() {
+        // SAFETY: after an ERROR caught in the batch's transaction, the transaction is
+        // aborted and memory put back in TopMemoryContext, as PostgreSQL's own error
+        // recovery in a main loop does; nothing from the aborted transaction is used after.
         unsafe {
             pg_sys::AbortCurrentTransaction();
             pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);

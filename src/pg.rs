@@ -1,0 +1,74 @@
+//! Safe wrappers for the PostgreSQL globals and calls used all over the extension, so that
+//! each `unsafe` contract is stated once, here.
+
+use pgrx::pg_sys;
+
+/// This process's pid.
+pub fn my_pid() -> i32 {
+    // SAFETY: MyProcPid is set by the postmaster before any extension code runs in a process
+    // and never changes afterwards; a plain read of an integer.
+    unsafe { pg_sys::MyProcPid }
+}
+
+/// The current time as a TimestampTz (microseconds since 2000-01-01).
+pub fn now() -> pg_sys::TimestampTz {
+    // SAFETY: GetCurrentTimestamp reads the clock; no preconditions, no side effects.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// The start of the current transaction as a TimestampTz (what SQL's now() returns).
+pub fn transaction_start() -> pg_sys::TimestampTz {
+    // SAFETY: valid inside a transaction, which every caller (triggers, SQL functions) is.
+    unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
+}
+
+/// The OID of the database this backend is connected to (InvalidOid before connecting).
+pub fn my_database() -> pg_sys::Oid {
+    // SAFETY: MyDatabaseId is set once when the backend connects; a plain read.
+    unsafe { pg_sys::MyDatabaseId }
+}
+
+/// Whether a process with this pid exists (kill with signal 0 sends nothing).
+pub fn process_alive(pid: i32) -> bool {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: kill(2) with signal 0 only checks that the process exists and may be signaled.
+    pid > 0 && unsafe { kill(pid, 0) } == 0
+}
+
+/// Runs `f` with the setting `name` = `value` for its duration, scoped like a function's
+/// SET clause: restored when `f` returns, or by the (sub)transaction's abort if it raises.
+pub fn with_setting<R>(name: &std::ffi::CStr, value: &std::ffi::CStr, f: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC nest level is opened and closed around `f` exactly as fmgr does for a
+    // function's SET clause; set_config_option gets valid C strings and GUC_ACTION_SAVE, so
+    // AtEOXact_GUC (here, or the abort's) restores the previous value.
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    // SAFETY: valid C strings; GUC_ACTION_SAVE within the nest level opened just above.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
+    let out = f();
+    // SAFETY: closes the nest level opened above.
+    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+    out
+}
+
+/// The current value of a setting, if it exists.
+pub fn setting(name: &std::ffi::CStr) -> Option<String> {
+    // SAFETY: GetConfigOption returns NULL or a C string owned by the GUC machinery, valid
+    // until the setting changes; it is copied at once.
+    unsafe {
+        let p = pg_sys::GetConfigOption(name.as_ptr(), true, false);
+        (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
