@@ -113,3 +113,44 @@ package_released_versions() {
         touch "${out}/.complete"
     done < "${REPO_ROOT}/scripts/released-versions"
 }
+
+# Golden SQL tests (tests/regress: sql/ + expected/, run by pg_regress) and isolation specs
+# (tests/isolation: specs/ + expected/, run by pg_isolation_regress), against a private
+# cluster with the installed build preloaded and the workers off (processing is then
+# deterministic: the tests call dialpad.process_events()). A diff is printed on failure.
+# REGRESS_ACCEPT=1 copies the results over the expected files (review the diff first).
+run_sql_suites() {
+    local dir="${REPO_ROOT}/target/sql-suites" port=28817 out="${REPO_ROOT}/target/sql-suites-out"
+    local pgxs; pgxs="$("${PG_CONFIG}" --pkglibdir)/pgxs/src/test"
+    cluster_stop "${dir}"
+    as_root rm -rf "${dir}" "${out}"
+    cluster_start "${dir}" "${port}" "dialpad.workers = 0"
+    mkdir -p "${out}/regress" "${out}/isolation"
+    local conn=(--use-existing --host="${dir}/socket" --port="${port}" --user=postgres --bindir="${PG_BIN}")
+    as_postgres "${PG_BIN}/psql" -h "${dir}/socket" -p "${port}" -U postgres -q \
+        -c "CREATE DATABASE dialpad_regress" -c "CREATE DATABASE dialpad_isolation" postgres
+    local status=0 regress isolation
+    regress=$(cd "${REPO_ROOT}/tests/regress/sql" && ls ./*.sql | sed 's|^\./||; s|\.sql$||' | sort)
+    isolation=$(cd "${REPO_ROOT}/tests/isolation/specs" && ls ./*.spec | sed 's|^\./||; s|\.spec$||' | sort)
+    log "golden SQL tests (pg_regress): $(echo ${regress})"
+    # shellcheck disable=SC2086
+    "${pgxs}/regress/pg_regress" "${conn[@]}" --dbname=dialpad_regress \
+        --inputdir="${REPO_ROOT}/tests/regress" --outputdir="${out}/regress" ${regress} || status=1
+    log "isolation specs (pg_isolation_regress): $(echo ${isolation})"
+    # shellcheck disable=SC2086
+    "${pgxs}/isolation/pg_isolation_regress" "${conn[@]}" --dbname=dialpad_isolation \
+        --inputdir="${REPO_ROOT}/tests/isolation" --outputdir="${out}/isolation" ${isolation} || status=1
+    cluster_stop "${dir}"
+    if [ "${REGRESS_ACCEPT:-0}" = 1 ]; then
+        cp "${out}/regress/results/"*.out "${REPO_ROOT}/tests/regress/expected/"
+        cp "${out}/isolation/results/"*.out "${REPO_ROOT}/tests/isolation/expected/"
+        log "results copied to tests/regress/expected and tests/isolation/expected"
+        return 0
+    fi
+    if [ "${status}" != 0 ]; then
+        for d in "${out}/regress" "${out}/isolation"; do
+            [ -f "${d}/regression.diffs" ] && cat "${d}/regression.diffs"
+        done
+    fi
+    return "${status}"
+}

@@ -1,0 +1,53 @@
+-- dialpad.process_events and what it leaves for a DBA to read: calls, dead letters,
+-- rejected transitions, queue statistics. The workers are off (dialpad.workers = 0).
+\set SHOW_CONTEXT never
+SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS pg_dialpad CASCADE;
+CREATE EXTENSION pg_dialpad;
+RESET client_min_messages;
+
+INSERT INTO dialpad.webhook_events (payload) VALUES
+  ('{"call_id": 10, "state": "ringing", "direction": "incoming", "event_timestamp": 1, "date_started": 1787158716092}'),
+  ('{"call_id": 10, "state": "connected", "event_timestamp": 2, "date_connected": 1787158720114}'),
+  ('{"call_id": 10, "state": "hangup", "event_timestamp": 3, "date_connected": 1787158720114, "date_ended": 1787158781000, "duration": 60886.5}'),
+  ('{"call_id": 11, "state": "ringing", "direction": "inbound", "event_timestamp": 1}'),
+  ('{"call_id": 11, "state": "voicemail", "event_timestamp": 2, "voicemail_link": "https://vm/11"}'),
+  ('{"call_id": 11, "state": "hangup", "event_timestamp": 3}'),
+  ('{"call_id": 12, "state": "calling", "direction": "out", "event_timestamp": 1}'),
+  ('{"call_id": 12, "state": "hangup", "event_timestamp": 2}'),
+  ('{"call_id": 13, "state": "blocked", "direction": "inbound", "event_timestamp": 1}'),
+  ('{"call_id": 13, "state": "hangup", "event_timestamp": 2}'),
+  ('{"state": "ringing"}'),
+  ('"junk"'),
+  ('{"call_id": 14, "state": "hangup", "duration": -5}'),
+  ('{"call_id": 15, "state": 3}'),
+  ('{"call_id": 16, "date_started": 1787158716092, "date_ended": 1787158700000}');
+SELECT dialpad.process_events();
+SELECT dialpad_call_id, direction, status, last_state, connected_at IS NOT NULL AS answered,
+       duration_seconds, voicemail_link
+  FROM dialpad.calls ORDER BY 1;
+SELECT count(*) AS rejected_transitions FROM dialpad.rejected_transitions;
+SELECT call_id, attempts, last_error FROM dialpad.dead_events ORDER BY id;
+SELECT pending, due, retrying, dead FROM dialpad.queue_stats;
+
+-- A late voicemail_uploaded after a hangup: the hangup's "missed" was a default, refined.
+INSERT INTO dialpad.webhook_events (payload) VALUES
+  ('{"call_id": 20, "state": "hangup", "direction": "inbound", "event_timestamp": 3}');
+SELECT dialpad.process_events();
+INSERT INTO dialpad.webhook_events (payload) VALUES
+  ('{"call_id": 20, "state": "voicemail_uploaded", "event_timestamp": 4}');
+SELECT dialpad.process_events();
+SELECT status FROM dialpad.calls WHERE dialpad_call_id = 20;
+-- An explicit terminal status is final: the refused move is recorded with its event.
+INSERT INTO dialpad.webhook_events (payload) VALUES
+  ('{"call_id": 20, "state": "connected", "event_timestamp": 5, "date_connected": 5}');
+SELECT dialpad.process_events();
+SELECT dialpad_call_id, event_id IS NOT NULL AS from_event, from_status, to_status, reason FROM dialpad.rejected_transitions;
+
+-- Re-driving a dead letter
+SELECT dialpad.retry_event((SELECT min(id) FROM dialpad.dead_events));
+SELECT dialpad.retry_event(-1);
+SELECT dialpad.retry_dead_events();
+SELECT pending, due, dead FROM dialpad.queue_stats;
+SELECT dialpad.process_events();
+SELECT dead FROM dialpad.queue_stats;
