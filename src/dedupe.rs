@@ -27,26 +27,7 @@ pub fn lock_key(call_id: i64, key: &str) {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
     let hash = h.finish();
-    // SAFETY: a fully initialized advisory LOCKTAG; LockAcquireExtended waits like any
-    // lock (lock_timeout and interrupts apply) and returns NOT_AVAIL instead of raising
-    // "out of shared memory" when reportMemoryError is false.
-    unsafe {
-        let mut tag: pg_sys::LOCKTAG = std::mem::zeroed();
-        tag.locktag_field1 = pg_sys::MyDatabaseId.into();
-        tag.locktag_field2 = (hash >> 32) as u32 ^ (call_id as u64 >> 32) as u32;
-        tag.locktag_field3 = hash as u32 ^ call_id as u32;
-        tag.locktag_field4 = KEY_LOCK_NAMESPACE;
-        tag.locktag_type = pg_sys::LockTagType::LOCKTAG_ADVISORY as u8;
-        tag.locktag_lockmethodid = pg_sys::USER_LOCKMETHOD as u8;
-        pg_sys::LockAcquireExtended(
-            &tag,
-            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-            false,
-            false,
-            false,
-            std::ptr::null_mut(),
-        );
-    }
+    crate::pg::advisory_xact_lock(KEY_LOCK_NAMESPACE, hash ^ call_id as u64, true);
 }
 
 const FIND_SQL: &std::ffi::CStr = c"SELECT id FROM dialpad.webhook_events

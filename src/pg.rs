@@ -72,3 +72,32 @@ pub fn setting(name: &std::ffi::CStr) -> Option<String> {
         (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
     }
 }
+
+/// Takes a transaction-level exclusive advisory lock on the 64-bit `key` in `namespace`
+/// (shown as `objsubid` in pg_locks), in this database. With `wait`, waits as any lock
+/// does (lock_timeout and interrupts apply); without, returns at once. Returns false when
+/// the lock is held elsewhere (without `wait`) or the shared lock table is full: it never
+/// raises "out of shared memory", which would fail the caller's whole transaction.
+pub fn advisory_xact_lock(namespace: u16, key: u64, wait: bool) -> bool {
+    // SAFETY: a fully initialized advisory LOCKTAG, as pg_advisory_xact_lock builds it;
+    // LockAcquireExtended with reportMemoryError = false returns NOT_AVAIL instead of
+    // raising when the lock table is full. The lock is released at transaction end.
+    unsafe {
+        let mut tag: pg_sys::LOCKTAG = std::mem::zeroed();
+        tag.locktag_field1 = my_database().into();
+        tag.locktag_field2 = (key >> 32) as u32;
+        tag.locktag_field3 = key as u32;
+        tag.locktag_field4 = namespace;
+        tag.locktag_type = pg_sys::LockTagType::LOCKTAG_ADVISORY as u8;
+        tag.locktag_lockmethodid = pg_sys::USER_LOCKMETHOD as u8;
+        let r = pg_sys::LockAcquireExtended(
+            &tag,
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            !wait,
+            false,
+            std::ptr::null_mut(),
+        );
+        r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    }
+}

@@ -810,26 +810,7 @@ fn max_calls_per_batch() -> usize {
 /// Tries the call's advisory lock (held until the transaction ends); never waits, and
 /// reports a full lock table as "not available" instead of raising an error.
 fn try_lock_call(call_id: i64) -> bool {
-    // SAFETY: the LOCKTAG is fully initialized; LockAcquireExtended with dontWait never
-    // blocks, and with reportMemoryError = false returns NOT_AVAIL when the table is full.
-    unsafe {
-        let mut tag: pg_sys::LOCKTAG = std::mem::zeroed();
-        tag.locktag_field1 = pg_sys::MyDatabaseId.into();
-        tag.locktag_field2 = ((call_id as u64) >> 32) as u32;
-        tag.locktag_field3 = call_id as u32;
-        tag.locktag_field4 = LOCK_NAMESPACE;
-        tag.locktag_type = pg_sys::LockTagType::LOCKTAG_ADVISORY as u8;
-        tag.locktag_lockmethodid = pg_sys::USER_LOCKMETHOD as u8;
-        let r = pg_sys::LockAcquireExtended(
-            &tag,
-            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-            false,
-            true,
-            false,
-            std::ptr::null_mut(),
-        );
-        r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
-    }
+    crate::pg::advisory_xact_lock(LOCK_NAMESPACE, call_id as u64, false)
 }
 
 /// An error caught in a subtransaction: its SQLSTATE and message.
