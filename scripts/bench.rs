@@ -6,7 +6,8 @@
 //! BENCH_RUNS (runs per figure, default 3), BENCH_BACKLOG (large backlog, default 5000000),
 //! BENCH_MEMORY_EVENTS (events for the worker memory figure, default 2000000),
 //! BENCH_HOLD_SECONDS (how long the held-snapshot benchmark holds it, default 600),
-//! BENCH_ONLY=ingest or BENCH_ONLY=held-snapshot (only those figures, printed and not written).
+//! BENCH_ONLY=ingest, BENCH_ONLY=backlog or BENCH_ONLY=held-snapshot (only those figures, printed and
+//! not written).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -470,6 +471,16 @@ fn main() {
         ingest_bench(&cluster, &mut c, &mut report, runs, n_events.min(40_000));
         return;
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("backlog") {
+        backlog_bench(&mut c, &mut report, total as usize, backlog, memory_events);
+        for r in &report.rows {
+            println!("{} | {} | {} | {} | {}", r.name, r.value, r.reference, r.ratio, r.target);
+        }
+        for n in &report.notes {
+            println!("- {n}");
+        }
+        return;
+    }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("held-snapshot") {
         held_snapshot_bench(&cluster, &mut c, &mut report, total as usize, hold);
         for r in &report.rows {
@@ -607,67 +618,7 @@ fn main() {
     );
 
     // ---- backlog scale and worker memory ----------------------------------------------------
-    let small = 50_000usize.min(total as usize);
-    let rate_small = worker_drain_rate(&mut c, small);
-    set_worker_enabled(&mut c, false);
-    std::thread::sleep(Duration::from_millis(300));
-    exec(&mut c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
-    let copies = backlog.div_ceil(total as usize);
-    let t = Instant::now();
-    // One copy of the data set after the other, with new call ids: the same mix of calls per
-    // batch as in the small backlog. (A single INSERT ... SELECT over generate_series lets the
-    // planner interleave the copies, which would give every event of a batch its own call
-    // and measure a different workload.)
-    exec(
-        &mut c,
-        &format!(
-            "DO $$ BEGIN
-           FOR k IN 0 .. {copies} - 1 LOOP
-             INSERT INTO dialpad.webhook_events (payload)
-               SELECT CASE WHEN k = 0 THEN payload
-                           ELSE payload || jsonb_build_object('call_id', call_id + k::int8 * 1000000000) END
-                 FROM bench.events ORDER BY delivery
-                LIMIT greatest(0, {backlog} - k * {total});
-           END LOOP;
-         END $$"
-        ),
-    );
-    exec(&mut c, "VACUUM ANALYZE dialpad.webhook_events");
-    exec(&mut c, "CHECKPOINT");
-    report.notes.push(format!("Loading the {backlog}-event backlog took {:.0} s.", t.elapsed().as_secs_f64()));
-    let pid: i32 =
-        c.query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", &[]).unwrap().get(0);
-    let rss_before = rss_anon_kb(pid);
-    let measure = small.min(backlog);
-    let before = handled_by_workers(&mut c);
-    let t = Instant::now();
-    set_worker_enabled(&mut c, true);
-    while handled_by_workers(&mut c) - before < measure as i64 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let rate_large = measure as f64 / t.elapsed().as_secs_f64();
-    report.add(
-        &format!("drain rate with {backlog} pending"),
-        eps(rate_large),
-        format!("{small} pending: {}", eps(rate_small)),
-        format!("{:.2}×", rate_large / rate_small),
-        "≥ 0.9×",
-        Some(rate_large / rate_small >= 0.9),
-    );
-    let target_mem = memory_events.min(backlog) as i64;
-    while handled_by_workers(&mut c) - before < target_mem {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let rss_after = rss_anon_kb(pid);
-    set_worker_enabled(&mut c, false);
-    report.add(
-        &format!("worker RssAnon growth over {target_mem} events"),
-        format!("{:.1} MB", (rss_after - rss_before) as f64 / 1024.0),
-        format!("from {:.1} MB", rss_before as f64 / 1024.0),
-        String::new(),
-        "≤ 10 MB",
-        Some(rss_after - rss_before <= 10 * 1024),
-    );
+    backlog_bench(&mut c, &mut report, total as usize, backlog, memory_events);
 
     // ---- a snapshot held for minutes ------------------------------------------------------------
     held_snapshot_bench(&cluster, &mut c, &mut report, total as usize, hold);
@@ -736,4 +687,71 @@ fn main() {
     std::fs::write(dir.join("bench-results.md"), &md).unwrap();
     std::fs::write(dir.join("bench-results.json"), &json).unwrap();
     println!("\n{md}");
+}
+
+/// Drain rate with a large backlog against a small one, and the worker's memory over
+/// `memory_events` events (BENCH_ONLY=backlog runs only this).
+fn backlog_bench(c: &mut Client, report: &mut Report, total: usize, backlog: usize, memory_events: usize) {
+    let small = 50_000usize.min(total);
+    let rate_small = worker_drain_rate(c, small);
+    set_worker_enabled(c, false);
+    std::thread::sleep(Duration::from_millis(300));
+    exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
+    let copies = backlog.div_ceil(total);
+    let t = Instant::now();
+    // One copy of the data set after the other, with new call ids: the same mix of calls per
+    // batch as in the small backlog. (A single INSERT ... SELECT over generate_series lets the
+    // planner interleave the copies, which would give every event of a batch its own call
+    // and measure a different workload.)
+    exec(
+        c,
+        &format!(
+            "DO $$ BEGIN
+           FOR k IN 0 .. {copies} - 1 LOOP
+             INSERT INTO dialpad.webhook_events (payload)
+               SELECT CASE WHEN k = 0 THEN payload
+                           ELSE payload || jsonb_build_object('call_id', call_id + k::int8 * 1000000000) END
+                 FROM bench.events ORDER BY delivery
+                LIMIT greatest(0, {backlog} - k * {total});
+           END LOOP;
+         END $$"
+        ),
+    );
+    exec(c, "VACUUM ANALYZE dialpad.webhook_events");
+    exec(c, "CHECKPOINT");
+    report.notes.push(format!("Loading the {backlog}-event backlog took {:.0} s.", t.elapsed().as_secs_f64()));
+    let pid: i32 =
+        c.query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", &[]).unwrap().get(0);
+    let rss_before = rss_anon_kb(pid);
+    let measure = small.min(backlog);
+    let before = handled_by_workers(c);
+    let t = Instant::now();
+    set_worker_enabled(c, true);
+    while handled_by_workers(c) - before < measure as i64 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rate_large = measure as f64 / t.elapsed().as_secs_f64();
+    report.add(
+        &format!("drain rate with {backlog} pending"),
+        eps(rate_large),
+        format!("{small} pending: {}", eps(rate_small)),
+        format!("{:.2}×", rate_large / rate_small),
+        "≥ 0.9×",
+        Some(rate_large / rate_small >= 0.9),
+    );
+    let target_mem = memory_events.min(backlog) as i64;
+    while handled_by_workers(c) - before < target_mem {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rss_after = rss_anon_kb(pid);
+    set_worker_enabled(c, false);
+    report.add(
+        &format!("worker RssAnon growth over {target_mem} events"),
+        format!("{:.1} MB", (rss_after - rss_before) as f64 / 1024.0),
+        format!("from {:.1} MB", rss_before as f64 / 1024.0),
+        String::new(),
+        "≤ 10 MB",
+        Some(rss_after - rss_before <= 10 * 1024),
+    );
+
 }
