@@ -278,11 +278,12 @@ fn bounded_object(c: &Container<'_>, limits: &Limits, budget: usize) -> Result<V
         pairs.push((k, v));
     }
     let total = pairs.len();
-    // Room for the markers, with a sample of the longest keys allowed.
+    // Room for the markers: the sample holds at most `sample_len` keys, none longer than
+    // the longest keys of this object, so their lengths bound it (jsonb orders keys by
+    // length: the longest are last).
     let sample_len = limits.sample_keys.min(limits.max_array_items);
-    let marker_room =
-        64 + sample_len * (4 * (limits.max_key_length.min(limits.max_string_length) + TRUNCATION_MARKER.len()) + 4);
-    let mut used = 32 + marker_room;
+    let longest: usize = pairs.iter().rev().take(sample_len).map(|(k, _)| k.len() + 8).sum();
+    let mut used = 32 + 96 + longest;
     let mut kept: Vec<(&[u8], Value<'_>)> = Vec::new();
     let mut omitted: Vec<Owned> = Vec::new();
     for (k, v) in pairs {
@@ -628,6 +629,20 @@ mod tests {
         assert_eq!((out["call_id"].clone(), out["state"].clone()), (json!(1), json!("hangup")));
         assert_eq!(out["omitted_keys"], json!(["integrations"]));
         assert_eq!(san(out.clone()), out, "idempotent");
+    }
+
+    #[test]
+    fn a_small_bound_keeps_the_short_keys() {
+        let mut m = serde_json::Map::new();
+        m.insert("call_id".into(), json!(7));
+        for i in 0..200 {
+            m.insert(format!("key_{i:04}"), J::String("v".repeat(50)));
+        }
+        let limits = Limits { max_bytes: 2048, ..Limits::default() };
+        let out = run(&J::Object(m), &limits);
+        assert_eq!(out["call_id"], json!(7));
+        assert_eq!(out["total_keys"], json!(201));
+        assert!(out.as_object().unwrap().len() > 10, "as many pairs as fit: {}", out.as_object().unwrap().len());
     }
 
     #[test]

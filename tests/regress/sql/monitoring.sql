@@ -7,7 +7,7 @@ CREATE EXTENSION pg_dialpad;
 RESET client_min_messages;
 
 SELECT component, pid, running, detail, hint FROM dialpad.worker_status();
-SELECT * FROM dialpad.queue_stats;
+SELECT pending, due, retrying, dead, oldest_pending_age, processed_last_minute IS NOT NULL AS counting FROM dialpad.queue_stats;
 SELECT count(*) AS worker_rows FROM dialpad.worker_stats;
 SELECT accepted >= 0 AS counted FROM dialpad.ingest_stats;
 SELECT source, payloads FROM dialpad.payload_stats ORDER BY 1;

@@ -18,9 +18,7 @@ SELECT status FROM dialpad.calls WHERE dialpad_call_id = 1;
 SELECT dialpad_call_id, from_status, to_status, reason FROM dialpad.rejected_transitions;
 -- ... or refused with check_violation.
 SET dialpad.invalid_transition = error;
-\set VERBOSITY verbose
 UPDATE dialpad.calls SET status = 'missed' WHERE dialpad_call_id = 1;
-\set VERBOSITY default
 \echo :LAST_ERROR_SQLSTATE
 RESET dialpad.invalid_transition;
 INSERT INTO dialpad.calls (dialpad_call_id, status) VALUES (3, 'bogus');
