@@ -753,5 +753,4 @@ fn backlog_bench(c: &mut Client, report: &mut Report, total: usize, backlog: usi
         "≤ 10 MB",
         Some(rss_after - rss_before <= 10 * 1024),
     );
-
 }
