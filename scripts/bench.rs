@@ -7,7 +7,7 @@
 //! BENCH_MEMORY_EVENTS (events for the worker memory figure, default 2000000),
 //! BENCH_HOLD_SECONDS (how long the held-snapshot benchmark holds it, default 600),
 //! BENCH_ONLY=ingest, BENCH_ONLY=backlog or BENCH_ONLY=held-snapshot (only those figures, printed and
-//! not written).
+//! not written); BENCH_AUTOVACUUM=off (to attribute a figure to autovacuum).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -424,9 +424,12 @@ fn main() {
     );
     println!("pg_dialpad benchmarks on {machine}");
 
+    // BENCH_AUTOVACUUM=off: for attributing a figure to autovacuum (never in the published run).
+    let autovacuum = format!("autovacuum = {}", std::env::var("BENCH_AUTOVACUUM").unwrap_or_else(|_| "on".into()));
     let cluster = Cluster::start(
         "bench",
         &[
+            &autovacuum,
             "dialpad.workers = 1",
             "dialpad.enabled = off",
             "shared_buffers = '2GB'",
