@@ -50,6 +50,16 @@ struct Report {
 }
 
 impl Report {
+    /// The rows and notes as plain lines (the BENCH_ONLY runs, which write no file).
+    fn print_rows(&self) {
+        for r in &self.rows {
+            println!("{} | {} | {} | {} | {}", r.name, r.value, r.reference, r.ratio, r.target);
+        }
+        for n in &self.notes {
+            println!("- {n}");
+        }
+    }
+
     fn add(&mut self, name: &str, value: String, reference: String, ratio: String, target: &str, pass: Option<bool>) {
         println!(
             "{name:<52} {value:>22} {reference:>30} {ratio:>10} {target:>14} {}",
@@ -476,22 +486,12 @@ fn main() {
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("backlog") {
         backlog_bench(&mut c, &mut report, total as usize, backlog, memory_events);
-        for r in &report.rows {
-            println!("{} | {} | {} | {} | {}", r.name, r.value, r.reference, r.ratio, r.target);
-        }
-        for n in &report.notes {
-            println!("- {n}");
-        }
+        report.print_rows();
         return;
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("held-snapshot") {
         held_snapshot_bench(&cluster, &mut c, &mut report, total as usize, hold);
-        for r in &report.rows {
-            println!("{} | {} | {} | {} | {}", r.name, r.value, r.reference, r.ratio, r.target);
-        }
-        for n in &report.notes {
-            println!("- {n}");
-        }
+        report.print_rows();
         return;
     }
     let same = count(&mut c, "SELECT count(*) FROM bench.events WHERE dialpad.sanitize_call_payload(payload) <> bench.sanitize_plpgsql(payload)");
