@@ -180,6 +180,13 @@ struct Claimed {
     parsed: Result<CallEvent, EventError>,
 }
 
+impl Claimed {
+    fn parse(id: i64, payload: JsonbArg) -> Claimed {
+        let parsed = Container::root(payload.body()).map_err(|_| EventError::Corrupt).and_then(CallEvent::from_payload);
+        Claimed { id, payload, parsed }
+    }
+}
+
 /// Where a batch's claim starts reading the pending index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scan {
@@ -211,243 +218,341 @@ fn process_batch_in(
     max_attempts: i32,
     scan: Scan,
 ) -> Result<BatchOutcome, pgrx::spi::Error> {
-    let mut out = BatchOutcome::default();
     if max_events <= 0 {
-        return Ok(out);
+        return Ok(BatchOutcome::default());
     }
     let mut timer = StepTimer::new();
     let max_events = max_events.min(ADAPTED_LIMIT.with(|a| a.get()));
+    let Some(mut batch) = Batch::claim(client, max_events, scan)? else { return Ok(BatchOutcome::default()) };
+    timer.step("claim");
+    batch.group_by_call();
+    batch.lock_calls();
+    timer.step("lock");
+    batch.read_calls(client)?;
+    timer.step("read calls");
+    batch.read_history_of_late_calls(client, rules)?;
+    timer.step("history");
+    batch.fold_calls(rules);
+    timer.step("fold");
+    batch.write_calls(client);
+    timer.step("write");
+    batch.record_outcome(client, max_attempts)?;
+    timer.step("mark failures");
+    timer.report(&batch.out, batch.late.len());
+    Ok(batch.out)
+}
 
-    // 1. Claim and mark in one statement.
-    let mut claimed: Vec<Claimed> = Vec::new();
-    let from = match scan {
-        Scan::Full => 0,
-        Scan::FromFloor => SCAN_FLOOR.with(|f| f.borrow_mut().start(std::time::Instant::now())),
-    };
-    {
+/// An event that could not be applied: retried later, or dead-lettered when `permanent`.
+struct Failure {
+    id: i64,
+    error: String,
+    permanent: bool,
+}
+
+/// One call's events folded onto its row. `events` index [`Batch::events`], in event order.
+struct CallFold {
+    call_id: i64,
+    folded: Folded,
+    events: Vec<usize>,
+}
+
+/// One batch, going through its steps in [`process_batch_in`].
+struct Batch {
+    /// The claimed events, then the history events read for late calls (index >= `n_claimed`).
+    events: Vec<Claimed>,
+    n_claimed: usize,
+    by_call: HashMap<i64, Vec<usize>>,
+    /// The calls this batch holds (their advisory locks are taken).
+    calls: Vec<i64>,
+    rows: HashMap<i64, CallRow>,
+    /// Calls re-derived from their whole history.
+    late: Vec<i64>,
+    folds: Vec<CallFold>,
+    failures: Vec<Failure>,
+    /// Events given back to the queue; those in `lock_waits` wait a second.
+    deferred: Vec<i64>,
+    lock_waits: Vec<i64>,
+    /// (redelivery, first delivery) found while folding.
+    duplicates: Vec<(i64, i64)>,
+    out: BatchOutcome,
+}
+
+impl Batch {
+    /// Claims and marks up to `max_events` due events in one statement (None: nothing due).
+    fn claim(client: &mut SpiClient<'_>, max_events: i32, scan: Scan) -> Result<Option<Batch>, pgrx::spi::Error> {
+        let from = match scan {
+            Scan::Full => 0,
+            Scan::FromFloor => SCAN_FLOOR.with(|f| f.borrow_mut().start(std::time::Instant::now())),
+        };
+        let mut events = Vec::new();
         let table = replanned(|| {
             run_kept(client, CLAIM_SQL, &[pg_sys::INT4OID, pg_sys::INT8OID], None, &[max_events.into(), from.into()])
         })?;
         for row in table {
             let id: i64 = row.get(1)?.unwrap_or_default();
-            let payload: Option<JsonbArg> = row.get(2)?;
-            let Some(payload) = payload else { continue };
-            let parsed =
-                Container::root(payload.body()).map_err(|_| EventError::Corrupt).and_then(CallEvent::from_payload);
-            claimed.push(Claimed { id, payload, parsed });
+            let Some(payload) = row.get::<JsonbArg>(2)? else { continue };
+            events.push(Claimed::parse(id, payload));
         }
+        let max_id = events.iter().map(|c| c.id).max();
+        SCAN_FLOOR.with(|f| f.borrow_mut().claimed(std::time::Instant::now(), from, max_id));
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let out = BatchOutcome { full: events.len() as i64 >= max_events as i64, ..BatchOutcome::default() };
+        Ok(Some(Batch {
+            n_claimed: events.len(),
+            events,
+            by_call: HashMap::new(),
+            calls: Vec::new(),
+            rows: HashMap::new(),
+            late: Vec::new(),
+            folds: Vec::new(),
+            failures: Vec::new(),
+            deferred: Vec::new(),
+            lock_waits: Vec::new(),
+            duplicates: Vec::new(),
+            out,
+        }))
     }
-    let max_id = claimed.iter().map(|c| c.id).max();
-    SCAN_FLOOR.with(|f| f.borrow_mut().claimed(std::time::Instant::now(), from, max_id));
-    out.full = claimed.len() as i64 >= max_events as i64;
-    if claimed.is_empty() {
-        return Ok(out);
-    }
-    timer.step("claim");
 
-    // 2. Group by call, in event order (event_timestamp, then arrival).
-    let mut failures: Vec<(i64, String, bool)> = Vec::new();
-    let mut groups: HashMap<i64, Vec<usize>> = HashMap::new();
-    for (i, c) in claimed.iter().enumerate() {
-        match &c.parsed {
-            Ok(ev) => groups.entry(ev.call_id).or_default().push(i),
-            Err(e) => failures.push((c.id, e.to_string(), e.is_permanent())),
+    /// Groups the events by call; an event that cannot be read fails for good.
+    fn group_by_call(&mut self) {
+        for (i, c) in self.events.iter().enumerate() {
+            match &c.parsed {
+                Ok(ev) => self.by_call.entry(ev.call_id).or_default().push(i),
+                Err(e) => self.failures.push(Failure { id: c.id, error: e.to_string(), permanent: e.is_permanent() }),
+            }
         }
+        self.calls = self.by_call.keys().copied().collect();
+        self.calls.sort_unstable();
     }
-    let mut call_ids: Vec<i64> = groups.keys().copied().collect();
-    call_ids.sort_unstable();
 
-    // 3. One processor per call at a time, and no more calls than the shared lock table
-    //    has room for (one entry per call): the oldest calls first, the rest next batch.
-    let mut deferred: Vec<i64> = Vec::new();
-    let mut lock_waits: Vec<i64> = Vec::new();
-    let cap = max_calls_per_batch();
-    if call_ids.len() > cap {
-        call_ids.sort_unstable_by_key(|c| groups[c].iter().map(|&i| claimed[i].id).min());
-        for call_id in call_ids.drain(cap..) {
-            deferred.extend(groups[&call_id].iter().map(|&i| claimed[i].id));
-        }
-        out.capped_at_calls = Some(cap);
-        let kept: usize = call_ids.iter().map(|c| groups[c].len()).sum();
-        ADAPTED_LIMIT.with(|a| a.set(kept.max(1) as i32));
-    } else if out.full {
-        ADAPTED_LIMIT.with(|a| a.set(a.get().saturating_mul(2)));
+    /// The ids of the claimed events of `call_id`.
+    fn event_ids_of(&self, call_id: i64) -> impl Iterator<Item = i64> + '_ {
+        self.by_call[&call_id].iter().map(|&i| self.events[i].id)
     }
-    call_ids.retain(|call_id| {
-        if try_lock_call(*call_id) {
-            true
-        } else {
-            deferred.extend(groups[call_id].iter().map(|&i| claimed[i].id));
-            false
-        }
-    });
 
-    timer.step("lock");
-    // 4. Current rows of those calls.
-    let mut existing: HashMap<i64, CallRow> = HashMap::with_capacity(call_ids.len());
-    if !call_ids.is_empty() {
-        let table =
-            replanned(|| run_kept(client, READ_CALLS_SQL, &[pg_sys::INT8ARRAYOID], None, &[call_ids.clone().into()]))?;
+    /// One processor per call at a time, and no more calls than the shared lock table has
+    /// room for (one entry per call): the oldest calls first, the rest next batch.
+    fn lock_calls(&mut self) {
+        let cap = max_calls_per_batch();
+        if self.calls.len() > cap {
+            let mut calls = std::mem::take(&mut self.calls);
+            calls.sort_unstable_by_key(|&c| self.event_ids_of(c).min());
+            for call_id in calls.drain(cap..) {
+                let ids: Vec<i64> = self.event_ids_of(call_id).collect();
+                self.deferred.extend(ids);
+            }
+            self.calls = calls;
+            self.out.capped_at_calls = Some(cap);
+            let kept: usize = self.calls.iter().map(|c| self.by_call[c].len()).sum();
+            ADAPTED_LIMIT.with(|a| a.set(kept.max(1) as i32));
+        } else if self.out.full {
+            ADAPTED_LIMIT.with(|a| a.set(a.get().saturating_mul(2)));
+        }
+        let mut held = Vec::with_capacity(self.calls.len());
+        for call_id in std::mem::take(&mut self.calls) {
+            if try_lock_call(call_id) {
+                held.push(call_id);
+            } else {
+                let ids: Vec<i64> = self.event_ids_of(call_id).collect();
+                self.deferred.extend(ids);
+            }
+        }
+        self.calls = held;
+    }
+
+    /// The current rows of the calls held.
+    fn read_calls(&mut self, client: &mut SpiClient<'_>) -> Result<(), pgrx::spi::Error> {
+        if self.calls.is_empty() {
+            return Ok(());
+        }
+        let table = replanned(|| {
+            run_kept(client, READ_CALLS_SQL, &[pg_sys::INT8ARRAYOID], None, &[self.calls.clone().into()])
+        })?;
         for row in table {
             let r = read_call_row(&row)?;
-            existing.insert(r.dialpad_call_id, r);
+            self.rows.insert(r.dialpad_call_id, r);
         }
+        Ok(())
     }
 
-    timer.step("read calls");
-    // 5. A call that receives an event older than its last applied one is re-derived from
-    //    its whole history in event order: a late "voicemail" must not lose to an earlier
-    //    processed "hangup". An event as old as the last applied one may be a redelivery
-    //    that the insert trigger could not catch (delivered concurrently): its history
-    //    tells. So does an event that asks a call in a terminal status for another status:
-    //    whether that status was a default conclusion a later event may refine (a hangup's
-    //    "missed" before "voicemail_uploaded", see fold.rs) only the history says. Only such
-    //    calls pay for reading their history.
-    let n_batch = claimed.len();
-    let late: Vec<i64> = call_ids
-        .iter()
-        .copied()
-        .filter(|call_id| {
-            let Some(row) = existing.get(call_id) else { return false };
-            groups[call_id].iter().any(|&i| {
-                let Ok(ev) = claimed[i].parsed.as_ref() else { return false };
-                ev.event_at.zip(row.last_event_at).is_some_and(|(at, last)| at <= last)
-                    || crate::fold::conflicts_with_terminal(rules, ev, row)
+    /// A call that receives an event older than its last applied one is re-derived from its
+    /// whole history in event order: a late "voicemail" must not lose to an earlier processed
+    /// "hangup". An event as old as the last applied one may be a redelivery that the insert
+    /// trigger could not catch (delivered concurrently): its history tells. So does an event
+    /// that asks a call in a terminal status for another status: whether that status was a
+    /// default conclusion a later event may refine (a hangup's "missed" before
+    /// "voicemail_uploaded", see fold.rs) only the history says. Only such calls pay for
+    /// reading their history.
+    fn read_history_of_late_calls(
+        &mut self,
+        client: &mut SpiClient<'_>,
+        rules: &RuleSet,
+    ) -> Result<(), pgrx::spi::Error> {
+        self.late = self
+            .calls
+            .iter()
+            .copied()
+            .filter(|call_id| {
+                let Some(row) = self.rows.get(call_id) else { return false };
+                self.by_call[call_id].iter().any(|&i| {
+                    let Ok(ev) = self.events[i].parsed.as_ref() else { return false };
+                    ev.event_at.zip(row.last_event_at).is_some_and(|(at, last)| at <= last)
+                        || crate::fold::conflicts_with_terminal(rules, ev, row)
+                })
             })
-        })
-        .collect();
-    if !late.is_empty() {
-        let batch_ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+            .collect();
+        if self.late.is_empty() {
+            return Ok(());
+        }
+        let batch_ids: Vec<i64> = self.events.iter().map(|c| c.id).collect();
         let table = replanned(|| {
             run_kept(
                 client,
                 HISTORY_SQL,
                 &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
                 None,
-                &[late.clone().into(), batch_ids.into()],
+                &[self.late.clone().into(), batch_ids.into()],
             )
         })?;
         for row in table {
             let id: i64 = row.get(1)?.unwrap_or_default();
             let Some(payload) = row.get::<JsonbArg>(2)? else { continue };
-            let parsed =
-                Container::root(payload.body()).map_err(|_| EventError::Corrupt).and_then(CallEvent::from_payload);
-            if let Ok(ev) = &parsed {
-                if let Some(g) = groups.get_mut(&ev.call_id) {
-                    g.push(claimed.len());
-                    claimed.push(Claimed { id, payload, parsed });
-                }
+            let event = Claimed::parse(id, payload);
+            let Ok(call_id) = event.parsed.as_ref().map(|e| e.call_id) else { continue };
+            if let Some(g) = self.by_call.get_mut(&call_id) {
+                g.push(self.events.len());
+                self.events.push(event);
             }
         }
-        for call_id in &late {
-            existing.remove(call_id);
+        for call_id in &self.late {
+            self.rows.remove(call_id);
         }
+        Ok(())
     }
 
-    timer.step("history");
-    // 6. Fold each call's events, each redelivery once.
-    let mut folds: Vec<(i64, Folded, Vec<usize>)> = Vec::with_capacity(call_ids.len());
-    let mut duplicates: Vec<(i64, i64)> = Vec::new();
-    for call_id in &call_ids {
-        check_for_interrupts!();
-        let mut idx = groups.remove(call_id).unwrap_or_default();
-        idx.sort_by_key(|&i| {
-            let ev = claimed[i].parsed.as_ref().ok();
-            (ev.and_then(|e| e.event_at).unwrap_or(i64::MAX), claimed[i].id)
-        });
-        let dups = find_redeliveries(&claimed, &idx, n_batch);
-        idx.retain(|i| !dups.iter().any(|(d, _)| d == i));
-        duplicates.extend(dups.iter().map(|&(d, orig)| (claimed[d].id, orig)));
-        let events: Vec<&CallEvent> = idx.iter().filter_map(|&i| claimed[i].parsed.as_ref().ok()).collect();
-        let mut folded = fold_events_by_call(existing.get(call_id), &events, rules);
-        // Rejections of history events were recorded when they were first applied.
-        folded.rejections.retain(|r| idx[r.event] < n_batch);
-        folds.push((*call_id, folded, idx));
-    }
-
-    timer.step("fold");
-    // 7. Write: the whole batch at once; on error, call by call to isolate the bad one. A
-    //    call whose row another transaction has locked (lock_timeout) is deferred, not
-    //    failed; only the batch's own events are ever marked failed, never its history.
-    let all: Vec<usize> = (0..folds.len()).collect();
-    if in_subtransaction(|| write_calls_or_raise(client, &claimed, &folds, &all)).is_err() {
-        for i in 0..folds.len() {
+    /// Folds each call's events in event order (event_timestamp, then arrival), each
+    /// redelivery once.
+    fn fold_calls(&mut self, rules: &RuleSet) {
+        let n = self.n_claimed;
+        for &call_id in &self.calls {
             check_for_interrupts!();
-            let Err(e) = in_subtransaction(|| write_calls_or_raise(client, &claimed, &folds, &[i])) else { continue };
-            let own = folds[i].2.iter().copied().filter(|&e| e < n_batch).map(|e| claimed[e].id);
-            if e.is_lock_conflict() {
-                let ids: Vec<i64> = own.collect();
-                deferred.extend(&ids);
-                lock_waits.extend(ids);
-            } else {
-                failures.extend(own.map(|id| (id, e.message.clone(), false)));
-            }
-            folds[i].1.changed = false;
-            folds[i].1.rejections.clear();
+            let mut idx = self.by_call.remove(&call_id).unwrap_or_default();
+            idx.sort_by_key(|&i| {
+                let ev = self.events[i].parsed.as_ref().ok();
+                (ev.and_then(|e| e.event_at).unwrap_or(i64::MAX), self.events[i].id)
+            });
+            let dups = find_redeliveries(&self.events, &idx, n);
+            idx.retain(|i| !dups.iter().any(|(d, _)| d == i));
+            self.duplicates.extend(dups.iter().map(|&(d, orig)| (self.events[d].id, orig)));
+            let events: Vec<&CallEvent> = idx.iter().filter_map(|&i| self.events[i].parsed.as_ref().ok()).collect();
+            let mut folded = fold_events_by_call(self.rows.get(&call_id), &events, rules);
+            // Rejections of history events were recorded when they were first applied.
+            folded.rejections.retain(|r| idx[r.event] < n);
+            self.folds.push(CallFold { call_id, folded, events: idx });
         }
-    }
-    timer.step("write");
-    let failed_ids: std::collections::HashSet<i64> = failures.iter().map(|f| f.0).collect();
-    let deferred_ids: std::collections::HashSet<i64> = lock_waits.iter().copied().collect();
-    for (_, f, idx) in &folds {
-        out.rejected += f.rejections.len() as u64;
-        out.applied += idx
-            .iter()
-            .filter(|&&i| i < n_batch && !failed_ids.contains(&claimed[i].id) && !deferred_ids.contains(&claimed[i].id))
-            .count() as u64;
-    }
-    if !duplicates.is_empty() {
-        out.duplicates = duplicates.len() as u64;
-        let (ids, originals): (Vec<i64>, Vec<i64>) = duplicates.into_iter().unzip();
-        run_kept(
-            client,
-            DUPLICATES_SQL,
-            &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
-            None,
-            &[ids.into(), originals.into()],
-        )?;
     }
 
-    // 8. Failed events: attempt counted, error kept, retried later or dead-lettered.
-    if !failures.is_empty() {
-        let ids: Vec<i64> = failures.iter().map(|f| f.0).collect();
-        let errs: Vec<String> = failures.iter().map(|f| f.1.clone()).collect();
-        let perm: Vec<bool> = failures.iter().map(|f| f.2).collect();
-        let table = replanned(|| {
-            run_kept(
-                client,
-                FAIL_SQL,
-                &[pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::BOOLARRAYOID, pg_sys::INT4OID],
-                None,
-                &[ids.into(), errs.into(), perm.into(), max_attempts.into()],
-            )
-        })?;
-        for row in table {
-            if row.get::<bool>(1)?.unwrap_or(false) {
-                out.dead += 1;
-            }
+    /// The whole batch at once; on error, call by call to isolate the bad one. A call whose
+    /// row another transaction has locked (lock_timeout) is deferred, not failed; only the
+    /// batch's own events are ever marked failed, never its history.
+    fn write_calls(&mut self, client: &mut SpiClient<'_>) {
+        let all: Vec<usize> = (0..self.folds.len()).collect();
+        if in_subtransaction(|| write_calls_or_raise(client, &self.events, &self.folds, &all)).is_ok() {
+            return;
         }
-        out.failed = failures.len() as u64 - out.dead;
+        for i in 0..self.folds.len() {
+            check_for_interrupts!();
+            let Err(e) = in_subtransaction(|| write_calls_or_raise(client, &self.events, &self.folds, &[i])) else {
+                continue;
+            };
+            let own: Vec<i64> = self.folds[i]
+                .events
+                .iter()
+                .copied()
+                .filter(|&e| e < self.n_claimed)
+                .map(|e| self.events[e].id)
+                .collect();
+            if e.is_lock_conflict() {
+                self.deferred.extend(&own);
+                self.lock_waits.extend(own);
+            } else {
+                self.failures.extend(own.into_iter().map(|id| Failure {
+                    id,
+                    error: e.message.clone(),
+                    permanent: false,
+                }));
+            }
+            self.folds[i].folded.changed = false;
+            self.folds[i].folded.rejections.clear();
+        }
     }
-    if !deferred.is_empty() {
-        out.deferred = deferred.len() as u64;
-        replanned(|| {
+
+    /// Marks redeliveries, counts failed attempts (retry later or dead-letter), gives
+    /// deferred events back to the queue, and fills the outcome.
+    fn record_outcome(&mut self, client: &mut SpiClient<'_>, max_attempts: i32) -> Result<(), pgrx::spi::Error> {
+        let failed: std::collections::HashSet<i64> = self.failures.iter().map(|f| f.id).collect();
+        let waiting: std::collections::HashSet<i64> = self.lock_waits.iter().copied().collect();
+        for f in &self.folds {
+            self.out.rejected += f.folded.rejections.len() as u64;
+            self.out.applied += f
+                .events
+                .iter()
+                .filter(|&&i| i < self.n_claimed)
+                .filter(|&&i| !failed.contains(&self.events[i].id) && !waiting.contains(&self.events[i].id))
+                .count() as u64;
+        }
+        if !self.duplicates.is_empty() {
+            self.out.duplicates = self.duplicates.len() as u64;
+            let (ids, originals): (Vec<i64>, Vec<i64>) = self.duplicates.iter().copied().unzip();
             run_kept(
                 client,
-                DEFER_SQL,
+                DUPLICATES_SQL,
                 &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
                 None,
-                &[deferred.into(), lock_waits.into()],
-            )
-        })?;
+                &[ids.into(), originals.into()],
+            )?;
+        }
+        if !self.failures.is_empty() {
+            let ids: Vec<i64> = self.failures.iter().map(|f| f.id).collect();
+            let errs: Vec<String> = self.failures.iter().map(|f| f.error.clone()).collect();
+            let perm: Vec<bool> = self.failures.iter().map(|f| f.permanent).collect();
+            let table = replanned(|| {
+                run_kept(
+                    client,
+                    FAIL_SQL,
+                    &[pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::BOOLARRAYOID, pg_sys::INT4OID],
+                    None,
+                    &[ids.into(), errs.into(), perm.into(), max_attempts.into()],
+                )
+            })?;
+            for row in table {
+                if row.get::<bool>(1)?.unwrap_or(false) {
+                    self.out.dead += 1;
+                }
+            }
+            self.out.failed = self.failures.len() as u64 - self.out.dead;
+        }
+        if !self.deferred.is_empty() {
+            self.out.deferred = self.deferred.len() as u64;
+            let (deferred, waits) = (self.deferred.clone(), self.lock_waits.clone());
+            replanned(|| {
+                run_kept(
+                    client,
+                    DEFER_SQL,
+                    &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+                    None,
+                    &[deferred.into(), waits.into()],
+                )
+            })?;
+        }
+        self.out.handled = self.n_claimed as u64 - self.out.deferred;
+        if let Some(s) = crate::shmem::get() {
+            s.note_processed(self.out.handled);
+        }
+        Ok(())
     }
-    out.handled = n_batch as u64 - out.deferred;
-    if let Some(s) = crate::shmem::get() {
-        s.note_processed(out.handled);
-    }
-    timer.step("mark failures");
-    timer.report(&out, late.len());
-    Ok(out)
 }
 
 /// Per-step timings of a batch, logged at DEBUG1 (SET client_min_messages = debug1, or
@@ -489,12 +594,7 @@ impl StepTimer {
 
 /// [`write_calls`] as the processor, with any error raised, so that the enclosing
 /// subtransaction rolls back whatever part of the write was done.
-fn write_calls_or_raise(
-    client: &mut SpiClient<'_>,
-    claimed: &[Claimed],
-    folds: &[(i64, Folded, Vec<usize>)],
-    which: &[usize],
-) {
+fn write_calls_or_raise(client: &mut SpiClient<'_>, claimed: &[Claimed], folds: &[CallFold], which: &[usize]) {
     if let Err(e) = crate::triggers::as_processor(|| write_calls(client, claimed, folds, which)) {
         crate::error::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
@@ -537,13 +637,13 @@ fn find_redeliveries(claimed: &[Claimed], idx: &[usize], n_batch: usize) -> Vec<
 fn write_calls(
     client: &mut SpiClient<'_>,
     claimed: &[Claimed],
-    folds: &[(i64, Folded, Vec<usize>)],
+    folds: &[CallFold],
     which: &[usize],
 ) -> Result<(), pgrx::spi::Error> {
     let mut cols = Columns::default();
     let mut rej = Rejections::default();
     for &w in which {
-        let (call_id, f, idx) = &folds[w];
+        let CallFold { call_id, folded: f, events: idx } = &folds[w];
         for r in &f.rejections {
             rej.call.push(*call_id);
             rej.event.push(claimed[idx[r.event]].id);
