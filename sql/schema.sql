@@ -199,7 +199,7 @@ CREATE TRIGGER deleted_rules_apply AFTER INSERT ON dialpad.deleted_rules
 -- The inbox: every delivery, kept whole and never modified (the audit log).
 -- ---------------------------------------------------------------------------------------------
 CREATE TABLE dialpad.webhook_events (
-    id              bigserial PRIMARY KEY,
+    id              bigserial,
     event_type      text,
     call_id         bigint,
     dedupe_key      text,
@@ -210,10 +210,17 @@ CREATE TABLE dialpad.webhook_events (
     last_error      text,
     next_attempt_at timestamptz,
     dead_at         timestamptz,
-    duplicate_of    bigint
-);
+    duplicate_of    bigint,
+    PRIMARY KEY (id, received_at)
+) PARTITION BY RANGE (received_at);
 COMMENT ON TABLE dialpad.webhook_events IS
-    'Inbox and immutable audit log of Dialpad webhook deliveries. Pending: processed_at and dead_at NULL; due when next_attempt_at is NULL or past.';
+    'Inbox and immutable audit log of Dialpad webhook deliveries, partitioned by received_at (see dialpad.run_maintenance()). Pending: processed_at and dead_at NULL; due when next_attempt_at is NULL or past.';
+COMMENT ON COLUMN dialpad.webhook_events.received_at IS 'When the delivery was stored; the partition key (dialpad.partition_interval wide partitions, dropped after dialpad.retention).';
+-- Rows for which no partition exists yet (a backfill of old events, or a clock far ahead)
+-- land here instead of failing; dialpad.run_maintenance() moves them into partitions.
+CREATE TABLE dialpad.webhook_events_default PARTITION OF dialpad.webhook_events DEFAULT;
+COMMENT ON TABLE dialpad.webhook_events_default IS
+    'Events whose received_at no partition covers yet; dialpad.run_maintenance() moves them into their own partition. Its storage parameters are copied to every partition created.';
 COMMENT ON COLUMN dialpad.webhook_events.event_type IS 'Set from payload->>''state'' on insert when not given.';
 COMMENT ON COLUMN dialpad.webhook_events.dedupe_key IS 'call_id/state/event_timestamp (numbers in one canonical spelling), set on insert when all three are in the payload: deliveries with the same key are one event (Dialpad redelivers).';
 COMMENT ON COLUMN dialpad.webhook_events.duplicate_of IS 'Set on a redelivery: the id of the first delivery of the same event. Kept in the audit log, never applied.';
@@ -318,16 +325,20 @@ CREATE INDEX calls_started_at ON dialpad.calls (started_at);
 
 -- Invalid transitions attempted on dialpad.calls ("check invalid transitions" is a query).
 CREATE TABLE dialpad.rejected_transitions (
-    id              bigserial PRIMARY KEY,
+    id              bigserial,
     dialpad_call_id bigint,
     event_id        bigint,
     from_status     text,
     to_status       text,
     reason          text,
-    rejected_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
-);
+    rejected_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    PRIMARY KEY (id, rejected_at)
+) PARTITION BY RANGE (rejected_at);
 COMMENT ON TABLE dialpad.rejected_transitions IS
-    'Every invalid status transition attempted on dialpad.calls while dialpad.invalid_transition = skip, and every event whose status the processor refused (event_id set).';
+    'Every invalid status transition attempted on dialpad.calls while dialpad.invalid_transition = skip, and every event whose status the processor refused (event_id set). Partitioned by rejected_at and kept as long as the inbox (dialpad.retention).';
+CREATE TABLE dialpad.rejected_transitions_default PARTITION OF dialpad.rejected_transitions DEFAULT;
+COMMENT ON TABLE dialpad.rejected_transitions_default IS
+    'Rejections whose rejected_at no partition covers yet; dialpad.run_maintenance() moves them into their own partition.';
 CREATE INDEX rejected_transitions_call ON dialpad.rejected_transitions (dialpad_call_id);
 
 -- lz4 compresses and decompresses payloads several times faster than the default pglz (the
@@ -352,7 +363,7 @@ $$;
 -- current. No fillfactor: neither table can use HOT updates (processing changes a column of
 -- the pending index's predicate; a call update changes the GIN-indexed raw_payload), so free
 -- space left in pages would never be used.
-ALTER TABLE dialpad.webhook_events SET (
+ALTER TABLE dialpad.webhook_events_default SET (
     autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
     autovacuum_vacuum_insert_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
 ALTER TABLE dialpad.calls SET (
@@ -364,8 +375,8 @@ SELECT pg_catalog.pg_extension_config_dump('dialpad.call_statuses', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.status_transitions', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.state_mapping', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.deleted_rules', '');
-SELECT pg_catalog.pg_extension_config_dump('dialpad.webhook_events', '');
+SELECT pg_catalog.pg_extension_config_dump('dialpad.webhook_events_default', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.webhook_events_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.calls', '');
-SELECT pg_catalog.pg_extension_config_dump('dialpad.rejected_transitions', '');
+SELECT pg_catalog.pg_extension_config_dump('dialpad.rejected_transitions_default', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.rejected_transitions_id_seq', '');

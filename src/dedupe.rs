@@ -30,8 +30,17 @@ pub fn lock_key(call_id: i64, key: &str) {
     crate::pg::advisory_xact_lock(KEY_LOCK_NAMESPACE, hash ^ call_id as u64, true);
 }
 
+/// How far back (from the new delivery's received_at) the insert trigger looks for a first
+/// delivery: Dialpad retries within seconds (DIALPAD.md), and two subscriptions deliver
+/// together. Only the partitions of that window are searched, so a delivery costs the same
+/// with 30 or 3,000 partitions; a redelivery older than that is still never applied twice:
+/// its event is no newer than the call's last one, so the processor reads the call's history
+/// and marks it there (processor.rs).
+pub const WINDOW_US: i64 = 24 * 3600 * 1_000_000;
+
 const FIND_SQL: &std::ffi::CStr = c"SELECT id FROM dialpad.webhook_events
  WHERE call_id OPERATOR(pg_catalog.=) $1 AND dedupe_key OPERATOR(pg_catalog.=) $2 AND duplicate_of IS NULL
+   AND received_at OPERATOR(pg_catalog.>=) $3
  ORDER BY id LIMIT 1";
 
 thread_local! {
@@ -41,7 +50,7 @@ thread_local! {
 
 /// The id of the first stored delivery of (call_id, dedupe_key), if any is committed (or
 /// was stored earlier in this transaction).
-pub fn first_delivery(call_id: i64, key: &str) -> Option<i64> {
+pub fn first_delivery(call_id: i64, key: &str, received_at: pg_sys::TimestampTz) -> Option<i64> {
     // SAFETY: a complete SPI session: connected and finished here on the normal path; on an
     // ERROR, PostgreSQL's (sub)transaction abort cleans up the SPI stack. The plan is kept
     // in TopMemoryContext by SPI_keepplan and is revalidated by the plan cache if the table
@@ -53,8 +62,8 @@ pub fn first_delivery(call_id: i64, key: &str) -> Option<i64> {
         }
         let mut plan = PLAN.with(|p| p.get());
         if plan.is_null() {
-            let mut types = [pg_sys::INT8OID, pg_sys::TEXTOID];
-            let p = pg_sys::SPI_prepare(FIND_SQL.as_ptr(), 2, types.as_mut_ptr());
+            let mut types = [pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID];
+            let p = pg_sys::SPI_prepare(FIND_SQL.as_ptr(), 3, types.as_mut_ptr());
             if p.is_null() || pg_sys::SPI_keepplan(p) != 0 {
                 pg_sys::SPI_finish();
                 return None;
@@ -63,8 +72,9 @@ pub fn first_delivery(call_id: i64, key: &str) -> Option<i64> {
             plan = p;
         }
         let text = pg_sys::cstring_to_text_with_len(key.as_ptr() as *const std::ffi::c_char, key.len() as i32);
-        let mut values = [pg_sys::Datum::from(call_id), pg_sys::Datum::from(text)];
-        let nulls = [b' ' as std::ffi::c_char; 2];
+        let since = received_at.saturating_sub(WINDOW_US);
+        let mut values = [pg_sys::Datum::from(call_id), pg_sys::Datum::from(text), pg_sys::Datum::from(since)];
+        let nulls = [b' ' as std::ffi::c_char; 3];
         let rc = pg_sys::SPI_execute_snapshot(
             plan,
             values.as_mut_ptr(),

@@ -28,6 +28,20 @@ pub static WEBHOOK_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 pub static MAX_BODY_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10 * 1024 * 1024);
 pub static MAX_EVENT_AGE_S: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub static RETENTION_MIN: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static RETENTION_MODE: GucSetting<RetentionMode> = GucSetting::<RetentionMode>::new(RetentionMode::Drop);
+pub static PARTITION_INTERVAL_MIN: GucSetting<i32> = GucSetting::<i32>::new(24 * 60);
+pub static PARTITIONS_AHEAD: GucSetting<i32> = GucSetting::<i32>::new(3);
+pub static MAINTENANCE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(600);
+
+/// What dialpad.run_maintenance() does with a partition older than dialpad.retention.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RetentionMode {
+    /// DROP TABLE: the data is gone.
+    Drop,
+    /// DETACH PARTITION: an ordinary table left in schema dialpad, to archive and drop.
+    Detach,
+}
 
 pub fn init() {
     GucRegistry::define_enum_guc(
@@ -150,6 +164,54 @@ fn define_reloadable_settings() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"dialpad.retention",
+        c"How long events and rejected transitions are kept (0 = forever).",
+        c"dialpad.run_maintenance() drops (or detaches) the partitions whose whole range is older than this; a partition holding a pending or dead-lettered event is kept.",
+        &RETENTION_MIN,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MIN,
+    );
+    GucRegistry::define_enum_guc(
+        c"dialpad.retention_mode",
+        c"What retention does with an expired partition: drop it, or detach it (for archiving).",
+        c"A detached partition is an ordinary table in schema dialpad; archive and drop it yourself.",
+        &RETENTION_MODE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"dialpad.partition_interval",
+        c"Width of the time partitions of dialpad.webhook_events and dialpad.rejected_transitions.",
+        c"Applies to partitions created from then on; existing ones keep their range.",
+        &PARTITION_INTERVAL_MIN,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MIN,
+    );
+    GucRegistry::define_int_guc(
+        c"dialpad.partitions_ahead",
+        c"How many partitions dialpad.run_maintenance() keeps created ahead of the current one.",
+        c"",
+        &PARTITIONS_AHEAD,
+        0,
+        1000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"dialpad.maintenance_interval",
+        c"How often the first pg_dialpad worker runs dialpad.run_maintenance() (0 = never: schedule it yourself).",
+        c"",
+        &MAINTENANCE_INTERVAL_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_bool_guc(
         c"dialpad.enabled",
         c"Whether the pg_dialpad background workers process events.",
@@ -207,4 +269,10 @@ pub fn max_body_size() -> usize {
 /// Seconds; 0 means off.
 pub fn max_event_age() -> i64 {
     MAX_EVENT_AGE_S.get().max(0) as i64
+}
+
+/// How often the first worker runs maintenance; None when it never does.
+pub fn maintenance_interval() -> Option<std::time::Duration> {
+    let s = MAINTENANCE_INTERVAL_S.get();
+    (s > 0).then(|| std::time::Duration::from_secs(s as u64))
 }

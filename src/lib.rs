@@ -45,6 +45,7 @@ extension_sql_file!(
     name = "processing",
     requires = ["schema", triggers::wake_workers_on_insert, stats::processed_last_minute, stats::wake_workers]
 );
+extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["processing", version_info]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -44,17 +44,24 @@ pub struct BatchOutcome {
 /// The advisory lock namespace (`objsubid` in pg_locks): 'DP'.
 const LOCK_NAMESPACE: u16 = 0x4450;
 
+/// Claims due events in arrival order. The inbox is partitioned by received_at: every
+/// statement after the claim names the events by (id, received_at range), so that only the
+/// partitions the batch came from are planned, locked and scanned.
 pub(crate) const CLAIM_SQL: &str = "\
-UPDATE dialpad.webhook_events AS e SET processed_at = pg_catalog.now()
- WHERE e.id OPERATOR(pg_catalog.=) ANY (ARRAY(
-       SELECT p.id FROM dialpad.webhook_events AS p
-        WHERE p.processed_at IS NULL AND p.dead_at IS NULL
-          AND p.id OPERATOR(pg_catalog.>=) $2
-          AND (p.next_attempt_at IS NULL OR p.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())
-        ORDER BY p.id
-        LIMIT $1
-          FOR UPDATE SKIP LOCKED))
-RETURNING e.id, e.payload";
+SELECT p.id, p.received_at, p.payload FROM dialpad.webhook_events AS p
+ WHERE p.processed_at IS NULL AND p.dead_at IS NULL
+   AND p.id OPERATOR(pg_catalog.>=) $2
+   AND (p.next_attempt_at IS NULL OR p.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())
+ ORDER BY p.id
+ LIMIT $1
+   FOR UPDATE SKIP LOCKED";
+
+/// Marks the claimed events handled, in the claim's transaction (failures and deferrals
+/// are given back below).
+const MARK_SQL: &str = "\
+UPDATE dialpad.webhook_events SET processed_at = pg_catalog.now()
+ WHERE id OPERATOR(pg_catalog.=) ANY ($1)
+   AND received_at OPERATOR(pg_catalog.>=) $2 AND received_at OPERATOR(pg_catalog.<=) $3";
 
 const HISTORY_SQL: &str = "\
 SELECT id, payload FROM dialpad.webhook_events
@@ -111,6 +118,7 @@ UPDATE dialpad.webhook_events AS e
                       THEN pg_catalog.now() END
   FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.bool[])) AS f(id, err, permanent)
  WHERE e.id OPERATOR(pg_catalog.=) f.id
+   AND e.received_at OPERATOR(pg_catalog.>=) $5 AND e.received_at OPERATOR(pg_catalog.<=) $6
 RETURNING e.dead_at IS NOT NULL";
 
 /// Returns events to the queue without counting an attempt; those in $2 (their call was
@@ -121,13 +129,15 @@ UPDATE dialpad.webhook_events
        next_attempt_at = CASE WHEN id OPERATOR(pg_catalog.=) ANY ($2)
                               THEN pg_catalog.now() OPERATOR(pg_catalog.+) '1 second'::pg_catalog.interval
                               ELSE next_attempt_at END
- WHERE id OPERATOR(pg_catalog.=) ANY ($1)";
+ WHERE id OPERATOR(pg_catalog.=) ANY ($1)
+   AND received_at OPERATOR(pg_catalog.>=) $3 AND received_at OPERATOR(pg_catalog.<=) $4";
 
 /// Redeliveries that reached the processor (not caught at insert): kept, marked, not applied.
 const DUPLICATES_SQL: &str = "\
 UPDATE dialpad.webhook_events AS e SET duplicate_of = d.original
   FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[])) AS d(id, original)
- WHERE e.id OPERATOR(pg_catalog.=) d.id";
+ WHERE e.id OPERATOR(pg_catalog.=) d.id
+   AND e.received_at OPERATOR(pg_catalog.>=) $3 AND e.received_at OPERATOR(pg_catalog.<=) $4";
 
 thread_local! {
     /// Where this backend's claims start reading the pending index (see scan_floor.rs).
@@ -256,8 +266,26 @@ struct CallFold {
     events: Vec<usize>,
 }
 
+/// The received_at range of a batch's events: what prunes the inbox's partitions in the
+/// statements that name them by id.
+#[derive(Clone, Copy)]
+struct Received {
+    from: i64,
+    to: i64,
+}
+
+impl Received {
+    fn from_arg<'a>(self) -> DatumWithOid<'a> {
+        TimestampWithTimeZone::try_from(self.from).ok().into()
+    }
+    fn to_arg<'a>(self) -> DatumWithOid<'a> {
+        TimestampWithTimeZone::try_from(self.to).ok().into()
+    }
+}
+
 /// One batch, going through its steps in [`process_batch_in`].
 struct Batch {
+    received: Received,
     /// The claimed events, then the history events read for late calls (index >= `n_claimed`).
     events: Vec<Claimed>,
     n_claimed: usize,
@@ -285,12 +313,15 @@ impl Batch {
             Scan::FromFloor => SCAN_FLOOR.with(|f| f.borrow_mut().start(std::time::Instant::now())),
         };
         let mut events = Vec::new();
+        let mut received = (i64::MAX, i64::MIN);
         let table = replanned(|| {
             run_kept(client, CLAIM_SQL, &[pg_sys::INT4OID, pg_sys::INT8OID], None, &[max_events.into(), from.into()])
         })?;
         for row in table {
             let id: i64 = row.get(1)?.unwrap_or_default();
-            let Some(payload) = row.get::<JsonbArg>(2)? else { continue };
+            let at = row.get::<TimestampWithTimeZone>(2)?.map(|t| t.into_inner()).unwrap_or_default();
+            let Some(payload) = row.get::<JsonbArg>(3)? else { continue };
+            received = (received.0.min(at), received.1.max(at));
             events.push(Claimed::parse(id, payload));
         }
         let max_id = events.iter().map(|c| c.id).max();
@@ -298,8 +329,20 @@ impl Batch {
         if events.is_empty() {
             return Ok(None);
         }
+        let received = Received { from: received.0, to: received.1 };
+        let ids: Vec<i64> = events.iter().map(|c| c.id).collect();
+        replanned(|| {
+            run_kept(
+                client,
+                MARK_SQL,
+                &[pg_sys::INT8ARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
+                None,
+                &[ids.into(), received.from_arg(), received.to_arg()],
+            )
+        })?;
         let out = BatchOutcome { full: events.len() as i64 >= max_events as i64, ..BatchOutcome::default() };
         Ok(Some(Batch {
+            received,
             n_claimed: events.len(),
             events,
             by_call: HashMap::new(),
@@ -506,13 +549,15 @@ impl Batch {
         if !self.duplicates.is_empty() {
             self.out.duplicates = self.duplicates.len() as u64;
             let (ids, originals): (Vec<i64>, Vec<i64>) = self.duplicates.iter().copied().unzip();
-            run_kept(
-                client,
-                DUPLICATES_SQL,
-                &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
-                None,
-                &[ids.into(), originals.into()],
-            )?;
+            replanned(|| {
+                run_kept(
+                    client,
+                    DUPLICATES_SQL,
+                    &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
+                    None,
+                    &[ids.into(), originals.into(), self.received.from_arg(), self.received.to_arg()],
+                )
+            })?;
         }
         if !self.failures.is_empty() {
             let ids: Vec<i64> = self.failures.iter().map(|f| f.id).collect();
@@ -522,9 +567,23 @@ impl Batch {
                 run_kept(
                     client,
                     FAIL_SQL,
-                    &[pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID, pg_sys::BOOLARRAYOID, pg_sys::INT4OID],
+                    &[
+                        pg_sys::INT8ARRAYOID,
+                        pg_sys::TEXTARRAYOID,
+                        pg_sys::BOOLARRAYOID,
+                        pg_sys::INT4OID,
+                        pg_sys::TIMESTAMPTZOID,
+                        pg_sys::TIMESTAMPTZOID,
+                    ],
                     None,
-                    &[ids.into(), errs.into(), perm.into(), max_attempts.into()],
+                    &[
+                        ids.into(),
+                        errs.into(),
+                        perm.into(),
+                        max_attempts.into(),
+                        self.received.from_arg(),
+                        self.received.to_arg(),
+                    ],
                 )
             })?;
             for row in table {
@@ -541,9 +600,9 @@ impl Batch {
                 run_kept(
                     client,
                     DEFER_SQL,
-                    &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+                    &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
                     None,
-                    &[deferred.into(), waits.into()],
+                    &[deferred.into(), waits.into(), self.received.from_arg(), self.received.to_arg()],
                 )
             })?;
         }

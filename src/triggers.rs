@@ -191,7 +191,12 @@ fn webhook_events_before_insert<'a>(
     // unique index, and this library must go on storing into it meanwhile.
     let first = match (&key, call_id) {
         (Some(k), Some(c)) if new.get_attribute_by_name("duplicate_of").is_some() => {
-            crate::dedupe::first_delivery(c, k)
+            let received = new
+                .get_by_name::<TimestampWithTimeZone>("received_at")
+                .map_err(err)?
+                .map(|t| t.into_inner())
+                .unwrap_or_else(crate::pg::now);
+            crate::dedupe::first_delivery(c, k, received)
         }
         _ => None,
     };

@@ -227,6 +227,7 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
     let mut said: Option<Idle> = None;
     let mut said_capped = false;
     let mut last_error_log: Option<Instant> = None;
+    let mut last_maintenance: Option<Instant> = None;
     loop {
         check_for_interrupts!();
         if BackgroundWorker::sighup_received() {
@@ -295,6 +296,19 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
             }
             report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook events");
         }
+        // The first worker also keeps the partitions (dialpad.run_maintenance()).
+        if index == 0 && gucs::enabled() && said.is_none() {
+            if let Some(every) = gucs::maintenance_interval() {
+                if last_maintenance.is_none_or(|t| t.elapsed() >= every) {
+                    report_activity(pg_sys::BackendState::STATE_RUNNING, c"pg_dialpad maintenance");
+                    run_maintenance(index);
+                    // SAFETY: outside a transaction.
+                    unsafe { pg_sys::pgstat_report_stat(false) };
+                    last_maintenance = Some(Instant::now());
+                    report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook events");
+                }
+            }
+        }
         if full {
             continue;
         }
@@ -354,6 +368,49 @@ impl Idle {
             VersionMismatch { .. } => Idle::VersionMismatch,
             DropInProgress => Idle::Drop,
             _ => Idle::NotInstalled,
+        }
+    }
+}
+
+/// dialpad.run_maintenance() in its own transaction; what it did goes to the server log.
+fn run_maintenance(index: usize) {
+    let result: Result<Vec<String>, String> = PgTryBuilder::new(|| {
+        Ok(BackgroundWorker::transaction(|| {
+            Spi::connect(|client| {
+                let mut done = Vec::new();
+                let rows = client.select(
+                    "SELECT action, partition, range_from::pg_catalog.text, rows FROM dialpad.run_maintenance()",
+                    None,
+                    &[],
+                )?;
+                for r in rows {
+                    let action: String = r.get(1)?.unwrap_or_default();
+                    let partition: String = r.get(2)?.unwrap_or_default();
+                    let from: String = r.get(3)?.unwrap_or_default();
+                    let n: Option<i64> = r.get(4)?;
+                    done.push(format!("{action} {partition} (from {from}, rows {})", n.unwrap_or(0)));
+                }
+                Ok::<_, pgrx::spi::Error>(done)
+            })
+            .unwrap_or_else(|e| vec![format!("failed: {e}")])
+        }))
+    })
+    .catch_others(|e| Err(processor::caught_message(&e)))
+    .execute();
+    match result {
+        Ok(done) => {
+            for line in done {
+                log!("pg_dialpad worker {index}: maintenance: {line}");
+            }
+        }
+        Err(msg) => {
+            // SAFETY: as in run_one_batch, after an ERROR caught in our own transaction.
+            unsafe {
+                pg_sys::AbortCurrentTransaction();
+                pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            }
+            processor::forget_plans();
+            warning!("pg_dialpad worker {index}: maintenance failed and was rolled back: {msg}");
         }
     }
 }

@@ -1,0 +1,189 @@
+-- Time partitions and retention of the inbox and of rejected_transitions (README,
+-- "Retention"). Expired data goes by dropping (or detaching) whole partitions, never by a
+-- DELETE; rows no partition covers wait in the DEFAULT partition, never refused.
+
+CREATE VIEW dialpad.partitions AS
+SELECT i.inhparent::pg_catalog.regclass AS parent,
+       c.oid::pg_catalog.regclass AS partition,
+       b.bounds IS NULL AS is_default,
+       CASE b.bounds[1] WHEN 'MINVALUE' THEN '-infinity' ELSE b.bounds[1] END::pg_catalog.timestamptz AS range_from,
+       CASE b.bounds[2] WHEN 'MAXVALUE' THEN 'infinity' ELSE b.bounds[2] END::pg_catalog.timestamptz AS range_to,
+       GREATEST(c.reltuples, 0)::pg_catalog.int8 AS estimated_rows,
+       pg_catalog.pg_total_relation_size(c.oid) AS total_bytes
+  FROM pg_catalog.pg_inherits i
+  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid
+  LEFT JOIN LATERAL pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+       'FROM \(''?([^'')]+)''?\) TO \(''?([^'')]+)''?\)') AS b(bounds) ON true
+ WHERE i.inhparent OPERATOR(pg_catalog.=) ANY (ARRAY['dialpad.webhook_events'::pg_catalog.regclass,
+                                                    'dialpad.rejected_transitions'::pg_catalog.regclass]);
+COMMENT ON VIEW dialpad.partitions IS
+    'The partitions of dialpad.webhook_events and dialpad.rejected_transitions: their time range (NULL for the DEFAULT partition), estimated rows and size.';
+
+-- The partition grid: multiples of the width from a Monday midnight UTC, so that days start
+-- at midnight UTC and weeks on Mondays.
+CREATE FUNCTION dialpad.partition_start(t timestamptz, width interval) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT '2000-01-03 00:00:00+00'::timestamptz
+           + width * floor(extract(epoch FROM t - '2000-01-03 00:00:00+00'::timestamptz)
+                           / extract(epoch FROM width))
+$$;
+COMMENT ON FUNCTION dialpad.partition_start(timestamptz, interval) IS
+    'The start of the partition of the given width that holds time t (multiples of the width from Monday 2000-01-03 00:00 UTC).';
+
+-- Creates the partition of parent holding time t (the grid cell of t, shortened to the gap
+-- between the existing partitions around t), moving into it the rows the DEFAULT partition
+-- holds for its range. Built as a plain table and attached, so that ingestion (which only
+-- needs the parent and the partition it writes to) never waits for it.
+CREATE FUNCTION dialpad.add_partition(parent regclass, t timestamptz, width interval,
+                                      OUT partition text, OUT range_from timestamptz,
+                                      OUT range_to timestamptz, OUT moved bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO, YMD' AS $$
+#variable_conflict use_variable
+DECLARE
+    col text := CASE parent WHEN 'dialpad.webhook_events'::regclass THEN 'received_at' ELSE 'rejected_at' END;
+    base text := (SELECT relname FROM pg_class WHERE oid = parent);
+    def regclass;
+    opts text[];
+BEGIN
+    IF parent NOT IN ('dialpad.webhook_events'::regclass, 'dialpad.rejected_transitions'::regclass) THEN
+        RAISE EXCEPTION '% is not partitioned by pg_dialpad', parent USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM dialpad.partitions p WHERE p.parent = add_partition.parent AND NOT p.is_default
+                 AND t >= p.range_from AND t < p.range_to) THEN
+        RETURN;
+    END IF;
+    range_from := GREATEST(dialpad.partition_start(t, width),
+                           (SELECT max(p.range_to) FROM dialpad.partitions p
+                             WHERE p.parent = add_partition.parent AND p.range_to <= t));
+    range_to := LEAST(dialpad.partition_start(t, width) + width,
+                      (SELECT min(p.range_from) FROM dialpad.partitions p
+                        WHERE p.parent = add_partition.parent AND p.range_from > t));
+    partition := format('%s_p%s', base,
+                        CASE WHEN range_from = date_trunc('day', range_from) THEN to_char(range_from, 'YYYYMMDD')
+                             ELSE to_char(range_from, 'YYYYMMDD_HH24MI') END);
+    -- A table detached by retention may still carry the name: take the next free one.
+    WHILE to_regclass(format('dialpad.%I', partition)) IS NOT NULL LOOP
+        partition := partition || '_';
+    END LOOP;
+    SELECT p.partition, c.reloptions INTO def, opts
+      FROM dialpad.partitions p JOIN pg_class c ON c.oid = p.partition
+     WHERE p.parent = add_partition.parent AND p.is_default;
+
+    EXECUTE format('CREATE TABLE dialpad.%I (LIKE %s INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)',
+                   partition, parent);
+    IF opts IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE dialpad.%I SET (%s)', partition, array_to_string(opts, ', '));
+    END IF;
+    -- The range as a CHECK constraint: ATTACH then needs no scan of the new table.
+    EXECUTE format('ALTER TABLE dialpad.%I ADD CONSTRAINT %I CHECK (%I >= %L AND %I < %L)',
+                   partition, partition || '_range', col, range_from, col, range_to);
+    IF def IS NOT NULL THEN
+        EXECUTE format('WITH m AS (DELETE FROM ONLY %s WHERE %I >= $1 AND %I < $2 RETURNING *) INSERT INTO dialpad.%I SELECT * FROM m',
+                       def, col, col, partition)
+          USING range_from, range_to;
+        GET DIAGNOSTICS moved = ROW_COUNT;
+    END IF;
+    EXECUTE format('ALTER TABLE %s ATTACH PARTITION dialpad.%I FOR VALUES FROM (%L) TO (%L)',
+                   parent, partition, range_from, range_to);
+    EXECUTE format('ALTER TABLE dialpad.%I DROP CONSTRAINT %I', partition, partition || '_range');
+END
+$$;
+COMMENT ON FUNCTION dialpad.add_partition(regclass, timestamptz, interval) IS
+    'Creates the partition of dialpad.webhook_events or dialpad.rejected_transitions that holds time t (width wide, shortened to fit between existing partitions) and moves into it the rows of the DEFAULT partition in its range. Does nothing when a partition already holds t.';
+
+CREATE FUNCTION dialpad.run_maintenance()
+RETURNS TABLE (action text, partition text, range_from timestamptz, range_to timestamptz, rows bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO, YMD'
+    SET lock_timeout = '2s' AS $$
+#variable_conflict use_column
+DECLARE
+    width interval;
+    ahead integer;
+    keep interval;
+    mode text;
+    tbl regclass;
+    col text;
+    t timestamptz;
+    p record;
+    added record;
+    pending bigint;
+BEGIN
+    IF dialpad.version_info() NOT LIKE format('pg_dialpad %s %%', (SELECT extversion FROM pg_extension WHERE extname = 'pg_dialpad')) THEN
+        RAISE EXCEPTION 'pg_dialpad''s library (%) and SQL (%) versions differ', dialpad.version_info(),
+                (SELECT extversion FROM pg_extension WHERE extname = 'pg_dialpad')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run ALTER EXTENSION pg_dialpad UPDATE (or restart PostgreSQL if the new library is not loaded yet).';
+    END IF;
+    width := make_interval(mins => (SELECT setting::int FROM pg_settings WHERE name = 'dialpad.partition_interval'));
+    ahead := (SELECT setting::int FROM pg_settings WHERE name = 'dialpad.partitions_ahead');
+    keep := make_interval(mins => (SELECT setting::int FROM pg_settings WHERE name = 'dialpad.retention'));
+    mode := (SELECT setting FROM pg_settings WHERE name = 'dialpad.retention_mode');
+
+    FOREACH tbl IN ARRAY ARRAY['dialpad.webhook_events'::regclass, 'dialpad.rejected_transitions'::regclass] LOOP
+        col := CASE tbl WHEN 'dialpad.webhook_events'::regclass THEN 'received_at' ELSE 'rejected_at' END;
+        -- Rows waiting in the DEFAULT partition, oldest first, then the partitions ahead.
+        FOR t IN EXECUTE format('SELECT DISTINCT dialpad.partition_start(%I, $1) FROM ONLY %s ORDER BY 1',
+                                col, (SELECT q.partition FROM dialpad.partitions q WHERE q.parent = tbl AND q.is_default))
+                 USING width
+        LOOP
+            BEGIN
+                SELECT * INTO added FROM dialpad.add_partition(tbl, t, width);
+                IF added.partition IS NOT NULL THEN
+                    action := 'created'; partition := added.partition; range_from := added.range_from;
+                    range_to := added.range_to; rows := added.moved;
+                    RETURN NEXT;
+                END IF;
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                action := 'busy'; partition := tbl::text; range_from := t; range_to := t + width; rows := NULL;
+                RETURN NEXT;
+            END;
+        END LOOP;
+        FOR i IN 0 .. ahead LOOP
+            t := GREATEST(now(), dialpad.partition_start(now(), width) + width * i);
+            BEGIN
+                SELECT * INTO added FROM dialpad.add_partition(tbl, t, width);
+                IF added.partition IS NOT NULL THEN
+                    action := 'created'; partition := added.partition; range_from := added.range_from;
+                    range_to := added.range_to; rows := added.moved;
+                    RETURN NEXT;
+                END IF;
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                action := 'busy'; partition := tbl::text; range_from := t; range_to := t + width; rows := NULL;
+                RETURN NEXT;
+            END;
+        END LOOP;
+
+        CONTINUE WHEN keep <= interval '0';
+        FOR p IN SELECT q.partition, q.range_from, q.range_to, q.estimated_rows FROM dialpad.partitions q
+                  WHERE q.parent = tbl AND NOT q.is_default AND q.range_to <= now() - keep
+                  ORDER BY q.range_from
+        LOOP
+            action := NULL; partition := p.partition::text; range_from := p.range_from; range_to := p.range_to;
+            BEGIN
+                -- The parent first, as every writer locks it: no deadlock with them.
+                EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', tbl);
+                EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p.partition);
+                pending := 0;
+                IF tbl = 'dialpad.webhook_events'::regclass THEN
+                    -- A pending, retrying or dead-lettered event keeps its whole partition.
+                    EXECUTE format('SELECT count(*) FROM %s WHERE processed_at IS NULL', p.partition) INTO pending;
+                END IF;
+                IF pending > 0 THEN
+                    action := 'kept'; rows := pending;
+                ELSIF mode = 'detach' THEN
+                    EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', tbl, p.partition);
+                    action := 'detached'; rows := p.estimated_rows;
+                ELSE
+                    EXECUTE format('DROP TABLE %s', p.partition);
+                    action := 'dropped'; rows := p.estimated_rows;
+                END IF;
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                action := 'busy'; rows := NULL;
+            END;
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dialpad.run_maintenance() IS
+    'Creates the partitions of dialpad.webhook_events and dialpad.rejected_transitions for the next dialpad.partitions_ahead intervals, moves rows out of the DEFAULT partitions into partitions of their own, and drops (or detaches, per dialpad.retention_mode) partitions older than dialpad.retention, except those holding a pending or dead-lettered event. Returns what it did: created, dropped, detached, kept (rows = its unprocessed events), busy (a lock was not had within 2 s; tried again next time). The workers run it every dialpad.maintenance_interval.';
