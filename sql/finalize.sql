@@ -109,3 +109,8 @@ GRANT SELECT, UPDATE (processed_at, attempts, last_error, next_attempt_at, dead_
 GRANT SELECT, INSERT, UPDATE ON dialpad.calls TO dialpad_worker;
 GRANT USAGE ON SEQUENCE dialpad.rejected_transitions_id_seq TO dialpad_worker;
 GRANT INSERT ON dialpad.rejected_transitions TO dialpad_worker;
+
+-- Maintenance (sql/maintenance.sql): run as the extension's owner, by the workers or an admin.
+REVOKE EXECUTE ON FUNCTION dialpad.run_maintenance(), dialpad.add_partition(regclass, timestamptz, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dialpad.run_maintenance() TO dialpad_admin, dialpad_worker;
+GRANT SELECT ON dialpad.partitions TO dialpad_reader;

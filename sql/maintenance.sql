@@ -93,7 +93,7 @@ COMMENT ON FUNCTION dialpad.add_partition(regclass, timestamptz, interval) IS
 
 CREATE FUNCTION dialpad.run_maintenance()
 RETURNS TABLE (action text, partition text, range_from timestamptz, range_to timestamptz, rows bigint)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO, YMD'
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO, YMD'
     SET lock_timeout = '2s' AS $$
 #variable_conflict use_column
 DECLARE

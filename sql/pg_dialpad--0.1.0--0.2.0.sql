@@ -201,3 +201,375 @@ ALTER FUNCTION dialpad.sanitize_call_payload(jsonb, integer, integer, integer, i
     SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION dialpad.sanitize_call_payload(jsonb, integer, integer, integer, integer, integer, integer, integer, integer) IS
     'A size-bounded copy of a payload: transcripts cut at max_transcript_length characters, other strings at max_string_length, binary data removed, arrays cut to max_array_items plus a marker, nested objects over max_object_keys summarized, values deeper than max_depth replaced, keys longer than max_key_length cut; at most max_bytes of jsonb in all (as a last resort the top level keeps the pairs that fit and lists the rest). Idempotent.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Retention (README, "Retention"): the inbox and rejected_transitions become partitioned by
+-- time. Each 0.1.0 table is kept whole, payloads untouched, and attached as the first
+-- partition (everything up to the end of today, UTC); later partitions are made by
+-- dialpad.run_maintenance(). Nothing is copied: the cost is one scan (the attach checks the
+-- range) and one index build (the primary key gains the partition key).
+-- ---------------------------------------------------------------------------------------------
+
+DO $$
+DECLARE
+    upto timestamptz;
+    legacy text;
+BEGIN
+    SELECT GREATEST(date_trunc('day', now(), 'UTC'), date_trunc('day', max(received_at), 'UTC')) + interval '1 day'
+      INTO upto FROM dialpad.webhook_events;
+    legacy := 'webhook_events_before_' || to_char(upto AT TIME ZONE 'UTC', 'YYYYMMDD');
+    ALTER SEQUENCE dialpad.webhook_events_id_seq OWNED BY NONE;
+    ALTER TABLE dialpad.webhook_events ALTER COLUMN id DROP DEFAULT;
+    ALTER TABLE dialpad.webhook_events DROP CONSTRAINT webhook_events_pkey;
+    DROP TRIGGER webhook_events_immutable ON dialpad.webhook_events;
+    DROP TRIGGER webhook_events_before_insert ON dialpad.webhook_events;
+    DROP TRIGGER webhook_events_wake ON dialpad.webhook_events;
+    ALTER INDEX dialpad.webhook_events_pending RENAME TO webhook_events_legacy_pending;
+    ALTER INDEX dialpad.webhook_events_dead RENAME TO webhook_events_legacy_dead;
+    ALTER INDEX dialpad.webhook_events_call_dedupe RENAME TO webhook_events_legacy_call_dedupe;
+    EXECUTE format('ALTER TABLE dialpad.webhook_events RENAME TO %I', legacy);
+    EXECUTE format('ALTER EXTENSION pg_dialpad DROP TABLE dialpad.%I', legacy);
+    PERFORM set_config('pg_dialpad_upgrade.legacy_events', legacy, true);
+    PERFORM set_config('pg_dialpad_upgrade.legacy_upto', upto::text, true);
+
+    SELECT GREATEST(date_trunc('day', now(), 'UTC'), date_trunc('day', max(rejected_at), 'UTC')) + interval '1 day'
+      INTO upto FROM dialpad.rejected_transitions;
+    legacy := 'rejected_transitions_before_' || to_char(upto AT TIME ZONE 'UTC', 'YYYYMMDD');
+    ALTER SEQUENCE dialpad.rejected_transitions_id_seq OWNED BY NONE;
+    ALTER TABLE dialpad.rejected_transitions ALTER COLUMN id DROP DEFAULT;
+    ALTER TABLE dialpad.rejected_transitions DROP CONSTRAINT rejected_transitions_pkey;
+    ALTER INDEX dialpad.rejected_transitions_call RENAME TO rejected_transitions_legacy_call;
+    EXECUTE format('ALTER TABLE dialpad.rejected_transitions RENAME TO %I', legacy);
+    EXECUTE format('ALTER EXTENSION pg_dialpad DROP TABLE dialpad.%I', legacy);
+    PERFORM set_config('pg_dialpad_upgrade.legacy_rejections', legacy, true);
+    PERFORM set_config('pg_dialpad_upgrade.legacy_rejections_upto', upto::text, true);
+END
+$$;
+
+CREATE TABLE dialpad.webhook_events (
+    id              bigint NOT NULL DEFAULT nextval('dialpad.webhook_events_id_seq'::regclass),
+    event_type      text,
+    call_id         bigint,
+    dedupe_key      text,
+    payload         jsonb NOT NULL,
+    received_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    processed_at    timestamptz,
+    attempts        integer NOT NULL DEFAULT 0
+                    CONSTRAINT webhook_events_attempts_check CHECK (attempts OPERATOR(pg_catalog.>=) 0),
+    last_error      text,
+    next_attempt_at timestamptz,
+    dead_at         timestamptz,
+    duplicate_of    bigint,
+    PRIMARY KEY (id, received_at)
+) PARTITION BY RANGE (received_at);
+ALTER SEQUENCE dialpad.webhook_events_id_seq OWNED BY dialpad.webhook_events.id;
+COMMENT ON TABLE dialpad.webhook_events IS
+    'Inbox and immutable audit log of Dialpad webhook deliveries, partitioned by received_at (see dialpad.run_maintenance()). Pending: processed_at and dead_at NULL; due when next_attempt_at is NULL or past.';
+COMMENT ON COLUMN dialpad.webhook_events.received_at IS 'When the delivery was stored; the partition key (dialpad.partition_interval wide partitions, dropped after dialpad.retention).';
+COMMENT ON COLUMN dialpad.webhook_events.event_type IS 'Set from payload->>''state'' on insert when not given.';
+COMMENT ON COLUMN dialpad.webhook_events.dedupe_key IS 'call_id/state/event_timestamp (numbers in one canonical spelling), set on insert when all three are in the payload: deliveries with the same key are one event (Dialpad redelivers).';
+COMMENT ON COLUMN dialpad.webhook_events.duplicate_of IS 'Set on a redelivery: the id of the first delivery of the same event. Kept in the audit log, never applied.';
+COMMENT ON COLUMN dialpad.webhook_events.call_id IS 'Set from payload->''call_id'' on insert (NULL when it is not an integer).';
+COMMENT ON COLUMN dialpad.webhook_events.payload IS 'The full event as delivered. Cannot be changed after insert.';
+COMMENT ON COLUMN dialpad.webhook_events.processed_at IS 'When the event was applied to dialpad.calls; NULL while pending.';
+COMMENT ON COLUMN dialpad.webhook_events.attempts IS 'How many times applying the event failed.';
+COMMENT ON COLUMN dialpad.webhook_events.last_error IS 'The error of the last failed attempt.';
+COMMENT ON COLUMN dialpad.webhook_events.next_attempt_at IS 'Earliest time of the next attempt after a failure (exponential backoff).';
+COMMENT ON COLUMN dialpad.webhook_events.dead_at IS 'Set when the event was dead-lettered: it will not be tried again unless re-driven.';
+CREATE TABLE dialpad.webhook_events_default PARTITION OF dialpad.webhook_events DEFAULT;
+COMMENT ON TABLE dialpad.webhook_events_default IS
+    'Events whose received_at no partition covers yet; dialpad.run_maintenance() moves them into their own partition. Its storage parameters are copied to every partition created.';
+CREATE INDEX webhook_events_pending ON dialpad.webhook_events (id)
+    WHERE processed_at IS NULL AND dead_at IS NULL;
+CREATE INDEX webhook_events_dead ON dialpad.webhook_events (dead_at)
+    WHERE dead_at IS NOT NULL;
+CREATE INDEX webhook_events_call_dedupe ON dialpad.webhook_events (call_id, dedupe_key);
+CREATE TRIGGER webhook_events_immutable BEFORE UPDATE OF id, payload, call_id, dedupe_key, received_at ON dialpad.webhook_events
+    FOR EACH ROW EXECUTE FUNCTION dialpad.webhook_events_immutable();
+ALTER TABLE dialpad.webhook_events ENABLE ALWAYS TRIGGER webhook_events_immutable;
+CREATE TRIGGER webhook_events_wake AFTER INSERT ON dialpad.webhook_events
+    FOR EACH STATEMENT EXECUTE FUNCTION dialpad.wake_workers_on_insert();
+CREATE TRIGGER webhook_events_before_insert BEFORE INSERT ON dialpad.webhook_events
+    FOR EACH ROW EXECUTE FUNCTION dialpad.webhook_events_before_insert();
+ALTER TABLE dialpad.webhook_events ENABLE ALWAYS TRIGGER webhook_events_before_insert;
+
+CREATE TABLE dialpad.rejected_transitions (
+    id              bigint NOT NULL DEFAULT nextval('dialpad.rejected_transitions_id_seq'::regclass),
+    dialpad_call_id bigint,
+    event_id        bigint,
+    from_status     text,
+    to_status       text,
+    reason          text,
+    rejected_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    PRIMARY KEY (id, rejected_at)
+) PARTITION BY RANGE (rejected_at);
+ALTER SEQUENCE dialpad.rejected_transitions_id_seq OWNED BY dialpad.rejected_transitions.id;
+COMMENT ON TABLE dialpad.rejected_transitions IS
+    'Every invalid status transition attempted on dialpad.calls while dialpad.invalid_transition = skip, and every event whose status the processor refused (event_id set). Partitioned by rejected_at and kept as long as the inbox (dialpad.retention).';
+CREATE TABLE dialpad.rejected_transitions_default PARTITION OF dialpad.rejected_transitions DEFAULT;
+COMMENT ON TABLE dialpad.rejected_transitions_default IS
+    'Rejections whose rejected_at no partition covers yet; dialpad.run_maintenance() moves them into their own partition.';
+CREATE INDEX rejected_transitions_call ON dialpad.rejected_transitions (dialpad_call_id);
+
+DO $$
+BEGIN
+    IF current_setting('server_version_num')::int >= 140000
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_settings
+                    WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)) THEN
+        ALTER TABLE dialpad.webhook_events ALTER COLUMN payload SET COMPRESSION lz4;
+    END IF;
+END
+$$;
+ALTER TABLE dialpad.webhook_events_default SET (
+    autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
+
+-- The 0.1.0 tables become the first partitions (their indexes are reused; the primary key
+-- gains received_at / rejected_at).
+DO $$
+BEGIN
+    EXECUTE format('ALTER TABLE dialpad.webhook_events ATTACH PARTITION dialpad.%I FOR VALUES FROM (MINVALUE) TO (%L)',
+                   current_setting('pg_dialpad_upgrade.legacy_events'), current_setting('pg_dialpad_upgrade.legacy_upto'));
+    EXECUTE format('ALTER TABLE dialpad.rejected_transitions ATTACH PARTITION dialpad.%I FOR VALUES FROM (MINVALUE) TO (%L)',
+                   current_setting('pg_dialpad_upgrade.legacy_rejections'), current_setting('pg_dialpad_upgrade.legacy_rejections_upto'));
+END
+$$;
+
+-- Time partitions and retention of the inbox and of rejected_transitions (README,
+-- "Retention"). Expired data goes by dropping (or detaching) whole partitions, never by a
+-- DELETE; rows no partition covers wait in the DEFAULT partition, never refused.
+
+CREATE VIEW dialpad.partitions AS
+SELECT i.inhparent::pg_catalog.regclass AS parent,
+       c.oid::pg_catalog.regclass AS partition,
+       b.bounds IS NULL AS is_default,
+       CASE b.bounds[1] WHEN 'MINVALUE' THEN '-infinity' ELSE b.bounds[1] END::pg_catalog.timestamptz AS range_from,
+       CASE b.bounds[2] WHEN 'MAXVALUE' THEN 'infinity' ELSE b.bounds[2] END::pg_catalog.timestamptz AS range_to,
+       GREATEST(c.reltuples, 0)::pg_catalog.int8 AS estimated_rows,
+       pg_catalog.pg_total_relation_size(c.oid) AS total_bytes
+  FROM pg_catalog.pg_inherits i
+  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid
+  LEFT JOIN LATERAL pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+       'FROM \(''?([^'')]+)''?\) TO \(''?([^'')]+)''?\)') AS b(bounds) ON true
+ WHERE i.inhparent OPERATOR(pg_catalog.=) ANY (ARRAY['dialpad.webhook_events'::pg_catalog.regclass,
+                                                    'dialpad.rejected_transitions'::pg_catalog.regclass]);
+COMMENT ON VIEW dialpad.partitions IS
+    'The partitions of dialpad.webhook_events and dialpad.rejected_transitions: their time range (NULL for the DEFAULT partition), estimated rows and size.';
+
+-- The partition grid: multiples of the width from a Monday midnight UTC, so that days start
+-- at midnight UTC and weeks on Mondays.
+CREATE FUNCTION dialpad.partition_start(t timestamptz, width interval) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT '2000-01-03 00:00:00+00'::timestamptz
+           + width * floor(extract(epoch FROM t - '2000-01-03 00:00:00+00'::timestamptz)
+                           / extract(epoch FROM width))
+$$;
+COMMENT ON FUNCTION dialpad.partition_start(timestamptz, interval) IS
+    'The start of the partition of the given width that holds time t (multiples of the width from Monday 2000-01-03 00:00 UTC).';
+
+-- Creates the partition of parent holding time t (the grid cell of t, shortened to the gap
+-- between the existing partitions around t), moving into it the rows the DEFAULT partition
+-- holds for its range. Built as a plain table and attached, so that ingestion (which only
+-- needs the parent and the partition it writes to) never waits for it.
+CREATE FUNCTION dialpad.add_partition(parent regclass, t timestamptz, width interval,
+                                      OUT partition text, OUT range_from timestamptz,
+                                      OUT range_to timestamptz, OUT moved bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO, YMD' AS $$
+#variable_conflict use_variable
+DECLARE
+    col text := CASE parent WHEN 'dialpad.webhook_events'::regclass THEN 'received_at' ELSE 'rejected_at' END;
+    base text := (SELECT relname FROM pg_class WHERE oid = parent);
+    def regclass;
+    opts text[];
+BEGIN
+    IF parent NOT IN ('dialpad.webhook_events'::regclass, 'dialpad.rejected_transitions'::regclass) THEN
+        RAISE EXCEPTION '% is not partitioned by pg_dialpad', parent USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM dialpad.partitions p WHERE p.parent = add_partition.parent AND NOT p.is_default
+                 AND t >= p.range_from AND t < p.range_to) THEN
+        RETURN;
+    END IF;
+    range_from := GREATEST(dialpad.partition_start(t, width),
+                           (SELECT max(p.range_to) FROM dialpad.partitions p
+                             WHERE p.parent = add_partition.parent AND p.range_to <= t));
+    range_to := LEAST(dialpad.partition_start(t, width) + width,
+                      (SELECT min(p.range_from) FROM dialpad.partitions p
+                        WHERE p.parent = add_partition.parent AND p.range_from > t));
+    partition := format('%s_p%s', base,
+                        CASE WHEN range_from = date_trunc('day', range_from) THEN to_char(range_from, 'YYYYMMDD')
+                             ELSE to_char(range_from, 'YYYYMMDD_HH24MI') END);
+    -- A table detached by retention may still carry the name: take the next free one.
+    WHILE to_regclass(format('dialpad.%I', partition)) IS NOT NULL LOOP
+        partition := partition || '_';
+    END LOOP;
+    SELECT p.partition, c.reloptions INTO def, opts
+      FROM dialpad.partitions p JOIN pg_class c ON c.oid = p.partition
+     WHERE p.parent = add_partition.parent AND p.is_default;
+
+    EXECUTE format('CREATE TABLE dialpad.%I (LIKE %s INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)',
+                   partition, parent);
+    IF opts IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE dialpad.%I SET (%s)', partition, array_to_string(opts, ', '));
+    END IF;
+    -- The range as a CHECK constraint: ATTACH then needs no scan of the new table.
+    EXECUTE format('ALTER TABLE dialpad.%I ADD CONSTRAINT %I CHECK (%I >= %L AND %I < %L)',
+                   partition, partition || '_range', col, range_from, col, range_to);
+    IF def IS NOT NULL THEN
+        EXECUTE format('WITH m AS (DELETE FROM ONLY %s WHERE %I >= $1 AND %I < $2 RETURNING *) INSERT INTO dialpad.%I SELECT * FROM m',
+                       def, col, col, partition)
+          USING range_from, range_to;
+        GET DIAGNOSTICS moved = ROW_COUNT;
+    END IF;
+    EXECUTE format('ALTER TABLE %s ATTACH PARTITION dialpad.%I FOR VALUES FROM (%L) TO (%L)',
+                   parent, partition, range_from, range_to);
+    EXECUTE format('ALTER TABLE dialpad.%I DROP CONSTRAINT %I', partition, partition || '_range');
+END
+$$;
+COMMENT ON FUNCTION dialpad.add_partition(regclass, timestamptz, interval) IS
+    'Creates the partition of dialpad.webhook_events or dialpad.rejected_transitions that holds time t (width wide, shortened to fit between existing partitions) and moves into it the rows of the DEFAULT partition in its range. Does nothing when a partition already holds t.';
+
+CREATE FUNCTION dialpad.run_maintenance()
+RETURNS TABLE (action text, partition text, range_from timestamptz, range_to timestamptz, rows bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO, YMD'
+    SET lock_timeout = '2s' AS $$
+#variable_conflict use_column
+DECLARE
+    width interval;
+    ahead integer;
+    keep interval;
+    mode text;
+    tbl regclass;
+    col text;
+    t timestamptz;
+    p record;
+    added record;
+    pending bigint;
+BEGIN
+    IF dialpad.version_info() NOT LIKE format('pg_dialpad %s %%', (SELECT extversion FROM pg_extension WHERE extname = 'pg_dialpad')) THEN
+        RAISE EXCEPTION 'pg_dialpad''s library (%) and SQL (%) versions differ', dialpad.version_info(),
+                (SELECT extversion FROM pg_extension WHERE extname = 'pg_dialpad')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run ALTER EXTENSION pg_dialpad UPDATE (or restart PostgreSQL if the new library is not loaded yet).';
+    END IF;
+    width := make_interval(mins => (SELECT setting::int FROM pg_settings WHERE name = 'dialpad.partition_interval'));
+    ahead := (SELECT setting::int FROM pg_settings WHERE name = 'dialpad.partitions_ahead');
+    keep := make_interval(mins => (SELECT setting::int FROM pg_settings WHERE name = 'dialpad.retention'));
+    mode := (SELECT setting FROM pg_settings WHERE name = 'dialpad.retention_mode');
+
+    FOREACH tbl IN ARRAY ARRAY['dialpad.webhook_events'::regclass, 'dialpad.rejected_transitions'::regclass] LOOP
+        col := CASE tbl WHEN 'dialpad.webhook_events'::regclass THEN 'received_at' ELSE 'rejected_at' END;
+        -- Rows waiting in the DEFAULT partition, oldest first, then the partitions ahead.
+        FOR t IN EXECUTE format('SELECT DISTINCT dialpad.partition_start(%I, $1) FROM ONLY %s ORDER BY 1',
+                                col, (SELECT q.partition FROM dialpad.partitions q WHERE q.parent = tbl AND q.is_default))
+                 USING width
+        LOOP
+            BEGIN
+                SELECT * INTO added FROM dialpad.add_partition(tbl, t, width);
+                IF added.partition IS NOT NULL THEN
+                    action := 'created'; partition := added.partition; range_from := added.range_from;
+                    range_to := added.range_to; rows := added.moved;
+                    RETURN NEXT;
+                END IF;
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                action := 'busy'; partition := tbl::text; range_from := t; range_to := t + width; rows := NULL;
+                RETURN NEXT;
+            END;
+        END LOOP;
+        FOR i IN 0 .. ahead LOOP
+            t := GREATEST(now(), dialpad.partition_start(now(), width) + width * i);
+            BEGIN
+                SELECT * INTO added FROM dialpad.add_partition(tbl, t, width);
+                IF added.partition IS NOT NULL THEN
+                    action := 'created'; partition := added.partition; range_from := added.range_from;
+                    range_to := added.range_to; rows := added.moved;
+                    RETURN NEXT;
+                END IF;
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                action := 'busy'; partition := tbl::text; range_from := t; range_to := t + width; rows := NULL;
+                RETURN NEXT;
+            END;
+        END LOOP;
+
+        CONTINUE WHEN keep <= interval '0';
+        FOR p IN SELECT q.partition, q.range_from, q.range_to, q.estimated_rows FROM dialpad.partitions q
+                  WHERE q.parent = tbl AND NOT q.is_default AND q.range_to <= now() - keep
+                  ORDER BY q.range_from
+        LOOP
+            action := NULL; partition := p.partition::text; range_from := p.range_from; range_to := p.range_to;
+            BEGIN
+                -- The parent first, as every writer locks it: no deadlock with them.
+                EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', tbl);
+                EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p.partition);
+                pending := 0;
+                IF tbl = 'dialpad.webhook_events'::regclass THEN
+                    -- A pending, retrying or dead-lettered event keeps its whole partition.
+                    EXECUTE format('SELECT count(*) FROM %s WHERE processed_at IS NULL', p.partition) INTO pending;
+                END IF;
+                IF pending > 0 THEN
+                    action := 'kept'; rows := pending;
+                ELSIF mode = 'detach' THEN
+                    EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', tbl, p.partition);
+                    action := 'detached'; rows := p.estimated_rows;
+                ELSE
+                    EXECUTE format('DROP TABLE %s', p.partition);
+                    action := 'dropped'; rows := p.estimated_rows;
+                END IF;
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                action := 'busy'; rows := NULL;
+            END;
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dialpad.run_maintenance() IS
+    'Creates the partitions of dialpad.webhook_events and dialpad.rejected_transitions for the next dialpad.partitions_ahead intervals, moves rows out of the DEFAULT partitions into partitions of their own, and drops (or detaches, per dialpad.retention_mode) partitions older than dialpad.retention, except those holding a pending or dead-lettered event. Returns what it did: created, dropped, detached, kept (rows = its unprocessed events), busy (a lock was not had within 2 s; tried again next time). The workers run it every dialpad.maintenance_interval.';
+
+SELECT pg_catalog.pg_extension_config_dump('dialpad.webhook_events_default', '');
+SELECT pg_catalog.pg_extension_config_dump('dialpad.rejected_transitions_default', '');
+
+-- The views name the new tables.
+CREATE OR REPLACE VIEW dialpad.dead_events AS
+SELECT id, event_type,
+       CASE WHEN pg_catalog.jsonb_typeof(payload) OPERATOR(pg_catalog.=) 'object'
+            THEN payload OPERATOR(pg_catalog.->>) 'call_id' END AS call_id,
+       attempts, last_error, received_at, dead_at, payload
+  FROM dialpad.webhook_events
+ WHERE dead_at IS NOT NULL;
+CREATE OR REPLACE VIEW dialpad.queue_stats AS
+SELECT q.pending, q.due, q.retrying,
+       (SELECT pg_catalog.count(*) FROM dialpad.webhook_events d WHERE d.dead_at IS NOT NULL) AS dead,
+       pg_catalog.now() OPERATOR(pg_catalog.-) q.oldest_received_at AS oldest_pending_age,
+       dialpad.processed_last_minute() AS processed_last_minute
+  FROM (SELECT pg_catalog.count(*) AS pending,
+               pg_catalog.count(*) FILTER (WHERE e.next_attempt_at IS NULL
+                   OR e.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()) AS due,
+               pg_catalog.count(*) FILTER (WHERE e.attempts OPERATOR(pg_catalog.>) 0) AS retrying,
+               pg_catalog.min(e.received_at) AS oldest_received_at
+          FROM dialpad.webhook_events e
+         WHERE e.processed_at IS NULL AND e.dead_at IS NULL) q;
+CREATE OR REPLACE VIEW dialpad.payload_stats AS
+SELECT 'calls.raw_payload'::text AS source,
+       pg_catalog.count(c.raw_payload) AS payloads,
+       pg_catalog.avg(pg_catalog.pg_column_size(c.raw_payload))::bigint AS avg_bytes,
+       pg_catalog.min(pg_catalog.pg_column_size(c.raw_payload)) AS min_bytes,
+       pg_catalog.max(pg_catalog.pg_column_size(c.raw_payload)) AS max_bytes
+  FROM dialpad.calls c
+UNION ALL
+SELECT 'webhook_events.payload',
+       pg_catalog.count(e.payload),
+       pg_catalog.avg(pg_catalog.pg_column_size(e.payload))::bigint,
+       pg_catalog.min(pg_catalog.pg_column_size(e.payload)),
+       pg_catalog.max(pg_catalog.pg_column_size(e.payload))
+  FROM dialpad.webhook_events e;
+
+GRANT INSERT (event_type, payload) ON dialpad.webhook_events TO dialpad_ingest;
+GRANT SELECT (id, call_id, dedupe_key, duplicate_of) ON dialpad.webhook_events TO dialpad_ingest;
+GRANT SELECT ON dialpad.rejected_transitions, dialpad.partitions TO dialpad_reader;
+GRANT SELECT (id, processed_at, dead_at, next_attempt_at, attempts),
+      UPDATE (dead_at, attempts, next_attempt_at) ON dialpad.webhook_events TO dialpad_admin;
+GRANT SELECT, UPDATE (processed_at, attempts, last_error, next_attempt_at, dead_at, duplicate_of)
+    ON dialpad.webhook_events TO dialpad_worker;
+GRANT INSERT ON dialpad.rejected_transitions TO dialpad_worker;
+REVOKE EXECUTE ON FUNCTION dialpad.run_maintenance(), dialpad.add_partition(regclass, timestamptz, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dialpad.run_maintenance() TO dialpad_admin, dialpad_worker;
