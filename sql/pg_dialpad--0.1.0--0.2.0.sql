@@ -573,3 +573,14 @@ GRANT SELECT, UPDATE (processed_at, attempts, last_error, next_attempt_at, dead_
 GRANT INSERT ON dialpad.rejected_transitions TO dialpad_worker;
 REVOKE EXECUTE ON FUNCTION dialpad.run_maintenance(), dialpad.add_partition(regclass, timestamptz, interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dialpad.run_maintenance() TO dialpad_admin, dialpad_worker;
+
+-- Each call counts the events applied to it, so that once retention has dropped part of a
+-- call's history a late event is not re-derived from what is left (README, "Retention").
+-- 0.1.0 never dropped anything: the inbox holds every applied event of every call.
+ALTER TABLE dialpad.calls ADD COLUMN events_applied integer NOT NULL DEFAULT 0;
+COMMENT ON COLUMN dialpad.calls.events_applied IS 'How many events (redeliveries not counted) were applied to this row. When the inbox holds fewer (retention dropped older partitions), a late event is applied to the row as it stands rather than re-deriving the call from what is left.';
+UPDATE dialpad.calls AS c SET events_applied = e.n
+  FROM (SELECT call_id, count(*)::integer AS n FROM dialpad.webhook_events
+         WHERE processed_at IS NOT NULL AND duplicate_of IS NULL AND call_id IS NOT NULL
+         GROUP BY call_id) AS e
+ WHERE c.dialpad_call_id = e.call_id;

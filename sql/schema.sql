@@ -296,7 +296,8 @@ CREATE TABLE dialpad.calls (
     raw_payload         jsonb,
     last_event_at       timestamptz,
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    updated_at          timestamptz NOT NULL DEFAULT pg_catalog.now()
+    updated_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    events_applied      integer NOT NULL DEFAULT 0
 );
 COMMENT ON TABLE dialpad.calls IS
     'One row per Dialpad call leg. Triggers normalize direction and enforce dialpad.status_transitions on every write.';
@@ -316,6 +317,7 @@ COMMENT ON COLUMN dialpad.calls.entry_point_call_id IS 'The entry-point leg of t
 COMMENT ON COLUMN dialpad.calls.transcript IS 'transcription_text, cut as the sanitizer cuts transcripts.';
 COMMENT ON COLUMN dialpad.calls.raw_payload IS 'The last applied event, sanitized by dialpad.sanitize_call_payload (the full one stays in webhook_events).';
 COMMENT ON COLUMN dialpad.calls.last_event_at IS 'event_timestamp of the last event applied.';
+COMMENT ON COLUMN dialpad.calls.events_applied IS 'How many events (redeliveries not counted) were applied to this row. When the inbox holds fewer (retention dropped older partitions), a late event is applied to the row as it stands rather than re-deriving the call from what is left.';
 
 -- jsonb_path_ops: smaller and cheaper to maintain than the default opclass, and serves the
 -- containment (@>) queries used when debugging.

@@ -50,6 +50,9 @@ pub struct CallRow {
     pub voicemail_link: Option<String>,
     pub transcript: Option<String>,
     pub last_event_at: Option<i64>,
+    /// Events applied to the row (redeliveries not counted); set by the processor, which
+    /// compares it with the history the inbox still holds (retention drops old partitions).
+    pub events_applied: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -73,7 +73,7 @@ SELECT dialpad_call_id, direction, status, last_state, external_number, internal
        started_at, connected_at, ended_at, duration_seconds::pg_catalog.float8,
        target_id, target_type, target_name, contact_id, contact_name,
        master_call_id, entry_point_call_id, operator_call_id,
-       recording_url, voicemail_link, transcript, last_event_at
+       recording_url, voicemail_link, transcript, last_event_at, events_applied
   FROM dialpad.calls
  WHERE dialpad_call_id OPERATOR(pg_catalog.=) ANY ($1)";
 
@@ -83,12 +83,12 @@ INSERT INTO dialpad.calls AS c
         started_at, connected_at, ended_at, duration_seconds,
         target_id, target_type, target_name, contact_id, contact_name,
         master_call_id, entry_point_call_id, operator_call_id,
-        recording_url, voicemail_link, transcript, raw_payload, last_event_at)
+        recording_url, voicemail_link, transcript, raw_payload, last_event_at, events_applied)
 SELECT u.id, u.dir, u.st, u.ls, u.ext, u.int, u.sa, u.ca, u.ea, u.dur::pg_catalog.numeric(14,3),
-       u.tid, u.tty, u.tna, u.cid, u.cna, u.mid, u.eid, u.oid, u.rec, u.vm, u.tr, u.raw, u.le
-  FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), pg_catalog.unnest($7::pg_catalog.timestamptz[]), pg_catalog.unnest($8::pg_catalog.timestamptz[]), pg_catalog.unnest($9::pg_catalog.timestamptz[]), pg_catalog.unnest($10::pg_catalog.float8[]), pg_catalog.unnest($11::pg_catalog.text[]), pg_catalog.unnest($12::pg_catalog.text[]), pg_catalog.unnest($13::pg_catalog.text[]), pg_catalog.unnest($14::pg_catalog.text[]), pg_catalog.unnest($15::pg_catalog.text[]), pg_catalog.unnest($16::pg_catalog.int8[]), pg_catalog.unnest($17::pg_catalog.int8[]), pg_catalog.unnest($18::pg_catalog.int8[]), pg_catalog.unnest($19::pg_catalog.text[]), pg_catalog.unnest($20::pg_catalog.text[]), pg_catalog.unnest($21::pg_catalog.text[]), pg_catalog.unnest($22::pg_catalog.jsonb[]), pg_catalog.unnest($23::pg_catalog.timestamptz[]))
+       u.tid, u.tty, u.tna, u.cid, u.cna, u.mid, u.eid, u.oid, u.rec, u.vm, u.tr, u.raw, u.le, u.n
+  FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), pg_catalog.unnest($7::pg_catalog.timestamptz[]), pg_catalog.unnest($8::pg_catalog.timestamptz[]), pg_catalog.unnest($9::pg_catalog.timestamptz[]), pg_catalog.unnest($10::pg_catalog.float8[]), pg_catalog.unnest($11::pg_catalog.text[]), pg_catalog.unnest($12::pg_catalog.text[]), pg_catalog.unnest($13::pg_catalog.text[]), pg_catalog.unnest($14::pg_catalog.text[]), pg_catalog.unnest($15::pg_catalog.text[]), pg_catalog.unnest($16::pg_catalog.int8[]), pg_catalog.unnest($17::pg_catalog.int8[]), pg_catalog.unnest($18::pg_catalog.int8[]), pg_catalog.unnest($19::pg_catalog.text[]), pg_catalog.unnest($20::pg_catalog.text[]), pg_catalog.unnest($21::pg_catalog.text[]), pg_catalog.unnest($22::pg_catalog.jsonb[]), pg_catalog.unnest($23::pg_catalog.timestamptz[]), pg_catalog.unnest($24::pg_catalog.int4[]))
        AS u(id, dir, st, ls, ext, int, sa, ca, ea, dur, tid, tty, tna, cid, cna, mid, eid, oid,
-            rec, vm, tr, raw, le)
+            rec, vm, tr, raw, le, n)
 ON CONFLICT (dialpad_call_id) DO UPDATE SET
        direction = EXCLUDED.direction, status = EXCLUDED.status, last_state = EXCLUDED.last_state,
        external_number = EXCLUDED.external_number, internal_number = EXCLUDED.internal_number,
@@ -101,7 +101,8 @@ ON CONFLICT (dialpad_call_id) DO UPDATE SET
        operator_call_id = EXCLUDED.operator_call_id, recording_url = EXCLUDED.recording_url,
        voicemail_link = EXCLUDED.voicemail_link, transcript = EXCLUDED.transcript,
        raw_payload = COALESCE(EXCLUDED.raw_payload, c.raw_payload),
-       last_event_at = EXCLUDED.last_event_at, updated_at = pg_catalog.now()";
+       last_event_at = EXCLUDED.last_event_at, events_applied = EXCLUDED.events_applied,
+       updated_at = pg_catalog.now()";
 
 const REJECTIONS_SQL: &str = "\
 INSERT INTO dialpad.rejected_transitions (dialpad_call_id, event_id, from_status, to_status, reason)
@@ -275,10 +276,10 @@ struct Received {
 }
 
 impl Received {
-    fn from_arg<'a>(self) -> DatumWithOid<'a> {
+    fn lower_arg<'a>(self) -> DatumWithOid<'a> {
         TimestampWithTimeZone::try_from(self.from).ok().into()
     }
-    fn to_arg<'a>(self) -> DatumWithOid<'a> {
+    fn upper_arg<'a>(self) -> DatumWithOid<'a> {
         TimestampWithTimeZone::try_from(self.to).ok().into()
     }
 }
@@ -295,6 +296,9 @@ struct Batch {
     rows: HashMap<i64, CallRow>,
     /// Calls re-derived from their whole history.
     late: Vec<i64>,
+    /// Late calls whose history retention has partly dropped: their events are applied to
+    /// the row as it stands (re-deriving from what is left would lose what was dropped).
+    partial: std::collections::HashSet<i64>,
     folds: Vec<CallFold>,
     failures: Vec<Failure>,
     /// Events given back to the queue; those in `lock_waits` wait a second.
@@ -337,7 +341,7 @@ impl Batch {
                 MARK_SQL,
                 &[pg_sys::INT8ARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
                 None,
-                &[ids.into(), received.from_arg(), received.to_arg()],
+                &[ids.into(), received.lower_arg(), received.upper_arg()],
             )
         })?;
         let out = BatchOutcome { full: events.len() as i64 >= max_events as i64, ..BatchOutcome::default() };
@@ -349,6 +353,7 @@ impl Batch {
             calls: Vec::new(),
             rows: HashMap::new(),
             late: Vec::new(),
+            partial: Default::default(),
             folds: Vec::new(),
             failures: Vec::new(),
             deferred: Vec::new(),
@@ -459,6 +464,7 @@ impl Batch {
                 &[self.late.clone().into(), batch_ids.into()],
             )
         })?;
+        let mut found: HashMap<i64, i32> = HashMap::new();
         for row in table {
             let id: i64 = row.get(1)?.unwrap_or_default();
             let Some(payload) = row.get::<JsonbArg>(2)? else { continue };
@@ -467,10 +473,16 @@ impl Batch {
             if let Some(g) = self.by_call.get_mut(&call_id) {
                 g.push(self.events.len());
                 self.events.push(event);
+                *found.entry(call_id).or_default() += 1;
             }
         }
         for call_id in &self.late {
-            self.rows.remove(call_id);
+            let applied = self.rows.get(call_id).map_or(0, |r| r.events_applied);
+            if found.get(call_id).copied().unwrap_or(0) < applied {
+                self.partial.insert(*call_id);
+            } else {
+                self.rows.remove(call_id);
+            }
         }
         Ok(())
     }
@@ -489,10 +501,21 @@ impl Batch {
             let dups = find_redeliveries(&self.events, &idx, n);
             idx.retain(|i| !dups.iter().any(|(d, _)| d == i));
             self.duplicates.extend(dups.iter().map(|&(d, orig)| (self.events[d].id, orig)));
+            let base = self.rows.get(&call_id);
+            if base.is_some() {
+                // Applied to the row as it stands (an in-order call, or one whose history
+                // is partly gone): the history events only served to find redeliveries.
+                idx.retain(|&i| i < n);
+            }
             let events: Vec<&CallEvent> = idx.iter().filter_map(|&i| self.events[i].parsed.as_ref().ok()).collect();
-            let mut folded = fold_events_by_call(self.rows.get(&call_id), &events, rules);
+            let mut folded = fold_events_by_call(base, &events, rules);
             // Rejections of history events were recorded when they were first applied.
             folded.rejections.retain(|r| idx[r.event] < n);
+            // The count of applied events moves with every event, so it is always written.
+            let own = idx.iter().filter(|&&i| i < n).count() as i32;
+            let history = idx.len() as i32 - own;
+            folded.row.events_applied = base.map_or(history, |r| r.events_applied).saturating_add(own);
+            folded.changed |= own > 0;
             self.folds.push(CallFold { call_id, folded, events: idx });
         }
     }
@@ -555,7 +578,7 @@ impl Batch {
                     DUPLICATES_SQL,
                     &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
                     None,
-                    &[ids.into(), originals.into(), self.received.from_arg(), self.received.to_arg()],
+                    &[ids.into(), originals.into(), self.received.lower_arg(), self.received.upper_arg()],
                 )
             })?;
         }
@@ -581,8 +604,8 @@ impl Batch {
                         errs.into(),
                         perm.into(),
                         max_attempts.into(),
-                        self.received.from_arg(),
-                        self.received.to_arg(),
+                        self.received.lower_arg(),
+                        self.received.upper_arg(),
                     ],
                 )
             })?;
@@ -602,7 +625,7 @@ impl Batch {
                     DEFER_SQL,
                     &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
                     None,
-                    &[deferred.into(), waits.into(), self.received.from_arg(), self.received.to_arg()],
+                    &[deferred.into(), waits.into(), self.received.lower_arg(), self.received.upper_arg()],
                 )
             })?;
         }
@@ -754,6 +777,7 @@ fn write_calls(
             pg_sys::TEXTARRAYOID,
             pg_sys::JSONBARRAYOID,
             pg_sys::TIMESTAMPTZARRAYOID,
+            pg_sys::INT4ARRAYOID,
         ];
         run_kept(client, UPSERT_SQL, &types, None, &args)?;
     }
@@ -810,6 +834,7 @@ struct Columns {
     transcript: Vec<Option<String>>,
     raw: Vec<Option<Vec<u8>>>,
     last_event: Vec<Option<TimestampWithTimeZone>>,
+    events_applied: Vec<i32>,
 }
 
 fn ts(us: Option<i64>) -> Option<TimestampWithTimeZone> {
@@ -841,6 +866,7 @@ impl Columns {
         self.transcript.push(r.transcript.clone());
         self.raw.push(raw);
         self.last_event.push(ts(r.last_event_at));
+        self.events_applied.push(r.events_applied);
     }
 
     fn into_args<'a>(self) -> Vec<DatumWithOid<'a>> {
@@ -868,6 +894,7 @@ impl Columns {
             self.transcript.into(),
             jsonb_array(self.raw),
             self.last_event.into(),
+            self.events_applied.into(),
         ]
     }
 }
@@ -952,6 +979,7 @@ fn read_call_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<CallRow, pgrx:
         voicemail_link: row.get(20)?,
         transcript: row.get(21)?,
         last_event_at: t(22)?,
+        events_applied: row.get(23)?.unwrap_or_default(),
     })
 }
 
