@@ -43,7 +43,10 @@ DECLARE
     col text := CASE parent WHEN 'dialpad.webhook_events'::regclass THEN 'received_at' ELSE 'rejected_at' END;
     base text := (SELECT relname FROM pg_class WHERE oid = parent);
     def regclass;
+    def_name text;
     opts text[];
+    idx record;
+    idx_name text;
 BEGIN
     IF parent NOT IN ('dialpad.webhook_events'::regclass, 'dialpad.rejected_transitions'::regclass) THEN
         RAISE EXCEPTION '% is not partitioned by pg_dialpad', parent USING ERRCODE = 'invalid_parameter_value';
@@ -68,6 +71,12 @@ BEGIN
     SELECT p.partition, c.reloptions INTO def, opts
       FROM dialpad.partitions p JOIN pg_class c ON c.oid = p.partition
      WHERE p.parent = add_partition.parent AND p.is_default;
+    IF def IS NULL THEN
+        RAISE EXCEPTION '% has no DEFAULT partition', parent
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'pg_dialpad makes partitions after the model of the DEFAULT partition: re-create it with the indexes of sql/schema.sql.';
+    END IF;
+    def_name := (SELECT relname FROM pg_class WHERE oid = def);
 
     EXECUTE format('CREATE TABLE dialpad.%I (LIKE %s INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)',
                    partition, parent);
@@ -77,12 +86,20 @@ BEGIN
     -- The range as a CHECK constraint: ATTACH then needs no scan of the new table.
     EXECUTE format('ALTER TABLE dialpad.%I ADD CONSTRAINT %I CHECK (%I >= %L AND %I < %L)',
                    partition, partition || '_range', col, range_from, col, range_to);
-    IF def IS NOT NULL THEN
-        EXECUTE format('WITH m AS (DELETE FROM ONLY %s WHERE %I >= $1 AND %I < $2 RETURNING *) INSERT INTO dialpad.%I SELECT * FROM m',
-                       def, col, col, partition)
-          USING range_from, range_to;
-        GET DIAGNOSTICS moved = ROW_COUNT;
-    END IF;
+    EXECUTE format('WITH m AS (DELETE FROM ONLY %s WHERE %I >= $1 AND %I < $2 RETURNING *) INSERT INTO dialpad.%I SELECT * FROM m',
+                   def, col, col, partition)
+      USING range_from, range_to;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    -- The DEFAULT partition's indexes, built after the rows are in (see sql/schema.sql).
+    FOR idx IN SELECT i.indexrelid, i.indisprimary, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                WHERE i.indrelid = def ORDER BY c.relname LOOP
+        idx_name := partition || substr(idx.relname, length(def_name) + 1);
+        EXECUTE regexp_replace(pg_get_indexdef(idx.indexrelid), '^(CREATE (UNIQUE )?INDEX )\S+ ON \S+ ',
+                               format('\1%I ON dialpad.%I ', idx_name, partition));
+        IF idx.indisprimary THEN
+            EXECUTE format('ALTER TABLE dialpad.%I ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I', partition, idx_name, idx_name);
+        END IF;
+    END LOOP;
     EXECUTE format('ALTER TABLE %s ATTACH PARTITION dialpad.%I FOR VALUES FROM (%L) TO (%L)',
                    parent, partition, range_from, range_to);
     EXECUTE format('ALTER TABLE dialpad.%I DROP CONSTRAINT %I', partition, partition || '_range');

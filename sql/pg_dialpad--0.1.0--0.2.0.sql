@@ -206,8 +206,8 @@ COMMENT ON FUNCTION dialpad.sanitize_call_payload(jsonb, integer, integer, integ
 -- Retention (README, "Retention"): the inbox and rejected_transitions become partitioned by
 -- time. Each 0.1.0 table is kept whole, payloads untouched, and attached as the first
 -- partition (everything up to the end of today, UTC); later partitions are made by
--- dialpad.run_maintenance(). Nothing is copied: the cost is one scan (the attach checks the
--- range) and one index build (the primary key gains the partition key).
+-- dialpad.run_maintenance(). Nothing is copied or re-indexed: the cost is one scan (the
+-- attach checks the range).
 -- ---------------------------------------------------------------------------------------------
 
 DO $$
@@ -220,13 +220,13 @@ BEGIN
     legacy := 'webhook_events_before_' || to_char(upto AT TIME ZONE 'UTC', 'YYYYMMDD');
     ALTER SEQUENCE dialpad.webhook_events_id_seq OWNED BY NONE;
     ALTER TABLE dialpad.webhook_events ALTER COLUMN id DROP DEFAULT;
-    ALTER TABLE dialpad.webhook_events DROP CONSTRAINT webhook_events_pkey;
     DROP TRIGGER webhook_events_immutable ON dialpad.webhook_events;
     DROP TRIGGER webhook_events_before_insert ON dialpad.webhook_events;
     DROP TRIGGER webhook_events_wake ON dialpad.webhook_events;
-    ALTER INDEX dialpad.webhook_events_pending RENAME TO webhook_events_legacy_pending;
-    ALTER INDEX dialpad.webhook_events_dead RENAME TO webhook_events_legacy_dead;
-    ALTER INDEX dialpad.webhook_events_call_dedupe RENAME TO webhook_events_legacy_call_dedupe;
+    EXECUTE format('ALTER INDEX dialpad.webhook_events_pkey RENAME TO %I', legacy || '_pkey');
+    EXECUTE format('ALTER INDEX dialpad.webhook_events_pending RENAME TO %I', legacy || '_pending');
+    EXECUTE format('ALTER INDEX dialpad.webhook_events_dead RENAME TO %I', legacy || '_dead');
+    EXECUTE format('ALTER INDEX dialpad.webhook_events_call_dedupe RENAME TO %I', legacy || '_call_dedupe');
     EXECUTE format('ALTER TABLE dialpad.webhook_events RENAME TO %I', legacy);
     EXECUTE format('ALTER EXTENSION pg_dialpad DROP TABLE dialpad.%I', legacy);
     PERFORM set_config('pg_dialpad_upgrade.legacy_events', legacy, true);
@@ -237,8 +237,8 @@ BEGIN
     legacy := 'rejected_transitions_before_' || to_char(upto AT TIME ZONE 'UTC', 'YYYYMMDD');
     ALTER SEQUENCE dialpad.rejected_transitions_id_seq OWNED BY NONE;
     ALTER TABLE dialpad.rejected_transitions ALTER COLUMN id DROP DEFAULT;
-    ALTER TABLE dialpad.rejected_transitions DROP CONSTRAINT rejected_transitions_pkey;
-    ALTER INDEX dialpad.rejected_transitions_call RENAME TO rejected_transitions_legacy_call;
+    EXECUTE format('ALTER INDEX dialpad.rejected_transitions_pkey RENAME TO %I', legacy || '_pkey');
+    EXECUTE format('ALTER INDEX dialpad.rejected_transitions_call RENAME TO %I', legacy || '_call');
     EXECUTE format('ALTER TABLE dialpad.rejected_transitions RENAME TO %I', legacy);
     EXECUTE format('ALTER EXTENSION pg_dialpad DROP TABLE dialpad.%I', legacy);
     PERFORM set_config('pg_dialpad_upgrade.legacy_rejections', legacy, true);
@@ -259,8 +259,7 @@ CREATE TABLE dialpad.webhook_events (
     last_error      text,
     next_attempt_at timestamptz,
     dead_at         timestamptz,
-    duplicate_of    bigint,
-    PRIMARY KEY (id, received_at)
+    duplicate_of    bigint
 ) PARTITION BY RANGE (received_at);
 ALTER SEQUENCE dialpad.webhook_events_id_seq OWNED BY dialpad.webhook_events.id;
 COMMENT ON TABLE dialpad.webhook_events IS
@@ -279,11 +278,13 @@ COMMENT ON COLUMN dialpad.webhook_events.dead_at IS 'Set when the event was dead
 CREATE TABLE dialpad.webhook_events_default PARTITION OF dialpad.webhook_events DEFAULT;
 COMMENT ON TABLE dialpad.webhook_events_default IS
     'Events whose received_at no partition covers yet; dialpad.run_maintenance() moves them into their own partition. Its storage parameters are copied to every partition created.';
-CREATE INDEX webhook_events_pending ON dialpad.webhook_events (id)
+-- Indexes are per partition (see sql/schema.sql): the DEFAULT partition's are the model.
+ALTER TABLE dialpad.webhook_events_default ADD CONSTRAINT webhook_events_default_pkey PRIMARY KEY (id, received_at);
+CREATE INDEX webhook_events_default_pending ON dialpad.webhook_events_default (id)
     WHERE processed_at IS NULL AND dead_at IS NULL;
-CREATE INDEX webhook_events_dead ON dialpad.webhook_events (dead_at)
+CREATE INDEX webhook_events_default_dead ON dialpad.webhook_events_default (dead_at)
     WHERE dead_at IS NOT NULL;
-CREATE INDEX webhook_events_call_dedupe ON dialpad.webhook_events (call_id, dedupe_key);
+CREATE INDEX webhook_events_default_call_dedupe ON dialpad.webhook_events_default (call_id, dedupe_key);
 CREATE TRIGGER webhook_events_immutable BEFORE UPDATE OF id, payload, call_id, dedupe_key, received_at ON dialpad.webhook_events
     FOR EACH ROW EXECUTE FUNCTION dialpad.webhook_events_immutable();
 ALTER TABLE dialpad.webhook_events ENABLE ALWAYS TRIGGER webhook_events_immutable;
@@ -300,8 +301,7 @@ CREATE TABLE dialpad.rejected_transitions (
     from_status     text,
     to_status       text,
     reason          text,
-    rejected_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
-    PRIMARY KEY (id, rejected_at)
+    rejected_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 ) PARTITION BY RANGE (rejected_at);
 ALTER SEQUENCE dialpad.rejected_transitions_id_seq OWNED BY dialpad.rejected_transitions.id;
 COMMENT ON TABLE dialpad.rejected_transitions IS
@@ -309,7 +309,8 @@ COMMENT ON TABLE dialpad.rejected_transitions IS
 CREATE TABLE dialpad.rejected_transitions_default PARTITION OF dialpad.rejected_transitions DEFAULT;
 COMMENT ON TABLE dialpad.rejected_transitions_default IS
     'Rejections whose rejected_at no partition covers yet; dialpad.run_maintenance() moves them into their own partition.';
-CREATE INDEX rejected_transitions_call ON dialpad.rejected_transitions (dialpad_call_id);
+ALTER TABLE dialpad.rejected_transitions_default ADD CONSTRAINT rejected_transitions_default_pkey PRIMARY KEY (id, rejected_at);
+CREATE INDEX rejected_transitions_default_call ON dialpad.rejected_transitions_default (dialpad_call_id);
 
 DO $$
 BEGIN
@@ -324,8 +325,7 @@ ALTER TABLE dialpad.webhook_events_default SET (
     autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
     autovacuum_vacuum_insert_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
 
--- The 0.1.0 tables become the first partitions (their indexes are reused; the primary key
--- gains received_at / rejected_at).
+-- The 0.1.0 tables become the first partitions, with their indexes.
 DO $$
 BEGIN
     EXECUTE format('ALTER TABLE dialpad.webhook_events ATTACH PARTITION dialpad.%I FOR VALUES FROM (MINVALUE) TO (%L)',
@@ -380,7 +380,10 @@ DECLARE
     col text := CASE parent WHEN 'dialpad.webhook_events'::regclass THEN 'received_at' ELSE 'rejected_at' END;
     base text := (SELECT relname FROM pg_class WHERE oid = parent);
     def regclass;
+    def_name text;
     opts text[];
+    idx record;
+    idx_name text;
 BEGIN
     IF parent NOT IN ('dialpad.webhook_events'::regclass, 'dialpad.rejected_transitions'::regclass) THEN
         RAISE EXCEPTION '% is not partitioned by pg_dialpad', parent USING ERRCODE = 'invalid_parameter_value';
@@ -405,6 +408,12 @@ BEGIN
     SELECT p.partition, c.reloptions INTO def, opts
       FROM dialpad.partitions p JOIN pg_class c ON c.oid = p.partition
      WHERE p.parent = add_partition.parent AND p.is_default;
+    IF def IS NULL THEN
+        RAISE EXCEPTION '% has no DEFAULT partition', parent
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'pg_dialpad makes partitions after the model of the DEFAULT partition: re-create it with the indexes of sql/schema.sql.';
+    END IF;
+    def_name := (SELECT relname FROM pg_class WHERE oid = def);
 
     EXECUTE format('CREATE TABLE dialpad.%I (LIKE %s INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)',
                    partition, parent);
@@ -414,12 +423,20 @@ BEGIN
     -- The range as a CHECK constraint: ATTACH then needs no scan of the new table.
     EXECUTE format('ALTER TABLE dialpad.%I ADD CONSTRAINT %I CHECK (%I >= %L AND %I < %L)',
                    partition, partition || '_range', col, range_from, col, range_to);
-    IF def IS NOT NULL THEN
-        EXECUTE format('WITH m AS (DELETE FROM ONLY %s WHERE %I >= $1 AND %I < $2 RETURNING *) INSERT INTO dialpad.%I SELECT * FROM m',
-                       def, col, col, partition)
-          USING range_from, range_to;
-        GET DIAGNOSTICS moved = ROW_COUNT;
-    END IF;
+    EXECUTE format('WITH m AS (DELETE FROM ONLY %s WHERE %I >= $1 AND %I < $2 RETURNING *) INSERT INTO dialpad.%I SELECT * FROM m',
+                   def, col, col, partition)
+      USING range_from, range_to;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    -- The DEFAULT partition's indexes, built after the rows are in (see sql/schema.sql).
+    FOR idx IN SELECT i.indexrelid, i.indisprimary, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                WHERE i.indrelid = def ORDER BY c.relname LOOP
+        idx_name := partition || substr(idx.relname, length(def_name) + 1);
+        EXECUTE regexp_replace(pg_get_indexdef(idx.indexrelid), '^(CREATE (UNIQUE )?INDEX )\S+ ON \S+ ',
+                               format('\1%I ON dialpad.%I ', idx_name, partition));
+        IF idx.indisprimary THEN
+            EXECUTE format('ALTER TABLE dialpad.%I ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I', partition, idx_name, idx_name);
+        END IF;
+    END LOOP;
     EXECUTE format('ALTER TABLE %s ATTACH PARTITION dialpad.%I FOR VALUES FROM (%L) TO (%L)',
                    parent, partition, range_from, range_to);
     EXECUTE format('ALTER TABLE dialpad.%I DROP CONSTRAINT %I', partition, partition || '_range');

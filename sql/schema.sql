@@ -210,8 +210,7 @@ CREATE TABLE dialpad.webhook_events (
     last_error      text,
     next_attempt_at timestamptz,
     dead_at         timestamptz,
-    duplicate_of    bigint,
-    PRIMARY KEY (id, received_at)
+    duplicate_of    bigint
 ) PARTITION BY RANGE (received_at);
 COMMENT ON TABLE dialpad.webhook_events IS
     'Inbox and immutable audit log of Dialpad webhook deliveries, partitioned by received_at (see dialpad.run_maintenance()). Pending: processed_at and dead_at NULL; due when next_attempt_at is NULL or past.';
@@ -232,18 +231,26 @@ COMMENT ON COLUMN dialpad.webhook_events.last_error IS 'The error of the last fa
 COMMENT ON COLUMN dialpad.webhook_events.next_attempt_at IS 'Earliest time of the next attempt after a failure (exponential backoff).';
 COMMENT ON COLUMN dialpad.webhook_events.dead_at IS 'Set when the event was dead-lettered: it will not be tried again unless re-driven.';
 
+-- Indexes are per partition, not on the partitioned table: dialpad.add_partition() gives
+-- every partition it makes the indexes of the DEFAULT partition below (a DBA who adds one
+-- there gets it on every later partition). Parent-level indexes would be cloned into each
+-- partition, which pg_dump cannot restore for an extension's table (it re-creates the clones
+-- as plain indexes: "multiple primary keys"); per-partition ones dump and restore as any
+-- table's. The primary key includes the partition key, as PostgreSQL requires; ids come from
+-- one sequence.
+ALTER TABLE dialpad.webhook_events_default ADD CONSTRAINT webhook_events_default_pkey PRIMARY KEY (id, received_at);
 -- The claim reads pending events in arrival order: a partial index that only ever holds the
 -- backlog stays small however large the audit log grows.
-CREATE INDEX webhook_events_pending ON dialpad.webhook_events (id)
+CREATE INDEX webhook_events_default_pending ON dialpad.webhook_events_default (id)
     WHERE processed_at IS NULL AND dead_at IS NULL;
-CREATE INDEX webhook_events_dead ON dialpad.webhook_events (dead_at)
+CREATE INDEX webhook_events_default_dead ON dialpad.webhook_events_default (dead_at)
     WHERE dead_at IS NOT NULL;
 -- One index, two jobs (each index costs every insert and every processed mark): it finds the
 -- first delivery of a redelivered event (the insert trigger marks the redelivery
 -- duplicate_of it), and a call's history when an event arrives late. Not unique: every
 -- delivery is stored, so no INSERT or COPY ever fails for a redelivery, and a unique index
 -- could not span the time partitions of the inbox.
-CREATE INDEX webhook_events_call_dedupe ON dialpad.webhook_events (call_id, dedupe_key);
+CREATE INDEX webhook_events_default_call_dedupe ON dialpad.webhook_events_default (call_id, dedupe_key);
 
 CREATE FUNCTION dialpad.webhook_events_immutable() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -333,15 +340,15 @@ CREATE TABLE dialpad.rejected_transitions (
     from_status     text,
     to_status       text,
     reason          text,
-    rejected_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
-    PRIMARY KEY (id, rejected_at)
+    rejected_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 ) PARTITION BY RANGE (rejected_at);
 COMMENT ON TABLE dialpad.rejected_transitions IS
     'Every invalid status transition attempted on dialpad.calls while dialpad.invalid_transition = skip, and every event whose status the processor refused (event_id set). Partitioned by rejected_at and kept as long as the inbox (dialpad.retention).';
 CREATE TABLE dialpad.rejected_transitions_default PARTITION OF dialpad.rejected_transitions DEFAULT;
 COMMENT ON TABLE dialpad.rejected_transitions_default IS
     'Rejections whose rejected_at no partition covers yet; dialpad.run_maintenance() moves them into their own partition.';
-CREATE INDEX rejected_transitions_call ON dialpad.rejected_transitions (dialpad_call_id);
+ALTER TABLE dialpad.rejected_transitions_default ADD CONSTRAINT rejected_transitions_default_pkey PRIMARY KEY (id, rejected_at);
+CREATE INDEX rejected_transitions_default_call ON dialpad.rejected_transitions_default (dialpad_call_id);
 
 -- lz4 compresses and decompresses payloads several times faster than the default pglz (the
 -- processor measured +13% events/s); used where the server supports it (PG 14+ built --with-lz4).

@@ -10,8 +10,10 @@ use std::ffi::CString;
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum InvalidTransition {
     /// Keep the row as it was, warn, and record the attempt in dialpad.rejected_transitions.
+    #[name = c"skip"]
     Skip,
     /// Raise check_violation.
+    #[name = c"error"]
     Error,
 }
 
@@ -38,8 +40,10 @@ pub static MAINTENANCE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(600)
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum RetentionMode {
     /// DROP TABLE: the data is gone.
+    #[name = c"drop"]
     Drop,
     /// DETACH PARTITION: an ordinary table left in schema dialpad, to archive and drop.
+    #[name = c"detach"]
     Detach,
 }
 

@@ -186,7 +186,7 @@ fn webhook_events_before_insert<'a>(
             new.set_by_name("event_type", state).map_err(err)?;
         }
     }
-    // Always computed here, whatever the inserter wrote. A table without duplicate_of is a
+    // The key is always computed here, whatever the inserter wrote. A table without duplicate_of is a
     // 0.1.0 schema that ALTER EXTENSION ... UPDATE has not converted yet: it keeps its
     // unique index, and this library must go on storing into it meanwhile.
     let first = match (&key, call_id) {
@@ -206,9 +206,9 @@ fn webhook_events_before_insert<'a>(
         new.set_by_name("duplicate_of", first).map_err(err)?;
         let now = TimestampWithTimeZone::try_from(crate::pg::transaction_start()).ok();
         new.set_by_name("processed_at", now).map_err(err)?;
-    } else if new.get_attribute_by_name("duplicate_of").is_some() {
-        // A row that is not a redelivery is never stored as one, whatever the inserter wrote.
-        new.set_by_name::<Option<i64>>("duplicate_of", None).map_err(err)?;
     }
+    // Otherwise duplicate_of stays as the inserter wrote it: only the table's owner can
+    // (dialpad_ingest may insert event_type and payload only), and a restore from pg_dump
+    // must keep the marks of redeliveries whose first delivery it has not loaded yet.
     Ok(Some(new))
 }

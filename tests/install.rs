@@ -15,15 +15,24 @@ fn pg_dump_and_restore_keep_rules_events_and_calls() {
          UPDATE dialpad.state_mapping SET status = NULL WHERE state = 'hold';
          INSERT INTO dialpad.webhook_events (payload)
            SELECT payload FROM pg_temp.dialpad_sample_events(20) ORDER BY call_id, seq;
+         INSERT INTO dialpad.webhook_events (payload, received_at)
+           SELECT payload, now() - make_interval(days => (call_id % 3)::int)
+             FROM pg_temp.dialpad_sample_events(20, 5000) ORDER BY call_id, seq;
+         SELECT count(*) FROM dialpad.run_maintenance();
+         INSERT INTO dialpad.webhook_events (payload) SELECT payload FROM dialpad.webhook_events WHERE call_id = 5001;
          SELECT dialpad.process_events(1000);",
     )
     .unwrap();
+    assert!(count(&mut c, "SELECT count(*) FROM dialpad.partitions WHERE NOT is_default") >= 3);
     let snapshot = |c: &mut postgres::Client| -> Vec<String> {
         [
             "SELECT string_agg(status || is_terminal || coalesce(description, ''), ',' ORDER BY status) FROM dialpad.call_statuses",
             "SELECT string_agg(from_status || to_status, ',' ORDER BY 1) FROM dialpad.status_transitions",
             "SELECT string_agg(state || coalesce(status, '-'), ',' ORDER BY state) FROM dialpad.state_mapping",
-            "SELECT count(*)::text || max(id)::text FROM dialpad.webhook_events",
+            "SELECT count(*)::text || max(id)::text || count(processed_at) || count(duplicate_of) FROM dialpad.webhook_events",
+            // every partition with its rows (the time partitions are dumped as tables)
+            "SELECT string_agg(p, ',' ORDER BY p) FROM (SELECT tableoid::regclass || ':' || count(*) AS p
+               FROM dialpad.webhook_events GROUP BY tableoid) x",
             "SELECT string_agg(dialpad_call_id || status, ',' ORDER BY 1) FROM dialpad.calls",
         ]
         .iter()

@@ -1,0 +1,238 @@
+//! Retention without DELETE, against running clusters: the inbox is partitioned by time, the
+//! worker keeps partitions ahead, rows no partition covers are accepted and moved, expired
+//! partitions are dropped (or detached) whole, pending and dead events keep theirs, a late
+//! event for a call whose history was dropped is not re-derived from the rest, and
+//! de-duplication holds across partitions.
+
+mod common;
+use common::*;
+
+fn text(c: &mut postgres::Client, sql: &str) -> String {
+    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get::<_, Option<String>>(0).unwrap_or_default()
+}
+
+const RANGE_PARTITIONS: &str =
+    "SELECT count(*) FROM dialpad.partitions WHERE parent = 'dialpad.webhook_events'::regclass AND NOT is_default";
+
+/// One call's events (ringing, connected, hangup), received `days_ago` days ago.
+fn backdated_call(c: &mut postgres::Client, call_id: i64, days_ago: i32) {
+    c.batch_execute(&format!(
+        "INSERT INTO dialpad.webhook_events (payload, received_at)
+         SELECT jsonb_build_object('call_id', {call_id}, 'state', s, 'direction', 'inbound',
+                                   'external_number', '+1555{call_id}', 'event_timestamp', 1700000000000 + n * 1000)
+                  || CASE WHEN s IN ('connected', 'hangup') THEN jsonb_build_object('date_connected', 1700000001000) ELSE '{{}}' END,
+                now() - make_interval(days => {days_ago}) + make_interval(secs => n)
+           FROM unnest(ARRAY['ringing', 'connected', 'hangup']) WITH ORDINALITY AS t(s, n)"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn the_worker_keeps_partitions_ahead_and_backfills_are_accepted() {
+    let cluster = Cluster::start("partitions-ahead", &["dialpad.workers = 1", "dialpad.maintenance_interval = 1"]);
+    let mut c = cluster.ready();
+    // Today and the three days ahead, made by the worker itself.
+    wait_until(&mut c, &format!("SELECT ({RANGE_PARTITIONS}) >= 4"), 30);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM dialpad.partitions WHERE parent = 'dialpad.webhook_events'::regclass
+              AND NOT is_default AND range_to > now() AND range_from < now() + interval '3 days'"
+        ),
+        4,
+        "partitions cover today through three days ahead"
+    );
+    // A backfill of last year is stored (in the DEFAULT partition), processed, and then
+    // moved into a partition of its own by the next maintenance.
+    backdated_call(&mut c, 9_100_001, 365);
+    drained(&mut c, 30);
+    assert_eq!(text(&mut c, "SELECT status FROM dialpad.calls WHERE dialpad_call_id = 9100001"), "ended");
+    wait_until(&mut c, "SELECT count(*) = 0 FROM ONLY dialpad.webhook_events_default", 30);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM dialpad.partitions p WHERE p.parent = 'dialpad.webhook_events'::regclass
+              AND p.range_to <= now() - interval '300 days'"
+        ),
+        1
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 9100001"), 3);
+    assert!(cluster.log().contains("maintenance: created webhook_events_p"), "the worker logs what it did");
+}
+
+#[test]
+fn retention_holds_the_inbox_at_a_bounded_number_of_partitions() {
+    let cluster = Cluster::start("retention-bounded", &["dialpad.workers = 1", "dialpad.maintenance_interval = 0"]);
+    let mut c = cluster.ready();
+    c.batch_execute("SET dialpad.retention = '3d'").unwrap();
+    // Twenty days of traffic arrive, oldest first; maintenance runs after each day.
+    let mut most = 0;
+    for day in (0..20).rev() {
+        for k in 0..20 {
+            backdated_call(&mut c, 9_200_000 + i64::from(day) * 100 + k, day);
+        }
+        drained(&mut c, 60);
+        c.batch_execute("SELECT count(*) FROM dialpad.run_maintenance()").unwrap();
+        most = most.max(count(&mut c, RANGE_PARTITIONS));
+    }
+    // Kept: the days within retention (3 full days plus today's) and 3 ahead; everything
+    // older was dropped whole, never deleted row by row.
+    let now = count(&mut c, RANGE_PARTITIONS);
+    assert!(now <= 8, "{now} partitions left");
+    assert!(most <= 8, "at most {most} partitions at any time");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM ONLY dialpad.webhook_events_default"), 0);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE received_at < now() - interval '5 days'"),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT coalesce(sum(n_dead_tup), 0)::bigint FROM pg_stat_user_tables WHERE relname LIKE 'webhook_events_p%'
+              AND relid::regclass::text IN (SELECT partition::text FROM dialpad.partitions WHERE range_to <= now() - interval '4 days')"
+        ),
+        0
+    );
+    // The calls stay: retention is about the inbox and the rejections, not the call rows.
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id >= 9200000"), 400);
+}
+
+#[test]
+fn pending_and_dead_events_keep_their_partition_and_detach_keeps_the_table() {
+    let cluster = Cluster::start("retention-pending", &["dialpad.workers = 1", "dialpad.maintenance_interval = 0"]);
+    let mut c = cluster.ready();
+    c.batch_execute("ALTER SYSTEM SET dialpad.enabled = off").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    backdated_call(&mut c, 9_300_001, 10);
+    c.batch_execute(
+        "INSERT INTO dialpad.webhook_events (payload, received_at) VALUES ('\"junk\"', now() - interval '20 days');
+         SELECT count(*) FROM dialpad.process_events(100);
+         SET dialpad.retention = '2d';",
+    )
+    .unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.dead_events"), 1);
+    // Both partitions are past retention: the dead event's partition is kept, the processed
+    // call's is dropped (made out of the DEFAULT partition by the same run).
+    let done: Vec<(String, i64)> = c
+        .query("SELECT action, rows FROM dialpad.run_maintenance() WHERE action <> 'created' ORDER BY range_from", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, Option<i64>>(1).unwrap_or(-1)))
+        .collect();
+    assert_eq!(done.first(), Some(&("kept".to_string(), 1)), "{done:?}");
+    assert_eq!(done.get(1).map(|d| d.0.as_str()), Some("dropped"), "{done:?}");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.dead_events"), 1);
+    // Pending events too: with the worker off, a new old event waits, and keeps its partition.
+    backdated_call(&mut c, 9_300_002, 8);
+    c.batch_execute("SELECT count(*) FROM dialpad.run_maintenance()").unwrap();
+    let kept = count(&mut c, "SELECT count(*) FROM dialpad.run_maintenance() WHERE action = 'kept'");
+    assert_eq!(kept, 2);
+    assert_eq!(count(&mut c, "SELECT pending FROM dialpad.queue_stats"), 3);
+    // Once processed, and with retention_mode = detach, the partition leaves as a table.
+    c.batch_execute("SELECT count(*) FROM dialpad.process_events(100); SET dialpad.retention_mode = detach").unwrap();
+    let done: Vec<String> = c
+        .query(
+            "SELECT concat_ws(' ', action, partition, rows) FROM dialpad.run_maintenance() WHERE action <> 'created'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let detached = done.iter().find_map(|d| d.strip_prefix("detached ")).unwrap_or_else(|| panic!("{done:?}"));
+    let detached = detached.split(' ').next().unwrap_or_default().to_string();
+    assert_eq!(
+        count(&mut c, &format!("SELECT count(*) FROM {detached} WHERE call_id = 9300002 AND processed_at IS NOT NULL")),
+        3,
+        "the detached table keeps its rows"
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 9300002"), 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.dead_events"), 1);
+}
+
+#[test]
+fn a_late_event_after_retention_is_applied_to_the_row_as_it_stands() {
+    let cluster = Cluster::start("retention-late", &["dialpad.workers = 1", "dialpad.maintenance_interval = 0"]);
+    let mut c = cluster.ready();
+    backdated_call(&mut c, 9_400_001, 10);
+    drained(&mut c, 30);
+    assert_eq!(count(&mut c, "SELECT events_applied::bigint FROM dialpad.calls WHERE dialpad_call_id = 9400001"), 3);
+    c.batch_execute("SET dialpad.retention = '2d'; SELECT count(*) FROM dialpad.run_maintenance();").unwrap();
+    c.batch_execute("SELECT count(*) FROM dialpad.run_maintenance()").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 9400001"), 0);
+    // A recording event stamped between connected and hangup arrives now: it is late (older
+    // than the hangup), but the events to re-derive from are gone. Re-deriving from what is
+    // left (this event alone) would lose the status, the number and the times.
+    c.batch_execute(
+        "SELECT dialpad.ingest_webhook(jsonb_build_object('call_id', 9400001, 'state', 'recording',
+                 'event_timestamp', 1700000002500,
+                 'recording_details', jsonb_build_array(jsonb_build_object('url', 'https://rec/9400001')))::text)",
+    )
+    .unwrap();
+    drained(&mut c, 30);
+    assert_eq!(
+        text(
+            &mut c,
+            "SELECT concat_ws(' ', status, external_number, connected_at IS NOT NULL, recording_url, events_applied, last_state)
+               FROM dialpad.calls WHERE dialpad_call_id = 9400001"
+        ),
+        "ended +15559400001 t https://rec/9400001 4 hangup"
+    );
+}
+
+#[test]
+fn redeliveries_are_caught_across_partitions() {
+    let cluster = Cluster::start("retention-dedupe", &["dialpad.workers = 1", "dialpad.maintenance_interval = 0"]);
+    let mut c = cluster.ready();
+    c.batch_execute("SELECT count(*) FROM dialpad.run_maintenance()").unwrap();
+    // The first delivery just before midnight UTC yesterday, the redelivery now: another
+    // partition, found by the insert trigger.
+    c.batch_execute(
+        "INSERT INTO dialpad.webhook_events (payload, received_at) VALUES
+           ('{\"call_id\": 9500001, \"state\": \"ringing\", \"event_timestamp\": 1700000000000}',
+            date_trunc('day', now(), 'UTC') - interval '1 second');
+         SELECT count(*) FROM dialpad.run_maintenance();",
+    )
+    .unwrap();
+    drained(&mut c, 30);
+    c.batch_execute(
+        "INSERT INTO dialpad.webhook_events (payload) VALUES
+           ('{\"call_id\": 9500001, \"state\": \"ringing\", \"event_timestamp\": 1700000000000}')",
+    )
+    .unwrap();
+    assert_eq!(count(&mut c, "SELECT count(DISTINCT tableoid) FROM dialpad.webhook_events WHERE call_id = 9500001"), 2);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 9500001 AND duplicate_of IS NOT NULL"
+        ),
+        1
+    );
+    // A redelivery of an event first received three days ago (past the trigger's one-day
+    // window): the processor finds the first delivery in the call's history.
+    c.batch_execute(
+        "INSERT INTO dialpad.webhook_events (payload, received_at) VALUES
+           ('{\"call_id\": 9500002, \"state\": \"ringing\", \"event_timestamp\": 1700000000000}', now() - interval '3 days'),
+           ('{\"call_id\": 9500002, \"state\": \"hangup\", \"event_timestamp\": 1700000005000}', now() - interval '3 days');
+         SELECT count(*) FROM dialpad.run_maintenance();",
+    )
+    .unwrap();
+    drained(&mut c, 30);
+    c.batch_execute(
+        "INSERT INTO dialpad.webhook_events (payload) VALUES
+           ('{\"call_id\": 9500002, \"state\": \"ringing\", \"event_timestamp\": 1700000000000}')",
+    )
+    .unwrap();
+    drained(&mut c, 30);
+    assert_eq!(
+        text(
+            &mut c,
+            "SELECT concat_ws(' ', status, events_applied, (SELECT count(*) FROM dialpad.webhook_events
+                     WHERE call_id = 9500002 AND duplicate_of IS NOT NULL))
+               FROM dialpad.calls WHERE dialpad_call_id = 9500002"
+        ),
+        "missed 2 1"
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.rejected_transitions WHERE dialpad_call_id = 9500002"), 0);
+}
