@@ -6,7 +6,7 @@
 //! BENCH_RUNS (runs per figure, default 3), BENCH_BACKLOG (large backlog, default 5000000),
 //! BENCH_MEMORY_EVENTS (events for the worker memory figure, default 2000000),
 //! BENCH_HOLD_SECONDS (how long the held-snapshot benchmark holds it, default 600),
-//! BENCH_ONLY=ingest, BENCH_ONLY=backlog or BENCH_ONLY=held-snapshot (only those figures, printed and
+//! BENCH_ONLY=ingest, backlog, partitions or held-snapshot (only those figures, printed and
 //! not written); BENCH_AUTOVACUUM=off (to attribute a figure to autovacuum).
 
 #[path = "../tests/common/mod.rs"]
@@ -116,6 +116,11 @@ fn worker_drain_rate(c: &mut Client, n: usize) -> f64 {
     set_worker_enabled(c, false);
     std::thread::sleep(Duration::from_millis(300));
     load_events(c, n);
+    drain_loaded(c, n)
+}
+
+/// Events per second of the background worker(s) draining the `n` pending events loaded.
+fn drain_loaded(c: &mut Client, n: usize) -> f64 {
     let before = handled_by_workers(c);
     let t = Instant::now();
     set_worker_enabled(c, true);
@@ -442,6 +447,9 @@ fn main() {
             &autovacuum,
             "dialpad.workers = 1",
             "dialpad.enabled = off",
+            // Maintenance runs only where a figure asks for it (partitions_bench), never in
+            // the middle of another measurement.
+            "dialpad.maintenance_interval = 0",
             "shared_buffers = '2GB'",
             "max_wal_size = '20GB'",
             "checkpoint_timeout = '30min'",
@@ -486,6 +494,12 @@ fn main() {
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("backlog") {
         backlog_bench(&mut c, &mut report, total as usize, backlog, memory_events);
+        report.print_rows();
+        return;
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("partitions") {
+        partitions_bench(&cluster, &mut c, &mut report, runs, n_events);
+        upgrade_bench(&mut report, 1_000_000);
         report.print_rows();
         return;
     }
@@ -620,6 +634,10 @@ fn main() {
         Some(p99 <= 50.0),
     );
 
+    // ---- retention: partitions, dropping, ingest, upgrade ------------------------------------
+    partitions_bench(&cluster, &mut c, &mut report, runs, n_events);
+    upgrade_bench(&mut report, 1_000_000);
+
     // ---- backlog scale and worker memory ----------------------------------------------------
     backlog_bench(&mut c, &mut report, total as usize, backlog, memory_events);
 
@@ -693,6 +711,219 @@ fn main() {
 }
 
 /// Drain rate with a large backlog against a small one, and the worker's memory over
+/// Loads `history` processed events of other calls, received over the last 30 days when
+/// `spread` (then in 30 daily partitions) or all today (one partition), then `n` pending
+/// events of bench.events received now.
+fn load_with_history(c: &mut Client, n: usize, history: usize, spread: bool) {
+    exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
+    let per_day = history / 30;
+    exec(
+        c,
+        &format!(
+            "DO $$ BEGIN
+           FOR k IN 1 .. 30 LOOP
+             INSERT INTO dialpad.webhook_events (payload, received_at, processed_at)
+               SELECT payload || jsonb_build_object('call_id', call_id + k::int8 * 1000000000),
+                      CASE WHEN {spread} THEN now() - make_interval(days => k) ELSE now() - make_interval(secs => k) END,
+                      now()
+                 FROM bench.events ORDER BY delivery LIMIT {per_day};
+           END LOOP;
+         END $$;
+         SELECT count(*) FROM dialpad.run_maintenance();
+         INSERT INTO dialpad.webhook_events (payload) SELECT payload FROM bench.events ORDER BY delivery LIMIT {n};"
+        ),
+    );
+    exec(c, "VACUUM ANALYZE dialpad.webhook_events");
+    exec(c, "VACUUM ANALYZE dialpad.calls");
+    exec(c, "CHECKPOINT");
+}
+
+/// Retention: the drain with 30 daily partitions of history against the same events in one
+/// partition; run_maintenance() dropping a partition of 1 million processed events against a
+/// DELETE of as many; plain INSERTs into the partitioned inbox against 0.1.0's plain table.
+fn partitions_bench(cluster: &Cluster, c: &mut Client, report: &mut Report, runs: usize, n: usize) {
+    let history = 300_000;
+    let (mut spread, mut single) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        set_worker_enabled(c, false);
+        std::thread::sleep(Duration::from_millis(300));
+        load_with_history(c, n, history, true);
+        assert_eq!(
+            count(c, "SELECT count(*) FROM dialpad.partitions WHERE parent = 'dialpad.webhook_events'::regclass AND NOT is_default AND range_to <= now()"),
+            30
+        );
+        spread.push(drain_loaded(c, n));
+        set_worker_enabled(c, false);
+        std::thread::sleep(Duration::from_millis(300));
+        load_with_history(c, n, history, false);
+        single.push(drain_loaded(c, n));
+    }
+    let (sp, si) = (median(spread), median(single));
+    report.add(
+        &format!("drain with 30 daily partitions ({history} events of history)"),
+        eps(sp),
+        format!("one partition {}", eps(si)),
+        format!("{:.2}×", sp / si),
+        "≥ 0.9×",
+        Some(sp / si >= 0.9),
+    );
+
+    // Two expired days of 1 million processed events each: one dropped by run_maintenance(),
+    // the other deleted, as a cleanup job without partitions would.
+    set_worker_enabled(c, false);
+    exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
+    let million = 1_000_000usize;
+    let total = count(c, "SELECT count(*) FROM bench.events") as usize;
+    for days in [40, 41] {
+        exec(
+            c,
+            &format!(
+                "SELECT dialpad.add_partition('dialpad.webhook_events', now() - interval '{days} days', interval '1 day');
+                 DO $$ BEGIN
+                   FOR k IN 0 .. {million} / {total} LOOP
+                     INSERT INTO dialpad.webhook_events (payload, received_at, processed_at)
+                       SELECT payload || jsonb_build_object('call_id', call_id + k::int8 * 1000000000),
+                              date_trunc('day', now() - interval '{days} days', 'UTC') + interval '1 hour', now()
+                         FROM bench.events ORDER BY delivery LIMIT greatest(0, {million} - k * {total});
+                   END LOOP;
+                 END $$;"
+            ),
+        );
+    }
+    exec(c, "VACUUM ANALYZE dialpad.webhook_events");
+    exec(c, "CHECKPOINT");
+    let in_day = |c: &mut Client, days: i32| {
+        count(
+            c,
+            &format!(
+                "SELECT count(*) FROM dialpad.webhook_events
+                  WHERE received_at >= date_trunc('day', now() - interval '{days} days', 'UTC')
+                    AND received_at < date_trunc('day', now() - interval '{days} days', 'UTC') + interval '1 day'"
+            ),
+        )
+    };
+    assert_eq!(in_day(c, 40), million as i64);
+    let delete_secs = secs(
+        c,
+        "DELETE FROM dialpad.webhook_events
+          WHERE received_at >= date_trunc('day', now() - interval '41 days', 'UTC')
+            AND received_at < date_trunc('day', now() - interval '40 days', 'UTC')",
+    );
+    exec(c, "SELECT pg_stat_force_next_flush()");
+    let dead_after_delete = count(
+        c,
+        "SELECT coalesce(sum(n_dead_tup), 0)::int8 FROM pg_stat_user_tables WHERE relname LIKE 'webhook_events%'",
+    );
+    let drop_secs = secs(
+        c,
+        "SET dialpad.retention = '35d'; SELECT count(*) FROM dialpad.run_maintenance(); RESET dialpad.retention",
+    );
+    exec(c, "SELECT pg_stat_force_next_flush()");
+    assert_eq!(in_day(c, 40), 0);
+    let dead_after_drop = count(
+        c,
+        "SELECT coalesce(sum(n_dead_tup), 0)::int8 FROM pg_stat_user_tables WHERE relname LIKE 'webhook_events%'",
+    );
+    report.add(
+        "run_maintenance() dropping a 1M-event partition",
+        format!("{:.3} s", drop_secs),
+        format!("DELETE of 1M events {:.1} s", delete_secs),
+        format!("{:.0}× faster", delete_secs / drop_secs),
+        "< 1 s, no dead tuples",
+        Some(drop_secs < 1.0 && dead_after_drop == 0),
+    );
+    report.notes.push(format!(
+        "Retention: after run_maintenance() dropped the expired partition, {dead_after_drop} dead tuples remain in the inbox;          the DELETE of the other day's million events left {dead_after_delete} for vacuum (that partition was then dropped too)."
+    ));
+
+    // Ingest: plain INSERTs (two sessions, 100 per transaction) into the partitioned inbox
+    // and into a copy of 0.1.0's plain table (its indexes, its unique key, the same trigger).
+    exec(
+        c,
+        "TRUNCATE dialpad.webhook_events;
+         SELECT count(*) FROM dialpad.run_maintenance();
+         DROP TABLE IF EXISTS bench.inbox_010;
+         CREATE TABLE bench.inbox_010 (
+             id bigserial PRIMARY KEY, event_type text, call_id bigint, dedupe_key text, payload jsonb NOT NULL,
+             received_at timestamptz NOT NULL DEFAULT clock_timestamp(), processed_at timestamptz,
+             attempts integer NOT NULL DEFAULT 0 CHECK (attempts >= 0), last_error text,
+             next_attempt_at timestamptz, dead_at timestamptz);
+         ALTER TABLE bench.inbox_010 ALTER COLUMN payload SET COMPRESSION lz4;
+         CREATE INDEX ON bench.inbox_010 (id) WHERE processed_at IS NULL AND dead_at IS NULL;
+         CREATE INDEX ON bench.inbox_010 (dead_at) WHERE dead_at IS NOT NULL;
+         CREATE UNIQUE INDEX ON bench.inbox_010 (call_id, dedupe_key);
+         CREATE TRIGGER b BEFORE INSERT ON bench.inbox_010 FOR EACH ROW EXECUTE FUNCTION dialpad.webhook_events_before_insert();
+         CREATE TRIGGER w AFTER INSERT ON bench.inbox_010 FOR EACH STATEMENT EXECUTE FUNCTION dialpad.wake_workers_on_insert();",
+    );
+    let bodies: Vec<String> = c
+        .query(&format!("SELECT payload::text FROM bench.events ORDER BY delivery LIMIT {}", n.min(40_000)), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (mut part, mut plain) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        exec(c, "TRUNCATE dialpad.webhook_events, bench.inbox_010");
+        part.push(ingest_rate(
+            cluster,
+            &bodies,
+            2,
+            "INSERT INTO dialpad.webhook_events (payload) VALUES ($1::text::jsonb)",
+        ));
+        plain.push(ingest_rate(cluster, &bodies, 2, "INSERT INTO bench.inbox_010 (payload) VALUES ($1::text::jsonb)"));
+    }
+    let in_partition = count(c, "SELECT count(*) FROM ONLY dialpad.webhook_events_default");
+    assert_eq!(in_partition, 0, "the rows went to today's partition");
+    exec(c, "TRUNCATE dialpad.webhook_events; DROP TABLE bench.inbox_010");
+    let (pa, pl) = (median(part), median(plain));
+    report.add(
+        "INSERT into the partitioned inbox vs 0.1.0's table",
+        eps(pa),
+        format!("0.1.0 table {}", eps(pl)),
+        format!("{:.2}×", pa / pl),
+        "≥ 0.9×",
+        Some(pa / pl >= 0.9),
+    );
+}
+
+/// The upgrade of a 0.1.0 database holding `events` processed events (its inbox becomes the
+/// first partition): the duration of ALTER EXTENSION pg_dialpad UPDATE.
+fn upgrade_bench(report: &mut Report, events: usize) {
+    let install = PgInstall::copy("bench-upgrade");
+    install.remove_pg_dialpad_sql();
+    install.install_pg_dialpad_from(&released_package("0.1.0"));
+    let cluster =
+        Cluster::start_with("bench-upgrade", install.bin(), &["dialpad.workers = 1", "max_wal_size = '20GB'"]);
+    let mut c = cluster.ready();
+    exec(
+        &mut c,
+        &format!(
+            "INSERT INTO dialpad.webhook_events (payload, processed_at)
+               SELECT payload, now() FROM pg_temp.dialpad_sample_events({} / 4, 6600000000000000, 0.42, true) LIMIT {events};
+             INSERT INTO dialpad.calls (dialpad_call_id, status)
+               SELECT DISTINCT call_id, 'ended' FROM dialpad.webhook_events;
+             VACUUM ANALYZE dialpad.webhook_events; CHECKPOINT;",
+            events
+        ),
+    );
+    let stored = count(&mut c, "SELECT count(*) FROM dialpad.webhook_events");
+    drop(c);
+    cluster.pg_ctl_stop("fast");
+    install.install_pg_dialpad_from(std::path::Path::new("/"));
+    cluster.pg_ctl_start();
+    let mut c = reconnect(&cluster);
+    let t = secs(&mut c, "ALTER EXTENSION pg_dialpad UPDATE");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events"), stored);
+    report.add(
+        &format!("ALTER EXTENSION UPDATE 0.1.0 → 0.2.0, {stored} events"),
+        format!("{t:.1} s"),
+        String::new(),
+        String::new(),
+        "measured",
+        None,
+    );
+}
+
 /// `memory_events` events (BENCH_ONLY=backlog runs only this).
 fn backlog_bench(c: &mut Client, report: &mut Report, total: usize, backlog: usize, memory_events: usize) {
     let small = 50_000usize.min(total);
