@@ -284,7 +284,7 @@ CREATE INDEX webhook_events_default_pending ON dialpad.webhook_events_default (i
     WHERE processed_at IS NULL AND dead_at IS NULL;
 CREATE INDEX webhook_events_default_dead ON dialpad.webhook_events_default (dead_at)
     WHERE dead_at IS NOT NULL;
-CREATE INDEX webhook_events_default_call_dedupe ON dialpad.webhook_events_default (call_id, dedupe_key);
+CREATE INDEX webhook_events_default_call_dedupe ON dialpad.webhook_events_default (call_id, dedupe_key, received_at);
 CREATE TRIGGER webhook_events_immutable BEFORE UPDATE OF id, payload, call_id, dedupe_key, received_at ON dialpad.webhook_events
     FOR EACH ROW EXECUTE FUNCTION dialpad.webhook_events_immutable();
 ALTER TABLE dialpad.webhook_events ENABLE ALWAYS TRIGGER webhook_events_immutable;

@@ -249,8 +249,9 @@ CREATE INDEX webhook_events_default_dead ON dialpad.webhook_events_default (dead
 -- first delivery of a redelivered event (the insert trigger marks the redelivery
 -- duplicate_of it), and a call's history when an event arrives late. Not unique: every
 -- delivery is stored, so no INSERT or COPY ever fails for a redelivery, and a unique index
--- could not span the time partitions of the inbox.
-CREATE INDEX webhook_events_default_call_dedupe ON dialpad.webhook_events_default (call_id, dedupe_key);
+-- could not span the time partitions of the inbox. received_at last: the trigger's lookup is
+-- bounded by it (src/dedupe.rs), so this index answers the lookup whole.
+CREATE INDEX webhook_events_default_call_dedupe ON dialpad.webhook_events_default (call_id, dedupe_key, received_at);
 
 CREATE FUNCTION dialpad.webhook_events_immutable() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

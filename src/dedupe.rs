@@ -40,8 +40,7 @@ pub const WINDOW_US: i64 = 24 * 3600 * 1_000_000;
 
 const FIND_SQL: &std::ffi::CStr = c"SELECT id FROM dialpad.webhook_events
  WHERE call_id OPERATOR(pg_catalog.=) $1 AND dedupe_key OPERATOR(pg_catalog.=) $2 AND duplicate_of IS NULL
-   AND received_at OPERATOR(pg_catalog.>=) $3
- ORDER BY id LIMIT 1";
+   AND received_at OPERATOR(pg_catalog.>=) $3";
 
 thread_local! {
     /// The lookup's plan, kept for the life of the backend (SPI_keepplan); null until first use.
@@ -75,23 +74,39 @@ pub fn first_delivery(call_id: i64, key: &str, received_at: pg_sys::TimestampTz)
         let since = received_at.saturating_sub(WINDOW_US);
         let mut values = [pg_sys::Datum::from(call_id), pg_sys::Datum::from(text), pg_sys::Datum::from(since)];
         let nulls = [b' ' as std::ffi::c_char; 3];
-        let rc = pg_sys::SPI_execute_snapshot(
-            plan,
-            values.as_mut_ptr(),
-            nulls.as_ptr(),
-            pg_sys::GetLatestSnapshot(),
-            std::ptr::null_mut(),
-            true,
-            false,
-            1,
+        // Every match, not ORDER BY id LIMIT 1: with that, the planner may walk a partition's
+        // primary key in id order filtering for the key (a LIMIT 1 favours an ordered scan),
+        // which costs a scan of the partition per insert. The matches of one key are a few.
+        //
+        // One generic plan (pruned to the window's partitions when it runs): a custom plan per
+        // insert would cost more than the insert. Made without sequential scans: a plan made
+        // while a partition was empty (a new day, the DEFAULT partition before a backfill)
+        // would otherwise scan that partition for every row a long INSERT or COPY adds to it.
+        let rc = crate::pg::with_settings(
+            &[(c"plan_cache_mode", c"force_generic_plan"), (c"enable_seqscan", c"off")],
+            || {
+                pg_sys::SPI_execute_snapshot(
+                    plan,
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    pg_sys::GetLatestSnapshot(),
+                    std::ptr::null_mut(),
+                    true,
+                    false,
+                    0,
+                )
+            },
         );
-        let mut found = None;
-        if rc == pg_sys::SPI_OK_SELECT as i32 && pg_sys::SPI_processed == 1 && !pg_sys::SPI_tuptable.is_null() {
+        let mut found: Option<i64> = None;
+        if rc == pg_sys::SPI_OK_SELECT as i32 && !pg_sys::SPI_tuptable.is_null() {
             let table = &*pg_sys::SPI_tuptable;
-            let mut isnull = false;
-            let d = pg_sys::SPI_getbinval(*table.vals, table.tupdesc, 1, &mut isnull);
-            if !isnull {
-                found = Some(d.value() as i64);
+            for i in 0..pg_sys::SPI_processed as usize {
+                let mut isnull = false;
+                let d = pg_sys::SPI_getbinval(*table.vals.add(i), table.tupdesc, 1, &mut isnull);
+                if !isnull {
+                    let id = d.value() as i64;
+                    found = Some(found.map_or(id, |f| f.min(id)));
+                }
             }
         }
         pg_sys::SPI_finish();

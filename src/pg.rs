@@ -40,22 +40,29 @@ pub fn process_alive(pid: i32) -> bool {
 /// Runs `f` with the setting `name` = `value` for its duration, scoped like a function's
 /// SET clause: restored when `f` returns, or by the (sub)transaction's abort if it raises.
 pub fn with_setting<R>(name: &std::ffi::CStr, value: &std::ffi::CStr, f: impl FnOnce() -> R) -> R {
+    with_settings(&[(name, value)], f)
+}
+
+/// [`with_setting`] for several settings at once (one nest level).
+pub fn with_settings<R>(settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnOnce() -> R) -> R {
     // SAFETY: a GUC nest level is opened and closed around `f` exactly as fmgr does for a
     // function's SET clause; set_config_option gets valid C strings and GUC_ACTION_SAVE, so
-    // AtEOXact_GUC (here, or the abort's) restores the previous value.
+    // AtEOXact_GUC (here, or the abort's) restores the previous values.
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    // SAFETY: valid C strings; GUC_ACTION_SAVE within the nest level opened just above.
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+    for (name, value) in settings {
+        // SAFETY: valid C strings; GUC_ACTION_SAVE within the nest level opened just above.
+        unsafe {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
     }
     let out = f();
     // SAFETY: closes the nest level opened above.
