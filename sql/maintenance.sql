@@ -100,6 +100,9 @@ BEGIN
             EXECUTE format('ALTER TABLE dialpad.%I ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I', partition, idx_name, idx_name);
         END IF;
     END LOOP;
+    EXECUTE format('COMMENT ON TABLE dialpad.%I IS %L', partition,
+                   format('Partition of %s: %s in [%s, %s). Made by dialpad.run_maintenance().',
+                          parent, col, range_from, range_to));
     EXECUTE format('ALTER TABLE %s ATTACH PARTITION dialpad.%I FOR VALUES FROM (%L) TO (%L)',
                    parent, partition, range_from, range_to);
     EXECUTE format('ALTER TABLE dialpad.%I DROP CONSTRAINT %I', partition, partition || '_range');

@@ -18,4 +18,4 @@ SELECT count(*) AS functions_without_search_path FROM pg_proc p
  WHERE p.pronamespace = 'dialpad'::regnamespace
    AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false);
 SELECT count(*) AS relations_without_comment FROM pg_class c
- WHERE c.relnamespace = 'dialpad'::regnamespace AND c.relkind IN ('r', 'v') AND obj_description(c.oid, 'pg_class') IS NULL;
+ WHERE c.relnamespace = 'dialpad'::regnamespace AND c.relkind IN ('r', 'p', 'v') AND obj_description(c.oid, 'pg_class') IS NULL;
