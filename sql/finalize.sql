@@ -82,7 +82,7 @@ REVOKE EXECUTE ON FUNCTION dialpad.ingest_webhook(text), dialpad.process_events(
 -- readable so that INSERT ... RETURNING id and the duplicate lookup work).
 GRANT EXECUTE ON FUNCTION dialpad.ingest_webhook(text), dialpad.wake_workers() TO dialpad_ingest;
 GRANT INSERT (event_type, payload) ON dialpad.webhook_events TO dialpad_ingest;
-GRANT SELECT (id, call_id, dedupe_key, duplicate_of) ON dialpad.webhook_events TO dialpad_ingest;
+GRANT SELECT (id, call_id, dedupe_key, duplicate_of, received_at) ON dialpad.webhook_events TO dialpad_ingest;
 GRANT USAGE ON SEQUENCE dialpad.webhook_events_id_seq TO dialpad_ingest;
 
 -- dialpad_reader: analysts and dashboards. Calls, rejected transitions, stats, dead letters.

@@ -55,6 +55,14 @@ BEGIN
                  AND t >= p.range_from AND t < p.range_to) THEN
         RETURN;
     END IF;
+    -- Writers of the table wait until this transaction ends (so do other maintenance runs):
+    -- an INSERT that had already chosen the DEFAULT partition for a row of the new range
+    -- would otherwise fail the partition check once the range is attached.
+    EXECUTE format('LOCK TABLE ONLY %s IN SHARE ROW EXCLUSIVE MODE', parent);
+    IF EXISTS (SELECT 1 FROM dialpad.partitions p WHERE p.parent = add_partition.parent AND NOT p.is_default
+                 AND t >= p.range_from AND t < p.range_to) THEN
+        RETURN;
+    END IF;
     range_from := GREATEST(dialpad.partition_start(t, width),
                            (SELECT max(p.range_to) FROM dialpad.partitions p
                              WHERE p.parent = add_partition.parent AND p.range_to <= t));

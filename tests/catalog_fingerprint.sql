@@ -1,10 +1,13 @@
 -- Everything pg_dialpad puts in a database's catalogs, one row per fact, for comparing an
 -- upgraded database with a fresh install (tests/upgrade.rs). Data is not compared here.
 WITH ext AS (SELECT oid, extversion, extconfig, extcondition FROM pg_extension WHERE extname = 'pg_dialpad'),
-rels AS (SELECT c.oid, c.relname, c.relkind FROM pg_class c, ext WHERE c.relnamespace = 'dialpad'::regnamespace
-          -- the time partitions dialpad.run_maintenance() makes (and their indexes) are data
-          AND (NOT c.relispartition OR EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                                                 AND d.objid = c.oid AND d.refobjid = ext.oid AND d.deptype = 'e')))
+rels AS (SELECT c.oid, c.relname, c.relkind
+           FROM pg_class c LEFT JOIN pg_index i ON i.indexrelid = c.oid
+           JOIN pg_class t ON t.oid = coalesce(i.indrelid, c.oid), ext
+          WHERE c.relnamespace = 'dialpad'::regnamespace
+            -- the time partitions dialpad.run_maintenance() makes, and their indexes, are data
+            AND (NOT t.relispartition OR EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                                                   AND d.objid = t.oid AND d.refobjid = ext.oid AND d.deptype = 'e')))
 SELECT 'extension ' || extversion || ' config ' || coalesce((SELECT string_agg(x::regclass::text, ',' ORDER BY x::regclass::text) FROM unnest(extconfig) x), '')
        || ' conditions ' || coalesce(array_to_string(extcondition, ','), '') FROM ext
 UNION ALL

@@ -153,6 +153,32 @@ fn upgrade_from(old: &str) {
         "every event but the dead one applied once"
     );
     let _ = delivered;
+    // The old inbox is the first partition, whole; the worker makes the next ones, and the
+    // calls count the events applied to them (late events after retention rely on it).
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM dialpad.partitions WHERE partition::text LIKE 'dialpad.webhook_events_before_%' AND range_from = '-infinity'"
+        ),
+        1
+    );
+    assert!(
+        count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE tableoid::regclass::text LIKE '%before%'")
+            >= events_before
+    );
+    wait_until(
+        &mut c,
+        "SELECT count(*) >= 3 FROM dialpad.partitions WHERE parent = 'dialpad.webhook_events'::regclass AND range_from > now()",
+        30,
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM dialpad.calls k WHERE events_applied <> (SELECT count(*) FROM dialpad.webhook_events e
+               WHERE e.call_id = k.dialpad_call_id AND e.processed_at IS NOT NULL AND e.duplicate_of IS NULL)"
+        ),
+        0
+    );
 
     // The catalogs are those of a fresh install of this version.
     c.batch_execute("CREATE DATABASE fresh").unwrap();
