@@ -279,7 +279,7 @@ CREATE TABLE dialpad.webhook_events_default PARTITION OF dialpad.webhook_events 
 COMMENT ON TABLE dialpad.webhook_events_default IS
     'Events whose received_at no partition covers yet; dialpad.run_maintenance() moves them into their own partition. Its storage parameters are copied to every partition created.';
 -- Indexes are per partition (see sql/schema.sql): the DEFAULT partition's are the model.
-ALTER TABLE dialpad.webhook_events_default ADD CONSTRAINT webhook_events_default_pkey PRIMARY KEY (id, received_at);
+ALTER TABLE dialpad.webhook_events_default ADD CONSTRAINT webhook_events_default_pkey PRIMARY KEY (id);
 CREATE INDEX webhook_events_default_pending ON dialpad.webhook_events_default (id)
     WHERE processed_at IS NULL AND dead_at IS NULL;
 CREATE INDEX webhook_events_default_dead ON dialpad.webhook_events_default (dead_at)
@@ -309,7 +309,7 @@ COMMENT ON TABLE dialpad.rejected_transitions IS
 CREATE TABLE dialpad.rejected_transitions_default PARTITION OF dialpad.rejected_transitions DEFAULT;
 COMMENT ON TABLE dialpad.rejected_transitions_default IS
     'Rejections whose rejected_at no partition covers yet; dialpad.run_maintenance() moves them into their own partition.';
-ALTER TABLE dialpad.rejected_transitions_default ADD CONSTRAINT rejected_transitions_default_pkey PRIMARY KEY (id, rejected_at);
+ALTER TABLE dialpad.rejected_transitions_default ADD CONSTRAINT rejected_transitions_default_pkey PRIMARY KEY (id);
 CREATE INDEX rejected_transitions_default_call ON dialpad.rejected_transitions_default (dialpad_call_id);
 
 DO $$

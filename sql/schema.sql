@@ -236,9 +236,11 @@ COMMENT ON COLUMN dialpad.webhook_events.dead_at IS 'Set when the event was dead
 -- there gets it on every later partition). Parent-level indexes would be cloned into each
 -- partition, which pg_dump cannot restore for an extension's table (it re-creates the clones
 -- as plain indexes: "multiple primary keys"); per-partition ones dump and restore as any
--- table's. The primary key includes the partition key, as PostgreSQL requires; ids come from
--- one sequence.
-ALTER TABLE dialpad.webhook_events_default ADD CONSTRAINT webhook_events_default_pkey PRIMARY KEY (id, received_at);
+-- table's. Each partition's primary key is the id alone (ids come from one sequence): no
+-- index but the (call_id, dedupe_key, received_at) one has received_at, so the insert
+-- trigger's lookup, bounded by received_at, can only be planned on that one (a primary key
+-- (id, received_at) was chosen for it on stale statistics, scanning a partition per insert).
+ALTER TABLE dialpad.webhook_events_default ADD CONSTRAINT webhook_events_default_pkey PRIMARY KEY (id);
 -- The claim reads pending events in arrival order: a partial index that only ever holds the
 -- backlog stays small however large the audit log grows.
 CREATE INDEX webhook_events_default_pending ON dialpad.webhook_events_default (id)
@@ -348,7 +350,7 @@ COMMENT ON TABLE dialpad.rejected_transitions IS
 CREATE TABLE dialpad.rejected_transitions_default PARTITION OF dialpad.rejected_transitions DEFAULT;
 COMMENT ON TABLE dialpad.rejected_transitions_default IS
     'Rejections whose rejected_at no partition covers yet; dialpad.run_maintenance() moves them into their own partition.';
-ALTER TABLE dialpad.rejected_transitions_default ADD CONSTRAINT rejected_transitions_default_pkey PRIMARY KEY (id, rejected_at);
+ALTER TABLE dialpad.rejected_transitions_default ADD CONSTRAINT rejected_transitions_default_pkey PRIMARY KEY (id);
 CREATE INDEX rejected_transitions_default_call ON dialpad.rejected_transitions_default (dialpad_call_id);
 
 -- lz4 compresses and decompresses payloads several times faster than the default pglz (the

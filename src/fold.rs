@@ -25,35 +25,7 @@ use crate::transitions::RuleSet;
 /// overtook the ringing one).
 pub const INITIAL_STATUS: &str = "ringing";
 
-/// One `dialpad.calls` row, as the processor reads and writes it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CallRow {
-    pub dialpad_call_id: i64,
-    pub direction: Option<String>,
-    pub status: String,
-    pub last_state: Option<String>,
-    pub external_number: Option<String>,
-    pub internal_number: Option<String>,
-    pub started_at: Option<i64>,
-    pub connected_at: Option<i64>,
-    pub ended_at: Option<i64>,
-    pub duration_seconds: Option<f64>,
-    pub target_id: Option<String>,
-    pub target_type: Option<String>,
-    pub target_name: Option<String>,
-    pub contact_id: Option<String>,
-    pub contact_name: Option<String>,
-    pub master_call_id: Option<i64>,
-    pub entry_point_call_id: Option<i64>,
-    pub operator_call_id: Option<i64>,
-    pub recording_url: Option<String>,
-    pub voicemail_link: Option<String>,
-    pub transcript: Option<String>,
-    pub last_event_at: Option<i64>,
-    /// Events applied to the row (redeliveries not counted); set by the processor, which
-    /// compares it with the history the inbox still holds (retention drops old partitions).
-    pub events_applied: i32,
-}
+pub use crate::call_row::CallRow;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {

@@ -7,6 +7,7 @@
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
+pub mod call_row;
 pub mod datum;
 pub mod dedupe;
 pub mod direction;

@@ -395,6 +395,33 @@ mod tests {
     }
 
     #[pg_test]
+    fn the_call_row_definition_matches_the_table() {
+        use crate::call_row::{read_sql, CallRow, NOT_WRITTEN};
+        let defined: Vec<&str> = CallRow::COLUMNS.iter().map(|(c, _)| *c).collect();
+        let table: Vec<String> = Spi::connect(|c| {
+            c.select(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = 'dialpad.calls'::regclass AND attnum > 0 AND NOT attisdropped",
+                None,
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get::<String>(1).unwrap().unwrap_or_default())
+            .collect()
+        });
+        for c in &defined {
+            assert!(table.iter().any(|t| t == c), "{c} (src/call_row.rs) is not a column of dialpad.calls");
+        }
+        for t in &table {
+            assert!(
+                defined.contains(&t.as_str()) || NOT_WRITTEN.contains(&t.as_str()),
+                "dialpad.calls.{t} is neither in src/call_row.rs nor in NOT_WRITTEN"
+            );
+        }
+        // every column reads back as its declared type
+        run(&read_sql().replace("$1", "ARRAY[]::int8[]"));
+    }
+
+    #[pg_test]
     fn version_info_names_the_version() {
         assert!(text("SELECT dialpad.version_info()")
             .unwrap()

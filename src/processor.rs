@@ -8,9 +8,10 @@
 //! two processors off the same call. Only if the upsert fails does the batch fall back to
 //! one subtransaction per call, to isolate the bad one; a clean batch pays nothing for that.
 
+use crate::call_row::{self, CallColumns, CallRow};
 use crate::datum::JsonbArg;
 use crate::event::{CallEvent, EventError};
-use crate::fold::{fold_events_by_call, CallRow, Folded};
+use crate::fold::{fold_events_by_call, Folded};
 use crate::jsonb::Container;
 use crate::sanitize::{self, Limits};
 use crate::scan_floor::ScanFloor;
@@ -67,42 +68,6 @@ const HISTORY_SQL: &str = "\
 SELECT id, payload FROM dialpad.webhook_events
  WHERE call_id OPERATOR(pg_catalog.=) ANY ($1) AND processed_at IS NOT NULL AND duplicate_of IS NULL
    AND NOT id OPERATOR(pg_catalog.=) ANY ($2)";
-
-const READ_CALLS_SQL: &str = "\
-SELECT dialpad_call_id, direction, status, last_state, external_number, internal_number,
-       started_at, connected_at, ended_at, duration_seconds::pg_catalog.float8,
-       target_id, target_type, target_name, contact_id, contact_name,
-       master_call_id, entry_point_call_id, operator_call_id,
-       recording_url, voicemail_link, transcript, last_event_at, events_applied
-  FROM dialpad.calls
- WHERE dialpad_call_id OPERATOR(pg_catalog.=) ANY ($1)";
-
-const UPSERT_SQL: &str = "\
-INSERT INTO dialpad.calls AS c
-       (dialpad_call_id, direction, status, last_state, external_number, internal_number,
-        started_at, connected_at, ended_at, duration_seconds,
-        target_id, target_type, target_name, contact_id, contact_name,
-        master_call_id, entry_point_call_id, operator_call_id,
-        recording_url, voicemail_link, transcript, raw_payload, last_event_at, events_applied)
-SELECT u.id, u.dir, u.st, u.ls, u.ext, u.int, u.sa, u.ca, u.ea, u.dur::pg_catalog.numeric(14,3),
-       u.tid, u.tty, u.tna, u.cid, u.cna, u.mid, u.eid, u.oid, u.rec, u.vm, u.tr, u.raw, u.le, u.n
-  FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), pg_catalog.unnest($7::pg_catalog.timestamptz[]), pg_catalog.unnest($8::pg_catalog.timestamptz[]), pg_catalog.unnest($9::pg_catalog.timestamptz[]), pg_catalog.unnest($10::pg_catalog.float8[]), pg_catalog.unnest($11::pg_catalog.text[]), pg_catalog.unnest($12::pg_catalog.text[]), pg_catalog.unnest($13::pg_catalog.text[]), pg_catalog.unnest($14::pg_catalog.text[]), pg_catalog.unnest($15::pg_catalog.text[]), pg_catalog.unnest($16::pg_catalog.int8[]), pg_catalog.unnest($17::pg_catalog.int8[]), pg_catalog.unnest($18::pg_catalog.int8[]), pg_catalog.unnest($19::pg_catalog.text[]), pg_catalog.unnest($20::pg_catalog.text[]), pg_catalog.unnest($21::pg_catalog.text[]), pg_catalog.unnest($22::pg_catalog.jsonb[]), pg_catalog.unnest($23::pg_catalog.timestamptz[]), pg_catalog.unnest($24::pg_catalog.int4[]))
-       AS u(id, dir, st, ls, ext, int, sa, ca, ea, dur, tid, tty, tna, cid, cna, mid, eid, oid,
-            rec, vm, tr, raw, le, n)
-ON CONFLICT (dialpad_call_id) DO UPDATE SET
-       direction = EXCLUDED.direction, status = EXCLUDED.status, last_state = EXCLUDED.last_state,
-       external_number = EXCLUDED.external_number, internal_number = EXCLUDED.internal_number,
-       started_at = EXCLUDED.started_at, connected_at = EXCLUDED.connected_at,
-       ended_at = EXCLUDED.ended_at, duration_seconds = EXCLUDED.duration_seconds,
-       target_id = EXCLUDED.target_id, target_type = EXCLUDED.target_type,
-       target_name = EXCLUDED.target_name, contact_id = EXCLUDED.contact_id,
-       contact_name = EXCLUDED.contact_name, master_call_id = EXCLUDED.master_call_id,
-       entry_point_call_id = EXCLUDED.entry_point_call_id,
-       operator_call_id = EXCLUDED.operator_call_id, recording_url = EXCLUDED.recording_url,
-       voicemail_link = EXCLUDED.voicemail_link, transcript = EXCLUDED.transcript,
-       raw_payload = COALESCE(EXCLUDED.raw_payload, c.raw_payload),
-       last_event_at = EXCLUDED.last_event_at, events_applied = EXCLUDED.events_applied,
-       updated_at = pg_catalog.now()";
 
 const REJECTIONS_SQL: &str = "\
 INSERT INTO dialpad.rejected_transitions (dialpad_call_id, event_id, from_status, to_status, reason)
@@ -416,10 +381,10 @@ impl Batch {
             return Ok(());
         }
         let table = replanned(|| {
-            run_kept(client, READ_CALLS_SQL, &[pg_sys::INT8ARRAYOID], None, &[self.calls.clone().into()])
+            run_kept(client, call_row::read_sql(), &[pg_sys::INT8ARRAYOID], None, &[self.calls.clone().into()])
         })?;
         for row in table {
-            let r = read_call_row(&row)?;
+            let r = CallRow::read(&row)?;
             self.rows.insert(r.dialpad_call_id, r);
         }
         Ok(())
@@ -722,7 +687,7 @@ fn write_calls(
     folds: &[CallFold],
     which: &[usize],
 ) -> Result<(), pgrx::spi::Error> {
-    let mut cols = Columns::default();
+    let mut cols = CallColumns::default();
     let mut rej = Rejections::default();
     for &w in which {
         let CallFold { call_id, folded: f, events: idx } = &folds[w];
@@ -751,35 +716,8 @@ fn write_calls(
         };
         cols.push(&f.row, raw);
     }
-    if !cols.id.is_empty() {
-        let args = cols.into_args();
-        let types = [
-            pg_sys::INT8ARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::TIMESTAMPTZARRAYOID,
-            pg_sys::TIMESTAMPTZARRAYOID,
-            pg_sys::TIMESTAMPTZARRAYOID,
-            pg_sys::FLOAT8ARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::INT8ARRAYOID,
-            pg_sys::INT8ARRAYOID,
-            pg_sys::INT8ARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::JSONBARRAYOID,
-            pg_sys::TIMESTAMPTZARRAYOID,
-            pg_sys::INT4ARRAYOID,
-        ];
-        run_kept(client, UPSERT_SQL, &types, None, &args)?;
+    if !cols.is_empty() {
+        run_kept(client, call_row::upsert_sql(), &CallColumns::types(), None, &cols.into_args())?;
     }
     if !rej.call.is_empty() {
         run_kept(
@@ -808,97 +746,6 @@ struct Rejections {
     reason: Vec<String>,
 }
 
-/// The upsert's parameters, one array per column.
-#[derive(Default)]
-struct Columns {
-    id: Vec<i64>,
-    dir: Vec<Option<String>>,
-    status: Vec<String>,
-    last_state: Vec<Option<String>>,
-    ext: Vec<Option<String>>,
-    int: Vec<Option<String>>,
-    started: Vec<Option<TimestampWithTimeZone>>,
-    connected: Vec<Option<TimestampWithTimeZone>>,
-    ended: Vec<Option<TimestampWithTimeZone>>,
-    duration: Vec<Option<f64>>,
-    target_id: Vec<Option<String>>,
-    target_type: Vec<Option<String>>,
-    target_name: Vec<Option<String>>,
-    contact_id: Vec<Option<String>>,
-    contact_name: Vec<Option<String>>,
-    master: Vec<Option<i64>>,
-    entry: Vec<Option<i64>>,
-    operator: Vec<Option<i64>>,
-    recording: Vec<Option<String>>,
-    voicemail: Vec<Option<String>>,
-    transcript: Vec<Option<String>>,
-    raw: Vec<Option<Vec<u8>>>,
-    last_event: Vec<Option<TimestampWithTimeZone>>,
-    events_applied: Vec<i32>,
-}
-
-fn ts(us: Option<i64>) -> Option<TimestampWithTimeZone> {
-    us.and_then(|u| TimestampWithTimeZone::try_from(u).ok())
-}
-
-impl Columns {
-    fn push(&mut self, r: &CallRow, raw: Option<Vec<u8>>) {
-        self.id.push(r.dialpad_call_id);
-        self.dir.push(r.direction.clone());
-        self.status.push(r.status.clone());
-        self.last_state.push(r.last_state.clone());
-        self.ext.push(r.external_number.clone());
-        self.int.push(r.internal_number.clone());
-        self.started.push(ts(r.started_at));
-        self.connected.push(ts(r.connected_at));
-        self.ended.push(ts(r.ended_at));
-        self.duration.push(r.duration_seconds);
-        self.target_id.push(r.target_id.clone());
-        self.target_type.push(r.target_type.clone());
-        self.target_name.push(r.target_name.clone());
-        self.contact_id.push(r.contact_id.clone());
-        self.contact_name.push(r.contact_name.clone());
-        self.master.push(r.master_call_id);
-        self.entry.push(r.entry_point_call_id);
-        self.operator.push(r.operator_call_id);
-        self.recording.push(r.recording_url.clone());
-        self.voicemail.push(r.voicemail_link.clone());
-        self.transcript.push(r.transcript.clone());
-        self.raw.push(raw);
-        self.last_event.push(ts(r.last_event_at));
-        self.events_applied.push(r.events_applied);
-    }
-
-    fn into_args<'a>(self) -> Vec<DatumWithOid<'a>> {
-        vec![
-            self.id.into(),
-            self.dir.into(),
-            self.status.into(),
-            self.last_state.into(),
-            self.ext.into(),
-            self.int.into(),
-            self.started.into(),
-            self.connected.into(),
-            self.ended.into(),
-            self.duration.into(),
-            self.target_id.into(),
-            self.target_type.into(),
-            self.target_name.into(),
-            self.contact_id.into(),
-            self.contact_name.into(),
-            self.master.into(),
-            self.entry.into(),
-            self.operator.into(),
-            self.recording.into(),
-            self.voicemail.into(),
-            self.transcript.into(),
-            jsonb_array(self.raw),
-            self.last_event.into(),
-            self.events_applied.into(),
-        ]
-    }
-}
-
 /// An already-built `jsonb[]` datum.
 struct JsonbArrayDatum(pg_sys::Datum);
 
@@ -913,7 +760,7 @@ impl IntoDatum for JsonbArrayDatum {
 }
 
 /// A `jsonb[]` built from finished jsonb datums (no text round trip).
-fn jsonb_array<'a>(items: Vec<Option<Vec<u8>>>) -> DatumWithOid<'a> {
+pub(crate) fn jsonb_array<'a>(items: Vec<Option<Vec<u8>>>) -> DatumWithOid<'a> {
     // SAFETY: each item is a complete jsonb datum (varlena header set by jsonb::Writer),
     // copied into palloc'd memory of the current context; construct_md_array copies the
     // datums into one array in the same context, which outlives the statement it is bound to.
@@ -950,37 +797,6 @@ fn jsonb_array<'a>(items: Vec<Option<Vec<u8>>>) -> DatumWithOid<'a> {
         );
         DatumWithOid::from(JsonbArrayDatum(pg_sys::Datum::from(arr)))
     }
-}
-
-fn read_call_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<CallRow, pgrx::spi::Error> {
-    let t = |i: usize| -> Result<Option<i64>, pgrx::spi::Error> {
-        Ok(row.get::<TimestampWithTimeZone>(i)?.map(|t| t.into_inner()))
-    };
-    Ok(CallRow {
-        dialpad_call_id: row.get(1)?.unwrap_or_default(),
-        direction: row.get(2)?,
-        status: row.get(3)?.unwrap_or_default(),
-        last_state: row.get(4)?,
-        external_number: row.get(5)?,
-        internal_number: row.get(6)?,
-        started_at: t(7)?,
-        connected_at: t(8)?,
-        ended_at: t(9)?,
-        duration_seconds: row.get(10)?,
-        target_id: row.get(11)?,
-        target_type: row.get(12)?,
-        target_name: row.get(13)?,
-        contact_id: row.get(14)?,
-        contact_name: row.get(15)?,
-        master_call_id: row.get(16)?,
-        entry_point_call_id: row.get(17)?,
-        operator_call_id: row.get(18)?,
-        recording_url: row.get(19)?,
-        voicemail_link: row.get(20)?,
-        transcript: row.get(21)?,
-        last_event_at: t(22)?,
-        events_applied: row.get(23)?.unwrap_or_default(),
-    })
 }
 
 /// How many distinct calls one batch may hold locks on: a quarter of the shared lock table

@@ -1,0 +1,243 @@
+//! One `dialpad.calls` row as the processor reads and writes it, defined once.
+//!
+//! The table below is the only list of the row's columns: the struct, the SELECT that reads
+//! rows back, the upsert that writes them, its argument arrays and their types are all
+//! generated from it, by column name, never by position. Adding a column is one line here
+//! (plus its `ALTER TABLE` in the upgrade script); a pg_test checks that every column named
+//! here exists in `dialpad.calls` and that every other column of the table is one the
+//! processor leaves alone.
+
+use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
+use pgrx::pg_sys;
+use std::sync::OnceLock;
+
+/// How a column travels between Rust and SQL: `T` in the struct, `Arg` in the upsert's
+/// argument arrays, `SQL` its type in SQL (the read casts to it).
+pub trait Kind<T> {
+    type Arg: pgrx::IntoDatum + 'static;
+    const SQL: &'static str;
+    const ARRAY: pg_sys::Oid;
+    fn arg(value: &T) -> Self::Arg;
+    fn read(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> Result<T, pgrx::spi::Error>;
+}
+
+/// The SQL types of the columns.
+#[allow(non_camel_case_types)]
+pub mod kind {
+    pub struct int4;
+    pub struct int8;
+    pub struct text;
+    pub struct timestamptz;
+    /// Stored as numeric; read and written as float8 (exact for the milliseconds Dialpad sends).
+    pub struct float8;
+}
+
+impl Kind<i64> for kind::int8 {
+    type Arg = i64;
+    const SQL: &'static str = "int8";
+    const ARRAY: pg_sys::Oid = pg_sys::INT8ARRAYOID;
+    fn arg(value: &i64) -> i64 {
+        *value
+    }
+    fn read(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> Result<i64, pgrx::spi::Error> {
+        Ok(row.get(ordinal)?.unwrap_or_default())
+    }
+}
+
+impl Kind<Option<i64>> for kind::int8 {
+    type Arg = Option<i64>;
+    const SQL: &'static str = "int8";
+    const ARRAY: pg_sys::Oid = pg_sys::INT8ARRAYOID;
+    fn arg(value: &Option<i64>) -> Option<i64> {
+        *value
+    }
+    fn read(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> Result<Option<i64>, pgrx::spi::Error> {
+        row.get(ordinal)
+    }
+}
+
+impl Kind<i32> for kind::int4 {
+    type Arg = i32;
+    const SQL: &'static str = "int4";
+    const ARRAY: pg_sys::Oid = pg_sys::INT4ARRAYOID;
+    fn arg(value: &i32) -> i32 {
+        *value
+    }
+    fn read(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> Result<i32, pgrx::spi::Error> {
+        Ok(row.get(ordinal)?.unwrap_or_default())
+    }
+}
+
+impl Kind<String> for kind::text {
+    type Arg = String;
+    const SQL: &'static str = "text";
+    const ARRAY: pg_sys::Oid = pg_sys::TEXTARRAYOID;
+    fn arg(value: &String) -> String {
+        value.clone()
+    }
+    fn read(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> Result<String, pgrx::spi::Error> {
+        Ok(row.get(ordinal)?.unwrap_or_default())
+    }
+}
+
+impl Kind<Option<String>> for kind::text {
+    type Arg = Option<String>;
+    const SQL: &'static str = "text";
+    const ARRAY: pg_sys::Oid = pg_sys::TEXTARRAYOID;
+    fn arg(value: &Option<String>) -> Option<String> {
+        value.clone()
+    }
+    fn read(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> Result<Option<String>, pgrx::spi::Error> {
+        row.get(ordinal)
+    }
+}
+
+/// Microseconds since 2000-01-01 UTC (PostgreSQL's own representation).
+impl Kind<Option<i64>> for kind::timestamptz {
+    type Arg = Option<TimestampWithTimeZone>;
+    const SQL: &'static str = "timestamptz";
+    const ARRAY: pg_sys::Oid = pg_sys::TIMESTAMPTZARRAYOID;
+    fn arg(value: &Option<i64>) -> Option<TimestampWithTimeZone> {
+        value.and_then(|us| TimestampWithTimeZone::try_from(us).ok())
+    }
+    fn read(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> Result<Option<i64>, pgrx::spi::Error> {
+        Ok(row.get::<TimestampWithTimeZone>(ordinal)?.map(|t| t.into_inner()))
+    }
+}
+
+impl Kind<Option<f64>> for kind::float8 {
+    type Arg = Option<f64>;
+    const SQL: &'static str = "float8";
+    const ARRAY: pg_sys::Oid = pg_sys::FLOAT8ARRAYOID;
+    fn arg(value: &Option<f64>) -> Option<f64> {
+        *value
+    }
+    fn read(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> Result<Option<f64>, pgrx::spi::Error> {
+        row.get(ordinal)
+    }
+}
+
+macro_rules! call_row {
+    ($( $(#[$doc:meta])* $field:ident : $ty:ty => $kind:ident ),* $(,)?) => {
+        /// One `dialpad.calls` row, as the processor reads and writes it.
+        #[derive(Debug, Clone, Default, PartialEq)]
+        pub struct CallRow {
+            $( $(#[$doc])* pub $field: $ty, )*
+        }
+
+        impl CallRow {
+            /// (column, SQL type) of every column, in one order used everywhere.
+            pub const COLUMNS: &'static [(&'static str, &'static str)] =
+                &[ $( (stringify!($field), <kind::$kind as Kind<$ty>>::SQL) ),* ];
+
+            /// Reads a row selected by [`read_sql`] (its columns in [`CallRow::COLUMNS`] order).
+            pub fn read(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<CallRow, pgrx::spi::Error> {
+                let mut ordinal = 0;
+                Ok(CallRow {
+                    $( $field: { ordinal += 1; <kind::$kind as Kind<$ty>>::read(row, ordinal)? }, )*
+                })
+            }
+        }
+
+        /// Rows to upsert, column by column: the arguments of [`upsert_sql`].
+        #[derive(Default)]
+        pub struct CallColumns {
+            $( $field: Vec<<kind::$kind as Kind<$ty>>::Arg>, )*
+            raw_payload: Vec<Option<Vec<u8>>>,
+        }
+
+        impl CallColumns {
+            /// Adds a row and its sanitized payload (jsonb bytes; None keeps the stored one).
+            pub fn push(&mut self, row: &CallRow, raw_payload: Option<Vec<u8>>) {
+                $( self.$field.push(<kind::$kind as Kind<$ty>>::arg(&row.$field)); )*
+                self.raw_payload.push(raw_payload);
+            }
+
+            pub fn is_empty(&self) -> bool {
+                self.raw_payload.is_empty()
+            }
+
+            /// The upsert's argument types, in [`upsert_sql`]'s order.
+            pub fn types() -> Vec<pg_sys::Oid> {
+                vec![ $( <kind::$kind as Kind<$ty>>::ARRAY, )* pg_sys::JSONBARRAYOID ]
+            }
+
+            /// The upsert's arguments, in [`upsert_sql`]'s order.
+            pub fn into_args<'a>(self) -> Vec<DatumWithOid<'a>> {
+                vec![ $( self.$field.into(), )* crate::processor::jsonb_array(self.raw_payload) ]
+            }
+        }
+    };
+}
+
+call_row! {
+    dialpad_call_id: i64 => int8,
+    direction: Option<String> => text,
+    status: String => text,
+    last_state: Option<String> => text,
+    external_number: Option<String> => text,
+    internal_number: Option<String> => text,
+    /// Microseconds since 2000-01-01 UTC, as every timestamp here.
+    started_at: Option<i64> => timestamptz,
+    connected_at: Option<i64> => timestamptz,
+    ended_at: Option<i64> => timestamptz,
+    duration_seconds: Option<f64> => float8,
+    target_id: Option<String> => text,
+    target_type: Option<String> => text,
+    target_name: Option<String> => text,
+    contact_id: Option<String> => text,
+    contact_name: Option<String> => text,
+    master_call_id: Option<i64> => int8,
+    entry_point_call_id: Option<i64> => int8,
+    operator_call_id: Option<i64> => int8,
+    recording_url: Option<String> => text,
+    voicemail_link: Option<String> => text,
+    transcript: Option<String> => text,
+    last_event_at: Option<i64> => timestamptz,
+    /// Events applied to the row (redeliveries not counted); the processor compares it with
+    /// the history the inbox still holds (retention drops old partitions).
+    events_applied: i32 => int4,
+}
+
+/// The columns of `dialpad.calls` the processor never writes.
+pub const NOT_WRITTEN: &[&str] = &["raw_payload", "created_at", "updated_at"];
+
+/// Reads the rows of the calls in `$1` (int8[]).
+pub fn read_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let columns: Vec<String> = CallRow::COLUMNS.iter().map(|(c, t)| format!("{c}::pg_catalog.{t}")).collect();
+        format!(
+            "SELECT {} FROM dialpad.calls WHERE dialpad_call_id OPERATOR(pg_catalog.=) ANY ($1)",
+            columns.join(", ")
+        )
+    })
+}
+
+/// Inserts or updates every row of a [`CallColumns`] in one statement: one array argument
+/// per column, then the sanitized payloads (NULL keeps the stored one).
+pub fn upsert_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let names: Vec<&str> = CallRow::COLUMNS.iter().map(|(c, _)| *c).collect();
+        let unnests: Vec<String> = CallRow::COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, (_, t))| format!("pg_catalog.unnest(${}::pg_catalog.{t}[])", i + 1))
+            .collect();
+        let updates: Vec<String> =
+            names.iter().filter(|c| **c != "dialpad_call_id").map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+        format!(
+            "INSERT INTO dialpad.calls AS c ({cols}, raw_payload)
+SELECT {u_cols}, u.raw_payload
+  FROM ROWS FROM ({unnests}, pg_catalog.unnest(${raw}::pg_catalog.jsonb[])) AS u({cols}, raw_payload)
+ON CONFLICT (dialpad_call_id) DO UPDATE SET {updates},
+       raw_payload = COALESCE(EXCLUDED.raw_payload, c.raw_payload), updated_at = pg_catalog.now()",
+            cols = names.join(", "),
+            u_cols = names.iter().map(|c| format!("u.{c}")).collect::<Vec<_>>().join(", "),
+            unnests = unnests.join(", "),
+            raw = names.len() + 1,
+            updates = updates.join(", "),
+        )
+    })
+}
