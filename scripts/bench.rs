@@ -901,11 +901,12 @@ fn upgrade_bench(report: &mut Report, events: usize) {
             "INSERT INTO dialpad.webhook_events (payload, processed_at)
                SELECT payload, now() FROM pg_temp.dialpad_sample_events({} / 4, 6600000000000000, 0.42, true) LIMIT {events};
              INSERT INTO dialpad.calls (dialpad_call_id, status)
-               SELECT DISTINCT call_id, 'ended' FROM dialpad.webhook_events;
-             VACUUM ANALYZE dialpad.webhook_events; CHECKPOINT;",
+               SELECT DISTINCT call_id, 'ended' FROM dialpad.webhook_events;",
             events
         ),
     );
+    exec(&mut c, "VACUUM ANALYZE dialpad.webhook_events");
+    exec(&mut c, "CHECKPOINT");
     let stored = count(&mut c, "SELECT count(*) FROM dialpad.webhook_events");
     drop(c);
     cluster.pg_ctl_stop("fast");

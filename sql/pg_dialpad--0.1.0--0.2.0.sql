@@ -530,8 +530,11 @@ BEGIN
                 EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p.partition);
                 pending := 0;
                 IF tbl = 'dialpad.webhook_events'::regclass THEN
-                    -- A pending, retrying or dead-lettered event keeps its whole partition.
-                    EXECUTE format('SELECT count(*) FROM %s WHERE processed_at IS NULL', p.partition) INTO pending;
+                    -- A pending, retrying or dead-lettered event keeps its whole partition
+                    -- (counted on the two partial indexes, not by reading the partition).
+                    EXECUTE format('SELECT (SELECT count(*) FROM %1$s WHERE processed_at IS NULL AND dead_at IS NULL)
+                                         + (SELECT count(*) FROM %1$s WHERE dead_at IS NOT NULL AND processed_at IS NULL)',
+                                   p.partition) INTO pending;
                 END IF;
                 IF pending > 0 THEN
                     action := 'kept'; rows := pending;
