@@ -132,6 +132,7 @@ DECLARE
     tbl regclass;
     col text;
     t timestamptz;
+    times timestamptz[];
     p record;
     added record;
     pending bigint;
@@ -150,24 +151,12 @@ BEGIN
     FOREACH tbl IN ARRAY ARRAY['dialpad.webhook_events'::regclass, 'dialpad.rejected_transitions'::regclass] LOOP
         col := CASE tbl WHEN 'dialpad.webhook_events'::regclass THEN 'received_at' ELSE 'rejected_at' END;
         -- Rows waiting in the DEFAULT partition, oldest first, then the partitions ahead.
-        FOR t IN EXECUTE format('SELECT DISTINCT dialpad.partition_start(%I, $1) FROM ONLY %s ORDER BY 1',
-                                col, (SELECT q.partition FROM dialpad.partitions q WHERE q.parent = tbl AND q.is_default))
-                 USING width
-        LOOP
-            BEGIN
-                SELECT * INTO added FROM dialpad.add_partition(tbl, t, width);
-                IF added.partition IS NOT NULL THEN
-                    action := 'created'; partition := added.partition; range_from := added.range_from;
-                    range_to := added.range_to; rows := added.moved;
-                    RETURN NEXT;
-                END IF;
-            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
-                action := 'busy'; partition := tbl::text; range_from := t; range_to := t + width; rows := NULL;
-                RETURN NEXT;
-            END;
-        END LOOP;
-        FOR i IN 0 .. ahead LOOP
-            t := GREATEST(now(), dialpad.partition_start(now(), width) + width * i);
+        EXECUTE format('SELECT array_agg(DISTINCT dialpad.partition_start(%I, $1) ORDER BY dialpad.partition_start(%I, $1)) FROM ONLY %s',
+                       col, col, (SELECT q.partition FROM dialpad.partitions q WHERE q.parent = tbl AND q.is_default))
+           INTO times USING width;
+        times := coalesce(times, '{}') || ARRAY(SELECT GREATEST(now(), dialpad.partition_start(now(), width) + width * i)
+                                                   FROM generate_series(0, ahead) AS i ORDER BY i);
+        FOREACH t IN ARRAY times LOOP
             BEGIN
                 SELECT * INTO added FROM dialpad.add_partition(tbl, t, width);
                 IF added.partition IS NOT NULL THEN
