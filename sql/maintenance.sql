@@ -150,6 +150,9 @@ BEGIN
 
     FOREACH tbl IN ARRAY ARRAY['dialpad.webhook_events'::regclass, 'dialpad.rejected_transitions'::regclass] LOOP
         col := CASE tbl WHEN 'dialpad.webhook_events'::regclass THEN 'received_at' ELSE 'rejected_at' END;
+        -- The parent before its DEFAULT partition, in the order DROP EXTENSION and every
+        -- writer lock them: reading the partition first deadlocked with a DROP.
+        EXECUTE format('LOCK TABLE ONLY %s IN ACCESS SHARE MODE', tbl);
         -- Rows waiting in the DEFAULT partition, oldest first, then the partitions ahead.
         EXECUTE format('SELECT array_agg(DISTINCT dialpad.partition_start(%I, $1) ORDER BY dialpad.partition_start(%I, $1)) FROM ONLY %s',
                        col, col, (SELECT q.partition FROM dialpad.partitions q WHERE q.parent = tbl AND q.is_default))

@@ -213,14 +213,16 @@ impl Shared {
     /// Marks a DROP EXTENSION in progress in the calling backend (cleared at its
     /// transaction's end, see [`on_xact_event`]).
     pub fn begin_drop(&self) {
-        self.drop_pid.store(crate::pg::my_pid(), Ordering::Release);
+        // SeqCst with the workers' `in_batch` store and drop check: either the worker sees the
+        // drop, or this backend sees the worker busy and waits (a store-load pair).
+        self.drop_pid.store(crate::pg::my_pid(), Ordering::SeqCst);
         DROP_AT_XACT_END.with(|d| d.set(true));
         register_xact_callback();
     }
 
     /// Whether a live backend is dropping the extension.
     pub fn drop_in_progress(&self) -> bool {
-        let pid = self.drop_pid.load(Ordering::Acquire);
+        let pid = self.drop_pid.load(Ordering::SeqCst);
         pid != 0 && crate::pg::process_alive(pid)
     }
 
@@ -228,7 +230,7 @@ impl Shared {
     pub fn wait_for_workers_idle(&self, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if self.slots.iter().all(|s| !s.in_batch.load(Ordering::Acquire) || s.pid.load(Ordering::Acquire) == 0) {
+            if self.slots.iter().all(|s| !s.in_batch.load(Ordering::SeqCst) || s.pid.load(Ordering::Acquire) == 0) {
                 return true;
             }
             if std::time::Instant::now() >= deadline {

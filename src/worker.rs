@@ -238,7 +238,7 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
         let mut full = false;
         if gucs::enabled() {
             report_activity(pg_sys::BackendState::STATE_RUNNING, c"processing webhook events");
-            slot.in_batch.store(true, Ordering::Release);
+            slot.in_batch.store(true, Ordering::SeqCst);
             let result = run_one_batch(shared);
             slot.in_batch.store(false, Ordering::Release);
             // After every transaction, as worker_spi does: without it the table statistics
@@ -301,7 +301,13 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
             if let Some(every) = gucs::maintenance_interval() {
                 if last_maintenance.is_none_or(|t| t.elapsed() >= every) {
                     report_activity(pg_sys::BackendState::STATE_RUNNING, c"pg_dialpad maintenance");
-                    run_maintenance(index);
+                    // Busy as in a batch, so that DROP EXTENSION waits for the pass to end
+                    // before it takes its locks (seen set before the drop is checked).
+                    slot.in_batch.store(true, Ordering::SeqCst);
+                    if !shared.drop_in_progress() {
+                        run_maintenance(index);
+                    }
+                    slot.in_batch.store(false, Ordering::Release);
                     // SAFETY: outside a transaction.
                     unsafe { pg_sys::pgstat_report_stat(false) };
                     last_maintenance = Some(Instant::now());

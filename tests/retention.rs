@@ -236,3 +236,34 @@ fn redeliveries_are_caught_across_partitions() {
     );
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.rejected_transitions WHERE dialpad_call_id = 9500002"), 0);
 }
+
+#[test]
+fn drop_extension_during_a_maintenance_pass_succeeds_at_once() {
+    let cluster = Cluster::start(
+        "drop-maintenance",
+        &["dialpad.workers = 1", "dialpad.enabled = off", "dialpad.maintenance_interval = 1"],
+    );
+    let mut c = cluster.ready();
+    // Sixty days of processed events in the DEFAULT partition: the next maintenance pass
+    // makes a partition for each day and moves that day's rows into it, for seconds.
+    c.batch_execute(
+        "INSERT INTO dialpad.webhook_events (payload, received_at, processed_at)
+         SELECT jsonb_build_object('call_id', 9300000 + g % 5000, 'state', 'ringing'),
+                now() - interval '100 days' + make_interval(secs => g * 17), now()
+           FROM generate_series(1, 300000) g",
+    )
+    .unwrap();
+    c.batch_execute("ALTER SYSTEM SET dialpad.enabled = on").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_until(
+        &mut c,
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type LIKE 'pg_dialpad worker%' AND query = 'pg_dialpad maintenance'",
+        30,
+    );
+    let result = match c.batch_execute("DROP EXTENSION pg_dialpad CASCADE") {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("{e:?}"),
+    };
+    assert_eq!(result, "ok", "DROP EXTENSION on the first try:\n{}", cluster.log());
+    c.batch_execute("CREATE EXTENSION pg_dialpad").unwrap();
+}
