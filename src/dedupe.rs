@@ -30,21 +30,41 @@ pub fn lock_key(call_id: i64, key: &str) {
     crate::pg::advisory_xact_lock(KEY_LOCK_NAMESPACE, hash ^ call_id as u64, true);
 }
 
-/// How far back (from the new delivery's received_at) the insert trigger looks for a first
-/// delivery: Dialpad retries within seconds (DIALPAD.md), and two subscriptions deliver
-/// together. Only the partitions of that window are searched, so a delivery costs the same
-/// with 30 or 3,000 partitions; a redelivery older than that is still never applied twice:
-/// its event is no newer than the call's last one, so the processor reads the call's history
-/// and marks it there (processor.rs).
-pub const WINDOW_US: i64 = 24 * 3600 * 1_000_000;
+/// How far around the new delivery's received_at the insert trigger looks for a first
+/// delivery: Dialpad retries a call event within seconds (2, 4 and 8 s apart, DIALPAD.md), and
+/// two subscriptions deliver together. The window is bounded on both sides, so that only the
+/// one or two partitions it overlaps are searched (the partitions made ahead and the DEFAULT
+/// partition are pruned): a delivery costs the same with 30 or 3,000 partitions. A
+/// redelivery outside it is still never applied twice: its event is no newer than the call's
+/// last one, so the processor reads the call's history and marks it there (processor.rs).
+pub const WINDOW_US: i64 = 3600 * 1_000_000;
 
 const FIND_SQL: &std::ffi::CStr = c"SELECT id FROM dialpad.webhook_events
  WHERE call_id OPERATOR(pg_catalog.=) $1 AND dedupe_key OPERATOR(pg_catalog.=) $2 AND duplicate_of IS NULL
-   AND received_at OPERATOR(pg_catalog.>=) $3";
+   AND received_at OPERATOR(pg_catalog.>=) $3 AND received_at OPERATOR(pg_catalog.<=) $4";
 
 thread_local! {
     /// The lookup's plan, kept for the life of the backend (SPI_keepplan); null until first use.
     static PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The lookup's cached plan source, and whether it holds a valid generic plan.
+///
+/// # Safety
+/// `plan` is a valid SPI plan made from one statement (FIND_SQL), inside an SPI session.
+unsafe fn generic_plan_state(plan: pg_sys::SPIPlanPtr) -> (bool, i32) {
+    // SAFETY: the caller's contract; the list holds one CachedPlanSource (one statement),
+    // whose generic plan, if any, is a valid CachedPlan while the source is valid.
+    unsafe {
+        let sources = pgrx::PgList::<pg_sys::CachedPlanSource>::from_pg(pg_sys::SPI_plan_get_plan_sources(plan));
+        match sources.get_ptr(0) {
+            Some(src) if !src.is_null() => {
+                let src = &*src;
+                (src.is_valid && !src.gplan.is_null() && (*src.gplan).is_valid, src.generation)
+            }
+            _ => (false, 0),
+        }
+    }
 }
 
 /// The id of the first stored delivery of (call_id, dedupe_key), if any is committed (or
@@ -61,8 +81,15 @@ pub fn first_delivery(call_id: i64, key: &str, received_at: pg_sys::TimestampTz)
         }
         let mut plan = PLAN.with(|p| p.get());
         if plan.is_null() {
-            let mut types = [pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID];
-            let p = pg_sys::SPI_prepare(FIND_SQL.as_ptr(), 3, types.as_mut_ptr());
+            let mut types = [pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID];
+            // One generic plan (pruned to the window's partitions when it runs): a custom
+            // plan per insert would cost more than the insert.
+            let p = pg_sys::SPI_prepare_cursor(
+                FIND_SQL.as_ptr(),
+                4,
+                types.as_mut_ptr(),
+                pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+            );
             if p.is_null() || pg_sys::SPI_keepplan(p) != 0 {
                 pg_sys::SPI_finish();
                 return None;
@@ -71,32 +98,45 @@ pub fn first_delivery(call_id: i64, key: &str, received_at: pg_sys::TimestampTz)
             plan = p;
         }
         let text = pg_sys::cstring_to_text_with_len(key.as_ptr() as *const std::ffi::c_char, key.len() as i32);
-        let since = received_at.saturating_sub(WINDOW_US);
-        let mut values = [pg_sys::Datum::from(call_id), pg_sys::Datum::from(text), pg_sys::Datum::from(since)];
-        let nulls = [b' ' as std::ffi::c_char; 3];
+        let mut values = [
+            pg_sys::Datum::from(call_id),
+            pg_sys::Datum::from(text),
+            pg_sys::Datum::from(received_at.saturating_sub(WINDOW_US)),
+            pg_sys::Datum::from(received_at.saturating_add(WINDOW_US)),
+        ];
+        let nulls = [b' ' as std::ffi::c_char; 4];
         // Every match, not ORDER BY id LIMIT 1: with that, the planner may walk a partition's
         // primary key in id order filtering for the key (a LIMIT 1 favours an ordered scan),
         // which costs a scan of the partition per insert. The matches of one key are a few.
-        //
-        // One generic plan (pruned to the window's partitions when it runs): a custom plan per
-        // insert would cost more than the insert. Made without sequential scans: a plan made
-        // while a partition was empty (a new day, the DEFAULT partition before a backfill)
-        // would otherwise scan that partition for every row a long INSERT or COPY adds to it.
-        let rc = crate::pg::with_settings(
-            &[(c"plan_cache_mode", c"force_generic_plan"), (c"enable_seqscan", c"off")],
-            || {
-                pg_sys::SPI_execute_snapshot(
-                    plan,
-                    values.as_mut_ptr(),
-                    nulls.as_ptr(),
-                    pg_sys::GetLatestSnapshot(),
-                    std::ptr::null_mut(),
-                    true,
-                    false,
-                    0,
-                )
-            },
-        );
+        let mut execute = || {
+            pg_sys::SPI_execute_snapshot(
+                plan,
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                pg_sys::GetLatestSnapshot(),
+                std::ptr::null_mut(),
+                true,
+                false,
+                0,
+            )
+        };
+        // The generic plan is made without sequential scans: a plan made while a partition
+        // was empty (a new day, the DEFAULT partition before a backfill) would otherwise scan
+        // that partition for every row a long INSERT or COPY adds to it. The setting costs
+        // a GUC nest level, so it is set only when the plan is to be (re)made; if the plan
+        // cache remade it during a run without it (an invalidation arriving in between), that
+        // plan is thrown away and the next lookup prepares and plans afresh.
+        let (ready, generation) = generic_plan_state(plan);
+        let rc = if ready {
+            let rc = execute();
+            if generic_plan_state(plan).1 != generation {
+                pg_sys::SPI_freeplan(plan);
+                PLAN.with(|c| c.set(std::ptr::null_mut()));
+            }
+            rc
+        } else {
+            crate::pg::with_setting(c"enable_seqscan", c"off", execute)
+        };
         let mut found: Option<i64> = None;
         if rc == pg_sys::SPI_OK_SELECT as i32 && !pg_sys::SPI_tuptable.is_null() {
             let table = &*pg_sys::SPI_tuptable;

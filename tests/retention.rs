@@ -186,8 +186,8 @@ fn redeliveries_are_caught_across_partitions() {
     let cluster = Cluster::start("retention-dedupe", &["dialpad.workers = 1", "dialpad.maintenance_interval = 0"]);
     let mut c = cluster.ready();
     c.batch_execute("SELECT count(*) FROM dialpad.run_maintenance()").unwrap();
-    // The first delivery just before midnight UTC yesterday, the redelivery now: another
-    // partition, found by the insert trigger.
+    // The first delivery a second before midnight UTC, the redelivery a second after:
+    // another partition, found by the insert trigger.
     c.batch_execute(
         "INSERT INTO dialpad.webhook_events (payload, received_at) VALUES
            ('{\"call_id\": 9500001, \"state\": \"ringing\", \"event_timestamp\": 1700000000000}',
@@ -197,8 +197,9 @@ fn redeliveries_are_caught_across_partitions() {
     .unwrap();
     drained(&mut c, 30);
     c.batch_execute(
-        "INSERT INTO dialpad.webhook_events (payload) VALUES
-           ('{\"call_id\": 9500001, \"state\": \"ringing\", \"event_timestamp\": 1700000000000}')",
+        "INSERT INTO dialpad.webhook_events (payload, received_at) VALUES
+           ('{\"call_id\": 9500001, \"state\": \"ringing\", \"event_timestamp\": 1700000000000}',
+            date_trunc('day', now(), 'UTC') + interval '1 second')",
     )
     .unwrap();
     assert_eq!(count(&mut c, "SELECT count(DISTINCT tableoid) FROM dialpad.webhook_events WHERE call_id = 9500001"), 2);
@@ -209,7 +210,7 @@ fn redeliveries_are_caught_across_partitions() {
         ),
         1
     );
-    // A redelivery of an event first received three days ago (past the trigger's one-day
+    // A redelivery of an event first received three days ago (past the trigger's one-hour
     // window): the processor finds the first delivery in the call's history.
     c.batch_execute(
         "INSERT INTO dialpad.webhook_events (payload, received_at) VALUES
@@ -266,4 +267,53 @@ fn drop_extension_during_a_maintenance_pass_succeeds_at_once() {
     };
     assert_eq!(result, "ok", "DROP EXTENSION on the first try:\n{}", cluster.log());
     c.batch_execute("CREATE EXTENSION pg_dialpad").unwrap();
+}
+
+#[test]
+fn the_redelivery_lookup_never_scans_a_partition() {
+    let cluster = Cluster::start(
+        "lookup-plan",
+        &["dialpad.workers = 1", "dialpad.enabled = off", "dialpad.maintenance_interval = 0"],
+    );
+    let mut c = cluster.ready();
+    c.batch_execute("SELECT count(*) FROM dialpad.run_maintenance()").unwrap();
+    // Sequential scans of the inbox's partitions so far, flushed to the statistics.
+    c.batch_execute("SET stats_fetch_consistency = none").unwrap();
+    let scans = |c: &mut postgres::Client| {
+        c.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
+        count(
+            c,
+            "SELECT coalesce(sum(s.seq_scan), 0)::int8 FROM pg_stat_user_tables s
+               JOIN dialpad.partitions p ON p.partition = s.relid
+              WHERE p.parent = 'dialpad.webhook_events'::regclass",
+        )
+    };
+    // A long INSERT into today's empty partition; then one after ANALYZE saw that partition
+    // with a handful of rows (a sequential scan is the cheapest plan for one page, and would
+    // stay the plan while the INSERT adds thousands); then one after a new partition (the
+    // plan cache makes the plan again): each row's lookup is an index scan.
+    let insert = |c: &mut postgres::Client, from: i64, n: i64| {
+        c.batch_execute(&format!(
+            "INSERT INTO dialpad.webhook_events (payload)
+             SELECT jsonb_build_object('call_id', g, 'state', 'ringing', 'event_timestamp', 1700000000000 + g)
+               FROM generate_series({from}, {from} + {n} - 1) g"
+        ))
+        .unwrap();
+    };
+    let long_insert_scans = |c: &mut postgres::Client, from: i64| {
+        let before = scans(c);
+        insert(c, from, 2000);
+        scans(c) - before
+    };
+    assert_eq!(long_insert_scans(&mut c, 1), 0, "sequential scans during an INSERT into an empty partition");
+    c.batch_execute("TRUNCATE dialpad.webhook_events").unwrap();
+    insert(&mut c, 10_000, 5);
+    c.batch_execute("ANALYZE dialpad.webhook_events").unwrap();
+    assert_eq!(long_insert_scans(&mut c, 20_000), 0, "sequential scans during an INSERT after ANALYZE of 5 rows");
+    c.batch_execute(
+        "SELECT dialpad.add_partition('dialpad.webhook_events', now() + interval '20 days', interval '1 day')",
+    )
+    .unwrap();
+    assert_eq!(long_insert_scans(&mut c, 30_000), 0, "sequential scans during an INSERT after a new partition");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events"), 4005);
 }
