@@ -372,8 +372,12 @@ fn held_snapshot_bench(cluster: &Cluster, c: &mut Client, report: &mut Report, t
     let samples = sampler.join().unwrap();
     let pending_end = count(c, "SELECT pending FROM dialpad.queue_stats");
     let handled = handled_by_workers(c) - before;
-    let dead_rows =
-        count(c, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'dialpad.webhook_events'::regclass");
+    // The statistics of a partitioned table are its partitions'.
+    let dead_rows = count(
+        c,
+        "SELECT coalesce(sum(s.n_dead_tup), 0)::int8 FROM pg_stat_user_tables s
+           JOIN dialpad.partitions p ON p.partition = s.relid WHERE p.parent = 'dialpad.webhook_events'::regclass",
+    );
     holder.batch_execute("COMMIT").unwrap();
     let released = Instant::now();
     let after = drain_rate_as_is(c, n, 300);

@@ -384,6 +384,7 @@ DECLARE
     opts text[];
     idx record;
     idx_name text;
+    has_rows boolean;
 BEGIN
     IF parent NOT IN ('dialpad.webhook_events'::regclass, 'dialpad.rejected_transitions'::regclass) THEN
         RAISE EXCEPTION '% is not partitioned by pg_dialpad', parent USING ERRCODE = 'invalid_parameter_value';
@@ -431,6 +432,15 @@ BEGIN
     -- The range as a CHECK constraint: ATTACH then needs no scan of the new table.
     EXECUTE format('ALTER TABLE dialpad.%I ADD CONSTRAINT %I CHECK (%I >= %L AND %I < %L)',
                    partition, partition || '_range', col, range_from, col, range_to);
+    -- Rows to move: readers wait too, until the move commits. A query planned between the
+    -- ATTACH and the commit would read the DEFAULT partition without the new one and, with
+    -- a snapshot taken after the commit, miss the moved rows (the reduced lock of ATTACH
+    -- PARTITION is safe only when no rows move).
+    EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s WHERE %I >= $1 AND %I < $2)', def, col, col)
+       INTO has_rows USING range_from, range_to;
+    IF has_rows THEN
+        EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', parent);
+    END IF;
     EXECUTE format('WITH m AS (DELETE FROM ONLY %s WHERE %I >= $1 AND %I < $2 RETURNING *) INSERT INTO dialpad.%I SELECT * FROM m',
                    def, col, col, partition)
       USING range_from, range_to;

@@ -57,6 +57,17 @@ SELECT p.id, p.received_at, p.payload FROM dialpad.webhook_events AS p
  LIMIT $1
    FOR UPDATE SKIP LOCKED";
 
+/// The settings the claim is planned and run with: one generic plan, an ordered walk of
+/// every partition's pending index merged by id. Planned for its arguments at each batch,
+/// the claim cost a plan over every partition per batch (6.5 ms with 40 daily partitions;
+/// no partition can be pruned: a pending event may be in any of them); and on statistics
+/// that call the inbox empty (a new day's partition, or after a TRUNCATE and VACUUM) the
+/// planner read every pending event and sorted them, spilling to disk, for each batch
+/// (14k events/s instead of 24k). With sorts and sequential scans off, the only plan left
+/// is the ordered one, whatever the statistics say.
+pub(crate) const CLAIM_SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] =
+    &[(c"plan_cache_mode", c"force_generic_plan"), (c"enable_sort", c"off"), (c"enable_seqscan", c"off")];
+
 /// Marks the claimed events handled, in the claim's transaction (failures and deferrals
 /// are given back below).
 const MARK_SQL: &str = "\
@@ -283,7 +294,7 @@ impl Batch {
         };
         let mut events = Vec::new();
         let mut received = (i64::MAX, i64::MIN);
-        let table = replanned(|| {
+        let table = crate::pg::with_settings(CLAIM_SETTINGS, || {
             run_kept(client, CLAIM_SQL, &[pg_sys::INT4OID, pg_sys::INT8OID], None, &[max_events.into(), from.into()])
         })?;
         for row in table {

@@ -317,3 +317,41 @@ fn the_redelivery_lookup_never_scans_a_partition() {
     assert_eq!(long_insert_scans(&mut c, 30_000), 0, "sequential scans during an INSERT after a new partition");
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events"), 4005);
 }
+
+#[test]
+fn readers_never_miss_rows_moved_out_of_the_default_partition() {
+    let cluster = Cluster::start(
+        "move-readers",
+        &["dialpad.workers = 1", "dialpad.enabled = off", "dialpad.maintenance_interval = 0"],
+    );
+    let mut c = cluster.ready();
+    // A backfill of twenty days lands in the DEFAULT partition.
+    c.batch_execute(
+        "INSERT INTO dialpad.webhook_events (payload, received_at, processed_at)
+         SELECT jsonb_build_object('call_id', 9600000 + g % 5000, 'state', 'ringing'),
+                now() - interval '30 days' + make_interval(secs => g * 8), now()
+           FROM generate_series(1, 200000) g",
+    )
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        let conninfo = cluster.conninfo("postgres");
+        std::thread::spawn(move || {
+            let mut r = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.push(count(&mut r, "SELECT count(*) FROM dialpad.webhook_events"));
+            }
+            seen
+        })
+    };
+    // Maintenance moves each day into a partition of its own while the reader counts.
+    let made = count(&mut c, "SELECT count(*) FROM dialpad.run_maintenance() WHERE action = 'created'");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = reader.join().unwrap();
+    assert!(made >= 20, "{made} partitions made");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM ONLY dialpad.webhook_events_default"), 0);
+    let wrong: Vec<_> = seen.iter().filter(|&&n| n != 200_000).collect();
+    assert!(wrong.is_empty(), "counts while rows moved ({} reads): {wrong:?}", seen.len());
+}
