@@ -93,7 +93,7 @@ fn define_startup_settings() {
         c"Each worker is a background worker process: max_worker_processes must leave room for them and their launcher. Restart the server to change it.",
         &WORKERS,
         0,
-        crate::shmem::MAX_WORKERS as i32,
+        crate::pg::shmem::MAX_WORKERS as i32,
         GucContext::Postmaster,
         GucFlags::default(),
     );

@@ -396,7 +396,7 @@ mod tests {
 
     #[pg_test]
     fn the_call_row_definition_matches_the_table() {
-        use crate::call_row::{read_sql, CallRow, NOT_WRITTEN};
+        use crate::pipeline::call_row::{read_sql, CallRow, NOT_WRITTEN};
         let defined: Vec<&str> = CallRow::COLUMNS.iter().map(|(c, _)| *c).collect();
         let table: Vec<String> = Spi::connect(|c| {
             c.select(
@@ -598,8 +598,8 @@ mod tests {
     /// The claim's plans, with the settings the processor runs it with, from the lowest id
     /// and from a floor.
     fn claim_plans() -> Vec<String> {
-        run(&format!("PREPARE dialpad_claim(int4, int8) AS {}", crate::processor::CLAIM_SQL));
-        for (name, value) in crate::processor::CLAIM_SETTINGS {
+        run(&format!("PREPARE dialpad_claim(int4, int8) AS {}", crate::pipeline::batch::CLAIM_SQL));
+        for (name, value) in crate::pipeline::batch::CLAIM_SETTINGS {
             run(&format!("SET LOCAL {} = {}", name.to_str().unwrap(), value.to_str().unwrap()));
         }
         let mut plans = Vec::new();

@@ -34,5 +34,5 @@ pub fn require_current() {
             ("extension pg_dialpad is not installed in this database".to_string(), "Run CREATE EXTENSION pg_dialpad;")
         }
     };
-    crate::error::raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, None, Some(hint))
+    crate::pg::error::raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, None, Some(hint))
 }

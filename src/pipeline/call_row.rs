@@ -164,7 +164,7 @@ macro_rules! call_row {
 
             /// The upsert's arguments, in [`upsert_sql`]'s order.
             pub fn into_args<'a>(self) -> Vec<DatumWithOid<'a>> {
-                vec![ $( self.$field.into(), )* crate::processor::jsonb_array(self.raw_payload) ]
+                vec![ $( self.$field.into(), )* crate::pipeline::batch::jsonb_array(self.raw_payload) ]
             }
         }
     };

@@ -17,7 +17,7 @@
 //! array keeps its first items and the array marker; a top-level scalar too large becomes
 //! null). Normal events (about 40 keys, a few kB) never reach this.
 
-use crate::jsonb::{
+use crate::codec::jsonb::{
     self, Container, JsonbError, Owned, Value, Writer, JB_FARRAY, JB_FOBJECT, JB_FSCALAR, JENTRY_ISNULL,
 };
 
@@ -335,7 +335,7 @@ fn bounded_array(c: &Container<'_>, limits: &Limits, budget: usize) -> Result<Ve
             let t = m.get(b"total_items")?;
             items.pop();
             match t {
-                Some(Value::Numeric(n)) => crate::numeric::Decimal::from_datum_bytes(n)
+                Some(Value::Numeric(n)) => crate::codec::numeric::Decimal::from_datum_bytes(n)
                     .ok()
                     .and_then(|d| d.to_i64())
                     .map(|t| t as usize)
@@ -439,11 +439,11 @@ fn is_object_summary(c: &Container<'_>) -> Result<bool, JsonbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jsonb::testing::{decode, jsonb};
+    use crate::codec::jsonb::testing::{decode, jsonb};
     use serde_json::{json, Value as J};
 
     fn run(v: &J, limits: &Limits) -> J {
-        let datum = crate::jsonb::testing::from_serde(v).encode().unwrap();
+        let datum = crate::codec::jsonb::testing::from_serde(v).encode().unwrap();
         let out = sanitize(jsonb::datum_body(&datum).unwrap(), limits, &mut || {}).unwrap();
         decode(&out)
     }
@@ -588,7 +588,7 @@ mod tests {
     }
 
     fn sanitized_size(v: &J) -> usize {
-        let datum = crate::jsonb::testing::from_serde(v).encode().unwrap();
+        let datum = crate::codec::jsonb::testing::from_serde(v).encode().unwrap();
         sanitize(jsonb::datum_body(&datum).unwrap(), &Limits::default(), &mut || {}).unwrap().len()
     }
 
@@ -770,7 +770,7 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(300))]
             #[test]
             fn limits_hold_and_sanitizing_is_idempotent(doc in arb_json(), limits in arb_limits()) {
-                let datum = crate::jsonb::testing::from_serde(&doc).encode().unwrap();
+                let datum = crate::codec::jsonb::testing::from_serde(&doc).encode().unwrap();
                 let raw = sanitize(jsonb::datum_body(&datum).unwrap(), &limits, &mut || {}).unwrap();
                 prop_assert!(raw.len() <= limits.max_bytes, "{} bytes over {}", raw.len(), limits.max_bytes);
                 let once = run(&doc, &limits);

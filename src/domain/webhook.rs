@@ -124,9 +124,9 @@ pub fn canonical_decimal(text: &str) -> Option<String> {
 /// The de-duplication key of an event: `call_id/state/event_timestamp`, when all three are
 /// there (Dialpad has no event id). Numbers are normalized so `42`, `"42"` and `42.0` agree,
 /// and a fractional timestamp keeps its fraction.
-pub fn dedupe_key(root: crate::jsonb::Value<'_>) -> Option<String> {
-    use crate::jsonb::Value;
-    use crate::numeric::Decimal;
+pub fn dedupe_key(root: crate::codec::jsonb::Value<'_>) -> Option<String> {
+    use crate::codec::jsonb::Value;
+    use crate::codec::numeric::Decimal;
     let Value::Object(o) = root else { return None };
     let number = |v: Option<Value<'_>>| -> Option<String> {
         match v? {
@@ -209,8 +209,8 @@ mod tests {
 
     #[test]
     fn dedupe_keys_normalize_numbers() {
-        use crate::jsonb::testing::jsonb;
-        use crate::jsonb::{datum_body, Container};
+        use crate::codec::jsonb::testing::jsonb;
+        use crate::codec::jsonb::{datum_body, Container};
         let key = |t: &str| {
             let d = jsonb(t);
             dedupe_key(Container::root(datum_body(&d).unwrap()).unwrap())

@@ -17,15 +17,15 @@
 //! is late or conflicts with a terminal status, so the outcome is the same whatever order
 //! the events arrived in.
 
-use crate::direction;
-use crate::event::CallEvent;
-use crate::transitions::RuleSet;
+use crate::domain::direction;
+use crate::domain::event::CallEvent;
+use crate::domain::transitions::RuleSet;
 
 /// The status a call gets when its first event carries none (e.g. a recording event that
 /// overtook the ringing one).
 pub const INITIAL_STATUS: &str = "ringing";
 
-pub use crate::call_row::CallRow;
+pub use crate::pipeline::call_row::CallRow;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -196,7 +196,7 @@ pub fn fold_events_by_call(existing: Option<&CallRow>, events: &[&CallEvent], ru
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transitions::StateRule;
+    use crate::domain::transitions::StateRule;
 
     fn rules() -> RuleSet {
         let mut r = RuleSet::seed_default();

@@ -2,7 +2,7 @@
 //! stored normalized and a status may only move along `dialpad.status_transitions`.
 
 use crate::gucs::{self, InvalidTransition};
-use crate::{direction, error, rules};
+use crate::{domain::direction, pg::error, pipeline::rules};
 use pgrx::prelude::*;
 use pgrx::{AllocatedByPostgres, AllocatedByRust, PgSqlErrorCode};
 
@@ -136,7 +136,7 @@ fn rules_changed<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a
 fn wake_workers_on_insert<'a>(
     _trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
-    crate::shmem::wake_workers_at_commit();
+    crate::pg::shmem::wake_workers_at_commit();
     Ok(None)
 }
 
@@ -153,21 +153,23 @@ fn webhook_events_before_insert<'a>(
     // Everything is read from the payload before the tuple is modified: the payload may
     // point into the tuple, which set_by_name replaces.
     let (key, state, call_id) = {
-        let payload: Option<crate::datum::JsonbArg> = new.get_by_name("payload").map_err(err)?;
-        match payload.as_ref().map(|p| crate::jsonb::Container::root(p.body())) {
+        let payload: Option<crate::pg::datum::JsonbArg> = new.get_by_name("payload").map_err(err)?;
+        match payload.as_ref().map(|p| crate::codec::jsonb::Container::root(p.body())) {
             Some(Ok(root)) => {
-                let key = crate::ingest::dedupe_key(root);
+                let key = crate::domain::webhook::dedupe_key(root);
                 let (state, call_id) = match root {
-                    crate::jsonb::Value::Object(o) => (
+                    crate::codec::jsonb::Value::Object(o) => (
                         match o.get(b"state") {
-                            Ok(Some(crate::jsonb::Value::String(s))) => Some(String::from_utf8_lossy(s).into_owned()),
+                            Ok(Some(crate::codec::jsonb::Value::String(s))) => {
+                                Some(String::from_utf8_lossy(s).into_owned())
+                            }
                             _ => None,
                         },
                         match o.get(b"call_id") {
-                            Ok(Some(crate::jsonb::Value::Numeric(n))) => {
-                                crate::numeric::Decimal::from_datum_bytes(n).ok().and_then(|d| d.to_i64())
+                            Ok(Some(crate::codec::jsonb::Value::Numeric(n))) => {
+                                crate::codec::numeric::Decimal::from_datum_bytes(n).ok().and_then(|d| d.to_i64())
                             }
-                            Ok(Some(crate::jsonb::Value::String(s))) => {
+                            Ok(Some(crate::codec::jsonb::Value::String(s))) => {
                                 std::str::from_utf8(s).ok().and_then(|s| s.trim().parse().ok())
                             }
                             _ => None,
@@ -196,7 +198,7 @@ fn webhook_events_before_insert<'a>(
                 .map_err(err)?
                 .map(|t| t.into_inner())
                 .unwrap_or_else(crate::pg::now);
-            crate::dedupe::first_delivery(c, k, received)
+            crate::pipeline::dedupe::first_delivery(c, k, received)
         }
         _ => None,
     };

@@ -11,7 +11,7 @@
 //! 4-byte aligned, the padding counting as part of the child. Object keys are sorted by length,
 //! then bytes, with no duplicates.
 
-use crate::varlena;
+use crate::codec::varlena;
 
 pub const JB_CMASK: u32 = 0x0FFF_FFFF;
 pub const JB_FSCALAR: u32 = 0x1000_0000;
@@ -419,7 +419,7 @@ pub enum Owned {
     Null,
     Bool(bool),
     String(Vec<u8>),
-    /// A numeric datum (see [`crate::numeric::Decimal::to_datum_bytes`]).
+    /// A numeric datum (see [`crate::codec::numeric::Decimal::to_datum_bytes`]).
     Numeric(Vec<u8>),
     Array(Vec<Owned>),
     Object(Vec<(Vec<u8>, Owned)>),
@@ -431,7 +431,7 @@ impl Owned {
     }
 
     pub fn uint(n: u64) -> Owned {
-        Owned::Numeric(crate::numeric::Decimal::from_u64(n).to_datum_bytes())
+        Owned::Numeric(crate::codec::numeric::Decimal::from_u64(n).to_datum_bytes())
     }
 
     /// Encodes as a complete jsonb datum. Object keys are put in jsonb order and
@@ -506,7 +506,7 @@ pub fn datum_body(datum: &[u8]) -> Result<&[u8]> {
 #[cfg(test)]
 pub mod testing {
     use super::*;
-    use crate::numeric::Decimal;
+    use crate::codec::numeric::Decimal;
 
     pub fn from_serde(v: &serde_json::Value) -> Owned {
         match v {
@@ -597,7 +597,7 @@ mod tests {
         for i in [0, 5, 33, 69] {
             let v = o.get(format!("k{i:03}").as_bytes()).unwrap().unwrap();
             let Value::Numeric(n) = v else { panic!() };
-            assert_eq!(crate::numeric::Decimal::from_datum_bytes(n).unwrap().to_i64(), Some(i));
+            assert_eq!(crate::codec::numeric::Decimal::from_datum_bytes(n).unwrap().to_i64(), Some(i));
         }
         assert!(o.get(b"nope").unwrap().is_none());
     }

@@ -8,14 +8,14 @@
 //! two processors off the same call. Only if the upsert fails does the batch fall back to
 //! one subtransaction per call, to isolate the bad one; a clean batch pays nothing for that.
 
-use crate::call_row::{self, CallColumns, CallRow};
-use crate::datum::JsonbArg;
-use crate::event::{CallEvent, EventError};
-use crate::fold::{fold_events_by_call, Folded};
-use crate::jsonb::Container;
-use crate::sanitize::{self, Limits};
-use crate::scan_floor::ScanFloor;
-use crate::transitions::RuleSet;
+use crate::codec::jsonb::Container;
+use crate::domain::event::{CallEvent, EventError};
+use crate::domain::fold::{fold_events_by_call, Folded};
+use crate::domain::sanitize::{self, Limits};
+use crate::domain::scan_floor::ScanFloor;
+use crate::domain::transitions::RuleSet;
+use crate::pg::datum::JsonbArg;
+use crate::pipeline::call_row::{self, CallColumns, CallRow};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
@@ -189,7 +189,7 @@ pub enum Scan {
 pub fn process_batch(max_events: i32, rules: &RuleSet, max_attempts: i32, scan: Scan) -> BatchOutcome {
     Spi::connect_mut(|client| match process_batch_in(client, max_events, rules, max_attempts, scan) {
         Ok(o) => o,
-        Err(e) => crate::error::raise(
+        Err(e) => crate::pg::error::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("pg_dialpad processing failed: {e}"),
             None,
@@ -423,7 +423,7 @@ impl Batch {
                 self.by_call[call_id].iter().any(|&i| {
                     let Ok(ev) = self.events[i].parsed.as_ref() else { return false };
                     ev.event_at.zip(row.last_event_at).is_some_and(|(at, last)| at <= last)
-                        || crate::fold::conflicts_with_terminal(rules, ev, row)
+                        || crate::domain::fold::conflicts_with_terminal(rules, ev, row)
                 })
             })
             .collect();
@@ -606,7 +606,7 @@ impl Batch {
             })?;
         }
         self.out.handled = self.n_claimed as u64 - self.out.deferred;
-        if let Some(s) = crate::shmem::get() {
+        if let Some(s) = crate::pg::shmem::get() {
             s.note_processed(self.out.handled);
         }
         Ok(())
@@ -653,8 +653,8 @@ impl StepTimer {
 /// [`write_calls`] as the processor, with any error raised, so that the enclosing
 /// subtransaction rolls back whatever part of the write was done.
 fn write_calls_or_raise(client: &mut SpiClient<'_>, claimed: &[Claimed], folds: &[CallFold], which: &[usize]) {
-    if let Err(e) = crate::triggers::as_processor(|| write_calls(client, claimed, folds, which)) {
-        crate::error::raise(
+    if let Err(e) = crate::api::triggers::as_processor(|| write_calls(client, claimed, folds, which)) {
+        crate::pg::error::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("could not write calls: {e}"),
             None,

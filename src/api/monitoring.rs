@@ -1,7 +1,7 @@
 //! Monitoring functions over shared memory, behind the dialpad.worker_stats and
 //! dialpad.queue_stats views, and dialpad.worker_status() for "is it running, and if not why".
 
-use crate::{gucs, shmem};
+use crate::{gucs, pg::shmem};
 use pgrx::prelude::*;
 use std::sync::atomic::Ordering;
 

@@ -4,8 +4,8 @@
 //! PostgreSQL timestamptz microseconds and seconds. A field of the wrong type is an error
 //! naming the field (the event is retried, then dead-lettered), never a guess.
 
-use crate::jsonb::{Container, Value};
-use crate::numeric::Decimal;
+use crate::codec::jsonb::{Container, Value};
+use crate::codec::numeric::Decimal;
 
 /// Microseconds between 1970-01-01 and 2000-01-01, PostgreSQL's timestamp epoch.
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -206,7 +206,8 @@ impl CallEvent {
                 b"operator_call_id" => e.operator_call_id = integer(v, "operator_call_id")?,
                 b"voicemail_link" => e.voicemail_link = text(v, "voicemail_link")?,
                 b"transcription_text" => {
-                    e.transcript = text(v, "transcription_text")?.map(|t| crate::sanitize::truncate_transcript(&t))
+                    e.transcript =
+                        text(v, "transcription_text")?.map(|t| crate::domain::sanitize::truncate_transcript(&t))
                 }
                 b"target" => {
                     if let Some(t) = object(v, "target")? {
@@ -266,8 +267,8 @@ impl CallEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jsonb::testing::jsonb;
-    use crate::jsonb::{datum_body, Container};
+    use crate::codec::jsonb::testing::jsonb;
+    use crate::codec::jsonb::{datum_body, Container};
 
     fn parse(text: &str) -> Result<CallEvent, EventError> {
         let d = jsonb(text);

@@ -5,7 +5,7 @@
 //! (`total_items`, `total_keys`) and to *read* them when the processor converts call ids and
 //! epoch milliseconds. The layout mirrors `src/backend/utils/adt/numeric.c` (PG 13–18).
 
-use crate::varlena;
+use crate::codec::varlena;
 
 const NBASE: i64 = 10_000;
 const DEC_DIGITS: usize = 4;

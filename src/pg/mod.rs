@@ -1,6 +1,10 @@
 //! Safe wrappers for the PostgreSQL globals and calls used all over the extension, so that
 //! each `unsafe` contract is stated once, here.
 
+pub mod datum;
+pub mod error;
+pub mod shmem;
+
 use pgrx::pg_sys;
 
 /// This process's pid.

@@ -70,7 +70,7 @@ pub unsafe extern "C-unwind" fn dialpad_before_drop(fcinfo: pg_sys::FunctionCall
     let tree = unsafe {
         let ctx = (*fcinfo).context;
         if ctx.is_null() || !pgrx::is_a(ctx, pg_sys::NodeTag::T_EventTriggerData) {
-            crate::error::raise(
+            crate::pg::error::raise(
                 pgrx::PgSqlErrorCode::ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED,
                 "dialpad.before_drop() can only be called as an event trigger".into(),
                 None,
@@ -81,7 +81,7 @@ pub unsafe extern "C-unwind" fn dialpad_before_drop(fcinfo: pg_sys::FunctionCall
     };
     // SAFETY: the parse tree of the statement the event trigger fires for.
     if unsafe { drops_pg_dialpad(tree) } {
-        if let Some(shared) = crate::shmem::get() {
+        if let Some(shared) = crate::pg::shmem::get() {
             shared.begin_drop();
             shared.wake_workers();
             if !shared.wait_for_workers_idle(Duration::from_secs(10)) {
@@ -89,7 +89,7 @@ pub unsafe extern "C-unwind" fn dialpad_before_drop(fcinfo: pg_sys::FunctionCall
             }
         }
         Spi::run(LOCK_IN_ORDER_SQL).unwrap_or_else(|e| {
-            crate::error::raise(
+            crate::pg::error::raise(
                 pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
                 format!("pg_dialpad could not prepare the drop: {e}"),
                 None,

@@ -6,7 +6,7 @@
 //! backend at commit (and to this one at the next command), and our relcache callback bumps a
 //! generation counter. An edit is therefore seen from the next statement on.
 
-use crate::transitions::{RuleSet, StateRule};
+use crate::domain::transitions::{RuleSet, StateRule};
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -72,7 +72,7 @@ pub fn current() -> Result<Rc<RuleSet>, pgrx::spi::Error> {
 pub fn current_or_raise() -> Rc<RuleSet> {
     match current() {
         Ok(r) => r,
-        Err(e) => crate::error::raise(
+        Err(e) => crate::pg::error::raise(
             pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
             format!("pg_dialpad could not read its rule tables: {e}"),
             None,

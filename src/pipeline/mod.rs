@@ -1,0 +1,8 @@
+//! The batch: claim due events, fold them per call, write the calls, mark the events, all
+//! in the caller's transaction; with what it needs around it (the rules cache, the call-row
+//! codec, the redelivery lookup of the insert trigger).
+
+pub mod batch;
+pub mod call_row;
+pub mod dedupe;
+pub mod rules;
