@@ -25,8 +25,15 @@ COMMENT ON FUNCTION dialpad.processed_last_minute() IS
     'Events handled by any processor in the last 60 seconds; NULL without shared_preload_libraries.';
 COMMENT ON FUNCTION dialpad.wake_workers() IS
     'Wakes the background workers when the current transaction commits.';
-COMMENT ON FUNCTION dialpad.ingest_webhook(text) IS
-    'Stores one webhook delivery (the raw body: plain JSON, or an HS256 JWT when dialpad.webhook_secret is set) and returns the id of its first delivery; a redelivery of the same call_id/state/event_timestamp is kept marked duplicate_of that id and never applied again. Errors: 22P02 malformed JSON or token, 28000 bad signature/algorithm or JWT/secret mismatch, 54000 body over dialpad.max_body_size, 22023 stale event.';
+COMMENT ON FUNCTION dialpad.ingest_webhook(text, text) IS
+    'Stores one webhook delivery and returns the id of its first delivery; a redelivery of the same call_id/state/event_timestamp is kept marked duplicate_of that id and never applied again. source names the webhook source (dialpad.sources) whose secrets verify the HS256 JWT body; NULL means the only source, or plain JSON when there is none. Errors: 22P02 malformed JSON or token, 28000 refused (DETAIL: bad signature, expired, not yet valid, unsupported crit, unsupported algorithm, unknown source, disabled source, unsigned body), 22023 stale event or several sources and none named, 54000 body over dialpad.max_body_size.';
+COMMENT ON FUNCTION dialpad.add_source(text, text, jsonb) IS
+    'Adds a webhook source: deliveries through it must be HS256 JWTs signed with secret. Call it with bind parameters so that the secret is not in the statement text. Errors: 42710 exists, 22023 bad name, empty secret or labels not an object.';
+COMMENT ON FUNCTION dialpad.rotate_secret(text, text, interval) IS
+    'Gives a webhook source a new secret; the old one keeps verifying until now() + overlap (default 24 hours), then stops. Errors: 42704 no such source, 22023 empty secret or negative overlap.';
+COMMENT ON FUNCTION dialpad.disable_source(text) IS 'Refuses deliveries through a webhook source (28000) until dialpad.enable_source().';
+COMMENT ON FUNCTION dialpad.enable_source(text) IS 'Accepts deliveries through a disabled webhook source again.';
+COMMENT ON FUNCTION dialpad.drop_source(text) IS 'Removes a webhook source; events and calls keep its name.';
 COMMENT ON FUNCTION dialpad.ingest_stats() IS
     'Deliveries accepted, duplicate and rejected by dialpad.ingest_webhook since the server started (behind the dialpad.ingest_stats view).';
 COMMENT ON FUNCTION dialpad.rules_changed() IS
@@ -73,21 +80,25 @@ GRANT USAGE ON SCHEMA dialpad TO PUBLIC;
 GRANT SELECT ON dialpad.call_statuses, dialpad.status_transitions, dialpad.state_mapping, dialpad.deleted_rules TO PUBLIC;
 
 -- Functions that write or reveal more than their arguments are not for everyone.
-REVOKE EXECUTE ON FUNCTION dialpad.ingest_webhook(text), dialpad.process_events(integer),
+REVOKE EXECUTE ON FUNCTION dialpad.ingest_webhook(text, text), dialpad.process_events(integer),
     dialpad.retry_event(bigint), dialpad.retry_dead_events(), dialpad.wake_workers(),
     dialpad.worker_stats(), dialpad.ingest_stats(), dialpad.processed_last_minute()
     FROM PUBLIC;
 
 -- dialpad_ingest: the web tier. Store deliveries, nothing else (the id and key columns are
 -- readable so that INSERT ... RETURNING id and the duplicate lookup work).
-GRANT EXECUTE ON FUNCTION dialpad.ingest_webhook(text), dialpad.wake_workers() TO dialpad_ingest;
+GRANT EXECUTE ON FUNCTION dialpad.ingest_webhook(text, text), dialpad.wake_workers() TO dialpad_ingest;
 GRANT INSERT (event_type, payload) ON dialpad.webhook_events TO dialpad_ingest;
 GRANT SELECT (id, call_id, dedupe_key, duplicate_of, received_at) ON dialpad.webhook_events TO dialpad_ingest;
 GRANT USAGE ON SEQUENCE dialpad.webhook_events_id_seq TO dialpad_ingest;
 
+-- Webhook sources hold secrets: managed by the extension's owner (superusers) only.
+REVOKE EXECUTE ON FUNCTION dialpad.add_source(text, text, jsonb), dialpad.rotate_secret(text, text, interval),
+    dialpad.disable_source(text), dialpad.enable_source(text), dialpad.drop_source(text) FROM PUBLIC;
+
 -- dialpad_reader: analysts and dashboards. Calls, rejected transitions, stats, dead letters.
 GRANT SELECT ON dialpad.calls, dialpad.rejected_transitions, dialpad.queue_stats, dialpad.worker_stats,
-    dialpad.payload_stats, dialpad.ingest_stats, dialpad.dead_events TO dialpad_reader;
+    dialpad.payload_stats, dialpad.ingest_stats, dialpad.dead_events, dialpad.source_list TO dialpad_reader;
 GRANT EXECUTE ON FUNCTION dialpad.worker_stats(), dialpad.ingest_stats(), dialpad.processed_last_minute()
     TO dialpad_reader;
 

@@ -16,6 +16,8 @@ $$;
 -- Redeliveries are kept in the audit log, marked duplicate_of their first delivery, instead
 -- of making the INSERT fail: the (call_id, dedupe_key) index stops being unique.
 ALTER TABLE dialpad.webhook_events ADD COLUMN duplicate_of bigint;
+-- The webhook source of each delivery (0.1.0 had one secret for all: NULL).
+ALTER TABLE dialpad.webhook_events ADD COLUMN source text;
 COMMENT ON COLUMN dialpad.webhook_events.dedupe_key IS 'call_id/state/event_timestamp (numbers in one canonical spelling), set on insert when all three are in the payload: deliveries with the same key are one event (Dialpad redelivers).';
 COMMENT ON COLUMN dialpad.webhook_events.duplicate_of IS 'Set on a redelivery: the id of the first delivery of the same event. Kept in the audit log, never applied.';
 DROP INDEX dialpad.webhook_events_call_dedupe;
@@ -29,7 +31,7 @@ COMMENT ON FUNCTION dialpad.webhook_events_before_insert() IS
 GRANT SELECT (duplicate_of) ON dialpad.webhook_events TO dialpad_ingest;
 GRANT UPDATE (duplicate_of) ON dialpad.webhook_events TO dialpad_worker;
 
--- DROP EXTENSION while the workers run and sessions ingest (src/drop_guard.rs).
+-- DROP EXTENSION while the workers run and sessions ingest (src/api/drop_guard.rs).
 CREATE FUNCTION dialpad.before_drop() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'dialpad_before_drop';
 ALTER FUNCTION dialpad.before_drop() SET search_path = pg_catalog, pg_temp;
@@ -259,7 +261,8 @@ CREATE TABLE dialpad.webhook_events (
     last_error      text,
     next_attempt_at timestamptz,
     dead_at         timestamptz,
-    duplicate_of    bigint
+    duplicate_of    bigint,
+    source          text
 ) PARTITION BY RANGE (received_at);
 ALTER SEQUENCE dialpad.webhook_events_id_seq OWNED BY dialpad.webhook_events.id;
 COMMENT ON TABLE dialpad.webhook_events IS
@@ -268,6 +271,7 @@ COMMENT ON COLUMN dialpad.webhook_events.received_at IS 'When the delivery was s
 COMMENT ON COLUMN dialpad.webhook_events.event_type IS 'Set from payload->>''state'' on insert when not given.';
 COMMENT ON COLUMN dialpad.webhook_events.dedupe_key IS 'call_id/state/event_timestamp (numbers in one canonical spelling), set on insert when all three are in the payload: deliveries with the same key are one event (Dialpad redelivers).';
 COMMENT ON COLUMN dialpad.webhook_events.duplicate_of IS 'Set on a redelivery: the id of the first delivery of the same event. Kept in the audit log, never applied.';
+COMMENT ON COLUMN dialpad.webhook_events.source IS 'The webhook source the delivery came through (set by dialpad.ingest_webhook from the verified source; NULL for plain inserts).';
 COMMENT ON COLUMN dialpad.webhook_events.call_id IS 'Set from payload->''call_id'' on insert (NULL when it is not an integer).';
 COMMENT ON COLUMN dialpad.webhook_events.payload IS 'The full event as delivered. Cannot be changed after insert.';
 COMMENT ON COLUMN dialpad.webhook_events.processed_at IS 'When the event was applied to dialpad.calls; NULL while pending.';
@@ -285,7 +289,25 @@ CREATE INDEX webhook_events_default_pending ON dialpad.webhook_events_default (i
 CREATE INDEX webhook_events_default_dead ON dialpad.webhook_events_default (dead_at)
     WHERE dead_at IS NOT NULL;
 CREATE INDEX webhook_events_default_call_dedupe ON dialpad.webhook_events_default (call_id, dedupe_key, received_at);
-CREATE TRIGGER webhook_events_immutable BEFORE UPDATE OF id, payload, call_id, dedupe_key, received_at ON dialpad.webhook_events
+CREATE OR REPLACE FUNCTION dialpad.webhook_events_immutable() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.payload IS DISTINCT FROM OLD.payload
+       OR NEW.received_at IS DISTINCT FROM OLD.received_at
+       OR NEW.id IS DISTINCT FROM OLD.id
+       OR NEW.call_id IS DISTINCT FROM OLD.call_id
+       OR NEW.dedupe_key IS DISTINCT FROM OLD.dedupe_key
+       OR NEW.source IS DISTINCT FROM OLD.source THEN
+        RAISE EXCEPTION 'webhook event % is part of the audit log: its id, payload, call_id, source and received_at cannot be changed', OLD.id
+            USING ERRCODE = 'restrict_violation',
+                  HINT = 'Insert a new event instead; processing columns (processed_at, attempts, ...) may be updated.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dialpad.webhook_events_immutable() IS
+    'Trigger: refuses any change of a stored event''s id, payload, call_id, dedupe_key, source or received_at.';
+CREATE TRIGGER webhook_events_immutable BEFORE UPDATE OF id, payload, call_id, dedupe_key, received_at, source ON dialpad.webhook_events
     FOR EACH ROW EXECUTE FUNCTION dialpad.webhook_events_immutable();
 ALTER TABLE dialpad.webhook_events ENABLE ALWAYS TRIGGER webhook_events_immutable;
 CREATE TRIGGER webhook_events_wake AFTER INSERT ON dialpad.webhook_events
@@ -617,3 +639,110 @@ UPDATE dialpad.calls AS c SET events_applied = e.n
          WHERE processed_at IS NOT NULL AND duplicate_of IS NULL AND call_id IS NOT NULL
          GROUP BY call_id) AS e
  WHERE c.dialpad_call_id = e.call_id;
+
+-- ---------------------------------------------------------------------------------------------
+-- Webhook sources (README, "Webhook sources"): secrets per Dialpad subscription, rotation,
+-- and the source of every delivery and call. The setting dialpad.webhook_secret is retired:
+-- a placeholder setting is readable by every role when the library is not preloaded.
+-- ---------------------------------------------------------------------------------------------
+ALTER TABLE dialpad.calls ADD COLUMN source text;
+COMMENT ON COLUMN dialpad.calls.source IS 'The webhook source of the call''s first event (see dialpad.sources): the column for row-level security per company.';
+CREATE TABLE dialpad.sources (
+    name                 text PRIMARY KEY,
+    secret               bytea NOT NULL,
+    previous_secret      bytea,
+    previous_valid_until timestamptz,
+    enabled              boolean NOT NULL DEFAULT true,
+    labels               jsonb NOT NULL DEFAULT '{}'::jsonb
+                         CHECK (pg_catalog.jsonb_typeof(labels) OPERATOR(pg_catalog.=) 'object'),
+    created_at           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    rotated_at           timestamptz,
+    CONSTRAINT sources_previous_check CHECK ((previous_secret IS NULL) OPERATOR(pg_catalog.=) (previous_valid_until IS NULL))
+);
+COMMENT ON TABLE dialpad.sources IS
+    'Webhook sources (Dialpad subscriptions): name, secret, the previous secret while a rotation overlaps, enabled, labels. Managed with dialpad.add_source(), rotate_secret(), disable_source(), enable_source(), drop_source(); readable only by the extension''s owner.';
+COMMENT ON COLUMN dialpad.sources.secret IS 'The HS256 secret, concealed (XOR with a keystream derived from the name: not in plain sight in the table, a dump or the data files; not encryption).';
+COMMENT ON COLUMN dialpad.sources.previous_valid_until IS 'Until when previous_secret still verifies (set by dialpad.rotate_secret()).';
+COMMENT ON COLUMN dialpad.sources.labels IS 'Free-form labels (company, office, ...), e.g. for row-level security policies.';
+REVOKE ALL ON dialpad.sources FROM PUBLIC;
+
+CREATE VIEW dialpad.source_list AS
+SELECT name, enabled, labels, created_at, rotated_at,
+       CASE WHEN previous_valid_until OPERATOR(pg_catalog.>) pg_catalog.now() THEN previous_valid_until END
+           AS previous_secret_valid_until
+  FROM dialpad.sources;
+COMMENT ON VIEW dialpad.source_list IS
+    'The webhook sources without their secrets: name, enabled, labels, when added and rotated, and until when the previous secret still verifies.';
+
+CREATE TRIGGER sources_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dialpad.sources
+    FOR EACH STATEMENT EXECUTE FUNCTION dialpad.rules_changed();
+SELECT pg_catalog.pg_extension_config_dump('dialpad.sources', '');
+GRANT SELECT ON dialpad.source_list TO dialpad_reader;
+
+-- ingest_webhook(body) becomes ingest_webhook(body, source DEFAULT NULL): calls with one
+-- argument keep working. Roles granted EXECUTE on the old function keep it on the new one.
+DO $$
+DECLARE grantees text[];
+BEGIN
+    SELECT pg_catalog.array_agg(DISTINCT a.grantee::regrole::text)
+      INTO grantees
+      FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+     WHERE p.oid OPERATOR(pg_catalog.=) 'dialpad.ingest_webhook(text)'::pg_catalog.regprocedure
+       AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE' AND a.grantee OPERATOR(pg_catalog.<>) 0
+       AND a.grantee OPERATOR(pg_catalog.<>) p.proowner;
+    PERFORM pg_catalog.set_config('pg_dialpad_upgrade.ingest_grantees', coalesce(pg_catalog.array_to_string(grantees, ','), ''), true);
+END
+$$;
+DROP FUNCTION dialpad.ingest_webhook(text);
+CREATE FUNCTION dialpad.ingest_webhook("body" text, "source" text DEFAULT NULL) RETURNS bigint
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'ingest_webhook_with_source_wrapper';
+CREATE FUNCTION dialpad.add_source("name" text, "secret" text, "labels" jsonb DEFAULT '{}') RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'add_source_wrapper';
+CREATE FUNCTION dialpad.rotate_secret("name" text, "new_secret" text, "overlap" interval DEFAULT '24 hours') RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'rotate_secret_wrapper';
+CREATE FUNCTION dialpad.disable_source("name" text) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'disable_source_wrapper';
+CREATE FUNCTION dialpad.enable_source("name" text) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'enable_source_wrapper';
+CREATE FUNCTION dialpad.drop_source("name" text) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'drop_source_wrapper';
+ALTER FUNCTION dialpad.ingest_webhook(text, text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION dialpad.add_source(text, text, jsonb) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION dialpad.rotate_secret(text, text, interval) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION dialpad.disable_source(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION dialpad.enable_source(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION dialpad.drop_source(text) SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION dialpad.ingest_webhook(text, text) IS
+    'Stores one webhook delivery and returns the id of its first delivery; a redelivery of the same call_id/state/event_timestamp is kept marked duplicate_of that id and never applied again. source names the webhook source (dialpad.sources) whose secrets verify the HS256 JWT body; NULL means the only source, or plain JSON when there is none. Errors: 22P02 malformed JSON or token, 28000 refused (DETAIL: bad signature, expired, not yet valid, unsupported crit, unsupported algorithm, unknown source, disabled source, unsigned body), 22023 stale event or several sources and none named, 54000 body over dialpad.max_body_size.';
+COMMENT ON FUNCTION dialpad.add_source(text, text, jsonb) IS
+    'Adds a webhook source: deliveries through it must be HS256 JWTs signed with secret. Call it with bind parameters so that the secret is not in the statement text. Errors: 42710 exists, 22023 bad name, empty secret or labels not an object.';
+COMMENT ON FUNCTION dialpad.rotate_secret(text, text, interval) IS
+    'Gives a webhook source a new secret; the old one keeps verifying until now() + overlap (default 24 hours), then stops. Errors: 42704 no such source, 22023 empty secret or negative overlap.';
+COMMENT ON FUNCTION dialpad.disable_source(text) IS 'Refuses deliveries through a webhook source (28000) until dialpad.enable_source().';
+COMMENT ON FUNCTION dialpad.enable_source(text) IS 'Accepts deliveries through a disabled webhook source again.';
+COMMENT ON FUNCTION dialpad.drop_source(text) IS 'Removes a webhook source; events and calls keep its name.';
+REVOKE EXECUTE ON FUNCTION dialpad.ingest_webhook(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dialpad.ingest_webhook(text, text) TO dialpad_ingest;
+REVOKE EXECUTE ON FUNCTION dialpad.add_source(text, text, jsonb), dialpad.rotate_secret(text, text, interval),
+    dialpad.disable_source(text), dialpad.enable_source(text), dialpad.drop_source(text) FROM PUBLIC;
+DO $$
+DECLARE r text;
+BEGIN
+    FOREACH r IN ARRAY pg_catalog.string_to_array(pg_catalog.current_setting('pg_dialpad_upgrade.ingest_grantees'), ',') LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION dialpad.ingest_webhook(text, text) TO %s', r);
+    END LOOP;
+END
+$$;
+
+-- 0.1.0's one secret (the setting dialpad.webhook_secret) becomes the webhook source
+-- "default": deliveries signed with it keep being accepted, naming no source.
+DO $$
+DECLARE legacy text := pg_catalog.current_setting('dialpad.webhook_secret', true);
+BEGIN
+    IF legacy IS NOT NULL AND legacy OPERATOR(pg_catalog.<>) '' THEN
+        PERFORM dialpad.add_source('default', legacy);
+        RAISE WARNING 'pg_dialpad: the secret of dialpad.webhook_secret is now the webhook source "default"'
+            USING HINT = 'Remove the setting, which any role can read while the library is not loaded: ALTER SYSTEM RESET dialpad.webhook_secret (and ALTER DATABASE/ROLE ... RESET dialpad.webhook_secret where it was set there), then SELECT pg_reload_conf().';
+    END IF;
+END
+$$;

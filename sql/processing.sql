@@ -83,7 +83,7 @@ SELECT 'webhook_events.payload',
 COMMENT ON VIEW dialpad.payload_stats IS
     'Stored size of the sanitized payloads on calls and of the full payloads in the inbox (scans both tables).';
 
--- DROP EXTENSION while the workers run and sessions ingest: see src/drop_guard.rs.
+-- DROP EXTENSION while the workers run and sessions ingest: see src/api/drop_guard.rs.
 CREATE FUNCTION dialpad.before_drop() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'dialpad_before_drop';
 COMMENT ON FUNCTION dialpad.before_drop() IS

@@ -3,7 +3,7 @@
 
 -- ---------------------------------------------------------------------------------------------
 -- Rules as data. A DBA edits these rows; functions and triggers see the edit from the next
--- statement on (see src/rules.rs).
+-- statement on (see src/pipeline/rules.rs).
 -- ---------------------------------------------------------------------------------------------
 CREATE TABLE dialpad.call_statuses (
     status      text PRIMARY KEY CHECK (status OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_]*$'),
@@ -210,7 +210,8 @@ CREATE TABLE dialpad.webhook_events (
     last_error      text,
     next_attempt_at timestamptz,
     dead_at         timestamptz,
-    duplicate_of    bigint
+    duplicate_of    bigint,
+    source          text
 ) PARTITION BY RANGE (received_at);
 COMMENT ON TABLE dialpad.webhook_events IS
     'Inbox and immutable audit log of Dialpad webhook deliveries, partitioned by received_at (see dialpad.run_maintenance()). Pending: processed_at and dead_at NULL; due when next_attempt_at is NULL or past.';
@@ -223,6 +224,7 @@ COMMENT ON TABLE dialpad.webhook_events_default IS
 COMMENT ON COLUMN dialpad.webhook_events.event_type IS 'Set from payload->>''state'' on insert when not given.';
 COMMENT ON COLUMN dialpad.webhook_events.dedupe_key IS 'call_id/state/event_timestamp (numbers in one canonical spelling), set on insert when all three are in the payload: deliveries with the same key are one event (Dialpad redelivers).';
 COMMENT ON COLUMN dialpad.webhook_events.duplicate_of IS 'Set on a redelivery: the id of the first delivery of the same event. Kept in the audit log, never applied.';
+COMMENT ON COLUMN dialpad.webhook_events.source IS 'The webhook source the delivery came through (set by dialpad.ingest_webhook from the verified source; NULL for plain inserts).';
 COMMENT ON COLUMN dialpad.webhook_events.call_id IS 'Set from payload->''call_id'' on insert (NULL when it is not an integer).';
 COMMENT ON COLUMN dialpad.webhook_events.payload IS 'The full event as delivered. Cannot be changed after insert.';
 COMMENT ON COLUMN dialpad.webhook_events.processed_at IS 'When the event was applied to dialpad.calls; NULL while pending.';
@@ -252,7 +254,7 @@ CREATE INDEX webhook_events_default_dead ON dialpad.webhook_events_default (dead
 -- duplicate_of it), and a call's history when an event arrives late. Not unique: every
 -- delivery is stored, so no INSERT or COPY ever fails for a redelivery, and a unique index
 -- could not span the time partitions of the inbox. received_at last: the trigger's lookup is
--- bounded by it (src/dedupe.rs), so this index answers the lookup whole.
+-- bounded by it (src/pipeline/dedupe.rs), so this index answers the lookup whole.
 CREATE INDEX webhook_events_default_call_dedupe ON dialpad.webhook_events_default (call_id, dedupe_key, received_at);
 
 CREATE FUNCTION dialpad.webhook_events_immutable() RETURNS trigger
@@ -262,8 +264,9 @@ BEGIN
        OR NEW.received_at IS DISTINCT FROM OLD.received_at
        OR NEW.id IS DISTINCT FROM OLD.id
        OR NEW.call_id IS DISTINCT FROM OLD.call_id
-       OR NEW.dedupe_key IS DISTINCT FROM OLD.dedupe_key THEN
-        RAISE EXCEPTION 'webhook event % is part of the audit log: its id, payload, call_id and received_at cannot be changed', OLD.id
+       OR NEW.dedupe_key IS DISTINCT FROM OLD.dedupe_key
+       OR NEW.source IS DISTINCT FROM OLD.source THEN
+        RAISE EXCEPTION 'webhook event % is part of the audit log: its id, payload, call_id, source and received_at cannot be changed', OLD.id
             USING ERRCODE = 'restrict_violation',
                   HINT = 'Insert a new event instead; processing columns (processed_at, attempts, ...) may be updated.';
     END IF;
@@ -271,10 +274,10 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dialpad.webhook_events_immutable() IS
-    'Trigger: refuses any change of a stored event''s id, payload, call_id or received_at.';
+    'Trigger: refuses any change of a stored event''s id, payload, call_id, dedupe_key, source or received_at.';
 
 -- Column-specific: the worker's updates of processing columns never pay for this check.
-CREATE TRIGGER webhook_events_immutable BEFORE UPDATE OF id, payload, call_id, dedupe_key, received_at ON dialpad.webhook_events
+CREATE TRIGGER webhook_events_immutable BEFORE UPDATE OF id, payload, call_id, dedupe_key, received_at, source ON dialpad.webhook_events
     FOR EACH ROW EXECUTE FUNCTION dialpad.webhook_events_immutable();
 ALTER TABLE dialpad.webhook_events ENABLE ALWAYS TRIGGER webhook_events_immutable;
 
@@ -307,7 +310,8 @@ CREATE TABLE dialpad.calls (
     last_event_at       timestamptz,
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    events_applied      integer NOT NULL DEFAULT 0
+    events_applied      integer NOT NULL DEFAULT 0,
+    source              text
 );
 COMMENT ON TABLE dialpad.calls IS
     'One row per Dialpad call leg. Triggers normalize direction and enforce dialpad.status_transitions on every write.';
@@ -328,6 +332,7 @@ COMMENT ON COLUMN dialpad.calls.transcript IS 'transcription_text, cut as the sa
 COMMENT ON COLUMN dialpad.calls.raw_payload IS 'The last applied event, sanitized by dialpad.sanitize_call_payload (the full one stays in webhook_events).';
 COMMENT ON COLUMN dialpad.calls.last_event_at IS 'event_timestamp of the last event applied.';
 COMMENT ON COLUMN dialpad.calls.events_applied IS 'How many events (redeliveries not counted) were applied to this row. When the inbox holds fewer (retention dropped older partitions), a late event is applied to the row as it stands rather than re-deriving the call from what is left.';
+COMMENT ON COLUMN dialpad.calls.source IS 'The webhook source of the call''s first event (see dialpad.sources): the column for row-level security per company.';
 
 -- jsonb_path_ops: smaller and cheaper to maintain than the default opclass, and serves the
 -- containment (@>) queries used when debugging.
@@ -383,6 +388,37 @@ ALTER TABLE dialpad.calls SET (
     autovacuum_analyze_scale_factor = 0.02);
 
 -- pg_dump keeps the rows of extension tables only when they are registered.
+-- ---------------------------------------------------------------------------------------------
+-- Webhook sources: one per Dialpad event subscription (or company), each with its secret.
+-- Readable only by the extension's owner; dialpad.source_list shows everything but secrets.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE dialpad.sources (
+    name                 text PRIMARY KEY,
+    secret               bytea NOT NULL,
+    previous_secret      bytea,
+    previous_valid_until timestamptz,
+    enabled              boolean NOT NULL DEFAULT true,
+    labels               jsonb NOT NULL DEFAULT '{}'::jsonb
+                         CHECK (pg_catalog.jsonb_typeof(labels) OPERATOR(pg_catalog.=) 'object'),
+    created_at           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    rotated_at           timestamptz,
+    CONSTRAINT sources_previous_check CHECK ((previous_secret IS NULL) OPERATOR(pg_catalog.=) (previous_valid_until IS NULL))
+);
+COMMENT ON TABLE dialpad.sources IS
+    'Webhook sources (Dialpad subscriptions): name, secret, the previous secret while a rotation overlaps, enabled, labels. Managed with dialpad.add_source(), rotate_secret(), disable_source(), enable_source(), drop_source(); readable only by the extension''s owner.';
+COMMENT ON COLUMN dialpad.sources.secret IS 'The HS256 secret, concealed (XOR with a keystream derived from the name: not in plain sight in the table, a dump or the data files; not encryption).';
+COMMENT ON COLUMN dialpad.sources.previous_valid_until IS 'Until when previous_secret still verifies (set by dialpad.rotate_secret()).';
+COMMENT ON COLUMN dialpad.sources.labels IS 'Free-form labels (company, office, ...), e.g. for row-level security policies.';
+REVOKE ALL ON dialpad.sources FROM PUBLIC;
+
+CREATE VIEW dialpad.source_list AS
+SELECT name, enabled, labels, created_at, rotated_at,
+       CASE WHEN previous_valid_until OPERATOR(pg_catalog.>) pg_catalog.now() THEN previous_valid_until END
+           AS previous_secret_valid_until
+  FROM dialpad.sources;
+COMMENT ON VIEW dialpad.source_list IS
+    'The webhook sources without their secrets: name, enabled, labels, when added and rotated, and until when the previous secret still verifies.';
+
 SELECT pg_catalog.pg_extension_config_dump('dialpad.call_statuses', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.status_transitions', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.state_mapping', '');
@@ -390,5 +426,6 @@ SELECT pg_catalog.pg_extension_config_dump('dialpad.deleted_rules', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.webhook_events_default', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.webhook_events_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.calls', '');
+SELECT pg_catalog.pg_extension_config_dump('dialpad.sources', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.rejected_transitions_default', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.rejected_transitions_id_seq', '');

@@ -1,4 +1,4 @@
--- Triggers backed by Rust functions (src/triggers.rs).
+-- Triggers backed by Rust functions (src/api/triggers.rs).
 
 CREATE TRIGGER calls_before_write BEFORE INSERT OR UPDATE ON dialpad.calls
     FOR EACH ROW EXECUTE FUNCTION dialpad.calls_before_write();
@@ -10,6 +10,9 @@ CREATE TRIGGER call_statuses_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCAT
 CREATE TRIGGER status_transitions_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dialpad.status_transitions
     FOR EACH STATEMENT EXECUTE FUNCTION dialpad.rules_changed();
 CREATE TRIGGER state_mapping_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dialpad.state_mapping
+    FOR EACH STATEMENT EXECUTE FUNCTION dialpad.rules_changed();
+-- Every session reloads the webhook sources from its next statement (src/pipeline/sources.rs).
+CREATE TRIGGER sources_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dialpad.sources
     FOR EACH STATEMENT EXECUTE FUNCTION dialpad.rules_changed();
 
 CREATE TRIGGER webhook_events_before_insert BEFORE INSERT ON dialpad.webhook_events

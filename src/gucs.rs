@@ -102,8 +102,8 @@ fn define_startup_settings() {
 fn define_reloadable_settings() {
     GucRegistry::define_string_guc(
         c"dialpad.webhook_secret",
-        c"Shared secret of the Dialpad webhook subscription: when set, dialpad.ingest_webhook() accepts only HS256-signed JWT bodies.",
-        c"Only superusers can set or see it.",
+        c"Retired in 0.2.0: the secret of 0.1.0's single webhook subscription.",
+        c"Read only until ALTER EXTENSION pg_dialpad UPDATE, which moves it into the webhook source \"default\"; then use dialpad.add_source() and reset this setting.",
         &WEBHOOK_SECRET,
         GucContext::Suset,
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,

@@ -53,6 +53,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     pipeline::rules::init();
+    pipeline::sources::init();
     // SAFETY: plain reads of flags PostgreSQL sets before loading libraries.
     unsafe {
         if !pg_sys::process_shared_preload_libraries_in_progress {

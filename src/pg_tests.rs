@@ -390,7 +390,7 @@ mod tests {
             // The partitioned tables hold no rows themselves: their DEFAULT partitions are
             // registered; the time partitions run_maintenance() makes are not members, so
             // pg_dump keeps them (and their rows) as it keeps any table.
-            Some("call_statuses,calls,deleted_rules,rejected_transitions_default,state_mapping,status_transitions,webhook_events_default")
+            Some("call_statuses,calls,deleted_rules,rejected_transitions_default,sources,state_mapping,status_transitions,webhook_events_default")
         );
     }
 
@@ -409,12 +409,12 @@ mod tests {
             .collect()
         });
         for c in &defined {
-            assert!(table.iter().any(|t| t == c), "{c} (src/call_row.rs) is not a column of dialpad.calls");
+            assert!(table.iter().any(|t| t == c), "{c} (src/pipeline/call_row.rs) is not a column of dialpad.calls");
         }
         for t in &table {
             assert!(
                 defined.contains(&t.as_str()) || NOT_WRITTEN.contains(&t.as_str()),
-                "dialpad.calls.{t} is neither in src/call_row.rs nor in NOT_WRITTEN"
+                "dialpad.calls.{t} is neither in src/pipeline/call_row.rs nor in NOT_WRITTEN"
             );
         }
         // every column reads back as its declared type

@@ -35,13 +35,12 @@ fn ingest_state(c: &mut Client, body: &str) -> String {
     sqlstate(c, "SELECT dialpad.ingest_webhook($1)", body)
 }
 
+/// One webhook source with this secret, or none.
 fn set_secret(c: &mut Client, secret: Option<&str>) {
-    match secret {
-        Some(s) => c.batch_execute(&format!("ALTER SYSTEM SET dialpad.webhook_secret = '{s}'")).unwrap(),
-        None => c.batch_execute("ALTER SYSTEM RESET dialpad.webhook_secret").unwrap(),
+    c.batch_execute("SELECT dialpad.drop_source(name) FROM dialpad.source_list").unwrap();
+    if let Some(s) = secret {
+        c.execute("SELECT dialpad.add_source('default', $1)", &[&s]).unwrap();
     }
-    c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
 }
 
 #[test]

@@ -26,6 +26,21 @@ fn sqlstate(c: &mut postgres::Client, sql: &str) -> String {
     }
 }
 
+/// 0.1.0's single webhook secret, in the setting dialpad.webhook_secret.
+const LEGACY_SECRET: &str = "legacy-subscription-secret";
+
+/// A compact HS256 JWT of `claims`, as Dialpad signs them.
+fn signed(claims: &str, secret: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#), URL_SAFE_NO_PAD.encode(claims));
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
 fn text(c: &mut postgres::Client, sql: &str) -> String {
     c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get::<_, Option<String>>(0).unwrap_or_default()
 }
@@ -66,6 +81,7 @@ fn upgrade_from(old: &str) {
     )
     .unwrap();
     c.batch_execute("ALTER SYSTEM SET dialpad.batch_size = 77").unwrap();
+    c.batch_execute(&format!("ALTER SYSTEM SET dialpad.webhook_secret = '{LEGACY_SECRET}'")).unwrap();
     let rules_before = text(
         &mut c,
         "SELECT (SELECT string_agg(status || is_terminal || coalesce(description, ''), ',' ORDER BY status) FROM dialpad.call_statuses)
@@ -108,9 +124,13 @@ fn upgrade_from(old: &str) {
             let mut errors = Vec::new();
             let mut sent = 0;
             for r in rows {
-                let body: String = r.get(0);
+                let body = signed(&r.get::<_, String>(0), LEGACY_SECRET);
                 if let Err(e) = i.query_one("SELECT dialpad.ingest_webhook($1)", &[&body]) {
-                    errors.push(e.to_string());
+                    errors.push(
+                        e.as_db_error()
+                            .map(|d| format!("{} {} {:?}", d.code().code(), d.message(), d.detail()))
+                            .unwrap_or_else(|| e.to_string()),
+                    );
                 }
                 sent += 1;
                 if !stop.load(Ordering::Relaxed) {
@@ -179,6 +199,14 @@ fn upgrade_from(old: &str) {
         ),
         0
     );
+
+    // The old secret is now the webhook source "default": signed deliveries naming no source
+    // are still accepted, and came through it.
+    assert_eq!(text(&mut c, "SELECT string_agg(name, ',') FROM dialpad.source_list"), "default");
+    assert!(cluster.log().contains("is now the webhook source \"default\""), "{}", cluster.log());
+    let late = signed(r#"{"call_id": 7999999, "state": "ringing", "event_timestamp": 1}"#, LEGACY_SECRET);
+    c.query_one("SELECT dialpad.ingest_webhook($1)", &[&late]).expect("a delivery signed with the old secret");
+    assert_eq!(text(&mut c, "SELECT source FROM dialpad.webhook_events WHERE call_id = 7999999"), "default");
 
     // The catalogs are those of a fresh install of this version.
     c.batch_execute("CREATE DATABASE fresh").unwrap();

@@ -1,18 +1,35 @@
-//! `dialpad.ingest_webhook()`: one webhook delivery, verified and stored.
+//! `dialpad.ingest_webhook()`: one webhook delivery, verified and stored. The steps:
+//! resolve the source → verify the body with its secrets → parse → check the times → store.
 
-use crate::codec::{jsonb, numeric};
-use crate::domain::webhook as ingest;
+use crate::codec::jsonb;
+use crate::domain::webhook::{self as ingest, JwtError};
 use crate::gucs;
 use crate::pg::{self, datum, error, shmem};
+use crate::pipeline::sources::{self, Source, Sources};
 use crate::pipeline::{batch, dedupe};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 fn reject(code: PgSqlErrorCode, message: String, hint: Option<&str>) -> ! {
+    reject_with(code, message, None, hint)
+}
+
+/// Counts the refusal, then raises it.
+fn reject_with(code: PgSqlErrorCode, message: String, detail: Option<&str>, hint: Option<&str>) -> ! {
     if let Some(s) = shmem::get() {
         s.ingest_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    error::raise(code, message, None, hint)
+    error::raise(code, message, detail.map(str::to_owned), hint)
+}
+
+/// A refusal to trust a delivery: SQLSTATE 28000, the reason in the DETAIL.
+fn refuse(message: String, reason: &str, hint: Option<&str>) -> ! {
+    reject_with(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, message, Some(reason), hint)
+}
+
+/// Seconds since the Unix epoch (GetCurrentTimestamp counts microseconds since 2000-01-01).
+fn unix_now_ms() -> i64 {
+    pg::now() / 1000 + 946_684_800_000
 }
 
 /// Every delivery is stored; the insert trigger marks a redelivery duplicate_of its first.
@@ -47,9 +64,37 @@ fn inbox_marks_duplicates() -> bool {
 /// dialpad.webhook_secret is set) and returns the id of its first delivery in
 /// dialpad.webhook_events: a redelivery of the same (call_id, state, event_timestamp) is kept
 /// in the audit log, marked duplicate_of that id, and never applied again.
-#[pg_extern(volatile, parallel_unsafe)]
-fn ingest_webhook(body: &str) -> i64 {
+#[pg_extern(volatile, parallel_unsafe, name = "ingest_webhook")]
+fn ingest_webhook_with_source(body: Option<&str>, source: default!(Option<&str>, "NULL")) -> i64 {
+    ingest_webhook(body, source)
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn pg_finfo_ingest_webhook_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// The C symbol of 0.1.0's `dialpad.ingest_webhook(text)`: between a restart with this
+/// library and `ALTER EXTENSION pg_dialpad UPDATE`, the 0.1.0 SQL function still calls it
+/// with one argument, and deliveries must keep being accepted.
+///
+/// # Safety
+/// Called by PostgreSQL's function manager with a valid `fcinfo` of one text argument.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn ingest_webhook_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: fcinfo is valid (fmgr contract) and its first argument is text (0.1.0's
+    // declaration); a NULL argument reads as None.
+    let body = unsafe { pgrx::fcinfo::pg_getarg::<&str>(fcinfo, 0) };
+    pg_sys::Datum::from(ingest_webhook(body, None))
+}
+
+fn ingest_webhook(body: Option<&str>, source: Option<&str>) -> i64 {
     use std::sync::atomic::Ordering;
+    let Some(body) = body else {
+        reject(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "webhook body is NULL".into(), None)
+    };
     let max = gucs::max_body_size();
     if body.len() > max {
         reject(
@@ -58,13 +103,27 @@ fn ingest_webhook(body: &str) -> i64 {
             None,
         );
     }
-    let payload = parse_payload(verified_json(body));
+    let sources = sources::current().unwrap_or_else(|e| {
+        error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read dialpad.sources: {e}"), None, None)
+    });
+    let (json, via, signed) = match sources.as_ref() {
+        Sources::Legacy => (legacy_verified_json(body), None, false),
+        Sources::Table(all) => {
+            let via = resolve_source(all, source);
+            let (json, signed) = verified_json(body, via);
+            (json, via.map(|s| s.name.as_str()), signed)
+        }
+    };
+    let payload = parse_payload(json);
     let root = jsonb::Container::root(payload.body()).ok();
-    if let Some(err) = root.and_then(|r| freshness_error(r, gucs::max_event_age())) {
+    if let (true, Some(e)) = (signed, root.and_then(|r| ingest::time_claims_error(r, unix_now_ms() / 1000))) {
+        refuse(e.to_string(), e.reason(), None);
+    }
+    if let Some(err) = root.and_then(|r| ingest::freshness_error(r, gucs::max_event_age(), unix_now_ms())) {
         reject(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, err, Some("See dialpad.max_event_age."));
     }
     let key = root.and_then(ingest::dedupe_key);
-    let stored = store(payload, key);
+    let stored = crate::api::triggers::with_source(via, || store(payload, key));
     match stored {
         Ok((id, duplicate)) => {
             if let Some(s) = shmem::get() {
@@ -81,28 +140,85 @@ fn ingest_webhook(body: &str) -> i64 {
     }
 }
 
-/// The event's JSON: the body itself, or the claims of a JWT verified with the secret.
-fn verified_json(body: &str) -> String {
-    let secret = gucs::webhook_secret();
-    match (ingest::classify(body), &secret) {
-        (ingest::Body::Jwt { .. }, None) => reject(
-            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-            "received a signed (JWT) webhook body, but dialpad.webhook_secret is not set".into(),
-            Some("Set dialpad.webhook_secret to the secret of the Dialpad subscription (ALTER SYSTEM SET dialpad.webhook_secret = '...'; SELECT pg_reload_conf();)."),
+/// The source a delivery came through: the one named, or the only one there is; None when
+/// no source is configured (plain JSON is then accepted, as before there were sources).
+fn resolve_source<'a>(all: &'a [Source], name: Option<&str>) -> Option<&'a Source> {
+    let found = match name {
+        Some(name) => match all.iter().find(|s| s.name == name) {
+            Some(s) => Some(s),
+            None => refuse(
+                format!("unknown webhook source \"{name}\""),
+                "unknown source",
+                Some("See SELECT name FROM dialpad.source_list; a superuser adds one with dialpad.add_source()."),
+            ),
+        },
+        None if all.len() <= 1 => all.first(),
+        None => reject(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{} webhook sources are configured: say which one this delivery came through", all.len()),
+            Some("Call dialpad.ingest_webhook(body, source => 'name'), e.g. with the name in the webhook URL."),
         ),
-        (ingest::Body::Jwt { header, payload, signature }, Some(secret)) => {
-            match ingest::verify(header, payload, signature, secret) {
-                Ok(claims) => claims,
-                Err(e @ ingest::JwtError::Malformed(_)) => {
+    };
+    if let Some(s) = found.filter(|s| !s.enabled) {
+        refuse(
+            format!("webhook source \"{}\" is disabled", s.name),
+            "disabled source",
+            Some("A superuser enables it again with dialpad.enable_source()."),
+        );
+    }
+    found
+}
+
+/// The event's JSON: the claims of a JWT verified with the source's secrets, or the body
+/// itself when no source is configured; and whether it was signed.
+fn verified_json(body: &str, via: Option<&Source>) -> (String, bool) {
+    match (ingest::classify(body), via) {
+        (ingest::Body::Jwt { .. }, None) => refuse(
+            "received a signed (JWT) webhook body, but no webhook source is configured".into(),
+            "unknown source",
+            Some("A superuser adds the subscription's secret with dialpad.add_source(name, secret)."),
+        ),
+        (ingest::Body::Jwt { header, payload, signature }, Some(src)) => {
+            match ingest::verify(header, payload, signature, &src.secrets_at(pg::now())) {
+                Ok((claims, _)) => (claims, true),
+                Err(e @ JwtError::Malformed(_)) => {
                     reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, e.to_string(), None)
                 }
-                Err(e) => reject(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, e.to_string(), None),
+                Err(e) => refuse(format!("{e} (source \"{}\")", src.name), e.reason(), None),
             }
         }
-        (ingest::Body::Json(_), Some(_)) => reject(
-            PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+        (ingest::Body::Json(_), Some(src)) => refuse(
+            format!("webhook source \"{}\" has a secret: the body must be an HS256-signed JWT", src.name),
+            "unsigned body",
+            Some("Configure the Dialpad subscription with the source's secret."),
+        ),
+        (ingest::Body::Json(t), None) => (t.to_string(), false),
+    }
+}
+
+/// Before `ALTER EXTENSION pg_dialpad UPDATE` to 0.2.0 (no sources table yet): 0.1.0's rule,
+/// the secret of the setting dialpad.webhook_secret.
+fn legacy_verified_json(body: &str) -> String {
+    let secret = gucs::webhook_secret();
+    match (ingest::classify(body), &secret) {
+        (ingest::Body::Jwt { .. }, None) => refuse(
+            "received a signed (JWT) webhook body, but dialpad.webhook_secret is not set".into(),
+            "unknown source",
+            Some("Run ALTER EXTENSION pg_dialpad UPDATE, then add the secret with dialpad.add_source()."),
+        ),
+        (ingest::Body::Jwt { header, payload, signature }, Some(secret)) => {
+            match ingest::verify(header, payload, signature, &[secret.as_slice()]) {
+                Ok((claims, _)) => claims,
+                Err(e @ JwtError::Malformed(_)) => {
+                    reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, e.to_string(), None)
+                }
+                Err(e) => refuse(e.to_string(), e.reason(), None),
+            }
+        }
+        (ingest::Body::Json(_), Some(_)) => refuse(
             "dialpad.webhook_secret is set: the webhook body must be an HS256-signed JWT".into(),
-            Some("Configure the Dialpad subscription with the same secret, or reset dialpad.webhook_secret to accept plain JSON."),
+            "unsigned body",
+            None,
         ),
         (ingest::Body::Json(t), None) => t.to_string(),
     }
@@ -177,23 +293,4 @@ fn store(payload: datum::JsonbArg, key: Option<String>) -> Result<(i64, bool), p
         .unwrap_or(0);
         Ok((id, true))
     })
-}
-
-/// Why an event is too old or too far in the future, if it is.
-fn freshness_error(root: jsonb::Value<'_>, max_age_s: i64) -> Option<String> {
-    if max_age_s == 0 {
-        return None;
-    }
-    let jsonb::Value::Object(o) = root else { return None };
-    let Ok(Some(jsonb::Value::Numeric(n))) = o.get(b"event_timestamp") else { return None };
-    let ts_ms = numeric::Decimal::from_datum_bytes(n).ok()?.to_i64()?;
-    // GetCurrentTimestamp is microseconds since 2000-01-01.
-    let now_ms = pg::now() / 1000 + 946_684_800_000;
-    if ts_ms < now_ms - max_age_s * 1000 {
-        Some(format!("event_timestamp {ts_ms} is older than dialpad.max_event_age ({max_age_s} s)"))
-    } else if ts_ms > now_ms + 120_000 {
-        Some(format!("event_timestamp {ts_ms} is more than two minutes in the future"))
-    } else {
-        None
-    }
 }

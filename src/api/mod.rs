@@ -5,6 +5,7 @@
 pub mod drop_guard;
 pub mod ingest;
 pub mod monitoring;
+pub mod sources;
 pub mod triggers;
 
 use crate::codec::jsonb;
@@ -80,7 +81,7 @@ fn limit_arg(name: &str, value: i32) -> usize {
     value as usize
 }
 
-/// The seed's sanitizer over jsonb's binary form (see `sanitize.rs` for the rules).
+/// The seed's sanitizer over jsonb's binary form (see `domain/sanitize.rs` for the rules).
 #[pg_extern(immutable, strict, parallel_safe)]
 #[allow(clippy::too_many_arguments)]
 fn sanitize_call_payload(

@@ -34,8 +34,29 @@ pub fn warn_unknown_direction(raw: &str) {
 thread_local! {
     /// Set only by the processor (Rust code, not reachable from SQL) while it writes calls
     /// whose transitions it has already checked in event order, possibly re-deriving a
-    /// status from the whole history after a late event (see processor.rs).
+    /// status from the whole history after a late event (see pipeline/batch.rs).
     static PROCESSOR_WRITING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+thread_local! {
+    /// The verified source of the delivery dialpad.ingest_webhook is storing (Rust code, not
+    /// reachable from SQL): the inbox's insert trigger writes it into the row. Plain INSERTs
+    /// cannot name a source unless their role may write the column (dialpad_ingest may not),
+    /// so a source in the inbox is one a secret vouched for, or one a restore brought back.
+    static INGEST_SOURCE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (an insert into the inbox) with `source` as the verified source of its rows.
+pub(crate) fn with_source<R>(source: Option<&str>, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            INGEST_SOURCE.with(|s| s.borrow_mut().take());
+        }
+    }
+    INGEST_SOURCE.with(|s| *s.borrow_mut() = source.map(str::to_owned));
+    let _reset = Reset;
+    f()
 }
 
 /// Runs `f` with the transition check of `calls_before_write` delegated to the processor.
@@ -202,6 +223,9 @@ fn webhook_events_before_insert<'a>(
         }
         _ => None,
     };
+    if let Some(source) = INGEST_SOURCE.with(|s| s.borrow().clone()) {
+        new.set_by_name("source", source).map_err(err)?;
+    }
     new.set_by_name("dedupe_key", key).map_err(err)?;
     new.set_by_name("call_id", call_id).map_err(err)?;
     if let Some(first) = first {

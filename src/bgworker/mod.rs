@@ -12,7 +12,7 @@
 //!   webhook_events sets. While a batch comes back full it loops without sleeping.
 //! - An error in a batch is logged, the transaction aborted, and the worker lives on.
 //! - Like a good backend it never waits on a lock without a timeout (`dialpad.lock_timeout`:
-//!   a call whose row someone else holds is deferred, see processor.rs), reports its table
+//!   a call whose row someone else holds is deferred, see pipeline/batch.rs), reports its table
 //!   statistics after every transaction (without that, autovacuum never sees its writes),
 //!   and SIGTERM goes through PostgreSQL's own `die()`, so it leaves within a second even
 //!   while it waits on a lock or runs a long statement.

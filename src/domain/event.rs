@@ -67,6 +67,9 @@ pub struct CallEvent {
     pub recording_url: Option<String>,
     pub voicemail_link: Option<String>,
     pub transcript: Option<String>,
+    /// The webhook source the event came through: the inbox's `source` column (set by
+    /// dialpad.ingest_webhook from the verified source), not a field of the payload.
+    pub source: Option<String>,
 }
 
 fn bad(field: &'static str, why: impl Into<String>) -> EventError {

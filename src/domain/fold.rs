@@ -176,6 +176,10 @@ pub fn fold_events_by_call(existing: Option<&CallRow>, events: &[&CallEvent], ru
             voicemail_link,
             transcript
         );
+        // The call's source is that of its first event with one, and never changes after.
+        if row.source.is_none() && ev.source.is_some() {
+            row.source = ev.source.clone();
+        }
         if newer {
             if ev.state.is_some() {
                 row.last_state = ev.state.clone();

@@ -1,7 +1,7 @@
 //! The call status machine, as data: which statuses exist, which are terminal, which moves
 //! are allowed, and how a Dialpad `state` maps onto a status. Loaded from the
 //! `dialpad.call_statuses`, `dialpad.status_transitions` and `dialpad.state_mapping` tables
-//! (see `rules.rs`); the decisions here are pure.
+//! (see `pipeline/rules.rs`); the decisions here are pure.
 
 use std::collections::{HashMap, HashSet};
 

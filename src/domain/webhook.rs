@@ -22,8 +22,29 @@ pub enum JwtError {
     Malformed(String),
     /// `alg` is not HS256 (e.g. `none`), or `typ` is not JWT.
     Algorithm(String),
-    /// The signature does not match the secret.
+    /// The header marks extensions critical (`crit`, RFC 7515 §4.1.11) that we do not
+    /// implement: the token must then be refused.
+    Critical(String),
+    /// The signature matches none of the source's secrets.
     Signature,
+    /// `exp` (seconds since the epoch) has passed, leeway included.
+    Expired { exp: i64, now: i64 },
+    /// `nbf` (seconds since the epoch) has not come yet, leeway included.
+    NotYetValid { nbf: i64, now: i64 },
+}
+
+impl JwtError {
+    /// The reason in a word or two, for a DETAIL line and for counting.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            JwtError::Malformed(_) => "malformed token",
+            JwtError::Algorithm(_) => "unsupported algorithm",
+            JwtError::Critical(_) => "unsupported crit",
+            JwtError::Signature => "bad signature",
+            JwtError::Expired { .. } => "expired",
+            JwtError::NotYetValid { .. } => "not yet valid",
+        }
+    }
 }
 
 impl std::fmt::Display for JwtError {
@@ -31,10 +52,20 @@ impl std::fmt::Display for JwtError {
         match self {
             JwtError::Malformed(why) => write!(f, "malformed JWT: {why}"),
             JwtError::Algorithm(alg) => write!(f, "JWT algorithm \"{alg}\" is not accepted (only HS256)"),
-            JwtError::Signature => f.write_str("JWT signature does not match dialpad.webhook_secret"),
+            JwtError::Critical(names) => {
+                write!(f, "JWT header marks {names} critical, which pg_dialpad does not implement")
+            }
+            JwtError::Signature => f.write_str("JWT signature does not match the source's secret"),
+            JwtError::Expired { exp, .. } => write!(f, "JWT expired at {exp} ({JWT_LEEWAY_S} s of leeway)"),
+            JwtError::NotYetValid { nbf, .. } => {
+                write!(f, "JWT is not valid before {nbf} ({JWT_LEEWAY_S} s of leeway)")
+            }
         }
     }
 }
+
+/// Clock skew allowed on `exp` and `nbf`, in seconds (RFC 7519 §4.1.4: "some small leeway").
+pub const JWT_LEEWAY_S: i64 = 60;
 
 fn is_base64url(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
@@ -59,8 +90,12 @@ fn decode(part: &str, what: &str) -> Result<Vec<u8>, JwtError> {
         .map_err(|e| JwtError::Malformed(format!("{what} is not base64url ({e})")))
 }
 
-/// Verifies an HS256 JWT and returns its claims (JSON text).
-pub fn verify(header: &str, payload: &str, signature: &str, secret: &[u8]) -> Result<String, JwtError> {
+/// Verifies an HS256 JWT against `secrets` (tried in order: the current secret first, then
+/// one still valid after a rotation, so a rotation costs one HMAC more only for deliveries
+/// signed with the old secret). Returns the claims (JSON text) and the index of the secret
+/// that matched. `exp` and `nbf` are checked afterwards on the parsed claims
+/// ([`time_claims_error`]), which spares a second JSON parse here.
+pub fn verify(header: &str, payload: &str, signature: &str, secrets: &[&[u8]]) -> Result<(String, usize), JwtError> {
     let h = decode(header, "header")?;
     let h: serde_json::Value =
         serde_json::from_slice(&h).map_err(|_| JwtError::Malformed("header is not JSON".into()))?;
@@ -73,15 +108,94 @@ pub fn verify(header: &str, payload: &str, signature: &str, secret: &[u8]) -> Re
             return Err(JwtError::Malformed(format!("typ {typ} is not JWT")));
         }
     }
+    // RFC 7515 §4.1.11: crit lists header parameters the recipient must understand; it is a
+    // non-empty array of names. We implement no extension, so any crit refuses the token.
+    if let Some(crit) = h.get("crit") {
+        return Err(match crit.as_array() {
+            Some(names) if !names.is_empty() && names.iter().all(|n| n.is_string()) => {
+                JwtError::Critical(crit.to_string())
+            }
+            _ => JwtError::Malformed(format!("crit {crit} is not a non-empty array of names")),
+        });
+    }
     // The signature is opaque: one that does not even decode cannot match.
     let sig = decode(signature, "signature").map_err(|_| JwtError::Signature)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| JwtError::Signature)?;
-    mac.update(header.as_bytes());
-    mac.update(b".");
-    mac.update(payload.as_bytes());
-    mac.verify_slice(&sig).map_err(|_| JwtError::Signature)?; // constant time
+    let matched = secrets.iter().position(|secret| {
+        Hmac::<Sha256>::new_from_slice(secret).is_ok_and(|mut mac| {
+            mac.update(header.as_bytes());
+            mac.update(b".");
+            mac.update(payload.as_bytes());
+            mac.verify_slice(&sig).is_ok() // constant time
+        })
+    });
+    let Some(matched) = matched else { return Err(JwtError::Signature) };
     let claims = decode(payload, "payload")?;
-    String::from_utf8(claims).map_err(|_| JwtError::Malformed("claims are not UTF-8".into()))
+    let claims = String::from_utf8(claims).map_err(|_| JwtError::Malformed("claims are not UTF-8".into()))?;
+    Ok((claims, matched))
+}
+
+/// RFC 7519 §4.1.4 and §4.1.5 on verified claims: `exp` and `nbf`, when present, are
+/// NumericDates (seconds since the epoch, possibly fractional) honoured with
+/// [`JWT_LEEWAY_S`] of leeway. `now_s` is the current time in seconds since the epoch.
+pub fn time_claims_error(root: crate::codec::jsonb::Value<'_>, now_s: i64) -> Option<JwtError> {
+    use crate::codec::jsonb::Value;
+    use crate::codec::numeric::Decimal;
+    let Value::Object(o) = root else { return None };
+    let date = |key: &[u8]| -> Result<Option<i64>, JwtError> {
+        match o.get(key) {
+            Ok(None) => Ok(None),
+            Ok(Some(Value::Numeric(n))) => Decimal::from_datum_bytes(n)
+                .ok()
+                .and_then(|d| d.to_string().split('.').next().and_then(|i| i.parse::<i64>().ok()))
+                .map(Some)
+                .ok_or_else(|| JwtError::Malformed(format!("{} is not a NumericDate", String::from_utf8_lossy(key)))),
+            _ => Err(JwtError::Malformed(format!("{} is not a NumericDate", String::from_utf8_lossy(key)))),
+        }
+    };
+    match (date(b"exp"), date(b"nbf")) {
+        (Err(e), _) | (_, Err(e)) => Some(e),
+        (Ok(Some(exp)), _) if now_s > exp.saturating_add(JWT_LEEWAY_S) => Some(JwtError::Expired { exp, now: now_s }),
+        (_, Ok(Some(nbf))) if now_s.saturating_add(JWT_LEEWAY_S) < nbf => {
+            Some(JwtError::NotYetValid { nbf, now: now_s })
+        }
+        _ => None,
+    }
+}
+
+/// Why an event is too old or too far in the future (dialpad.max_event_age), if it is.
+/// `now_ms` is the current time in milliseconds since the epoch; 0 `max_age_s` is off.
+pub fn freshness_error(root: crate::codec::jsonb::Value<'_>, max_age_s: i64, now_ms: i64) -> Option<String> {
+    use crate::codec::jsonb::Value;
+    use crate::codec::numeric::Decimal;
+    if max_age_s == 0 {
+        return None;
+    }
+    let Value::Object(o) = root else { return None };
+    let Ok(Some(Value::Numeric(n))) = o.get(b"event_timestamp") else { return None };
+    let ts_ms = Decimal::from_datum_bytes(n).ok()?.to_i64()?;
+    if ts_ms < now_ms - max_age_s * 1000 {
+        Some(format!("event_timestamp {ts_ms} is older than dialpad.max_event_age ({max_age_s} s)"))
+    } else if ts_ms > now_ms + 120_000 {
+        Some(format!("event_timestamp {ts_ms} is more than two minutes in the future"))
+    } else {
+        None
+    }
+}
+
+/// A source's secret as stored in `dialpad.sources`: XORed with a keystream derived from the
+/// source's name (HMAC-SHA256 in counter mode), so it is not in plain sight in the table, a
+/// dump or a copy of the data files. This is concealment, not encryption: the key is in this
+/// code. The same call reveals it again.
+pub fn conceal(name: &str, secret: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(secret.len());
+    for (block, chunk) in secret.chunks(32).enumerate() {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"pg_dialpad source secret v1").expect("HMAC takes any key");
+        mac.update(name.as_bytes());
+        mac.update(&(block as u64).to_be_bytes());
+        let pad = mac.finalize().into_bytes();
+        out.extend(chunk.iter().zip(pad.iter()).map(|(a, b)| a ^ b));
+    }
+    out
 }
 
 /// Signs claims as a compact HS256 JWT (for tests, benchmarks and documentation).
@@ -158,7 +272,9 @@ mod tests {
     fn signed_tokens_verify_and_return_the_claims() {
         let t = sign(r#"{"call_id": 1, "state": "ringing"}"#, SECRET);
         let (h, p, s) = parts(&t);
-        assert_eq!(verify(h, p, s, SECRET).unwrap(), r#"{"call_id": 1, "state": "ringing"}"#);
+        assert_eq!(verify(h, p, s, &[SECRET]).unwrap(), (r#"{"call_id": 1, "state": "ringing"}"#.to_string(), 0));
+        // During a rotation: the new secret first, the old one second.
+        assert_eq!(verify(h, p, s, &[b"new one", SECRET]).unwrap().1, 1);
     }
 
     #[test]
@@ -166,16 +282,72 @@ mod tests {
         let t = sign(r#"{"call_id": 1}"#, SECRET);
         let (h, _, s) = parts(&t);
         let forged = URL_SAFE_NO_PAD.encode(br#"{"call_id": 2}"#);
-        assert_eq!(verify(h, &forged, s, SECRET), Err(JwtError::Signature));
+        assert_eq!(verify(h, &forged, s, &[SECRET]), Err(JwtError::Signature));
         let (h, p, s) = parts(&t);
-        assert_eq!(verify(h, p, s, b"other"), Err(JwtError::Signature));
+        assert_eq!(verify(h, p, s, &[b"other"]), Err(JwtError::Signature));
         let none = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-        assert_eq!(verify(&none, p, "", SECRET), Err(JwtError::Algorithm("none".into())));
+        assert_eq!(verify(&none, p, "", &[SECRET]), Err(JwtError::Algorithm("none".into())));
         let hs512 = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS512"}"#);
-        assert!(matches!(verify(&hs512, p, s, SECRET), Err(JwtError::Algorithm(_))));
-        assert!(matches!(verify("!!", p, s, SECRET), Err(JwtError::Malformed(_))));
+        assert!(matches!(verify(&hs512, p, s, &[SECRET]), Err(JwtError::Algorithm(_))));
+        assert!(matches!(verify("!!", p, s, &[SECRET]), Err(JwtError::Malformed(_))));
         let truncated = &s[..s.len() - 4];
-        assert_eq!(verify(h, p, truncated, SECRET), Err(JwtError::Signature));
+        assert_eq!(verify(h, p, truncated, &[SECRET]), Err(JwtError::Signature));
+    }
+
+    fn signed_with_header(header: &str, claims: &str) -> String {
+        let h = URL_SAFE_NO_PAD.encode(header.as_bytes());
+        let p = URL_SAFE_NO_PAD.encode(claims.as_bytes());
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
+        mac.update(format!("{h}.{p}").as_bytes());
+        format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn critical_header_extensions_are_refused() {
+        let t = signed_with_header(r#"{"alg":"HS256","typ":"JWT","crit":["b64"],"b64":false}"#, "{}");
+        let (h, p, s) = parts(&t);
+        assert_eq!(verify(h, p, s, &[SECRET]), Err(JwtError::Critical(r#"["b64"]"#.into())));
+        let t = signed_with_header(r#"{"alg":"HS256","crit":[]}"#, "{}");
+        let (h, p, s) = parts(&t);
+        assert!(matches!(verify(h, p, s, &[SECRET]), Err(JwtError::Malformed(_))));
+    }
+
+    #[test]
+    fn exp_and_nbf_are_honoured_with_leeway() {
+        use crate::codec::jsonb::testing::jsonb;
+        use crate::codec::jsonb::{datum_body, Container};
+        let check = |claims: &str, now: i64| {
+            let d = jsonb(claims);
+            time_claims_error(Container::root(datum_body(&d).unwrap()).unwrap(), now)
+        };
+        let now = 1_700_000_000;
+        assert_eq!(check(r#"{"call_id": 1}"#, now), None);
+        assert_eq!(check(&format!(r#"{{"exp": {}}}"#, now + 10), now), None);
+        assert_eq!(check(&format!(r#"{{"exp": {}}}"#, now - 30), now), None, "within the leeway");
+        assert_eq!(
+            check(&format!(r#"{{"exp": {}}}"#, now - 3600), now),
+            Some(JwtError::Expired { exp: now - 3600, now })
+        );
+        assert_eq!(
+            check(&format!(r#"{{"exp": {}.5}}"#, now - 3600), now),
+            Some(JwtError::Expired { exp: now - 3600, now })
+        );
+        assert_eq!(check(&format!(r#"{{"nbf": {}}}"#, now + 30), now), None, "within the leeway");
+        assert_eq!(
+            check(&format!(r#"{{"nbf": {}}}"#, now + 86400), now),
+            Some(JwtError::NotYetValid { nbf: now + 86400, now })
+        );
+        assert!(matches!(check(r#"{"exp": "tomorrow"}"#, now), Some(JwtError::Malformed(_))));
+    }
+
+    #[test]
+    fn concealed_secrets_are_revealed_by_the_same_call_and_differ_by_source() {
+        let secret = b"a secret of more than thirty-two bytes, to cross a block";
+        let stored = conceal("acme", secret);
+        assert_ne!(&stored[..], &secret[..]);
+        assert!(!stored.windows(6).any(|w| w == b"secret"));
+        assert_eq!(conceal("acme", &stored), secret.to_vec());
+        assert_ne!(conceal("globex", secret), stored);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! A batch is set-based: one statement claims and marks the events (`FOR UPDATE SKIP LOCKED`),
 //! one reads the affected calls, one upserts them. Events are grouped by call and folded in
-//! event order in Rust (`fold.rs`). A per-call advisory lock (tried, never waited for) keeps
+//! event order in Rust (`domain/fold.rs`). A per-call advisory lock (tried, never waited for) keeps
 //! two processors off the same call. Only if the upsert fails does the batch fall back to
 //! one subtransaction per call, to isolate the bad one; a clean batch pays nothing for that.
 
@@ -49,7 +49,7 @@ const LOCK_NAMESPACE: u16 = 0x4450;
 /// statement after the claim names the events by (id, received_at range), so that only the
 /// partitions the batch came from are planned, locked and scanned.
 pub(crate) const CLAIM_SQL: &str = "\
-SELECT p.id, p.received_at, p.payload FROM dialpad.webhook_events AS p
+SELECT p.id, p.received_at, p.payload, p.source FROM dialpad.webhook_events AS p
  WHERE p.processed_at IS NULL AND p.dead_at IS NULL
    AND p.id OPERATOR(pg_catalog.>=) $2
    AND (p.next_attempt_at IS NULL OR p.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())
@@ -76,7 +76,7 @@ UPDATE dialpad.webhook_events SET processed_at = pg_catalog.now()
    AND received_at OPERATOR(pg_catalog.>=) $2 AND received_at OPERATOR(pg_catalog.<=) $3";
 
 const HISTORY_SQL: &str = "\
-SELECT id, payload FROM dialpad.webhook_events
+SELECT id, payload, source FROM dialpad.webhook_events
  WHERE call_id OPERATOR(pg_catalog.=) ANY ($1) AND processed_at IS NOT NULL AND duplicate_of IS NULL
    AND NOT id OPERATOR(pg_catalog.=) ANY ($2)";
 
@@ -117,7 +117,7 @@ UPDATE dialpad.webhook_events AS e SET duplicate_of = d.original
    AND e.received_at OPERATOR(pg_catalog.>=) $3 AND e.received_at OPERATOR(pg_catalog.<=) $4";
 
 thread_local! {
-    /// Where this backend's claims start reading the pending index (see scan_floor.rs).
+    /// Where this backend's claims start reading the pending index (see domain/scan_floor.rs).
     static SCAN_FLOOR: RefCell<ScanFloor> = RefCell::new(ScanFloor::new());
     /// The claim size this backend adapted to after a batch was capped by the lock table
     /// (doubled back after each full batch that was not).
@@ -168,8 +168,11 @@ struct Claimed {
 }
 
 impl Claimed {
-    fn parse(id: i64, payload: JsonbArg) -> Claimed {
-        let parsed = Container::root(payload.body()).map_err(|_| EventError::Corrupt).and_then(CallEvent::from_payload);
+    fn parse(id: i64, payload: JsonbArg, source: Option<String>) -> Claimed {
+        let parsed = Container::root(payload.body())
+            .map_err(|_| EventError::Corrupt)
+            .and_then(CallEvent::from_payload)
+            .map(|e| CallEvent { source, ..e });
         Claimed { id, payload, parsed }
     }
 }
@@ -181,7 +184,7 @@ pub enum Scan {
     Full,
     /// From this backend's floor (the workers): stays fast while an old snapshot keeps
     /// processed entries from being cleaned up; what lies below the floor is found by the
-    /// full scan done at least once a second (see scan_floor.rs).
+    /// full scan done at least once a second (see domain/scan_floor.rs).
     FromFloor,
 }
 
@@ -302,7 +305,7 @@ impl Batch {
             let at = row.get::<TimestampWithTimeZone>(2)?.map(|t| t.into_inner()).unwrap_or_default();
             let Some(payload) = row.get::<JsonbArg>(3)? else { continue };
             received = (received.0.min(at), received.1.max(at));
-            events.push(Claimed::parse(id, payload));
+            events.push(Claimed::parse(id, payload, row.get(4)?));
         }
         let max_id = events.iter().map(|c| c.id).max();
         SCAN_FLOOR.with(|f| f.borrow_mut().claimed(std::time::Instant::now(), from, max_id));
@@ -407,7 +410,7 @@ impl Batch {
     /// trigger could not catch (delivered concurrently): its history tells. So does an event
     /// that asks a call in a terminal status for another status: whether that status was a
     /// default conclusion a later event may refine (a hangup's "missed" before
-    /// "voicemail_uploaded", see fold.rs) only the history says. Only such calls pay for
+    /// "voicemail_uploaded", see domain/fold.rs) only the history says. Only such calls pay for
     /// reading their history.
     fn read_history_of_late_calls(
         &mut self,
@@ -444,7 +447,7 @@ impl Batch {
         for row in table {
             let id: i64 = row.get(1)?.unwrap_or_default();
             let Some(payload) = row.get::<JsonbArg>(2)? else { continue };
-            let event = Claimed::parse(id, payload);
+            let event = Claimed::parse(id, payload, row.get(3)?);
             let Ok(call_id) = event.parsed.as_ref().map(|e| e.call_id) else { continue };
             if let Some(g) = self.by_call.get_mut(&call_id) {
                 g.push(self.events.len());

@@ -197,6 +197,8 @@ call_row! {
     /// Events applied to the row (redeliveries not counted); the processor compares it with
     /// the history the inbox still holds (retention drops old partitions).
     events_applied: i32 => int4,
+    /// The webhook source of the call's first event (dialpad.sources), for row-level security.
+    source: Option<String> => text,
 }
 
 /// The columns of `dialpad.calls` the processor never writes.

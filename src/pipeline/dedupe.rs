@@ -8,7 +8,7 @@
 //! trigger looks the key up with the latest snapshot (as PostgreSQL's foreign-key checks
 //! do), which sees every committed delivery whatever the inserter's isolation level.
 //! Deliveries of the same event in flight at the same moment cannot see each other; the
-//! processor, which holds one call at a time, catches those (see processor.rs).
+//! processor, which holds one call at a time, catches those (see pipeline/batch.rs).
 
 use pgrx::pg_sys;
 use std::cell::Cell;
@@ -36,7 +36,7 @@ pub fn lock_key(call_id: i64, key: &str) {
 /// one or two partitions it overlaps are searched (the partitions made ahead and the DEFAULT
 /// partition are pruned): a delivery costs the same with 30 or 3,000 partitions. A
 /// redelivery outside it is still never applied twice: its event is no newer than the call's
-/// last one, so the processor reads the call's history and marks it there (processor.rs).
+/// last one, so the processor reads the call's history and marks it there (pipeline/batch.rs).
 pub const WINDOW_US: i64 = 3600 * 1_000_000;
 
 const FIND_SQL: &std::ffi::CStr = c"SELECT id FROM dialpad.webhook_events

@@ -6,3 +6,4 @@ pub mod batch;
 pub mod call_row;
 pub mod dedupe;
 pub mod rules;
+pub mod sources;
