@@ -226,7 +226,11 @@ BEGIN
     DROP TRIGGER webhook_events_before_insert ON dialpad.webhook_events;
     DROP TRIGGER webhook_events_wake ON dialpad.webhook_events;
     EXECUTE format('ALTER INDEX dialpad.webhook_events_pkey RENAME TO %I', legacy || '_pkey');
-    EXECUTE format('ALTER INDEX dialpad.webhook_events_pending RENAME TO %I', legacy || '_pending');
+    -- The claim's index, keyed as every partition's (sql/schema.sql): it holds only the
+    -- pending events, so building it reads the table once and writes a small index.
+    DROP INDEX dialpad.webhook_events_pending;
+    EXECUTE format('CREATE INDEX %I ON dialpad.webhook_events (id, received_at) WHERE processed_at IS NULL AND dead_at IS NULL',
+                   legacy || '_pending');
     EXECUTE format('ALTER INDEX dialpad.webhook_events_dead RENAME TO %I', legacy || '_dead');
     EXECUTE format('ALTER INDEX dialpad.webhook_events_call_dedupe RENAME TO %I', legacy || '_call_dedupe');
     EXECUTE format('ALTER TABLE dialpad.webhook_events RENAME TO %I', legacy);
@@ -284,7 +288,7 @@ COMMENT ON TABLE dialpad.webhook_events_default IS
     'Events whose received_at no partition covers yet; dialpad.run_maintenance() moves them into their own partition. Its storage parameters are copied to every partition created.';
 -- Indexes are per partition (see sql/schema.sql): the DEFAULT partition's are the model.
 ALTER TABLE dialpad.webhook_events_default ADD CONSTRAINT webhook_events_default_pkey PRIMARY KEY (id);
-CREATE INDEX webhook_events_default_pending ON dialpad.webhook_events_default (id)
+CREATE INDEX webhook_events_default_pending ON dialpad.webhook_events_default (id, received_at)
     WHERE processed_at IS NULL AND dead_at IS NULL;
 CREATE INDEX webhook_events_default_dead ON dialpad.webhook_events_default (dead_at)
     WHERE dead_at IS NOT NULL;

@@ -244,8 +244,11 @@ COMMENT ON COLUMN dialpad.webhook_events.dead_at IS 'Set when the event was dead
 -- (id, received_at) was chosen for it on stale statistics, scanning a partition per insert).
 ALTER TABLE dialpad.webhook_events_default ADD CONSTRAINT webhook_events_default_pkey PRIMARY KEY (id);
 -- The claim reads pending events in arrival order: a partial index that only ever holds the
--- backlog stays small however large the audit log grows.
-CREATE INDEX webhook_events_default_pending ON dialpad.webhook_events_default (id)
+-- backlog stays small however large the audit log grows. Its key is (id, received_at) and
+-- the claim orders by both (the same order: ids are unique), so that this is the only index
+-- that gives the claim its order: on statistics taken while a partition held only pending
+-- events, the planner otherwise walked the primary key, through every event processed since.
+CREATE INDEX webhook_events_default_pending ON dialpad.webhook_events_default (id, received_at)
     WHERE processed_at IS NULL AND dead_at IS NULL;
 CREATE INDEX webhook_events_default_dead ON dialpad.webhook_events_default (dead_at)
     WHERE dead_at IS NOT NULL;
