@@ -100,6 +100,13 @@ fn define_startup_settings() {
 }
 
 fn define_reloadable_settings() {
+    define_ingest_settings();
+    define_processing_settings();
+    define_retention_settings();
+}
+
+/// dialpad.ingest_webhook's limits (and 0.1.0's retired secret).
+fn define_ingest_settings() {
     GucRegistry::define_string_guc(
         c"dialpad.webhook_secret",
         c"Retired in 0.2.0: the secret of 0.1.0's single webhook subscription.",
@@ -128,6 +135,10 @@ fn define_reloadable_settings() {
         GucContext::Suset,
         GucFlags::UNIT_S,
     );
+}
+
+/// The processors: batch size, waiting, retries, the on/off switch.
+fn define_processing_settings() {
     GucRegistry::define_int_guc(
         c"dialpad.batch_size",
         c"Maximum number of events a worker handles in one transaction.",
@@ -168,6 +179,18 @@ fn define_reloadable_settings() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_bool_guc(
+        c"dialpad.enabled",
+        c"Whether the pg_dialpad background workers process events.",
+        c"When off, the workers stay connected but idle; dialpad.process_events() still works.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+/// Partitions and retention (sql/maintenance.sql).
+fn define_retention_settings() {
     GucRegistry::define_int_guc(
         c"dialpad.retention",
         c"How long events and rejected transitions are kept (0 = forever).",
@@ -215,14 +238,6 @@ fn define_reloadable_settings() {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_S,
-    );
-    GucRegistry::define_bool_guc(
-        c"dialpad.enabled",
-        c"Whether the pg_dialpad background workers process events.",
-        c"When off, the workers stay connected but idle; dialpad.process_events() still works.",
-        &ENABLED,
-        GucContext::Sighup,
-        GucFlags::default(),
     );
 }
 

@@ -12,16 +12,18 @@
 //! - `pg`: safe wrappers over PostgreSQL calls used across modules, shared memory, errors;
 //! - `gucs` and `version`: the settings, and the library's version against the SQL's.
 
+#![warn(unreachable_pub)]
+
 use pgrx::prelude::*;
 
-pub mod api;
-pub mod bgworker;
-pub mod codec;
-pub mod domain;
-pub mod gucs;
-pub mod pg;
-pub mod pipeline;
-pub mod version;
+mod api;
+mod bgworker;
+mod codec;
+mod domain;
+mod gucs;
+mod pg;
+mod pipeline;
+mod version;
 
 ::pgrx::pg_module_magic!();
 

@@ -208,6 +208,14 @@ fn secrets_stay_hidden(cluster: &Cluster) {
     let dump = cluster.tool("pg_dump", &["-d", "postgres"]);
     assert!(dump.contains("COPY dialpad.sources"), "the sources are dumped (a config table)");
     assert!(!dump.contains(ACME) && !dump.contains(&hex(ACME)), "the dump shows the secret");
+    let without = cluster.tool("pg_dump", &["-d", "postgres", "--exclude-table-data=dialpad.sources"]);
+    assert!(!without.contains("COPY dialpad.sources"), "the README's way to leave the sources out of a dump");
+    // A failing call with the secret as a bind parameter: the server logs the statement
+    // (log_min_error_statement = error), which holds $2, not the secret.
+    assert!(c.execute("SELECT dialpad.add_source('acme', $1)", &[&ACME]).is_err());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(cluster.log().contains("already exists"), "the failure is logged");
+    assert!(!cluster.log().contains(ACME), "the secret is in the server log");
     let settings = count(
         &mut c,
         &format!("SELECT count(*) FROM pg_settings WHERE setting LIKE '%{ACME}%' OR reset_val LIKE '%{ACME}%'"),

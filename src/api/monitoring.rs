@@ -64,6 +64,49 @@ fn worker_stats() -> TableIterator<
     TableIterator::new(rows)
 }
 
+/// What worker `i` does, and what to do about it (None when nothing is to be done).
+fn worker_detail(
+    i: usize,
+    running: bool,
+    state: shmem::WorkerState,
+    database: &str,
+    here: &str,
+) -> (String, Option<String>) {
+    let detail = if !running {
+        format!("worker {i} is not running")
+    } else if !gucs::enabled() {
+        format!("worker {i} is running but paused (dialpad.enabled = off)")
+    } else {
+        match state {
+            shmem::WorkerState::Processing => format!("worker {i} is processing events in database \"{database}\""),
+            shmem::WorkerState::NoExtension => {
+                format!("worker {i} is waiting: extension pg_dialpad is not installed in database \"{database}\"")
+            }
+            shmem::WorkerState::VersionMismatch => format!(
+                "worker {i} writes nothing: its library is version {} but the extension's SQL objects are another version",
+                crate::version::LIBRARY
+            ),
+            shmem::WorkerState::Paused => format!("worker {i} is paused while DROP EXTENSION pg_dialpad runs"),
+        }
+    };
+    let hint = if !running {
+        Some(format!(
+            "The launcher starts it within a second once database \"{database}\" exists; check the server log and max_worker_processes."
+        ))
+    } else if state == shmem::WorkerState::VersionMismatch {
+        Some(format!("Run ALTER EXTENSION pg_dialpad UPDATE; in database \"{database}\" (see README, \"Upgrading\")."))
+    } else if state == shmem::WorkerState::NoExtension {
+        Some(format!("Run CREATE EXTENSION pg_dialpad; in database \"{database}\"."))
+    } else if here != database {
+        Some(format!(
+            "The workers process database \"{database}\", not this one (\"{here}\"): set dialpad.database and restart."
+        ))
+    } else {
+        None
+    };
+    (detail, hint)
+}
+
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn worker_status() -> TableIterator<
@@ -119,39 +162,8 @@ fn worker_status() -> TableIterator<
     };
     for (i, slot) in s.slots.iter().enumerate().take(n) {
         let pid = slot.pid.load(Ordering::Acquire);
-        let running = pid != 0;
-        let state = slot.state();
-        let detail = if !running {
-            format!("worker {i} is not running")
-        } else if !gucs::enabled() {
-            format!("worker {i} is running but paused (dialpad.enabled = off)")
-        } else {
-            match state {
-                shmem::WorkerState::Processing => format!("worker {i} is processing events in database \"{database}\""),
-                shmem::WorkerState::NoExtension => format!("worker {i} is waiting: extension pg_dialpad is not installed in database \"{database}\""),
-                shmem::WorkerState::VersionMismatch => format!(
-                    "worker {i} writes nothing: its library is version {} but the extension's SQL objects are another version",
-                    crate::version::LIBRARY
-                ),
-                shmem::WorkerState::Paused => format!("worker {i} is paused while DROP EXTENSION pg_dialpad runs"),
-            }
-        };
-        let hint = if !running {
-            Some(format!(
-                "The launcher starts it within a second once database \"{database}\" exists; check the server log and max_worker_processes."
-            ))
-        } else if state == shmem::WorkerState::VersionMismatch {
-            Some(format!(
-                "Run ALTER EXTENSION pg_dialpad UPDATE; in database \"{database}\" (see README, \"Upgrading\")."
-            ))
-        } else if state == shmem::WorkerState::NoExtension {
-            Some(format!("Run CREATE EXTENSION pg_dialpad; in database \"{database}\"."))
-        } else if here != database {
-            Some(format!("The workers process database \"{database}\", not this one (\"{here}\"): set dialpad.database and restart."))
-        } else {
-            None
-        };
-        rows.push((format!("worker {i}"), running.then_some(pid), running, detail, hint));
+        let (detail, hint) = worker_detail(i, pid != 0, slot.state(), &database, &here);
+        rows.push((format!("worker {i}"), (pid != 0).then_some(pid), pid != 0, detail, hint));
     }
     TableIterator::new(rows)
 }

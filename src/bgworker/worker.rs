@@ -24,30 +24,190 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
-    let index = arg.value();
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
-    // SAFETY: installing PostgreSQL's own SIGTERM handler, as worker_spi does; die() only
-    // sets ProcDiePending/InterruptPending and the latch, which CHECK_FOR_INTERRUPTS acts on
-    // (inside lock waits too), so the worker leaves promptly from wherever it is.
-    unsafe {
-        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+    let Some(mut worker) = Worker::start(arg.value()) else { return };
+    loop {
+        check_for_interrupts!();
+        worker.reload_settings_on_sighup();
+        let full = worker.batch_step();
+        worker.maintenance_step();
+        if full {
+            continue; // more is due: no sleep
+        }
+        // Flush what the last batches left pending before sleeping (rate-limited above).
+        // SAFETY: outside a transaction.
+        unsafe { pg_sys::pgstat_report_stat(true) };
+        if !BackgroundWorker::wait_latch(Some(gucs::poll_interval())) {
+            break; // postmaster death
+        }
     }
-    let Some(shared) = shmem::get() else { return };
-    if index >= shmem::MAX_WORKERS || !shared.slots[index].claim() {
-        return; // another live worker holds this slot
-    }
-    let slot = &shared.slots[index];
-    // SAFETY: registers a static callback, with the slot index as its argument, run once
-    // when the process exits (normally, by FATAL or by die()).
-    unsafe { pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(index)) };
+    worker.slot.release();
+    // Exit code 0: the launcher, not the postmaster, decides whether to start it again.
+}
 
-    let database = gucs::database();
-    let role = gucs::role();
-    BackgroundWorker::connect_worker_to_spi(Some(&database), role.as_deref());
-    // Asynchronous commit is safe here and saves a WAL flush per batch: the events were made
-    // durable by their inserters, and a batch's call writes commit atomically with its
-    // processed marks, so a crash can only lose whole batches, which are simply claimed again.
-    // Whatever the database's default search_path, the worker resolves nothing through it.
+/// A running worker: its slot, and what it has said, so that a state is logged once.
+struct Worker {
+    index: usize,
+    shared: &'static shmem::Shared,
+    slot: &'static shmem::WorkerSlot,
+    database: String,
+    said: Option<Idle>,
+    said_capped: bool,
+    last_error_log: Option<Instant>,
+    last_maintenance: Option<Instant>,
+}
+
+impl Worker {
+    /// Signal handlers, the shared-memory slot, the connection and the session settings;
+    /// None when another live worker holds the slot (or there is no shared memory).
+    fn start(index: usize) -> Option<Worker> {
+        BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+        // SAFETY: installing PostgreSQL's own SIGTERM handler, as worker_spi does; die() only
+        // sets ProcDiePending/InterruptPending and the latch, which CHECK_FOR_INTERRUPTS acts
+        // on (inside lock waits too), so the worker leaves promptly from wherever it is.
+        unsafe {
+            pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+        }
+        let shared = shmem::get()?;
+        if index >= shmem::MAX_WORKERS || !shared.slots[index].claim() {
+            return None; // another live worker holds this slot
+        }
+        // SAFETY: registers a static callback, with the slot index as its argument, run once
+        // when the process exits (normally, by FATAL or by die()).
+        unsafe { pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(index)) };
+        let database = gucs::database();
+        BackgroundWorker::connect_worker_to_spi(Some(&database), gucs::role().as_deref());
+        set_session_settings();
+        apply_lock_timeout();
+        log!("pg_dialpad worker {index} started in database \"{database}\"");
+        Some(Worker {
+            index,
+            shared,
+            slot: &shared.slots[index],
+            database,
+            said: None,
+            said_capped: false,
+            last_error_log: None,
+            last_maintenance: None,
+        })
+    }
+
+    fn reload_settings_on_sighup(&self) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: outside any transaction, as in the launcher's loop.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            apply_lock_timeout();
+        }
+    }
+
+    /// One batch in its own transaction, if enabled; true when it came back full.
+    fn batch_step(&mut self) -> bool {
+        if !gucs::enabled() {
+            return false;
+        }
+        report_activity(pg_sys::BackendState::STATE_RUNNING, c"processing webhook events");
+        self.slot.in_batch.store(true, Ordering::SeqCst);
+        let result = run_one_batch(self.shared);
+        self.slot.in_batch.store(false, Ordering::Release);
+        // After every transaction, as worker_spi does: without it the table statistics
+        // (n_tup_upd, n_dead_tup, ...) never leave this process and autovacuum and
+        // autoanalyze never see the worker's writes.
+        // SAFETY: called outside a transaction, as PostgreSQL requires.
+        unsafe { pg_sys::pgstat_report_stat(false) };
+        let full = match result {
+            Ok(Ran(o)) => self.ran(&o),
+            Ok(idle) => {
+                self.idle(idle);
+                false
+            }
+            Err(msg) => {
+                self.failed(&msg);
+                false
+            }
+        };
+        report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook events");
+        full
+    }
+
+    fn ran(&mut self, o: &batch::BatchOutcome) -> bool {
+        self.said = None;
+        self.slot.set_state(shmem::WorkerState::Processing);
+        if o.handled > 0 || o.deferred > 0 {
+            self.slot.record_batch(o.handled, o.failed, o.dead, o.rejected);
+        }
+        if let (Some(calls), false) = (o.capped_at_calls, self.said_capped) {
+            log!(
+                "pg_dialpad worker {}: a batch held more distinct calls than the lock table leaves room for; \
+                 batches are limited to {calls} calls (raise max_locks_per_transaction or lower dialpad.batch_size)",
+                self.index
+            );
+            self.said_capped = true;
+        }
+        o.full
+    }
+
+    /// Nothing this library may write to: records why, and says it once in the log.
+    fn idle(&mut self, idle: Pass) {
+        let state = match idle {
+            Ran(_) | NotInstalled => shmem::WorkerState::NoExtension,
+            VersionMismatch { .. } => shmem::WorkerState::VersionMismatch,
+            DropInProgress => shmem::WorkerState::Paused,
+        };
+        self.slot.set_state(state);
+        let key = Idle::of(&idle);
+        if self.said == Some(key) {
+            return;
+        }
+        let (index, database) = (self.index, &self.database);
+        match &idle {
+            VersionMismatch { sql } => log!(
+                "pg_dialpad worker {index}: the library is version {} but the extension in \"{database}\" is {sql}; \
+                 writing nothing until ALTER EXTENSION pg_dialpad UPDATE is run",
+                env!("CARGO_PKG_VERSION")
+            ),
+            DropInProgress => log!("pg_dialpad worker {index}: DROP EXTENSION pg_dialpad is in progress; pausing"),
+            _ => log!("pg_dialpad worker {index}: extension pg_dialpad is not installed in \"{database}\"; waiting"),
+        }
+        self.said = Some(key);
+    }
+
+    fn failed(&mut self, msg: &str) {
+        self.slot.errors.fetch_add(1, Ordering::Relaxed);
+        // At most one log line a minute for a recurring failure.
+        if self.last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+            warning!("pg_dialpad worker {}: batch failed and was rolled back: {msg}", self.index);
+            self.last_error_log = Some(Instant::now());
+        }
+    }
+
+    /// The first worker also keeps the partitions (dialpad.run_maintenance()), when due.
+    fn maintenance_step(&mut self) {
+        if self.index != 0 || !gucs::enabled() || self.said.is_some() {
+            return;
+        }
+        let Some(every) = gucs::maintenance_interval() else { return };
+        if self.last_maintenance.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        report_activity(pg_sys::BackendState::STATE_RUNNING, c"pg_dialpad maintenance");
+        // Busy as in a batch, so that DROP EXTENSION waits for the pass to end before it
+        // takes its locks (seen set before the drop is checked).
+        self.slot.in_batch.store(true, Ordering::SeqCst);
+        if !self.shared.drop_in_progress() {
+            run_maintenance(self.index);
+        }
+        self.slot.in_batch.store(false, Ordering::Release);
+        // SAFETY: outside a transaction.
+        unsafe { pg_sys::pgstat_report_stat(false) };
+        self.last_maintenance = Some(Instant::now());
+        report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook events");
+    }
+}
+
+/// Asynchronous commit is safe here and saves a WAL flush per batch: the events were made
+/// durable by their inserters, and a batch's call writes commit atomically with its processed
+/// marks, so a crash can only lose whole batches, which are simply claimed again. Whatever the
+/// database's default search_path, the worker resolves nothing through it.
+fn set_session_settings() {
     // SAFETY: plain GUC assignments with valid C strings, outside any transaction.
     unsafe {
         pg_sys::SetConfigOption(
@@ -63,112 +223,6 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
             pg_sys::GucSource::PGC_S_OVERRIDE,
         );
     }
-    apply_lock_timeout();
-    log!("pg_dialpad worker {index} started in database \"{database}\"");
-
-    let mut said: Option<Idle> = None;
-    let mut said_capped = false;
-    let mut last_error_log: Option<Instant> = None;
-    let mut last_maintenance: Option<Instant> = None;
-    loop {
-        check_for_interrupts!();
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: outside any transaction, as in the launcher's loop.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            apply_lock_timeout();
-        }
-        let mut full = false;
-        if gucs::enabled() {
-            report_activity(pg_sys::BackendState::STATE_RUNNING, c"processing webhook events");
-            slot.in_batch.store(true, Ordering::SeqCst);
-            let result = run_one_batch(shared);
-            slot.in_batch.store(false, Ordering::Release);
-            // After every transaction, as worker_spi does: without it the table statistics
-            // (n_tup_upd, n_dead_tup, ...) never leave this process and autovacuum and
-            // autoanalyze never see the worker's writes.
-            // SAFETY: called outside a transaction, as PostgreSQL requires.
-            unsafe { pg_sys::pgstat_report_stat(false) };
-            match result {
-                Ok(Ran(o)) => {
-                    said = None;
-                    slot.set_state(shmem::WorkerState::Processing);
-                    if o.handled > 0 || o.deferred > 0 {
-                        slot.record_batch(o.handled, o.failed, o.dead, o.rejected);
-                    }
-                    if let Some(calls) = o.capped_at_calls {
-                        if !said_capped {
-                            log!(
-                                "pg_dialpad worker {index}: a batch held more distinct calls than the lock table leaves room for; \
-                                 batches are limited to {calls} calls (raise max_locks_per_transaction or lower dialpad.batch_size)"
-                            );
-                            said_capped = true;
-                        }
-                    }
-                    full = o.full;
-                }
-                Ok(idle) => {
-                    let state = match idle {
-                        Ran(_) | NotInstalled => shmem::WorkerState::NoExtension,
-                        VersionMismatch { .. } => shmem::WorkerState::VersionMismatch,
-                        DropInProgress => shmem::WorkerState::Paused,
-                    };
-                    slot.set_state(state);
-                    let key = Idle::of(&idle);
-                    if said != Some(key) {
-                        match &idle {
-                            VersionMismatch { sql } => log!(
-                                "pg_dialpad worker {index}: the library is version {} but the extension in \"{database}\" is {sql}; \
-                                 writing nothing until ALTER EXTENSION pg_dialpad UPDATE is run",
-                                env!("CARGO_PKG_VERSION")
-                            ),
-                            DropInProgress => log!("pg_dialpad worker {index}: DROP EXTENSION pg_dialpad is in progress; pausing"),
-                            _ => log!("pg_dialpad worker {index}: extension pg_dialpad is not installed in \"{database}\"; waiting"),
-                        }
-                        said = Some(key);
-                    }
-                }
-                Err(msg) => {
-                    slot.errors.fetch_add(1, Ordering::Relaxed);
-                    // At most one log line a minute for a recurring failure.
-                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                        warning!("pg_dialpad worker {index}: batch failed and was rolled back: {msg}");
-                        last_error_log = Some(Instant::now());
-                    }
-                }
-            }
-            report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook events");
-        }
-        // The first worker also keeps the partitions (dialpad.run_maintenance()).
-        if index == 0 && gucs::enabled() && said.is_none() {
-            if let Some(every) = gucs::maintenance_interval() {
-                if last_maintenance.is_none_or(|t| t.elapsed() >= every) {
-                    report_activity(pg_sys::BackendState::STATE_RUNNING, c"pg_dialpad maintenance");
-                    // Busy as in a batch, so that DROP EXTENSION waits for the pass to end
-                    // before it takes its locks (seen set before the drop is checked).
-                    slot.in_batch.store(true, Ordering::SeqCst);
-                    if !shared.drop_in_progress() {
-                        run_maintenance(index);
-                    }
-                    slot.in_batch.store(false, Ordering::Release);
-                    // SAFETY: outside a transaction.
-                    unsafe { pg_sys::pgstat_report_stat(false) };
-                    last_maintenance = Some(Instant::now());
-                    report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook events");
-                }
-            }
-        }
-        if full {
-            continue;
-        }
-        // Flush what the last batches left pending before sleeping (rate-limited above).
-        // SAFETY: outside a transaction.
-        unsafe { pg_sys::pgstat_report_stat(true) };
-        if !BackgroundWorker::wait_latch(Some(gucs::poll_interval())) {
-            break; // postmaster death
-        }
-    }
-    slot.release();
-    // Exit code 0: the launcher, not the postmaster, decides whether to start it again.
 }
 
 unsafe extern "C-unwind" {

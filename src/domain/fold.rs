@@ -99,102 +99,116 @@ macro_rules! merge {
     };
 }
 
+/// The status part of a fold: the current status, whether it is a default conclusion (see
+/// the module doc; unknown for a row read back from the table, so taken as final there: the
+/// processor re-derives from history whenever that matters), and the refused moves.
+struct StatusFold {
+    has_status: bool,
+    by_default: bool,
+    rejections: Vec<Rejection>,
+}
+
+impl StatusFold {
+    /// Applies what event `i` asks of the status, along the rules.
+    fn apply(&mut self, rules: &RuleSet, row: &mut CallRow, i: usize, ev: &CallEvent) {
+        let known_before = self.has_status;
+        let Some(t) = target(rules, ev, known_before.then_some(&*row)) else { return };
+        let current = known_before.then_some(row.status.as_str());
+        let terminal_now = current.is_some_and(|c| rules.is_terminal(c));
+        if terminal_now && t.keep_terminal {
+            // confirms the end the call already reached
+        } else if terminal_now && self.by_default && rules.is_terminal(&t.status) && rules.is_known(&t.status) {
+            if current != Some(t.status.as_str()) {
+                row.status = t.status;
+                self.by_default = t.by_default;
+            }
+        } else {
+            match rules.check(current, Some(&t.status)) {
+                Ok(()) => {
+                    if current != Some(t.status.as_str()) {
+                        self.by_default = t.by_default;
+                    }
+                    row.status = t.status;
+                    self.has_status = true;
+                }
+                Err(e) => self.rejections.push(Rejection {
+                    event: i,
+                    from: current.unwrap_or("").to_string(),
+                    to: t.status,
+                    reason: e.reason_text(),
+                }),
+            }
+        }
+    }
+}
+
+/// Fills the row's columns from `ev`: a newer event overwrites, an older one only fills
+/// what is still empty; the source is the first event's and never changes.
+fn merge_fields(row: &mut CallRow, ev: &CallEvent, newer: bool) {
+    let dir = ev.direction.as_deref().and_then(direction::normalize);
+    if dir.is_some() && (newer || row.direction.is_none()) {
+        row.direction = dir.map(|d| d.as_str().to_string());
+    }
+    merge!(
+        row,
+        ev,
+        newer,
+        external_number,
+        internal_number,
+        started_at,
+        connected_at,
+        ended_at,
+        duration_seconds,
+        target_id,
+        target_type,
+        target_name,
+        contact_id,
+        contact_name,
+        master_call_id,
+        entry_point_call_id,
+        operator_call_id,
+        recording_url,
+        voicemail_link,
+        transcript
+    );
+    if row.source.is_none() && ev.source.is_some() {
+        row.source = ev.source.clone();
+    }
+    if newer {
+        if ev.state.is_some() {
+            row.last_state = ev.state.clone();
+        }
+        if ev.event_at.is_some() {
+            row.last_event_at = ev.event_at;
+        }
+    }
+}
+
 /// Applies `events` (already in event order) to `existing` (None for a new call).
 pub fn fold_events_by_call(existing: Option<&CallRow>, events: &[&CallEvent], rules: &RuleSet) -> Folded {
     let mut row = existing.cloned().unwrap_or_else(|| CallRow {
         dialpad_call_id: events.first().map(|e| e.call_id).unwrap_or_default(),
         ..CallRow::default()
     });
-    let mut has_status = existing.is_some();
-    // Whether the current status is a default conclusion (see the module doc); unknown for
-    // a row read back from the table, so taken as final there: the processor re-derives
-    // from history whenever that matters.
-    let mut by_default = false;
-    let mut rejections = Vec::new();
+    let mut status = StatusFold { has_status: existing.is_some(), by_default: false, rejections: Vec::new() };
     let mut raw_payload_from = None;
-
     for (i, ev) in events.iter().enumerate() {
         // An event without a timestamp cannot be placed: treat it as the newest.
         let newer = match (row.last_event_at, ev.event_at) {
             (Some(last), Some(at)) => at > last,
             (None, _) | (_, None) => true,
         };
-        let known_before = has_status;
-
-        if let Some(t) = target(rules, ev, known_before.then_some(&row)) {
-            let current = known_before.then_some(row.status.as_str());
-            let terminal_now = current.is_some_and(|c| rules.is_terminal(c));
-            if terminal_now && t.keep_terminal {
-                // confirms the end the call already reached
-            } else if terminal_now && by_default && rules.is_terminal(&t.status) && rules.is_known(&t.status) {
-                if current != Some(t.status.as_str()) {
-                    row.status = t.status;
-                    by_default = t.by_default;
-                }
-            } else {
-                match rules.check(current, Some(&t.status)) {
-                    Ok(()) => {
-                        if current != Some(t.status.as_str()) {
-                            by_default = t.by_default;
-                        }
-                        row.status = t.status;
-                        has_status = true;
-                    }
-                    Err(e) => rejections.push(Rejection {
-                        event: i,
-                        from: current.unwrap_or("").to_string(),
-                        to: t.status,
-                        reason: e.reason_text(),
-                    }),
-                }
-            }
-        }
-
-        let dir = ev.direction.as_deref().and_then(direction::normalize);
-        if dir.is_some() && (newer || row.direction.is_none()) {
-            row.direction = dir.map(|d| d.as_str().to_string());
-        }
-        merge!(
-            row,
-            ev,
-            newer,
-            external_number,
-            internal_number,
-            started_at,
-            connected_at,
-            ended_at,
-            duration_seconds,
-            target_id,
-            target_type,
-            target_name,
-            contact_id,
-            contact_name,
-            master_call_id,
-            entry_point_call_id,
-            operator_call_id,
-            recording_url,
-            voicemail_link,
-            transcript
-        );
-        // The call's source is that of its first event with one, and never changes after.
-        if row.source.is_none() && ev.source.is_some() {
-            row.source = ev.source.clone();
-        }
+        status.apply(rules, &mut row, i, ev);
+        merge_fields(&mut row, ev, newer);
         if newer {
-            if ev.state.is_some() {
-                row.last_state = ev.state.clone();
-            }
-            if ev.event_at.is_some() {
-                row.last_event_at = ev.event_at;
-            }
             raw_payload_from = Some(i);
         }
     }
-    if !has_status {
+    if !status.has_status {
         row.status = INITIAL_STATUS.to_string();
     }
     let changed = raw_payload_from.is_some() || existing != Some(&row);
-    Folded { row, rejections, raw_payload_from, changed }
+    Folded { row, rejections: status.rejections, raw_payload_from, changed }
 }
 
 #[cfg(test)]

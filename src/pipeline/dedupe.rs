@@ -67,6 +67,59 @@ unsafe fn generic_plan_state(plan: pg_sys::SPIPlanPtr) -> (bool, i32) {
     }
 }
 
+/// The lookup's plan: kept for the life of the backend, prepared on first use.
+///
+/// # Safety
+/// Inside an SPI session (between SPI_connect and SPI_finish).
+unsafe fn kept_plan() -> Option<pg_sys::SPIPlanPtr> {
+    let plan = PLAN.with(|p| p.get());
+    if !plan.is_null() {
+        return Some(plan);
+    }
+    let mut types = [pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID];
+    // SAFETY: the caller's SPI session; a valid statement and argument types. One generic
+    // plan (pruned to the window's partitions when it runs): a custom plan per insert would
+    // cost more than the insert. SPI_keepplan moves it to TopMemoryContext.
+    unsafe {
+        let p = pg_sys::SPI_prepare_cursor(
+            FIND_SQL.as_ptr(),
+            4,
+            types.as_mut_ptr(),
+            pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+        );
+        if p.is_null() || pg_sys::SPI_keepplan(p) != 0 {
+            return None;
+        }
+        PLAN.with(|c| c.set(p));
+        Some(p)
+    }
+}
+
+/// The smallest id in the first column of the last SPI result.
+///
+/// # Safety
+/// Inside the SPI session that produced the result, before SPI_finish.
+unsafe fn min_id_of_result() -> Option<i64> {
+    // SAFETY: the caller's contract: SPI_tuptable and SPI_processed describe the result of
+    // the last SELECT, whose first column is int8.
+    unsafe {
+        if pg_sys::SPI_tuptable.is_null() {
+            return None;
+        }
+        let table = &*pg_sys::SPI_tuptable;
+        let mut found: Option<i64> = None;
+        for i in 0..pg_sys::SPI_processed as usize {
+            let mut isnull = false;
+            let d = pg_sys::SPI_getbinval(*table.vals.add(i), table.tupdesc, 1, &mut isnull);
+            if !isnull {
+                let id = d.value() as i64;
+                found = Some(found.map_or(id, |f| f.min(id)));
+            }
+        }
+        found
+    }
+}
+
 /// The id of the first stored delivery of (call_id, dedupe_key), if any is committed (or
 /// was stored earlier in this transaction).
 pub fn first_delivery(call_id: i64, key: &str, received_at: pg_sys::TimestampTz) -> Option<i64> {
@@ -79,24 +132,10 @@ pub fn first_delivery(call_id: i64, key: &str, received_at: pg_sys::TimestampTz)
         if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
             return None;
         }
-        let mut plan = PLAN.with(|p| p.get());
-        if plan.is_null() {
-            let mut types = [pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID];
-            // One generic plan (pruned to the window's partitions when it runs): a custom
-            // plan per insert would cost more than the insert.
-            let p = pg_sys::SPI_prepare_cursor(
-                FIND_SQL.as_ptr(),
-                4,
-                types.as_mut_ptr(),
-                pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
-            );
-            if p.is_null() || pg_sys::SPI_keepplan(p) != 0 {
-                pg_sys::SPI_finish();
-                return None;
-            }
-            PLAN.with(|c| c.set(p));
-            plan = p;
-        }
+        let Some(plan) = kept_plan() else {
+            pg_sys::SPI_finish();
+            return None;
+        };
         let text = pg_sys::cstring_to_text_with_len(key.as_ptr() as *const std::ffi::c_char, key.len() as i32);
         let mut values = [
             pg_sys::Datum::from(call_id),
@@ -137,18 +176,7 @@ pub fn first_delivery(call_id: i64, key: &str, received_at: pg_sys::TimestampTz)
         } else {
             crate::pg::with_setting(c"enable_seqscan", c"off", execute)
         };
-        let mut found: Option<i64> = None;
-        if rc == pg_sys::SPI_OK_SELECT as i32 && !pg_sys::SPI_tuptable.is_null() {
-            let table = &*pg_sys::SPI_tuptable;
-            for i in 0..pg_sys::SPI_processed as usize {
-                let mut isnull = false;
-                let d = pg_sys::SPI_getbinval(*table.vals.add(i), table.tupdesc, 1, &mut isnull);
-                if !isnull {
-                    let id = d.value() as i64;
-                    found = Some(found.map_or(id, |f| f.min(id)));
-                }
-            }
-        }
+        let found = if rc == pg_sys::SPI_OK_SELECT as i32 { min_id_of_result() } else { None };
         pg_sys::SPI_finish();
         found
     }
