@@ -8,7 +8,7 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::CString;
 
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
-pub enum InvalidTransition {
+pub(crate) enum InvalidTransition {
     /// Keep the row as it was, warn, and record the attempt in dialpad.rejected_transitions.
     #[name = c"skip"]
     Skip,
@@ -17,28 +17,28 @@ pub enum InvalidTransition {
     Error,
 }
 
-pub static INVALID_TRANSITION: GucSetting<InvalidTransition> =
+pub(crate) static INVALID_TRANSITION: GucSetting<InvalidTransition> =
     GucSetting::<InvalidTransition>::new(InvalidTransition::Skip);
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
-pub static ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
-pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
-pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
-pub static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
-pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
-pub static WEBHOOK_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-pub static MAX_BODY_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10 * 1024 * 1024);
-pub static MAX_EVENT_AGE_S: GucSetting<i32> = GucSetting::<i32>::new(0);
-pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
-pub static RETENTION_MIN: GucSetting<i32> = GucSetting::<i32>::new(0);
-pub static RETENTION_MODE: GucSetting<RetentionMode> = GucSetting::<RetentionMode>::new(RetentionMode::Drop);
-pub static PARTITION_INTERVAL_MIN: GucSetting<i32> = GucSetting::<i32>::new(24 * 60);
-pub static PARTITIONS_AHEAD: GucSetting<i32> = GucSetting::<i32>::new(3);
-pub static MAINTENANCE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(600);
+pub(crate) static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub(crate) static ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub(crate) static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub(crate) static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+pub(crate) static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub(crate) static MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub(crate) static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub(crate) static WEBHOOK_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub(crate) static MAX_BODY_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10 * 1024 * 1024);
+pub(crate) static MAX_EVENT_AGE_S: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub(crate) static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
+pub(crate) static RETENTION_MIN: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub(crate) static RETENTION_MODE: GucSetting<RetentionMode> = GucSetting::<RetentionMode>::new(RetentionMode::Drop);
+pub(crate) static PARTITION_INTERVAL_MIN: GucSetting<i32> = GucSetting::<i32>::new(24 * 60);
+pub(crate) static PARTITIONS_AHEAD: GucSetting<i32> = GucSetting::<i32>::new(3);
+pub(crate) static MAINTENANCE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(600);
 
 /// What dialpad.run_maintenance() does with a partition older than dialpad.retention.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
-pub enum RetentionMode {
+pub(crate) enum RetentionMode {
     /// DROP TABLE: the data is gone.
     #[name = c"drop"]
     Drop,
@@ -47,7 +47,7 @@ pub enum RetentionMode {
     Detach,
 }
 
-pub fn init() {
+pub(crate) fn init() {
     GucRegistry::define_enum_guc(
         c"dialpad.invalid_transition",
         c"What an invalid call status transition does: skip (keep the row, warn, record it) or error.",
@@ -241,57 +241,57 @@ fn define_retention_settings() {
     );
 }
 
-pub fn invalid_transition() -> InvalidTransition {
+pub(crate) fn invalid_transition() -> InvalidTransition {
     INVALID_TRANSITION.get()
 }
 
-pub fn database() -> String {
+pub(crate) fn database() -> String {
     DATABASE.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".into())
 }
 
-pub fn role() -> Option<String> {
+pub(crate) fn role() -> Option<String> {
     ROLE.get().map(|c| c.to_string_lossy().into_owned()).filter(|r| !r.is_empty())
 }
 
-pub fn workers() -> usize {
+pub(crate) fn workers() -> usize {
     WORKERS.get().max(0) as usize
 }
 
-pub fn batch_size() -> i32 {
+pub(crate) fn batch_size() -> i32 {
     BATCH_SIZE.get()
 }
 
-pub fn poll_interval() -> std::time::Duration {
+pub(crate) fn poll_interval() -> std::time::Duration {
     std::time::Duration::from_millis(POLL_INTERVAL_MS.get().max(1) as u64)
 }
 
-pub fn max_attempts() -> i32 {
+pub(crate) fn max_attempts() -> i32 {
     MAX_ATTEMPTS.get()
 }
 
-pub fn lock_timeout_ms() -> i32 {
+pub(crate) fn lock_timeout_ms() -> i32 {
     LOCK_TIMEOUT_MS.get().max(1)
 }
 
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     ENABLED.get()
 }
 
-pub fn webhook_secret() -> Option<Vec<u8>> {
+pub(crate) fn webhook_secret() -> Option<Vec<u8>> {
     WEBHOOK_SECRET.get().map(|c| c.into_bytes()).filter(|s| !s.is_empty())
 }
 
-pub fn max_body_size() -> usize {
+pub(crate) fn max_body_size() -> usize {
     MAX_BODY_SIZE.get().max(1) as usize
 }
 
 /// Seconds; 0 means off.
-pub fn max_event_age() -> i64 {
+pub(crate) fn max_event_age() -> i64 {
     MAX_EVENT_AGE_S.get().max(0) as i64
 }
 
 /// How often the first worker runs maintenance; None when it never does.
-pub fn maintenance_interval() -> Option<std::time::Duration> {
+pub(crate) fn maintenance_interval() -> Option<std::time::Duration> {
     let s = MAINTENANCE_INTERVAL_S.get();
     (s > 0).then(|| std::time::Duration::from_secs(s as u64))
 }

@@ -12,7 +12,7 @@
 //! - `pg`: safe wrappers over PostgreSQL calls used across modules, shared memory, errors;
 //! - `gucs` and `version`: the settings, and the library's version against the SQL's.
 
-#![warn(unreachable_pub)]
+#![warn(unreachable_pub, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 use pgrx::prelude::*;
 

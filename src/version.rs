@@ -9,18 +9,18 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 /// This library's version (the crate's).
-pub const LIBRARY: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const LIBRARY: &str = env!("CARGO_PKG_VERSION");
 
 const INSTALLED_SQL: &str =
     "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_dialpad'";
 
 /// `pg_extension.extversion` of pg_dialpad in this database, if it is installed.
-pub fn installed_version() -> Option<String> {
+pub(crate) fn installed_version() -> Option<String> {
     Spi::get_one::<String>(INSTALLED_SQL).ok().flatten()
 }
 
 /// Raises 55000 unless the SQL objects are this library's version.
-pub fn require_current() {
+pub(crate) fn require_current() {
     let installed = installed_version();
     if installed.as_deref() == Some(LIBRARY) {
         return;

@@ -53,7 +53,7 @@ unsafe fn drops_pg_dialpad(tree: *mut pg_sys::Node) -> bool {
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn pg_finfo_dialpad_before_drop() -> &'static pg_sys::Pg_finfo_record {
+pub(crate) extern "C" fn pg_finfo_dialpad_before_drop() -> &'static pg_sys::Pg_finfo_record {
     const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
     &V1
 }

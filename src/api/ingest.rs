@@ -70,7 +70,7 @@ fn ingest_webhook_with_source(body: Option<&str>, source: default!(Option<&str>,
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn pg_finfo_ingest_webhook_wrapper() -> &'static pg_sys::Pg_finfo_record {
+pub(crate) extern "C" fn pg_finfo_ingest_webhook_wrapper() -> &'static pg_sys::Pg_finfo_record {
     const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
     &V1
 }

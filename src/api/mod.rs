@@ -2,11 +2,11 @@
 //! arguments, calls into `domain` (pure rules) or `pipeline` (the batch), and turns what
 //! goes wrong into an error with a SQLSTATE (`pg::error`).
 
-pub mod drop_guard;
-pub mod ingest;
-pub mod monitoring;
-pub mod sources;
-pub mod triggers;
+pub(crate) mod drop_guard;
+pub(crate) mod ingest;
+pub(crate) mod monitoring;
+pub(crate) mod sources;
+pub(crate) mod triggers;
 
 use crate::codec::jsonb;
 use crate::domain::{direction, sanitize};

@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 use pgrx::{AllocatedByPostgres, AllocatedByRust, PgSqlErrorCode};
 
 #[derive(Debug)]
-pub struct TriggerError(String);
+pub(crate) struct TriggerError(String);
 
 impl std::fmt::Display for TriggerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -22,7 +22,7 @@ fn err<E: std::fmt::Display>(e: E) -> TriggerError {
 }
 
 /// Emits the WARNING of an unknown direction; shared with `normalize_call_direction`.
-pub fn warn_unknown_direction(raw: &str) {
+pub(crate) fn warn_unknown_direction(raw: &str) {
     ereport!(
         WARNING,
         PgSqlErrorCode::ERRCODE_WARNING,
@@ -60,7 +60,7 @@ pub(crate) fn with_source<R>(source: Option<&str>, f: impl FnOnce() -> R) -> R {
 }
 
 /// Runs `f` with the transition check of `calls_before_write` delegated to the processor.
-pub fn as_processor<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn as_processor<R>(f: impl FnOnce() -> R) -> R {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -131,7 +131,7 @@ fn calls_before_write<'a>(
 }
 
 /// Writes one row of dialpad.rejected_transitions.
-pub fn record_rejection(
+pub(crate) fn record_rejection(
     call_id: Option<i64>,
     from: &Option<String>,
     to: &Option<String>,

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Registers the launcher; called from `_PG_init` while preloading.
-pub fn register_launcher() {
+pub(crate) fn register_launcher() {
     if gucs::workers() == 0 {
         return;
     }

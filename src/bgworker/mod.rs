@@ -23,12 +23,12 @@
 mod launcher;
 mod worker;
 
-pub use launcher::register_launcher;
+pub(crate) use launcher::register_launcher;
 
 use pgrx::pg_sys;
 
-pub const LAUNCHER_TYPE: &str = "pg_dialpad launcher";
-pub const WORKER_TYPE: &str = "pg_dialpad worker";
+pub(crate) const LAUNCHER_TYPE: &str = "pg_dialpad launcher";
+pub(crate) const WORKER_TYPE: &str = "pg_dialpad worker";
 
 /// Shows what this process does in pg_stat_activity (state and query text).
 fn report_activity(state: pg_sys::BackendState::Type, what: &std::ffi::CStr) {

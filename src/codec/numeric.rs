@@ -8,6 +8,7 @@
 use crate::codec::varlena;
 
 const NBASE: i64 = 10_000;
+#[cfg(test)]
 const DEC_DIGITS: usize = 4;
 
 const NUMERIC_SIGN_MASK: u16 = 0xC000;
@@ -27,7 +28,7 @@ const NUMERIC_DSCALE_MASK: u16 = 0x3FFF;
 /// A decoded numeric: `value = sign * sum(digits[i] * 10000^(weight - i))`, shown with
 /// `dscale` decimal places.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decimal {
+pub(crate) struct Decimal {
     pub negative: bool,
     pub weight: i32,
     pub dscale: i32,
@@ -35,14 +36,15 @@ pub struct Decimal {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NumericError {
+pub(crate) enum NumericError {
     Malformed,
     Special,
+    #[cfg_attr(not(test), allow(dead_code))]
     Syntax(String),
 }
 
 impl Decimal {
-    pub fn from_u64(mut n: u64) -> Decimal {
+    pub(crate) fn from_u64(mut n: u64) -> Decimal {
         let mut digits = Vec::new();
         while n > 0 {
             digits.push((n % NBASE as u64) as i16);
@@ -55,9 +57,10 @@ impl Decimal {
         d
     }
 
+    #[cfg(test)]
     /// Parses JSON number syntax (`-?digits(.digits)?([eE][+-]?digits)?`) the way
     /// `numeric_in` does, so the result is byte-identical to what PostgreSQL stores.
-    pub fn parse(s: &str) -> Result<Decimal, NumericError> {
+    pub(crate) fn parse(s: &str) -> Result<Decimal, NumericError> {
         let err = || NumericError::Syntax(s.to_string());
         let bytes = s.trim().as_bytes();
         let mut i = 0;
@@ -146,7 +149,7 @@ impl Decimal {
     }
 
     /// Encodes as a numeric datum with a 4-byte varlena header.
-    pub fn to_datum_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_datum_bytes(&self) -> Vec<u8> {
         let short = self.dscale <= NUMERIC_SHORT_DSCALE_MAX
             && self.weight <= NUMERIC_SHORT_WEIGHT_MAX
             && self.weight >= NUMERIC_SHORT_WEIGHT_MIN;
@@ -178,7 +181,7 @@ impl Decimal {
     }
 
     /// Decodes a numeric datum (either varlena header form).
-    pub fn from_datum_bytes(bytes: &[u8]) -> Result<Decimal, NumericError> {
+    pub(crate) fn from_datum_bytes(bytes: &[u8]) -> Result<Decimal, NumericError> {
         let (hdr, total) = varlena::header(bytes).ok_or(NumericError::Malformed)?;
         let body = bytes.get(hdr..total).ok_or(NumericError::Malformed)?;
         if body.len() < 2 {
@@ -212,7 +215,7 @@ impl Decimal {
     }
 
     /// The exact value as an i64, if it is an integer that fits.
-    pub fn to_i64(&self) -> Option<i64> {
+    pub(crate) fn to_i64(&self) -> Option<i64> {
         let mut acc: i64 = 0;
         for (i, &d) in self.digits.iter().enumerate() {
             if self.weight - (i as i32) < 0 {
@@ -230,7 +233,7 @@ impl Decimal {
         Some(if self.negative { -acc } else { acc })
     }
 
-    pub fn to_f64(&self) -> f64 {
+    pub(crate) fn to_f64(&self) -> f64 {
         self.to_string().parse().unwrap_or(f64::NAN)
     }
 }

@@ -16,7 +16,7 @@ const MAX_EPOCH_MS: i64 = 253_402_300_799_999;
 const MAX_DURATION_SECONDS: f64 = 99_999_999_999.0;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EventError {
+pub(crate) enum EventError {
     NotAnObject,
     NoCallId,
     BadField { field: &'static str, why: String },
@@ -26,7 +26,7 @@ pub enum EventError {
 impl EventError {
     /// An event that can never be applied, whatever is retried: dead-lettered at once. The
     /// payload is immutable, so an event that cannot be read now never can be.
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         true
     }
 }
@@ -44,7 +44,7 @@ impl std::fmt::Display for EventError {
 
 /// What one event says about its call leg. `None` means "not in this event".
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct CallEvent {
+pub(crate) struct CallEvent {
     pub call_id: i64,
     pub state: Option<String>,
     pub direction: Option<String>,
@@ -188,7 +188,7 @@ fn for_each_pair<'a>(
 
 impl CallEvent {
     /// Reads an event from the root of a jsonb payload, in one pass over its keys.
-    pub fn from_payload(root: Value<'_>) -> Result<CallEvent, EventError> {
+    pub(crate) fn from_payload(root: Value<'_>) -> Result<CallEvent, EventError> {
         let Value::Object(o) = root else { return Err(EventError::NotAnObject) };
         let mut e = CallEvent::default();
         let mut call_id = None;

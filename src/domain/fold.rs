@@ -23,12 +23,12 @@ use crate::domain::transitions::RuleSet;
 
 /// The status a call gets when its first event carries none (e.g. a recording event that
 /// overtook the ringing one).
-pub const INITIAL_STATUS: &str = "ringing";
+pub(crate) const INITIAL_STATUS: &str = "ringing";
 
-pub use crate::pipeline::call_row::CallRow;
+pub(crate) use crate::pipeline::call_row::CallRow;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     /// Index of the event (in the caller's slice) that asked for the move.
     pub event: usize,
     pub from: String,
@@ -37,7 +37,7 @@ pub struct Rejection {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Folded {
+pub(crate) struct Folded {
     pub row: CallRow,
     pub rejections: Vec<Rejection>,
     /// The event whose sanitized payload becomes `raw_payload` (the newest applied), if any.
@@ -48,21 +48,16 @@ pub struct Folded {
 
 /// What an event asks of a call's status, per `state_mapping`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     pub status: String,
     /// Concluded from status_if_unanswered_* (a default a later event may refine).
     pub by_default: bool,
     pub keep_terminal: bool,
 }
 
-/// The status an event asks for, per `state_mapping`; None for enrichment events.
-pub fn target_status(rules: &RuleSet, ev: &CallEvent, row: Option<&CallRow>) -> Option<String> {
-    target(rules, ev, row).map(|t| t.status)
-}
-
 /// Whether applying `ev` to a row in a terminal status needs the call's history: it asks
 /// for another status and does not merely confirm the end.
-pub fn conflicts_with_terminal(rules: &RuleSet, ev: &CallEvent, row: &CallRow) -> bool {
+pub(crate) fn conflicts_with_terminal(rules: &RuleSet, ev: &CallEvent, row: &CallRow) -> bool {
     rules.is_terminal(&row.status)
         && target(rules, ev, Some(row)).is_some_and(|t| !t.keep_terminal && t.status != row.status)
 }
@@ -185,7 +180,7 @@ fn merge_fields(row: &mut CallRow, ev: &CallEvent, newer: bool) {
 }
 
 /// Applies `events` (already in event order) to `existing` (None for a new call).
-pub fn fold_events_by_call(existing: Option<&CallRow>, events: &[&CallEvent], rules: &RuleSet) -> Folded {
+pub(crate) fn fold_events_by_call(existing: Option<&CallRow>, events: &[&CallEvent], rules: &RuleSet) -> Folded {
     let mut row = existing.cloned().unwrap_or_else(|| CallRow {
         dialpad_call_id: events.first().map(|e| e.call_id).unwrap_or_default(),
         ..CallRow::default()

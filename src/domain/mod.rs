@@ -1,10 +1,10 @@
 //! The rules of pg_dialpad, in plain Rust: nothing here calls PostgreSQL, so all of it is
 //! unit-tested outside a backend.
 
-pub mod direction;
-pub mod event;
-pub mod fold;
-pub mod sanitize;
-pub mod scan_floor;
-pub mod transitions;
-pub mod webhook;
+pub(crate) mod direction;
+pub(crate) mod event;
+pub(crate) mod fold;
+pub(crate) mod sanitize;
+pub(crate) mod scan_floor;
+pub(crate) mod transitions;
+pub(crate) mod webhook;

@@ -11,13 +11,13 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Body<'a> {
+pub(crate) enum Body<'a> {
     Json(&'a str),
     Jwt { header: &'a str, payload: &'a str, signature: &'a str },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwtError {
+pub(crate) enum JwtError {
     /// Not decodable: bad base64url, header not JSON, claims not UTF-8.
     Malformed(String),
     /// `alg` is not HS256 (e.g. `none`), or `typ` is not JWT.
@@ -35,7 +35,7 @@ pub enum JwtError {
 
 impl JwtError {
     /// The reason in a word or two, for a DETAIL line and for counting.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             JwtError::Malformed(_) => "malformed token",
             JwtError::Algorithm(_) => "unsupported algorithm",
@@ -65,7 +65,7 @@ impl std::fmt::Display for JwtError {
 }
 
 /// Clock skew allowed on `exp` and `nbf`, in seconds (RFC 7519 §4.1.4: "some small leeway").
-pub const JWT_LEEWAY_S: i64 = 60;
+pub(crate) const JWT_LEEWAY_S: i64 = 60;
 
 fn is_base64url(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
@@ -73,7 +73,7 @@ fn is_base64url(s: &str) -> bool {
 
 /// A body is a JWT when it is three dot-separated base64url parts (the signature may be
 /// empty only in an unsigned token, which we then refuse for its algorithm).
-pub fn classify(body: &str) -> Body<'_> {
+pub(crate) fn classify(body: &str) -> Body<'_> {
     let t = body.trim();
     let mut parts = t.split('.');
     if let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) {
@@ -95,7 +95,12 @@ fn decode(part: &str, what: &str) -> Result<Vec<u8>, JwtError> {
 /// signed with the old secret). Returns the claims (JSON text) and the index of the secret
 /// that matched. `exp` and `nbf` are checked afterwards on the parsed claims
 /// ([`time_claims_error`]), which spares a second JSON parse here.
-pub fn verify(header: &str, payload: &str, signature: &str, secrets: &[&[u8]]) -> Result<(String, usize), JwtError> {
+pub(crate) fn verify(
+    header: &str,
+    payload: &str,
+    signature: &str,
+    secrets: &[&[u8]],
+) -> Result<(String, usize), JwtError> {
     let h = decode(header, "header")?;
     let h: serde_json::Value =
         serde_json::from_slice(&h).map_err(|_| JwtError::Malformed("header is not JSON".into()))?;
@@ -137,7 +142,7 @@ pub fn verify(header: &str, payload: &str, signature: &str, secrets: &[&[u8]]) -
 /// RFC 7519 §4.1.4 and §4.1.5 on verified claims: `exp` and `nbf`, when present, are
 /// NumericDates (seconds since the epoch, possibly fractional) honoured with
 /// [`JWT_LEEWAY_S`] of leeway. `now_s` is the current time in seconds since the epoch.
-pub fn time_claims_error(root: crate::codec::jsonb::Value<'_>, now_s: i64) -> Option<JwtError> {
+pub(crate) fn time_claims_error(root: crate::codec::jsonb::Value<'_>, now_s: i64) -> Option<JwtError> {
     use crate::codec::jsonb::Value;
     use crate::codec::numeric::Decimal;
     let Value::Object(o) = root else { return None };
@@ -164,7 +169,7 @@ pub fn time_claims_error(root: crate::codec::jsonb::Value<'_>, now_s: i64) -> Op
 
 /// Why an event is too old or too far in the future (dialpad.max_event_age), if it is.
 /// `now_ms` is the current time in milliseconds since the epoch; 0 `max_age_s` is off.
-pub fn freshness_error(root: crate::codec::jsonb::Value<'_>, max_age_s: i64, now_ms: i64) -> Option<String> {
+pub(crate) fn freshness_error(root: crate::codec::jsonb::Value<'_>, max_age_s: i64, now_ms: i64) -> Option<String> {
     use crate::codec::jsonb::Value;
     use crate::codec::numeric::Decimal;
     if max_age_s == 0 {
@@ -186,7 +191,7 @@ pub fn freshness_error(root: crate::codec::jsonb::Value<'_>, max_age_s: i64, now
 /// source's name (HMAC-SHA256 in counter mode), so it is not in plain sight in the table, a
 /// dump or a copy of the data files. This is concealment, not encryption: the key is in this
 /// code. The same call reveals it again.
-pub fn conceal(name: &str, secret: &[u8]) -> Vec<u8> {
+pub(crate) fn conceal(name: &str, secret: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(secret.len());
     for (block, chunk) in secret.chunks(32).enumerate() {
         let mut mac = Hmac::<Sha256>::new_from_slice(b"pg_dialpad source secret v1").expect("HMAC takes any key");
@@ -198,8 +203,9 @@ pub fn conceal(name: &str, secret: &[u8]) -> Vec<u8> {
     out
 }
 
+#[cfg(test)]
 /// Signs claims as a compact HS256 JWT (for tests, benchmarks and documentation).
-pub fn sign(claims_json: &str, secret: &[u8]) -> String {
+pub(crate) fn sign(claims_json: &str, secret: &[u8]) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let payload = URL_SAFE_NO_PAD.encode(claims_json.as_bytes());
     let signing_input = format!("{header}.{payload}");
@@ -214,7 +220,7 @@ pub fn sign(claims_json: &str, secret: &[u8]) -> String {
 
 /// A decimal number written the one canonical way: no sign for zero, no leading zeros, no
 /// trailing fractional zeros (`"017.50"` and `17.5` agree). None if it is not a number.
-pub fn canonical_decimal(text: &str) -> Option<String> {
+pub(crate) fn canonical_decimal(text: &str) -> Option<String> {
     let t = text.trim();
     let (negative, digits) = match t.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -238,7 +244,7 @@ pub fn canonical_decimal(text: &str) -> Option<String> {
 /// The de-duplication key of an event: `call_id/state/event_timestamp`, when all three are
 /// there (Dialpad has no event id). Numbers are normalized so `42`, `"42"` and `42.0` agree,
 /// and a fractional timestamp keeps its fraction.
-pub fn dedupe_key(root: crate::codec::jsonb::Value<'_>) -> Option<String> {
+pub(crate) fn dedupe_key(root: crate::codec::jsonb::Value<'_>) -> Option<String> {
     use crate::codec::jsonb::Value;
     use crate::codec::numeric::Decimal;
     let Value::Object(o) = root else { return None };

@@ -8,14 +8,14 @@ use pgrx::pg_sys;
 use pgrx::{FromDatum, IntoDatum};
 
 /// A detoasted jsonb argument, alive for the duration of the call.
-pub struct JsonbArg {
+pub(crate) struct JsonbArg {
     ptr: *const u8,
     len: usize,
 }
 
 impl JsonbArg {
     /// The datum without its varlena header: the root container.
-    pub fn body(&self) -> &[u8] {
+    pub(crate) fn body(&self) -> &[u8] {
         // SAFETY: ptr/len describe a detoasted jsonb datum with a 4-byte header (from_raw),
         // palloc'd in a context that outlives this JsonbArg's use within the call.
         unsafe { std::slice::from_raw_parts(self.ptr.add(pg_sys::VARHDRSZ), self.len - pg_sys::VARHDRSZ) }
@@ -25,7 +25,7 @@ impl JsonbArg {
 impl JsonbArg {
     /// # Safety
     /// `datum` must be a non-null jsonb datum.
-    pub unsafe fn from_raw(datum: pg_sys::Datum) -> JsonbArg {
+    pub(crate) unsafe fn from_raw(datum: pg_sys::Datum) -> JsonbArg {
         // SAFETY: the caller's contract: a non-null jsonb datum; detoasting copies it into
         // the current memory context if it was toasted or had a short header.
         unsafe {
@@ -81,7 +81,7 @@ unsafe impl<'fcx> ArgAbi<'fcx> for JsonbArg {
 }
 
 /// A finished jsonb datum (varlena header included) to return.
-pub struct JsonbOut(pub Vec<u8>);
+pub(crate) struct JsonbOut(pub Vec<u8>);
 
 impl IntoDatum for JsonbOut {
     fn into_datum(self) -> Option<pg_sys::Datum> {

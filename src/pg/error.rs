@@ -4,7 +4,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 /// Raises an ERROR; never returns.
-pub fn raise(code: PgSqlErrorCode, message: String, detail: Option<String>, hint: Option<&str>) -> ! {
+pub(crate) fn raise(code: PgSqlErrorCode, message: String, detail: Option<String>, hint: Option<&str>) -> ! {
     let mut report = ErrorReport::new(code, message, "pg_dialpad");
     if let Some(d) = detail {
         report = report.set_detail(d);

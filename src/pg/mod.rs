@@ -1,39 +1,39 @@
 //! Safe wrappers for the PostgreSQL globals and calls used all over the extension, so that
 //! each `unsafe` contract is stated once, here.
 
-pub mod datum;
-pub mod error;
-pub mod shmem;
+pub(crate) mod datum;
+pub(crate) mod error;
+pub(crate) mod shmem;
 
 use pgrx::pg_sys;
 
 /// This process's pid.
-pub fn my_pid() -> i32 {
+pub(crate) fn my_pid() -> i32 {
     // SAFETY: MyProcPid is set by the postmaster before any extension code runs in a process
     // and never changes afterwards; a plain read of an integer.
     unsafe { pg_sys::MyProcPid }
 }
 
 /// The current time as a TimestampTz (microseconds since 2000-01-01).
-pub fn now() -> pg_sys::TimestampTz {
+pub(crate) fn now() -> pg_sys::TimestampTz {
     // SAFETY: GetCurrentTimestamp reads the clock; no preconditions, no side effects.
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
 /// The start of the current transaction as a TimestampTz (what SQL's now() returns).
-pub fn transaction_start() -> pg_sys::TimestampTz {
+pub(crate) fn transaction_start() -> pg_sys::TimestampTz {
     // SAFETY: valid inside a transaction, which every caller (triggers, SQL functions) is.
     unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
 }
 
 /// The OID of the database this backend is connected to (InvalidOid before connecting).
-pub fn my_database() -> pg_sys::Oid {
+pub(crate) fn my_database() -> pg_sys::Oid {
     // SAFETY: MyDatabaseId is set once when the backend connects; a plain read.
     unsafe { pg_sys::MyDatabaseId }
 }
 
 /// Whether a process with this pid exists (kill with signal 0 sends nothing).
-pub fn process_alive(pid: i32) -> bool {
+pub(crate) fn process_alive(pid: i32) -> bool {
     unsafe extern "C" {
         fn kill(pid: i32, sig: i32) -> i32;
     }
@@ -43,12 +43,12 @@ pub fn process_alive(pid: i32) -> bool {
 
 /// Runs `f` with the setting `name` = `value` for its duration, scoped like a function's
 /// SET clause: restored when `f` returns, or by the (sub)transaction's abort if it raises.
-pub fn with_setting<R>(name: &std::ffi::CStr, value: &std::ffi::CStr, f: impl FnOnce() -> R) -> R {
+pub(crate) fn with_setting<R>(name: &std::ffi::CStr, value: &std::ffi::CStr, f: impl FnOnce() -> R) -> R {
     with_settings(&[(name, value)], f)
 }
 
 /// [`with_setting`] for several settings at once (one nest level).
-pub fn with_settings<R>(settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnOnce() -> R) -> R {
+pub(crate) fn with_settings<R>(settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl FnOnce() -> R) -> R {
     // SAFETY: a GUC nest level is opened and closed around `f` exactly as fmgr does for a
     // function's SET clause; set_config_option gets valid C strings and GUC_ACTION_SAVE, so
     // AtEOXact_GUC (here, or the abort's) restores the previous values.
@@ -75,7 +75,7 @@ pub fn with_settings<R>(settings: &[(&std::ffi::CStr, &std::ffi::CStr)], f: impl
 }
 
 /// The current value of a setting, if it exists.
-pub fn setting(name: &std::ffi::CStr) -> Option<String> {
+pub(crate) fn setting(name: &std::ffi::CStr) -> Option<String> {
     // SAFETY: GetConfigOption returns NULL or a C string owned by the GUC machinery, valid
     // until the setting changes; it is copied at once.
     unsafe {
@@ -89,7 +89,7 @@ pub fn setting(name: &std::ffi::CStr) -> Option<String> {
 /// does (lock_timeout and interrupts apply); without, returns at once. Returns false when
 /// the lock is held elsewhere (without `wait`) or the shared lock table is full: it never
 /// raises "out of shared memory", which would fail the caller's whole transaction.
-pub fn advisory_xact_lock(namespace: u16, key: u64, wait: bool) -> bool {
+pub(crate) fn advisory_xact_lock(namespace: u16, key: u64, wait: bool) -> bool {
     // SAFETY: a fully initialized advisory LOCKTAG, as pg_advisory_xact_lock builds it;
     // LockAcquireExtended with reportMemoryError = false returns NOT_AVAIL instead of
     // raising when the lock table is full. The lock is released at transaction end.

@@ -8,11 +8,11 @@ use pgrx::pg_sys;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-pub const MAX_WORKERS: usize = 32;
+pub(crate) const MAX_WORKERS: usize = 32;
 const RING: usize = 64;
 
 #[repr(C)]
-pub struct WorkerSlot {
+pub(crate) struct WorkerSlot {
     pub pid: AtomicI32,
     /// `*mut pg_sys::Latch` of the worker's PGPROC (shared memory, valid in every process).
     latch: AtomicUsize,
@@ -33,7 +33,7 @@ pub struct WorkerSlot {
 /// What a running worker is doing, for dialpad.worker_status().
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
-pub enum WorkerState {
+pub(crate) enum WorkerState {
     Processing = 0,
     NoExtension = 1,
     VersionMismatch = 2,
@@ -41,7 +41,7 @@ pub enum WorkerState {
 }
 
 #[repr(C)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub launcher_pid: AtomicI32,
     pub slots: [WorkerSlot; MAX_WORKERS],
     ring_second: [AtomicI64; RING],
@@ -60,7 +60,7 @@ static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 
 /// Called from `_PG_init` while preloading.
-pub fn init() {
+pub(crate) fn init() {
     // SAFETY: runs once, in the postmaster, while shared_preload_libraries are loaded
     // (the only time hooks may be chained); the previous hooks are kept and called first.
     unsafe {
@@ -116,7 +116,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
     }
 }
 
-pub fn get() -> Option<&'static Shared> {
+pub(crate) fn get() -> Option<&'static Shared> {
     // SAFETY: SHARED is written once, in shmem_startup, before any backend or worker runs
     // extension code, and points to shared memory that lives as long as the server.
     unsafe {
@@ -135,7 +135,7 @@ fn now_seconds() -> i64 {
 
 impl WorkerSlot {
     /// Claims this slot for the calling process; false if a live process holds it.
-    pub fn claim(&self) -> bool {
+    pub(crate) fn claim(&self) -> bool {
         let me = crate::pg::my_pid();
         let held = self.pid.load(Ordering::Acquire);
         if held != 0 && held != me && crate::pg::process_alive(held) {
@@ -155,17 +155,17 @@ impl WorkerSlot {
         true
     }
 
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         self.in_batch.store(false, Ordering::Release);
         self.latch.store(0, Ordering::Release);
         self.pid.store(0, Ordering::Release);
     }
 
-    pub fn set_state(&self, state: WorkerState) {
+    pub(crate) fn set_state(&self, state: WorkerState) {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
-    pub fn state(&self) -> WorkerState {
+    pub(crate) fn state(&self) -> WorkerState {
         match self.state.load(Ordering::Relaxed) {
             1 => WorkerState::NoExtension,
             2 => WorkerState::VersionMismatch,
@@ -174,7 +174,7 @@ impl WorkerSlot {
         }
     }
 
-    pub fn record_batch(&self, events: u64, errors: u64, dead: u64, rejected: u64) {
+    pub(crate) fn record_batch(&self, events: u64, errors: u64, dead: u64, rejected: u64) {
         self.events.fetch_add(events, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.errors.fetch_add(errors, Ordering::Relaxed);
@@ -186,7 +186,7 @@ impl WorkerSlot {
 
 impl Shared {
     /// Counts events handled now, for the processed-in-the-last-minute figure.
-    pub fn note_processed(&self, n: u64) {
+    pub(crate) fn note_processed(&self, n: u64) {
         if n == 0 {
             return;
         }
@@ -199,7 +199,7 @@ impl Shared {
         self.ring_count[i].fetch_add(n, Ordering::AcqRel);
     }
 
-    pub fn processed_last_minute(&self) -> u64 {
+    pub(crate) fn processed_last_minute(&self) -> u64 {
         let now = now_seconds();
         (0..RING)
             .filter(|&i| {
@@ -212,7 +212,7 @@ impl Shared {
 
     /// Marks a DROP EXTENSION in progress in the calling backend (cleared at its
     /// transaction's end, see [`on_xact_event`]).
-    pub fn begin_drop(&self) {
+    pub(crate) fn begin_drop(&self) {
         // SeqCst with the workers' `in_batch` store and drop check: either the worker sees the
         // drop, or this backend sees the worker busy and waits (a store-load pair).
         self.drop_pid.store(crate::pg::my_pid(), Ordering::SeqCst);
@@ -221,13 +221,13 @@ impl Shared {
     }
 
     /// Whether a live backend is dropping the extension.
-    pub fn drop_in_progress(&self) -> bool {
+    pub(crate) fn drop_in_progress(&self) -> bool {
         let pid = self.drop_pid.load(Ordering::SeqCst);
         pid != 0 && crate::pg::process_alive(pid)
     }
 
     /// Waits (at most `timeout`) until no worker is inside a batch.
-    pub fn wait_for_workers_idle(&self, timeout: std::time::Duration) -> bool {
+    pub(crate) fn wait_for_workers_idle(&self, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if self.slots.iter().all(|s| !s.in_batch.load(Ordering::SeqCst) || s.pid.load(Ordering::Acquire) == 0) {
@@ -242,7 +242,7 @@ impl Shared {
     }
 
     /// Sets the latch of every running worker.
-    pub fn wake_workers(&self) {
+    pub(crate) fn wake_workers(&self) {
         for slot in &self.slots {
             let latch = slot.latch.load(Ordering::Acquire);
             if latch != 0 {
@@ -303,7 +303,7 @@ unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: 
 
 /// Asks for the workers to be woken when the current transaction commits (so they see the
 /// new rows at once, without polling).
-pub fn wake_workers_at_commit() {
+pub(crate) fn wake_workers_at_commit() {
     if get().is_none() {
         return;
     }

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 /// What one batch did.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct BatchOutcome {
+pub(crate) struct BatchOutcome {
     /// Events claimed and dealt with (applied, failed or dead-lettered).
     pub handled: u64,
     pub applied: u64,
@@ -162,7 +162,7 @@ pub(crate) fn replanned<T>(run: impl FnOnce() -> T) -> T {
 }
 
 /// Forgets the kept plans (after the extension was dropped and re-created).
-pub fn forget_plans() {
+pub(crate) fn forget_plans() {
     PLANS.with(|p| p.borrow_mut().clear());
 }
 
@@ -184,7 +184,7 @@ impl Claimed {
 
 /// Where a batch's claim starts reading the pending index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scan {
+pub(crate) enum Scan {
     /// From the lowest id: finds every due event (dialpad.process_events()).
     Full,
     /// From this backend's floor (the workers): stays fast while an old snapshot keeps
@@ -194,7 +194,7 @@ pub enum Scan {
 }
 
 /// Processes up to `max_events` due events in the current transaction.
-pub fn process_batch(max_events: i32, rules: &RuleSet, max_attempts: i32, scan: Scan) -> BatchOutcome {
+pub(crate) fn process_batch(max_events: i32, rules: &RuleSet, max_attempts: i32, scan: Scan) -> BatchOutcome {
     Spi::connect_mut(|client| match process_batch_in(client, max_events, rules, max_attempts, scan) {
         Ok(o) => o,
         Err(e) => crate::pg::error::raise(
@@ -836,7 +836,7 @@ fn try_lock_call(call_id: i64) -> bool {
 }
 
 /// An error caught in a subtransaction: its SQLSTATE and message.
-pub struct CaughtSqlError {
+pub(crate) struct CaughtSqlError {
     pub code: pgrx::PgSqlErrorCode,
     pub message: String,
 }
@@ -853,7 +853,7 @@ impl CaughtSqlError {
 
 /// Runs `f` in a subtransaction: kept on success, rolled back on error (returned). The
 /// caller's memory context and resource owner are restored either way.
-pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtSqlError> {
+pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtSqlError> {
     // SAFETY: the subtransaction is begun and ended here on every path (PgTryBuilder catches
     // the ERROR's longjmp); memory context and resource owner are put back as they were.
     unsafe {
@@ -882,7 +882,7 @@ fn caught_code(e: &pg_sys::panic::CaughtError) -> pgrx::PgSqlErrorCode {
     }
 }
 
-pub fn caught_message(e: &pg_sys::panic::CaughtError) -> String {
+pub(crate) fn caught_message(e: &pg_sys::panic::CaughtError) -> String {
     match e {
         pg_sys::panic::CaughtError::PostgresError(r)
         | pg_sys::panic::CaughtError::ErrorReport(r)

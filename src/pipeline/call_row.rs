@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 /// How a column travels between Rust and SQL: `T` in the struct, `Arg` in the upsert's
 /// argument arrays, `SQL` its type in SQL (the read casts to it).
-pub trait Kind<T> {
+pub(crate) trait Kind<T> {
     type Arg: pgrx::IntoDatum + 'static;
     const SQL: &'static str;
     const ARRAY: pg_sys::Oid;
@@ -23,13 +23,13 @@ pub trait Kind<T> {
 
 /// The SQL types of the columns.
 #[allow(non_camel_case_types)]
-pub mod kind {
-    pub struct int4;
-    pub struct int8;
-    pub struct text;
-    pub struct timestamptz;
+pub(crate) mod kind {
+    pub(crate) struct int4;
+    pub(crate) struct int8;
+    pub(crate) struct text;
+    pub(crate) struct timestamptz;
     /// Stored as numeric; read and written as float8 (exact for the milliseconds Dialpad sends).
-    pub struct float8;
+    pub(crate) struct float8;
 }
 
 impl Kind<i64> for kind::int8 {
@@ -121,17 +121,17 @@ macro_rules! call_row {
     ($( $(#[$doc:meta])* $field:ident : $ty:ty => $kind:ident ),* $(,)?) => {
         /// One `dialpad.calls` row, as the processor reads and writes it.
         #[derive(Debug, Clone, Default, PartialEq)]
-        pub struct CallRow {
-            $( $(#[$doc])* pub $field: $ty, )*
+        pub(crate) struct CallRow {
+            $( $(#[$doc])* pub(crate) $field: $ty, )*
         }
 
         impl CallRow {
             /// (column, SQL type) of every column, in one order used everywhere.
-            pub const COLUMNS: &'static [(&'static str, &'static str)] =
+            pub(crate) const COLUMNS: &'static [(&'static str, &'static str)] =
                 &[ $( (stringify!($field), <kind::$kind as Kind<$ty>>::SQL) ),* ];
 
             /// Reads a row selected by [`read_sql`] (its columns in [`CallRow::COLUMNS`] order).
-            pub fn read(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<CallRow, pgrx::spi::Error> {
+            pub(crate) fn read(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<CallRow, pgrx::spi::Error> {
                 let mut ordinal = 0;
                 Ok(CallRow {
                     $( $field: { ordinal += 1; <kind::$kind as Kind<$ty>>::read(row, ordinal)? }, )*
@@ -141,29 +141,29 @@ macro_rules! call_row {
 
         /// Rows to upsert, column by column: the arguments of [`upsert_sql`].
         #[derive(Default)]
-        pub struct CallColumns {
+        pub(crate) struct CallColumns {
             $( $field: Vec<<kind::$kind as Kind<$ty>>::Arg>, )*
             raw_payload: Vec<Option<Vec<u8>>>,
         }
 
         impl CallColumns {
             /// Adds a row and its sanitized payload (jsonb bytes; None keeps the stored one).
-            pub fn push(&mut self, row: &CallRow, raw_payload: Option<Vec<u8>>) {
+            pub(crate) fn push(&mut self, row: &CallRow, raw_payload: Option<Vec<u8>>) {
                 $( self.$field.push(<kind::$kind as Kind<$ty>>::arg(&row.$field)); )*
                 self.raw_payload.push(raw_payload);
             }
 
-            pub fn is_empty(&self) -> bool {
+            pub(crate) fn is_empty(&self) -> bool {
                 self.raw_payload.is_empty()
             }
 
             /// The upsert's argument types, in [`upsert_sql`]'s order.
-            pub fn types() -> Vec<pg_sys::Oid> {
+            pub(crate) fn types() -> Vec<pg_sys::Oid> {
                 vec![ $( <kind::$kind as Kind<$ty>>::ARRAY, )* pg_sys::JSONBARRAYOID ]
             }
 
             /// The upsert's arguments, in [`upsert_sql`]'s order.
-            pub fn into_args<'a>(self) -> Vec<DatumWithOid<'a>> {
+            pub(crate) fn into_args<'a>(self) -> Vec<DatumWithOid<'a>> {
                 vec![ $( self.$field.into(), )* crate::pipeline::batch::jsonb_array(self.raw_payload) ]
             }
         }
@@ -202,10 +202,11 @@ call_row! {
 }
 
 /// The columns of `dialpad.calls` the processor never writes.
-pub const NOT_WRITTEN: &[&str] = &["raw_payload", "created_at", "updated_at"];
+#[cfg(any(test, feature = "pg_test"))]
+pub(crate) const NOT_WRITTEN: &[&str] = &["raw_payload", "created_at", "updated_at"];
 
 /// Reads the rows of the calls in `$1` (int8[]).
-pub fn read_sql() -> &'static str {
+pub(crate) fn read_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
         let columns: Vec<String> = CallRow::COLUMNS.iter().map(|(c, t)| format!("{c}::pg_catalog.{t}")).collect();
@@ -218,7 +219,7 @@ pub fn read_sql() -> &'static str {
 
 /// Inserts or updates every row of a [`CallColumns`] in one statement: one array argument
 /// per column, then the sanitized payloads (NULL keeps the stored one).
-pub fn upsert_sql() -> &'static str {
+pub(crate) fn upsert_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
         let names: Vec<&str> = CallRow::COLUMNS.iter().map(|(c, _)| *c).collect();

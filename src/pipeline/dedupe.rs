@@ -23,7 +23,7 @@ const KEY_LOCK_NAMESPACE: u16 = 0x4451;
 /// transaction; if the lock table is full, it goes on without (the processor still applies
 /// the event once). Plain INSERT and COPY take no such lock: a COPY of a million rows would
 /// need a million entries.
-pub fn lock_key(call_id: i64, key: &str) {
+pub(crate) fn lock_key(call_id: i64, key: &str) {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
     let hash = h.finish();
@@ -37,7 +37,7 @@ pub fn lock_key(call_id: i64, key: &str) {
 /// partition are pruned): a delivery costs the same with 30 or 3,000 partitions. A
 /// redelivery outside it is still never applied twice: its event is no newer than the call's
 /// last one, so the processor reads the call's history and marks it there (pipeline/batch.rs).
-pub const WINDOW_US: i64 = 3600 * 1_000_000;
+pub(crate) const WINDOW_US: i64 = 3600 * 1_000_000;
 
 const FIND_SQL: &std::ffi::CStr = c"SELECT id FROM dialpad.webhook_events
  WHERE call_id OPERATOR(pg_catalog.=) $1 AND dedupe_key OPERATOR(pg_catalog.=) $2 AND duplicate_of IS NULL
@@ -122,7 +122,7 @@ unsafe fn min_id_of_result() -> Option<i64> {
 
 /// The id of the first stored delivery of (call_id, dedupe_key), if any is committed (or
 /// was stored earlier in this transaction).
-pub fn first_delivery(call_id: i64, key: &str, received_at: pg_sys::TimestampTz) -> Option<i64> {
+pub(crate) fn first_delivery(call_id: i64, key: &str, received_at: pg_sys::TimestampTz) -> Option<i64> {
     // SAFETY: a complete SPI session: connected and finished here on the normal path; on an
     // ERROR, PostgreSQL's (sub)transaction abort cleans up the SPI stack. The plan is kept
     // in TopMemoryContext by SPI_keepplan and is revalidated by the plan cache if the table

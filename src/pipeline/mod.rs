@@ -2,8 +2,8 @@
 //! in the caller's transaction; with what it needs around it (the rules cache, the call-row
 //! codec, the redelivery lookup of the insert trigger).
 
-pub mod batch;
-pub mod call_row;
-pub mod dedupe;
-pub mod rules;
-pub mod sources;
+pub(crate) mod batch;
+pub(crate) mod call_row;
+pub(crate) mod dedupe;
+pub(crate) mod rules;
+pub(crate) mod sources;

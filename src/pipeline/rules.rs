@@ -34,7 +34,7 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
 }
 
 /// Called from `_PG_init`.
-pub fn init() {
+pub(crate) fn init() {
     // SAFETY: registers a static callback once per process (from _PG_init); PostgreSQL keeps
     // a fixed number of callback slots, and we take one.
     unsafe {
@@ -43,14 +43,14 @@ pub fn init() {
 }
 
 /// Called by the statement triggers on the rule tables.
-pub fn invalidate(relid: pg_sys::Oid) {
+pub(crate) fn invalidate(relid: pg_sys::Oid) {
     // SAFETY: queues an invalidation of an existing relation (the trigger's own table),
     // inside the transaction that changed it.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
 }
 
 /// The current rules, loading them if an edit (or nothing yet) made the cache stale.
-pub fn current() -> Result<Rc<RuleSet>, pgrx::spi::Error> {
+pub(crate) fn current() -> Result<Rc<RuleSet>, pgrx::spi::Error> {
     // Pick up edits committed by other sessions since our last lock acquisition, so that a
     // long transaction in READ COMMITTED also sees them from its next statement.
     // SAFETY: processes queued invalidations; allowed anywhere inside a transaction.
@@ -69,7 +69,7 @@ pub fn current() -> Result<Rc<RuleSet>, pgrx::spi::Error> {
 }
 
 /// The current rules, or an ERROR (42P01) saying the extension's tables cannot be read.
-pub fn current_or_raise() -> Rc<RuleSet> {
+pub(crate) fn current_or_raise() -> Rc<RuleSet> {
     match current() {
         Ok(r) => r,
         Err(e) => crate::pg::error::raise(
