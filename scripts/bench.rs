@@ -537,6 +537,11 @@ fn main() {
         report.print_rows();
         return;
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("processing") {
+        processing_bench(&cluster, c, &mut report, runs, n_events);
+        report.print_rows();
+        return;
+    }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("held-snapshot") {
         held_snapshot_bench(&cluster, &mut c, &mut report, total as usize, hold);
         report.print_rows();
@@ -587,55 +592,7 @@ fn main() {
     ingest_bench(&cluster, &mut c, &mut report, runs, n_events.min(40_000));
 
     // ---- processing ------------------------------------------------------------------------
-    let mut worker1 = Vec::new();
-    let mut plp = Vec::new();
-    let mut ceil = Vec::new();
-    let mut sqlfn = Vec::new();
-    for _ in 0..runs {
-        worker1.push(worker_drain_rate(&mut c, n_events));
-        ceil.push(sql_drain_rate(&mut c, n_events, "bench.process_events_ceiling"));
-        sqlfn.push(sql_drain_rate(&mut c, n_events, "dialpad.process_events"));
-    }
-    let plp_events = (n_events / 4).max(1000);
-    for _ in 0..runs {
-        plp.push(sql_drain_rate(&mut c, plp_events, "bench.process_events_plpgsql"));
-    }
-    let (w1, p, ce, sf) = (median(worker1), median(plp), median(ceil), median(sqlfn));
-    report.add("1 worker drain rate", eps(w1), String::new(), String::new(), "≥ 20,000/s", Some(w1 >= 20_000.0));
-    report.add(
-        "1 worker vs PL/pgSQL processor",
-        eps(w1),
-        format!("PL/pgSQL {}", eps(p)),
-        format!("{:.1}×", w1 / p),
-        "≥ 3×",
-        Some(w1 / p >= 3.0),
-    );
-    report.add(
-        "1 worker vs set-based write-only ceiling",
-        eps(w1),
-        format!("ceiling {}", eps(ce)),
-        format!("{:.2}×", w1 / ce),
-        "≥ 0.8×",
-        Some(w1 / ce >= 0.8),
-    );
-    report.add(
-        "dialpad.process_events() from one session",
-        eps(sf),
-        format!("ceiling {}", eps(ce)),
-        format!("{:.2}×", sf / ce),
-        "",
-        None,
-    );
-
-    c = restart_with(&cluster, c, &[("dialpad.workers", "2")]);
-    wait_until(&mut c, "SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", 60);
-    let mut worker2 = Vec::new();
-    for _ in 0..runs {
-        worker2.push(worker_drain_rate(&mut c, n_events));
-    }
-    let w2 = median(worker2);
-    report.add("2 workers drain rate", eps(w2), format!("1 worker {}", eps(w1)), format!("{:.2}×", w2 / w1), "", None);
-    c = restart_with(&cluster, c, &[("dialpad.workers", "1")]);
+    c = processing_bench(&cluster, c, &mut report, runs, n_events);
 
     // ---- latency at 1,000 events/s offered ---------------------------------------------------
     set_worker_enabled(&mut c, true);
@@ -1057,4 +1014,59 @@ fn backlog_bench(c: &mut Client, report: &mut Report, total: usize, backlog: usi
         "≤ 10 MB",
         Some(rss_after - rss_before <= 10 * 1024),
     );
+}
+
+/// The drain rates: one worker against the PL/pgSQL processor and the set-based ceiling,
+/// process_events() from a session, two workers (BENCH_ONLY=processing runs only this).
+fn processing_bench(cluster: &Cluster, mut c: Client, report: &mut Report, runs: usize, n_events: usize) -> Client {
+    let mut worker1 = Vec::new();
+    let mut plp = Vec::new();
+    let mut ceil = Vec::new();
+    let mut sqlfn = Vec::new();
+    for _ in 0..runs {
+        worker1.push(worker_drain_rate(&mut c, n_events));
+        ceil.push(sql_drain_rate(&mut c, n_events, "bench.process_events_ceiling"));
+        sqlfn.push(sql_drain_rate(&mut c, n_events, "dialpad.process_events"));
+    }
+    let plp_events = (n_events / 4).max(1000);
+    for _ in 0..runs {
+        plp.push(sql_drain_rate(&mut c, plp_events, "bench.process_events_plpgsql"));
+    }
+    let (w1, p, ce, sf) = (median(worker1), median(plp), median(ceil), median(sqlfn));
+    report.add("1 worker drain rate", eps(w1), String::new(), String::new(), "≥ 20,000/s", Some(w1 >= 20_000.0));
+    report.add(
+        "1 worker vs PL/pgSQL processor",
+        eps(w1),
+        format!("PL/pgSQL {}", eps(p)),
+        format!("{:.1}×", w1 / p),
+        "≥ 3×",
+        Some(w1 / p >= 3.0),
+    );
+    report.add(
+        "1 worker vs set-based write-only ceiling",
+        eps(w1),
+        format!("ceiling {}", eps(ce)),
+        format!("{:.2}×", w1 / ce),
+        "≥ 0.8×",
+        Some(w1 / ce >= 0.8),
+    );
+    report.add(
+        "dialpad.process_events() from one session",
+        eps(sf),
+        format!("ceiling {}", eps(ce)),
+        format!("{:.2}×", sf / ce),
+        "",
+        None,
+    );
+
+    c = restart_with(cluster, c, &[("dialpad.workers", "2")]);
+    wait_until(&mut c, "SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", 60);
+    let mut worker2 = Vec::new();
+    for _ in 0..runs {
+        worker2.push(worker_drain_rate(&mut c, n_events));
+    }
+    let w2 = median(worker2);
+    report.add("2 workers drain rate", eps(w2), format!("1 worker {}", eps(w1)), format!("{:.2}×", w2 / w1), "", None);
+    c = restart_with(cluster, c, &[("dialpad.workers", "1")]);
+    c
 }

@@ -93,7 +93,7 @@ BEGIN
                    SELECT p.id FROM dialpad.webhook_events p
                     WHERE p.processed_at IS NULL AND p.dead_at IS NULL
                       AND (p.next_attempt_at IS NULL OR p.next_attempt_at <= now())
-                    ORDER BY p.id LIMIT max_events FOR UPDATE SKIP LOCKED))
+                    ORDER BY p.id, p.received_at LIMIT max_events FOR UPDATE SKIP LOCKED))
             RETURNING w.id, w.payload)
         SELECT * FROM claimed ORDER BY (payload->>'call_id')::bigint, (payload->>'event_timestamp')::bigint, id
     LOOP
@@ -162,7 +162,7 @@ WITH claimed AS (
            SELECT p.id FROM dialpad.webhook_events p
             WHERE p.processed_at IS NULL AND p.dead_at IS NULL
               AND (p.next_attempt_at IS NULL OR p.next_attempt_at <= now())
-            ORDER BY p.id LIMIT max_events FOR UPDATE SKIP LOCKED))
+            ORDER BY p.id, p.received_at LIMIT max_events FOR UPDATE SKIP LOCKED))
     RETURNING w.id, w.payload),
 latest AS (
     SELECT DISTINCT ON ((payload->>'call_id')::bigint) (payload->>'call_id')::bigint AS cid, payload

@@ -27,6 +27,8 @@ ensure_packages() {
     [ -x "${PG_CONFIG}" ] && [ -d "/usr/include/postgresql/${PG_MAJOR}/server" ] || missing+=("postgresql-server-dev-${PG_MAJOR}")
     ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev clang)
     command -v sudo >/dev/null 2>&1 || missing+=(sudo)
+    # pg_cron, for tests/pg_cron.rs (pg_dialpad driven by pg_cron instead of its workers).
+    [ -f "/usr/lib/postgresql/${PG_MAJOR}/lib/pg_cron.so" ] || missing+=("postgresql-${PG_MAJOR}-cron")
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -56,6 +56,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     pipeline::rules::init();
     pipeline::sources::init();
+    pipeline::dedupe::init();
     // SAFETY: plain reads of flags PostgreSQL sets before loading libraries.
     unsafe {
         if !pg_sys::process_shared_preload_libraries_in_progress {

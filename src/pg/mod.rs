@@ -112,3 +112,29 @@ pub(crate) fn advisory_xact_lock(namespace: u16, key: u64, wait: bool) -> bool {
         r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
     }
 }
+
+/// Runs `f` as the owner of relation `rel` (SECURITY_LOCAL_USERID_CHANGE, as fmgr does for a
+/// SECURITY DEFINER function); the caller's user is restored after, or by the abort.
+pub(crate) fn as_owner_of<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    // SAFETY: a syscache lookup of an existing relation's pg_class row (locked by nobody: a
+    // concurrent DROP makes the lookup fail, then we run as ourselves and the read fails
+    // with a permission error). The user switch is undone on return; on an ERROR, the
+    // (sub)transaction abort restores the user and security context it saved.
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::RELOID as i32, pg_sys::Datum::from(rel));
+        if tuple.is_null() {
+            return f();
+        }
+        let owner = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tuple)).relowner;
+        pg_sys::ReleaseSysCache(tuple);
+        let (mut user, mut context) = (pg_sys::InvalidOid, 0i32);
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            context | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
+        );
+        let out = f();
+        pg_sys::SetUserIdAndSecContext(user, context);
+        out
+    }
+}

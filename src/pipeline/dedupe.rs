@@ -12,6 +12,7 @@
 
 use pgrx::pg_sys;
 use std::cell::Cell;
+
 use std::hash::{Hash, Hasher};
 
 /// The advisory lock namespace of de-duplication keys (`objsubid` in pg_locks): 'DQ'.
@@ -39,13 +40,150 @@ pub(crate) fn lock_key(call_id: i64, key: &str) {
 /// last one, so the processor reads the call's history and marks it there (pipeline/batch.rs).
 pub(crate) const WINDOW_US: i64 = 3600 * 1_000_000;
 
-const FIND_SQL: &std::ffi::CStr = c"SELECT id FROM dialpad.webhook_events
+/// The lookup, run on one partition (or on 0.1.0's plain inbox) at a time: a plan on one
+/// table has none of the per-execution cost of a plan over the partitioned table (an Append
+/// of every partition, pruned at each execution), which was a third of an INSERT's time.
+const FIND_SQL: &str = "SELECT id FROM {table}
  WHERE call_id OPERATOR(pg_catalog.=) $1 AND dedupe_key OPERATOR(pg_catalog.=) $2 AND duplicate_of IS NULL
    AND received_at OPERATOR(pg_catalog.>=) $3 AND received_at OPERATOR(pg_catalog.<=) $4";
 
+/// The partitions of the inbox (their ranges as TimestampTz; MINVALUE and MAXVALUE as the
+/// extremes), as of the last relcache invalidation of the partitioned table.
+const PARTITIONS_SQL: &str = "
+SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), p.is_default,
+       coalesce(p.range_from, '-infinity'::pg_catalog.timestamptz), coalesce(p.range_to, 'infinity'::pg_catalog.timestamptz)
+  FROM dialpad.partitions p JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) p.partition
+  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+ WHERE p.parent OPERATOR(pg_catalog.=) 'dialpad.webhook_events'::pg_catalog.regclass";
+
+/// One table the lookup searches, with its kept plan (null until first used there).
+struct Part {
+    name: String,
+    is_default: bool,
+    from: pg_sys::TimestampTz,
+    to: pg_sys::TimestampTz,
+    plan: pg_sys::SPIPlanPtr,
+}
+
 thread_local! {
-    /// The lookup's plan, kept for the life of the backend (SPI_keepplan); null until first use.
-    static PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+    /// The inbox's tables, for the inbox of this OID and relcache generation.
+    static PARTS: std::cell::RefCell<Option<(pg_sys::Oid, u64, Vec<Part>)>> = const { std::cell::RefCell::new(None) };
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
+    static INBOX: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+}
+
+/// # Safety
+/// Called only by PostgreSQL's invalidation machinery, as registered in [`init`]; reads and
+/// bumps thread-local counters only. Attaching, detaching, creating or dropping a partition
+/// invalidates the partitioned table.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    if relid == pg_sys::InvalidOid || relid == INBOX.with(|t| t.get()) {
+        GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
+    }
+}
+
+/// Called from `_PG_init`.
+pub(crate) fn init() {
+    // SAFETY: registers a static callback once per process (from _PG_init).
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0));
+    }
+}
+
+/// The OID and relkind of dialpad.webhook_events (InvalidOid if it does not exist).
+fn inbox() -> (pg_sys::Oid, u8) {
+    // SAFETY: catalog lookups by name with valid C strings; InvalidOid when absent.
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(c"dialpad".as_ptr(), true);
+        let rel = pg_sys::get_relname_relid(c"webhook_events".as_ptr(), ns);
+        if rel == pg_sys::InvalidOid {
+            return (rel, 0);
+        }
+        (rel, pg_sys::get_rel_relkind(rel) as u8)
+    }
+}
+
+/// Frees the kept plans of a stale list.
+fn forget(parts: Vec<Part>) {
+    for p in parts {
+        if !p.plan.is_null() {
+            // SAFETY: a plan kept by SPI_keepplan and no longer referenced anywhere else.
+            unsafe { pg_sys::SPI_freeplan(p.plan) };
+        }
+    }
+}
+
+/// The inbox's tables: its partitions, or 0.1.0's plain table (before ALTER EXTENSION).
+fn load_parts(inbox: pg_sys::Oid, relkind: u8) -> Result<Vec<Part>, pgrx::spi::Error> {
+    let whole = |name: &str| Part {
+        name: name.to_string(),
+        is_default: false,
+        from: i64::MIN,
+        to: i64::MAX,
+        plan: std::ptr::null_mut(),
+    };
+    if relkind != pg_sys::RELKIND_PARTITIONED_TABLE {
+        return Ok(vec![whole("dialpad.webhook_events")]);
+    }
+    // dialpad.partitions is for the extension's owner and readers: read it as the owner.
+    // Read-only SPI (pgrx's client would run it read-write, whose CommandCounterIncrement
+    // in the middle of the INSERT would make the statement's own rows visible to it).
+    let sql = std::ffi::CString::new(PARTITIONS_SQL).map_err(|_| pgrx::spi::Error::InvalidPosition)?;
+    crate::pg::as_owner_of(inbox, || {
+        // SAFETY: a complete SPI session, connected and finished here (an ERROR aborts the
+        // (sub)transaction, which cleans up SPI); each value is copied out of the result
+        // (text into a String, the others by value) before SPI_finish.
+        unsafe {
+            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+                return Err(pgrx::spi::Error::InvalidPosition);
+            }
+            let rc = pg_sys::SPI_execute(sql.as_ptr(), true, 0);
+            let mut parts = Vec::new();
+            if rc == pg_sys::SPI_OK_SELECT as i32 && !pg_sys::SPI_tuptable.is_null() {
+                let table = &*pg_sys::SPI_tuptable;
+                for i in 0..pg_sys::SPI_processed as usize {
+                    let row = *table.vals.add(i);
+                    let value = |col: i32| {
+                        let mut isnull = false;
+                        let d = pg_sys::SPI_getbinval(row, table.tupdesc, col, &mut isnull);
+                        (!isnull).then_some(d)
+                    };
+                    let name = value(2).map(|d| {
+                        let p = pg_sys::text_to_cstring(d.cast_mut_ptr());
+                        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+                    });
+                    parts.push(Part {
+                        name: name.unwrap_or_default(),
+                        is_default: value(3).is_some_and(|d| d.value() != 0),
+                        from: value(4).map_or(i64::MIN, |d| d.value() as i64),
+                        to: value(5).map_or(i64::MAX, |d| d.value() as i64),
+                        plan: std::ptr::null_mut(),
+                    });
+                }
+            }
+            pg_sys::SPI_finish();
+            Ok(parts)
+        }
+    })
+}
+
+/// The indexes (into `parts`) of the tables that can hold a delivery received in
+/// [lo, hi]: the ranges that overlap it, and the DEFAULT partition unless they cover it all.
+fn tables_for(parts: &[Part], lo: i64, hi: i64) -> Vec<usize> {
+    let mut hits: Vec<usize> =
+        (0..parts.len()).filter(|&i| !parts[i].is_default && parts[i].from <= hi && parts[i].to > lo).collect();
+    hits.sort_by_key(|&i| parts[i].from);
+    let mut covered_to = lo;
+    let mut gap = false;
+    for &i in &hits {
+        gap |= parts[i].from > covered_to;
+        covered_to = covered_to.max(parts[i].to);
+    }
+    if gap || covered_to <= hi {
+        hits.extend((0..parts.len()).filter(|&i| parts[i].is_default));
+    }
+    hits
 }
 
 /// The lookup's cached plan source, and whether it holds a valid generic plan.
@@ -67,31 +205,72 @@ unsafe fn generic_plan_state(plan: pg_sys::SPIPlanPtr) -> (bool, i32) {
     }
 }
 
-/// The lookup's plan: kept for the life of the backend, prepared on first use.
+/// The lookup's plan on `part`: kept for the life of the list, prepared on first use.
 ///
 /// # Safety
 /// Inside an SPI session (between SPI_connect and SPI_finish).
-unsafe fn kept_plan() -> Option<pg_sys::SPIPlanPtr> {
-    let plan = PLAN.with(|p| p.get());
-    if !plan.is_null() {
-        return Some(plan);
+unsafe fn kept_plan(part: &mut Part) -> Option<pg_sys::SPIPlanPtr> {
+    if !part.plan.is_null() {
+        return Some(part.plan);
     }
+    let sql = std::ffi::CString::new(FIND_SQL.replace("{table}", &part.name)).ok()?;
     let mut types = [pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID];
     // SAFETY: the caller's SPI session; a valid statement and argument types. One generic
-    // plan (pruned to the window's partitions when it runs): a custom plan per insert would
-    // cost more than the insert. SPI_keepplan moves it to TopMemoryContext.
+    // plan: a custom plan per insert would cost more than the insert. SPI_keepplan moves it
+    // to TopMemoryContext.
     unsafe {
-        let p = pg_sys::SPI_prepare_cursor(
-            FIND_SQL.as_ptr(),
-            4,
-            types.as_mut_ptr(),
-            pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
-        );
+        let p = pg_sys::SPI_prepare_cursor(sql.as_ptr(), 4, types.as_mut_ptr(), pg_sys::CURSOR_OPT_GENERIC_PLAN as i32);
         if p.is_null() || pg_sys::SPI_keepplan(p) != 0 {
             return None;
         }
-        PLAN.with(|c| c.set(p));
+        part.plan = p;
         Some(p)
+    }
+}
+
+/// Runs the lookup on one table; the smallest id found.
+///
+/// # Safety
+/// Inside an SPI session; `values` are the four arguments of FIND_SQL.
+unsafe fn find_in(part: &mut Part, values: &mut [pg_sys::Datum; 4]) -> Option<i64> {
+    // SAFETY: the caller's contract; the plan is valid (kept, revalidated by the plan cache).
+    unsafe {
+        let plan = kept_plan(part)?;
+        let nulls = [b' ' as std::ffi::c_char; 4];
+        let mut execute = || {
+            pg_sys::SPI_execute_snapshot(
+                plan,
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                pg_sys::GetLatestSnapshot(),
+                std::ptr::null_mut(),
+                true,
+                false,
+                0,
+            )
+        };
+        // The generic plan is made without sequential scans: a plan made while the table was
+        // empty or tiny (a new day, the DEFAULT partition before a backfill, statistics of a
+        // handful of rows) would otherwise scan it for every row a long INSERT or COPY adds.
+        // The setting costs a GUC nest level, so it is set only when the plan is to be
+        // (re)made; if the plan cache remade it during a run without it (an invalidation
+        // arriving in between), that plan is thrown away and made afresh next time.
+        let (ready, generation) = generic_plan_state(plan);
+        let rc = if ready {
+            let rc = execute();
+            if generic_plan_state(plan).1 != generation {
+                pg_sys::SPI_freeplan(plan);
+                part.plan = std::ptr::null_mut();
+            }
+            rc
+        } else {
+            crate::pg::with_setting(c"enable_seqscan", c"off", execute)
+        };
+        if rc == pg_sys::SPI_OK_SELECT as i32 {
+            min_id_of_result()
+        } else {
+            None
+        }
     }
 }
 
@@ -123,61 +302,78 @@ unsafe fn min_id_of_result() -> Option<i64> {
 /// The id of the first stored delivery of (call_id, dedupe_key), if any is committed (or
 /// was stored earlier in this transaction).
 pub(crate) fn first_delivery(call_id: i64, key: &str, received_at: pg_sys::TimestampTz) -> Option<i64> {
-    // SAFETY: a complete SPI session: connected and finished here on the normal path; on an
-    // ERROR, PostgreSQL's (sub)transaction abort cleans up the SPI stack. The plan is kept
-    // in TopMemoryContext by SPI_keepplan and is revalidated by the plan cache if the table
-    // is dropped and re-created. The text datum is palloc'd in the SPI procedure context
-    // and only used within it; the result is copied out as an int8 before SPI_finish.
-    unsafe {
-        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-            return None;
+    // SAFETY: processes queued invalidations (a partition attached or dropped since).
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    let (inbox, relkind) = inbox();
+    if inbox == pg_sys::InvalidOid {
+        return None;
+    }
+    INBOX.with(|t| t.set(inbox));
+    let generation = GENERATION.with(|g| g.get());
+    let fresh = PARTS.with(|p| p.borrow().as_ref().is_some_and(|(oid, g, _)| *oid == inbox && *g == generation));
+    if !fresh {
+        let parts = load_parts(inbox, relkind).ok()?;
+        if let Some((_, _, old)) = PARTS.with(|p| p.borrow_mut().replace((inbox, generation, parts))) {
+            forget(old);
         }
-        let Some(plan) = kept_plan() else {
-            pg_sys::SPI_finish();
-            return None;
-        };
-        let text = pg_sys::cstring_to_text_with_len(key.as_ptr() as *const std::ffi::c_char, key.len() as i32);
-        let mut values = [
-            pg_sys::Datum::from(call_id),
-            pg_sys::Datum::from(text),
-            pg_sys::Datum::from(received_at.saturating_sub(WINDOW_US)),
-            pg_sys::Datum::from(received_at.saturating_add(WINDOW_US)),
-        ];
-        let nulls = [b' ' as std::ffi::c_char; 4];
-        // Every match, not ORDER BY id LIMIT 1: with that, the planner may walk a partition's
-        // primary key in id order filtering for the key (a LIMIT 1 favours an ordered scan),
-        // which costs a scan of the partition per insert. The matches of one key are a few.
-        let mut execute = || {
-            pg_sys::SPI_execute_snapshot(
-                plan,
-                values.as_mut_ptr(),
-                nulls.as_ptr(),
-                pg_sys::GetLatestSnapshot(),
-                std::ptr::null_mut(),
-                true,
-                false,
-                0,
-            )
-        };
-        // The generic plan is made without sequential scans: a plan made while a partition
-        // was empty (a new day, the DEFAULT partition before a backfill) would otherwise scan
-        // that partition for every row a long INSERT or COPY adds to it. The setting costs
-        // a GUC nest level, so it is set only when the plan is to be (re)made; if the plan
-        // cache remade it during a run without it (an invalidation arriving in between), that
-        // plan is thrown away and the next lookup prepares and plans afresh.
-        let (ready, generation) = generic_plan_state(plan);
-        let rc = if ready {
-            let rc = execute();
-            if generic_plan_state(plan).1 != generation {
-                pg_sys::SPI_freeplan(plan);
-                PLAN.with(|c| c.set(std::ptr::null_mut()));
+    }
+    let (lo, hi) = (received_at.saturating_sub(WINDOW_US), received_at.saturating_add(WINDOW_US));
+    // The lookup reads the inbox's tables as their owner: the inserting role (dialpad_ingest)
+    // may read the partitioned table's key columns, not each partition.
+    crate::pg::as_owner_of(inbox, || {
+        PARTS.with(|p| {
+            let mut guard = p.borrow_mut();
+            let (_, _, parts) = guard.as_mut()?;
+            // SAFETY: a complete SPI session: connected and finished here on the normal path;
+            // on an ERROR, the (sub)transaction abort cleans up the SPI stack. The text datum
+            // is palloc'd in the SPI procedure context and only used within it; ids are copied
+            // out as int8 before SPI_finish.
+            unsafe {
+                if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+                    return None;
+                }
+                let text = pg_sys::cstring_to_text_with_len(key.as_ptr() as *const std::ffi::c_char, key.len() as i32);
+                let mut values = [
+                    pg_sys::Datum::from(call_id),
+                    pg_sys::Datum::from(text),
+                    pg_sys::Datum::from(lo),
+                    pg_sys::Datum::from(hi),
+                ];
+                let mut found: Option<i64> = None;
+                for i in tables_for(parts, lo, hi) {
+                    if let Some(id) = find_in(&mut parts[i], &mut values) {
+                        found = Some(found.map_or(id, |f| f.min(id)));
+                    }
+                }
+                pg_sys::SPI_finish();
+                found
             }
-            rc
-        } else {
-            crate::pg::with_setting(c"enable_seqscan", c"off", execute)
-        };
-        let found = if rc == pg_sys::SPI_OK_SELECT as i32 { min_id_of_result() } else { None };
-        pg_sys::SPI_finish();
-        found
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(from: i64, to: i64, is_default: bool) -> Part {
+        Part { name: String::new(), is_default, from, to, plan: std::ptr::null_mut() }
+    }
+
+    #[test]
+    fn the_window_searches_the_overlapping_partitions_and_default_only_for_gaps() {
+        let day = 86_400_000_000i64;
+        let parts =
+            vec![part(0, day, false), part(day, 2 * day, false), part(0, 0, true), part(3 * day, 4 * day, false)];
+        // inside one day
+        assert_eq!(tables_for(&parts, 10, 20), vec![0]);
+        // across midnight
+        assert_eq!(tables_for(&parts, day - 10, day + 10), vec![0, 1]);
+        // reaching into the gap between day 2 and day 3: DEFAULT too
+        assert_eq!(tables_for(&parts, 2 * day - 10, 2 * day + 10), vec![1, 2]);
+        // nothing covers it
+        assert_eq!(tables_for(&parts, 10 * day, 10 * day + 5), vec![2]);
+        // 0.1.0's plain table covers everything
+        assert_eq!(tables_for(&[part(i64::MIN, i64::MAX, false)], 5, 6), vec![0]);
     }
 }
