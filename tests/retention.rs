@@ -316,6 +316,24 @@ fn the_redelivery_lookup_never_scans_a_partition() {
     .unwrap();
     assert_eq!(long_insert_scans(&mut c, 30_000), 0, "sequential scans during an INSERT after a new partition");
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events"), 4005);
+    // Only the partition the window overlaps is searched: never the DEFAULT partition nor
+    // the partitions ahead (today's partition and the window are well inside each other
+    // except within an hour of midnight UTC, when tomorrow's is searched too).
+    let idx_scans = |c: &mut postgres::Client, which: &str| {
+        c.batch_execute("SELECT pg_stat_force_next_flush()").unwrap();
+        count(
+            c,
+            &format!(
+                "SELECT coalesce(sum(s.idx_scan), 0)::int8 FROM pg_stat_user_tables s
+                   JOIN dialpad.partitions p ON p.partition = s.relid
+                  WHERE p.parent = 'dialpad.webhook_events'::regclass AND {which}"
+            ),
+        )
+    };
+    let far = "(p.is_default OR p.range_from > now() + interval '1 day 1 hour')";
+    let before = idx_scans(&mut c, far);
+    insert(&mut c, 40_000, 500);
+    assert_eq!(idx_scans(&mut c, far) - before, 0, "the lookup searched DEFAULT or a partition far ahead");
 }
 
 #[test]
