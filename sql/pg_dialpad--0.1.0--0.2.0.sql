@@ -421,8 +421,17 @@ BEGIN
     END IF;
     -- Writers of the table wait until this transaction ends (so do other maintenance runs):
     -- an INSERT that had already chosen the DEFAULT partition for a row of the new range
-    -- would otherwise fail the partition check once the range is attached.
-    EXECUTE format('LOCK TABLE ONLY %s IN SHARE ROW EXCLUSIVE MODE', parent);
+    -- would otherwise fail the partition check once the range is attached. When rows are to
+    -- move out of the DEFAULT partition, readers wait too (see below), and that lock is
+    -- taken at once rather than after the writers' one: a processor holding the table for
+    -- reading and waiting to write would otherwise deadlock with this upgrade.
+    def := (SELECT p.partition FROM dialpad.partitions p WHERE p.parent = add_partition.parent AND p.is_default);
+    IF def IS NOT NULL THEN
+        EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s WHERE %I >= $1 AND %I < $2)', def, col, col)
+           INTO has_rows USING dialpad.partition_start(t, width), dialpad.partition_start(t, width) + width;
+    END IF;
+    EXECUTE format('LOCK TABLE ONLY %s IN %s MODE', parent,
+                   CASE WHEN has_rows THEN 'ACCESS EXCLUSIVE' ELSE 'SHARE ROW EXCLUSIVE' END);
     IF EXISTS (SELECT 1 FROM dialpad.partitions p WHERE p.parent = add_partition.parent AND NOT p.is_default
                  AND t >= p.range_from AND t < p.range_to) THEN
         RETURN;
@@ -462,10 +471,12 @@ BEGIN
     -- ATTACH and the commit would read the DEFAULT partition without the new one and, with
     -- a snapshot taken after the commit, miss the moved rows (the reduced lock of ATTACH
     -- PARTITION is safe only when no rows move).
-    EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s WHERE %I >= $1 AND %I < $2)', def, col, col)
-       INTO has_rows USING range_from, range_to;
-    IF has_rows THEN
-        EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', parent);
+    IF NOT coalesce(has_rows, false) THEN
+        EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s WHERE %I >= $1 AND %I < $2)', def, col, col)
+           INTO has_rows USING range_from, range_to;
+        IF has_rows THEN
+            RETURN;  -- rows arrived before the lock: the next run moves them, under the lock above
+        END IF;
     END IF;
     EXECUTE format('WITH m AS (DELETE FROM ONLY %s WHERE %I >= $1 AND %I < $2 RETURNING *) INSERT INTO dialpad.%I SELECT * FROM m',
                    def, col, col, partition)

