@@ -54,9 +54,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
-    pipeline::rules::init();
-    pipeline::sources::init();
-    pipeline::dedupe::init();
+    pg::watch_relcache();
     // SAFETY: plain reads of flags PostgreSQL sets before loading libraries.
     unsafe {
         if !pg_sys::process_shared_preload_libraries_in_progress {

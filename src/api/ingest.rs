@@ -47,14 +47,13 @@ const FIND_DUPLICATE_0_1_SQL: &str = "SELECT id FROM dialpad.webhook_events
 /// first (RowExclusiveLock, which the INSERT takes anyway), so that an ALTER EXTENSION ...
 /// UPDATE in progress is waited for and its result seen; then the syscache answers.
 fn inbox_marks_duplicates() -> bool {
-    // SAFETY: catalog lookups by name with valid C strings (InvalidOid when absent); the lock
-    // is a regular relation lock held to the end of the transaction.
+    let rel = crate::pg::dialpad_relation(c"webhook_events");
+    if rel == pg_sys::InvalidOid {
+        return true;
+    }
+    // SAFETY: a regular relation lock held to the end of the transaction, then a syscache
+    // lookup by a valid C string.
     unsafe {
-        let ns = pg_sys::get_namespace_oid(c"dialpad".as_ptr(), true);
-        let rel = pg_sys::get_relname_relid(c"webhook_events".as_ptr(), ns);
-        if rel == pg_sys::InvalidOid {
-            return true;
-        }
         pg_sys::LockRelationOid(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         pg_sys::get_attnum(rel, c"duplicate_of".as_ptr()) != pg_sys::InvalidAttrNumber as i16
     }

@@ -116,24 +116,24 @@ fn rotate_secret(name: &str, new_secret: &str, overlap: default!(Interval, "'24 
     );
 }
 
+fn set_enabled(name: &str, enabled: bool) {
+    update_source(
+        name,
+        "UPDATE dialpad.sources SET enabled = $2 WHERE name OPERATOR(pg_catalog.=) $1 RETURNING name",
+        &[name.into(), enabled.into()],
+    );
+}
+
 /// Refuses deliveries through a source until it is enabled again.
 #[pg_extern(volatile, parallel_unsafe)]
 fn disable_source(name: &str) {
-    update_source(
-        name,
-        "UPDATE dialpad.sources SET enabled = false WHERE name OPERATOR(pg_catalog.=) $1 RETURNING name",
-        &[name.into()],
-    );
+    set_enabled(name, false);
 }
 
 /// Accepts deliveries through a disabled source again.
 #[pg_extern(volatile, parallel_unsafe)]
 fn enable_source(name: &str) {
-    update_source(
-        name,
-        "UPDATE dialpad.sources SET enabled = true WHERE name OPERATOR(pg_catalog.=) $1 RETURNING name",
-        &[name.into()],
-    );
+    set_enabled(name, true);
 }
 
 /// Removes a source (the events and calls that came through it keep its name).

@@ -188,16 +188,19 @@ pub(crate) fn freshness_error(root: crate::codec::jsonb::Value<'_>, max_age_s: i
 }
 
 /// A source's secret as stored in `dialpad.sources`: XORed with a keystream derived from the
-/// source's name (HMAC-SHA256 in counter mode), so it is not in plain sight in the table, a
-/// dump or a copy of the data files. This is concealment, not encryption: the key is in this
-/// code. The same call reveals it again.
+/// source's name (SHA-256 of a fixed key, the name and a block counter), so it is not in
+/// plain sight in the table, a dump or a copy of the data files. This is concealment, not
+/// encryption: the key is in this code. The same call reveals it again.
 pub(crate) fn conceal(name: &str, secret: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
     let mut out = Vec::with_capacity(secret.len());
     for (block, chunk) in secret.chunks(32).enumerate() {
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"pg_dialpad source secret v1").expect("HMAC takes any key");
-        mac.update(name.as_bytes());
-        mac.update(&(block as u64).to_be_bytes());
-        let pad = mac.finalize().into_bytes();
+        let pad = Sha256::new()
+            .chain_update(b"pg_dialpad source secret v1")
+            .chain_update((name.len() as u64).to_be_bytes())
+            .chain_update(name.as_bytes())
+            .chain_update((block as u64).to_be_bytes())
+            .finalize();
         out.extend(chunk.iter().zip(pad.iter()).map(|(a, b)| a ^ b));
     }
     out

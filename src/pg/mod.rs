@@ -138,3 +138,61 @@ pub(crate) fn as_owner_of<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         out
     }
 }
+
+/// The OID of relation `dialpad.<name>`, or InvalidOid when it (or the schema) is missing.
+pub(crate) fn dialpad_relation(name: &std::ffi::CStr) -> pg_sys::Oid {
+    // SAFETY: catalog lookups by name with valid C strings; InvalidOid when absent.
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(c"dialpad".as_ptr(), true);
+        if ns == pg_sys::InvalidOid {
+            return pg_sys::InvalidOid;
+        }
+        pg_sys::get_relname_relid(name.as_ptr(), ns)
+    }
+}
+
+thread_local! {
+    /// Relcache invalidations seen per watched relation, and for "every relation".
+    static RELCACHE_SEEN: std::cell::RefCell<std::collections::HashMap<pg_sys::Oid, u64>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+    static RELCACHE_SEEN_ALL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// # Safety
+/// Called only by PostgreSQL's invalidation machinery, as registered in
+/// [`watch_relcache`]; counts in thread-locals only.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn count_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    if relid == pg_sys::InvalidOid {
+        RELCACHE_SEEN_ALL.with(|n| n.set(n.get().wrapping_add(1)));
+    } else {
+        RELCACHE_SEEN.with(|m| {
+            if let Some(n) = m.borrow_mut().get_mut(&relid) {
+                *n = n.wrapping_add(1);
+            }
+        });
+    }
+}
+
+/// Called once from `_PG_init`: one relcache callback serves every backend-local cache
+/// (the rules, the webhook sources, the inbox's partitions).
+pub(crate) fn watch_relcache() {
+    // SAFETY: registers a static callback once per process; PostgreSQL keeps a fixed number
+    // of callback slots, and we take one.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(count_relcache_invalidation), pg_sys::Datum::from(0)) };
+}
+
+/// A number that changes whenever one of `rels` is invalidated in the relcache (an edit
+/// committed, a partition attached, ...): a cache built while it had some value is stale
+/// once it has another. Read it before building the cache. Watching starts at the first
+/// call for a relation.
+pub(crate) fn relcache_generation(rels: &[pg_sys::Oid]) -> u64 {
+    let mut g = RELCACHE_SEEN_ALL.with(|n| n.get());
+    RELCACHE_SEEN.with(|m| {
+        let mut m = m.borrow_mut();
+        for rel in rels.iter().filter(|r| **r != pg_sys::InvalidOid) {
+            g = g.wrapping_add(*m.entry(*rel).or_insert(0));
+        }
+    });
+    g
+}

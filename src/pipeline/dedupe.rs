@@ -11,7 +11,6 @@
 //! processor, which holds one call at a time, catches those (see pipeline/batch.rs).
 
 use pgrx::pg_sys;
-use std::cell::Cell;
 
 use std::hash::{Hash, Hasher};
 
@@ -68,40 +67,16 @@ struct Part {
 thread_local! {
     /// The inbox's tables, for the inbox of this OID and relcache generation.
     static PARTS: std::cell::RefCell<Option<(pg_sys::Oid, u64, Vec<Part>)>> = const { std::cell::RefCell::new(None) };
-    static GENERATION: Cell<u64> = const { Cell::new(0) };
-    static INBOX: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-}
-
-/// # Safety
-/// Called only by PostgreSQL's invalidation machinery, as registered in [`init`]; reads and
-/// bumps thread-local counters only. Attaching, detaching, creating or dropping a partition
-/// invalidates the partitioned table.
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    if relid == pg_sys::InvalidOid || relid == INBOX.with(|t| t.get()) {
-        GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
-    }
-}
-
-/// Called from `_PG_init`.
-pub(crate) fn init() {
-    // SAFETY: registers a static callback once per process (from _PG_init).
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0));
-    }
 }
 
 /// The OID and relkind of dialpad.webhook_events (InvalidOid if it does not exist).
 fn inbox() -> (pg_sys::Oid, u8) {
-    // SAFETY: catalog lookups by name with valid C strings; InvalidOid when absent.
-    unsafe {
-        let ns = pg_sys::get_namespace_oid(c"dialpad".as_ptr(), true);
-        let rel = pg_sys::get_relname_relid(c"webhook_events".as_ptr(), ns);
-        if rel == pg_sys::InvalidOid {
-            return (rel, 0);
-        }
-        (rel, pg_sys::get_rel_relkind(rel) as u8)
+    let rel = crate::pg::dialpad_relation(c"webhook_events");
+    if rel == pg_sys::InvalidOid {
+        return (rel, 0);
     }
+    // SAFETY: a syscache lookup of an existing relation's kind.
+    (rel, unsafe { pg_sys::get_rel_relkind(rel) } as u8)
 }
 
 /// Frees the kept plans of a stale list.
@@ -308,8 +283,8 @@ pub(crate) fn first_delivery(call_id: i64, key: &str, received_at: pg_sys::Times
     if inbox == pg_sys::InvalidOid {
         return None;
     }
-    INBOX.with(|t| t.set(inbox));
-    let generation = GENERATION.with(|g| g.get());
+    // Attaching, detaching, creating or dropping a partition invalidates the inbox.
+    let generation = crate::pg::relcache_generation(&[inbox]);
     let fresh = PARTS.with(|p| p.borrow().as_ref().is_some_and(|(oid, g, _)| *oid == inbox && *g == generation));
     if !fresh {
         let parts = load_parts(inbox, relkind).ok()?;

@@ -18,28 +18,7 @@ struct Cached {
 
 thread_local! {
     static CACHE: RefCell<Option<Cached>> = const { RefCell::new(None) };
-    static GENERATION: Cell<u64> = const { Cell::new(0) };
     static TABLE_OIDS: Cell<[pg_sys::Oid; 3]> = const { Cell::new([pg_sys::InvalidOid; 3]) };
-}
-
-/// # Safety
-/// Called only by PostgreSQL's invalidation machinery, as registered in [`init`]; reads and
-/// bumps thread-local counters only.
-#[pg_guard]
-unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    let ours = TABLE_OIDS.with(|t| t.get());
-    if relid == pg_sys::InvalidOid || ours.contains(&relid) {
-        GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
-    }
-}
-
-/// Called from `_PG_init`.
-pub(crate) fn init() {
-    // SAFETY: registers a static callback once per process (from _PG_init); PostgreSQL keeps
-    // a fixed number of callback slots, and we take one.
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0));
-    }
 }
 
 /// Called by the statement triggers on the rule tables.
@@ -55,15 +34,20 @@ pub(crate) fn current() -> Result<Rc<RuleSet>, pgrx::spi::Error> {
     // long transaction in READ COMMITTED also sees them from its next statement.
     // SAFETY: processes queued invalidations; allowed anywhere inside a transaction.
     unsafe { pg_sys::AcceptInvalidationMessages() };
-    let generation = GENERATION.with(|g| g.get());
+    let generation = crate::pg::relcache_generation(&TABLE_OIDS.with(|t| t.get()));
     if let Some(rules) =
         CACHE.with(|c| c.borrow().as_ref().filter(|c| c.generation == generation).map(|c| c.rules.clone()))
     {
         return Ok(rules);
     }
     let (rules, oids) = load()?;
+    let oids_changed = TABLE_OIDS.with(|t| t.get()) != oids;
     let rules = Rc::new(rules);
     TABLE_OIDS.with(|t| t.set(oids));
+    // The tables' OIDs are known only now: start watching them, and date the cache from here
+    // when they changed (first load, or the extension re-created).
+    let watched = crate::pg::relcache_generation(&oids);
+    let generation = if oids_changed { watched } else { generation };
     CACHE.with(|c| *c.borrow_mut() = Some(Cached { generation, rules: rules.clone() }));
     Ok(rules)
 }

@@ -9,7 +9,7 @@
 
 use crate::domain::webhook::conceal;
 use pgrx::prelude::*;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 /// One source, its secrets revealed.
@@ -53,57 +53,23 @@ struct Cached {
 
 thread_local! {
     static CACHE: RefCell<Option<Cached>> = const { RefCell::new(None) };
-    static GENERATION: Cell<u64> = const { Cell::new(0) };
-    static TABLE_OID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-}
-
-/// # Safety
-/// Called only by PostgreSQL's invalidation machinery, as registered in [`init`]; reads and
-/// bumps thread-local counters only.
-#[pg_guard]
-unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    if relid == pg_sys::InvalidOid || relid == TABLE_OID.with(|t| t.get()) {
-        GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
-    }
-}
-
-/// Called from `_PG_init`.
-pub(crate) fn init() {
-    // SAFETY: registers a static callback once per process (from _PG_init); PostgreSQL keeps
-    // a fixed number of callback slots, and we take one.
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0));
-    }
-}
-
-/// The OID of `dialpad.sources`, or InvalidOid when the extension's SQL predates it.
-fn table_oid() -> pg_sys::Oid {
-    // SAFETY: catalog lookups by name with valid C strings; InvalidOid when absent.
-    unsafe {
-        let ns = pg_sys::get_namespace_oid(c"dialpad".as_ptr(), true);
-        if ns == pg_sys::InvalidOid {
-            return pg_sys::InvalidOid;
-        }
-        pg_sys::get_relname_relid(c"sources".as_ptr(), ns)
-    }
 }
 
 /// The current sources, loading them if an edit (or nothing yet) made the cache stale.
 pub(crate) fn current() -> Result<Rc<Sources>, pgrx::spi::Error> {
     // SAFETY: processes queued invalidations; allowed anywhere inside a transaction.
     unsafe { pg_sys::AcceptInvalidationMessages() };
-    let table = table_oid();
+    let table = crate::pg::dialpad_relation(c"sources");
     if table == pg_sys::InvalidOid {
         return Ok(Rc::new(Sources::Legacy));
     }
-    let generation = GENERATION.with(|g| g.get());
+    let generation = crate::pg::relcache_generation(&[table]);
     let hit = CACHE.with(|c| {
         c.borrow().as_ref().filter(|c| c.generation == generation && c.table == table).map(|c| c.sources.clone())
     });
     if let Some(sources) = hit {
         return Ok(sources);
     }
-    TABLE_OID.with(|t| t.set(table));
     let sources = Rc::new(Sources::Table(crate::pg::as_owner_of(table, load)?));
     CACHE.with(|c| *c.borrow_mut() = Some(Cached { generation, table, sources: sources.clone() }));
     Ok(sources)
