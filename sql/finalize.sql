@@ -125,3 +125,7 @@ GRANT INSERT ON dialpad.rejected_transitions TO dialpad_worker;
 REVOKE EXECUTE ON FUNCTION dialpad.run_maintenance(), dialpad.add_partition(regclass, timestamptz, interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dialpad.run_maintenance() TO dialpad_admin, dialpad_worker;
 GRANT SELECT ON dialpad.partitions TO dialpad_reader;
+
+-- Analysts (sql/analytics.sql).
+GRANT SELECT ON dialpad.logical_calls TO dialpad_reader;
+GRANT EXECUTE ON FUNCTION dialpad.rebuild_logical_calls() TO dialpad_admin;

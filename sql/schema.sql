@@ -340,7 +340,6 @@ COMMENT ON COLUMN dialpad.calls.source IS 'The webhook source of the call''s fir
 -- jsonb_path_ops: smaller and cheaper to maintain than the default opclass, and serves the
 -- containment (@>) queries used when debugging.
 CREATE INDEX calls_raw_payload ON dialpad.calls USING gin (raw_payload jsonb_path_ops);
-CREATE INDEX calls_master_call_id ON dialpad.calls (master_call_id) WHERE master_call_id IS NOT NULL;
 CREATE INDEX calls_started_at ON dialpad.calls (started_at);
 
 -- Invalid transitions attempted on dialpad.calls ("check invalid transitions" is a query).

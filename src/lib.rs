@@ -49,6 +49,7 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["processing", api::version_info]);
+extension_sql_file!("../sql/analytics.sql", name = "analytics", requires = ["maintenance"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -220,4 +220,31 @@ fn upgrade_from(old: &str) {
         "upgraded from {old} differs from a fresh install:\nonly after the upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
     );
     assert!(upgraded.len() > 50, "the fingerprint sees the catalogs ({} rows)", upgraded.len());
+
+    // The leg columns the upgrade filled for the calls 0.1.0 made, and the logical calls, are
+    // what this version's processor makes of the same events in the fresh database.
+    let events: Vec<String> = c
+        .query(
+            "SELECT payload::text FROM dialpad.webhook_events WHERE duplicate_of IS NULL AND call_id IS NOT NULL ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for e in &events {
+        fresh.execute("INSERT INTO dialpad.webhook_events (payload) VALUES ($1::text::jsonb)", &[e]).unwrap();
+    }
+    while count(&mut fresh, "SELECT dialpad.process_events(1000)::int8") > 0 {}
+    let legs = "SELECT string_agg(concat_ws(' ', dialpad_call_id, status, talk_seconds, hold_seconds, total_duration_seconds,
+                    rang_at, queued_at, is_transferred, group_id, labels, csat_score, recordings, recording_url,
+                    voicemail_recording_url, end_state, logical_call_id), E'\\n' ORDER BY dialpad_call_id) FROM dialpad.calls";
+    let logical = "SELECT string_agg((l.*)::text, E'\\n' ORDER BY logical_call_id) FROM dialpad.logical_calls l";
+    let (upgraded_legs, fresh_legs) = (text(&mut c, legs), text(&mut fresh, legs));
+    assert!(upgraded_legs.contains("60.500") && upgraded_legs.contains("\"tier"), "{upgraded_legs}");
+    assert!(upgraded_legs.contains("https://dialpad.example/recording/"), "{upgraded_legs}");
+    assert_eq!(upgraded_legs, fresh_legs);
+    let logical_sources = |s: String| s.replace(",default,", ",,");
+    assert_eq!(logical_sources(text(&mut c, logical)), text(&mut fresh, logical));
+    assert!(count(&mut c, "SELECT count(*) FROM dialpad.logical_calls WHERE outcome = 'answered'") > 10);
 }

@@ -6,6 +6,7 @@
 
 use crate::codec::jsonb::{Container, Value};
 use crate::codec::numeric::Decimal;
+use crate::domain::recordings::Recording;
 
 /// Microseconds between 1970-01-01 and 2000-01-01, PostgreSQL's timestamp epoch.
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -64,9 +65,24 @@ pub(crate) struct CallEvent {
     pub master_call_id: Option<i64>,
     pub entry_point_call_id: Option<i64>,
     pub operator_call_id: Option<i64>,
-    pub recording_url: Option<String>,
     pub voicemail_link: Option<String>,
     pub transcript: Option<String>,
+    /// `talk_time`, `hold_time`, `total_duration` (milliseconds made seconds).
+    pub talk_seconds: Option<f64>,
+    pub hold_seconds: Option<f64>,
+    pub total_duration_seconds: Option<f64>,
+    /// `date_rang` (or `date_first_rang` when only that is sent) and `date_queued`.
+    pub rang_at: Option<i64>,
+    pub queued_at: Option<i64>,
+    pub is_transferred: Option<bool>,
+    pub group_id: Option<String>,
+    /// `labels` as a JSON array of strings, printed as jsonb prints it.
+    pub labels: Option<String>,
+    /// `csat_score` when it is a number (or a string holding one); anything else stays in the
+    /// audit log only.
+    pub csat_score: Option<f64>,
+    /// `recording_details`, every item with a url or an id.
+    pub recordings: Vec<Recording>,
     /// The webhook source the event came through: the inbox's `source` column (set by
     /// dialpad.ingest_webhook from the verified source), not a field of the payload.
     pub source: Option<String>,
@@ -153,6 +169,85 @@ fn milliseconds_as_seconds(v: Value<'_>, key: &'static str) -> Result<Option<f64
     Ok(Some(s))
 }
 
+fn boolean(v: Value<'_>, key: &'static str) -> Result<Option<bool>, EventError> {
+    match present(v) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(Value::String(b"true")) => Ok(Some(true)),
+        Some(Value::String(b"false")) => Ok(Some(false)),
+        Some(Value::Numeric(n)) => match Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?.to_i64() {
+            Some(0) => Ok(Some(false)),
+            Some(1) => Ok(Some(true)),
+            _ => Err(bad(key, "expected true or false")),
+        },
+        Some(_) => Err(bad(key, "expected true or false")),
+    }
+}
+
+/// A number, or a string holding one; anything else is not a score (None).
+fn score(v: Value<'_>) -> Result<Option<f64>, EventError> {
+    Ok(match present(v) {
+        Some(Value::Numeric(n)) => Some(Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?.to_f64()),
+        Some(Value::String(s)) => String::from_utf8_lossy(s).trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|f| f.is_finite() && f.abs() < 1e9))
+}
+
+/// Labels: an array of strings (numbers taken as their text), or one string.
+fn labels(v: Value<'_>) -> Result<Option<String>, EventError> {
+    let mut out: Vec<String> = Vec::new();
+    match present(v) {
+        None => return Ok(None),
+        Some(Value::Array(a)) => {
+            for item in a.values().map_err(|_| EventError::Corrupt)? {
+                if let Some(t) = text(item.map_err(|_| EventError::Corrupt)?, "labels").ok().flatten() {
+                    out.push(t);
+                }
+            }
+        }
+        Some(Value::String(s)) => out.push(String::from_utf8_lossy(s).into_owned()),
+        Some(_) => return Err(bad("labels", "expected an array of strings")),
+    }
+    let quoted: Vec<String> = out.iter().map(|l| serde_json::Value::from(l.as_str()).to_string()).collect();
+    Ok(Some(format!("[{}]", quoted.join(", "))))
+}
+
+fn recording(r: Container<'_>) -> Result<Recording, EventError> {
+    let mut out = Recording::default();
+    for_each_pair(&r, |k, v| {
+        match k {
+            b"id" => out.id = text(v, "recording_details.id")?,
+            b"url" => out.url = text(v, "recording_details.url")?,
+            b"recording_type" => out.kind = text(v, "recording_details.recording_type")?,
+            b"start_time" => out.start_time = integer(v, "recording_details.start_time").ok().flatten(),
+            b"duration" => out.duration_seconds = milliseconds_as_seconds(v, "recording_details.duration")?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn recordings(v: Value<'_>) -> Result<Vec<Recording>, EventError> {
+    match present(v) {
+        Some(Value::Array(a)) => {
+            let mut out = Vec::new();
+            for item in a.values().map_err(|_| EventError::Corrupt)? {
+                if let Value::Object(r) = item.map_err(|_| EventError::Corrupt)? {
+                    let r = recording(r)?;
+                    if r.url.is_some() || r.id.is_some() {
+                        out.push(r);
+                    }
+                }
+            }
+            Ok(out)
+        }
+        None => Ok(Vec::new()),
+        Some(_) => Err(bad("recording_details", "expected an array")),
+    }
+}
+
 /// A Dialpad state is a word; a number or anything else there is not a state we can map.
 fn state(v: Value<'_>) -> Result<Option<String>, EventError> {
     match present(v) {
@@ -192,6 +287,7 @@ impl CallEvent {
         let Value::Object(o) = root else { return Err(EventError::NotAnObject) };
         let mut e = CallEvent::default();
         let mut call_id = None;
+        let mut first_rang = None;
         for_each_pair(&o, |k, v| {
             match k {
                 b"call_id" => call_id = integer(v, "call_id")?,
@@ -237,27 +333,23 @@ impl CallEvent {
                         })?;
                     }
                 }
-                b"recording_details" => match present(v) {
-                    Some(Value::Array(a)) => {
-                        for item in a.values().map_err(|_| EventError::Corrupt)? {
-                            if let Value::Object(r) = item.map_err(|_| EventError::Corrupt)? {
-                                if let Some(url) = r.get(b"url").map_err(|_| EventError::Corrupt)? {
-                                    if let Some(url) = text(url, "recording_details.url")? {
-                                        e.recording_url = Some(url);
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    None => {}
-                    Some(_) => return Err(bad("recording_details", "expected an array")),
-                },
+                b"recording_details" => e.recordings = recordings(v)?,
+                b"talk_time" => e.talk_seconds = milliseconds_as_seconds(v, "talk_time")?,
+                b"hold_time" => e.hold_seconds = milliseconds_as_seconds(v, "hold_time")?,
+                b"total_duration" => e.total_duration_seconds = milliseconds_as_seconds(v, "total_duration")?,
+                b"date_rang" => e.rang_at = epoch_ms(v, "date_rang")?,
+                b"date_first_rang" => first_rang = epoch_ms(v, "date_first_rang")?,
+                b"date_queued" => e.queued_at = epoch_ms(v, "date_queued")?,
+                b"is_transferred" => e.is_transferred = boolean(v, "is_transferred")?,
+                b"group_id" => e.group_id = text(v, "group_id")?,
+                b"labels" => e.labels = labels(v)?,
+                b"csat_score" => e.csat_score = score(v)?,
                 _ => {}
             }
             Ok(())
         })?;
         e.call_id = call_id.ok_or(EventError::NoCallId)?;
+        e.rang_at = e.rang_at.or(first_rang);
         if let (Some(start), Some(end)) = (e.started_at, e.ended_at) {
             if end < start {
                 return Err(bad("date_ended", "is before date_started"));
@@ -338,8 +430,25 @@ mod tests {
         assert_eq!(e.call_id, 42);
         assert_eq!(e.ended_at, Some(1787158781000500 - PG_EPOCH_OFFSET_US));
         assert_eq!(e.duration_seconds, Some(1.5));
-        let e = parse(r#"{"call_id": 7, "recording_details": [{"id": 1}, {"url": "https://r/2"}]}"#).unwrap();
-        assert_eq!(e.recording_url.as_deref(), Some("https://r/2"));
+        let e = parse(r#"{"call_id": 7, "recording_details": [{"id": 1}, {"url": "https://r/2"}, {"x": 1}]}"#).unwrap();
+        assert_eq!(e.recordings.len(), 2);
+        assert_eq!(e.recordings[1].url.as_deref(), Some("https://r/2"));
+        let e = parse(
+            r#"{"call_id": 7, "talk_time": 60500.25, "hold_time": "1000", "total_duration": 70000,
+                "date_first_rang": 1787158716300, "date_queued": 1787158716100, "is_transferred": "true",
+                "group_id": 99, "labels": ["a", "b\"c", 3, null], "csat_score": "4.5"}"#,
+        )
+        .unwrap();
+        assert_eq!((e.talk_seconds, e.hold_seconds, e.total_duration_seconds), (Some(60.5), Some(1.0), Some(70.0)));
+        assert_eq!(e.rang_at, Some(1787158716300 * 1000 - PG_EPOCH_OFFSET_US));
+        assert!(e.queued_at.is_some());
+        assert_eq!((e.is_transferred, e.group_id.as_deref()), (Some(true), Some("99")));
+        assert_eq!(e.labels.as_deref(), Some(r#"["a", "b\"c", "3"]"#));
+        assert_eq!(e.csat_score, Some(4.5));
+        let e = parse(r#"{"call_id": 7, "csat_score": "great", "labels": "vip"}"#).unwrap();
+        assert_eq!((e.csat_score, e.labels.as_deref()), (None, Some(r#"["vip"]"#)));
+        let e = parse(r#"{"call_id": 7, "is_transferred": "maybe"}"#).unwrap_err();
+        assert!(matches!(e, EventError::BadField { field: "is_transferred", .. }), "{e}");
         let long = "w".repeat(900);
         let e = parse(&format!(r#"{{"call_id": 7, "transcription_text": "{long}"}}"#)).unwrap();
         assert_eq!(e.transcript.unwrap().chars().count(), 515);

@@ -19,6 +19,7 @@
 
 use crate::domain::direction;
 use crate::domain::event::CallEvent;
+use crate::domain::recordings;
 use crate::domain::transitions::RuleSet;
 
 /// The status a call gets when its first event carries none (e.g. a recording event that
@@ -115,6 +116,7 @@ impl StatusFold {
         } else if terminal_now && self.by_default && rules.is_terminal(&t.status) && rules.is_known(&t.status) {
             if current != Some(t.status.as_str()) {
                 row.status = t.status;
+                row.end_state = ev.state.clone();
                 self.by_default = t.by_default;
             }
         } else {
@@ -122,6 +124,9 @@ impl StatusFold {
                 Ok(()) => {
                     if current != Some(t.status.as_str()) {
                         self.by_default = t.by_default;
+                        if rules.is_terminal(&t.status) {
+                            row.end_state = ev.state.clone();
+                        }
                     }
                     row.status = t.status;
                     self.has_status = true;
@@ -162,10 +167,28 @@ fn merge_fields(row: &mut CallRow, ev: &CallEvent, newer: bool) {
         master_call_id,
         entry_point_call_id,
         operator_call_id,
-        recording_url,
         voicemail_link,
-        transcript
+        transcript,
+        talk_seconds,
+        hold_seconds,
+        total_duration_seconds,
+        rang_at,
+        queued_at,
+        is_transferred,
+        group_id,
+        labels,
+        csat_score
     );
+    if !ev.recordings.is_empty() {
+        let list = recordings::merge(row.recordings.as_deref(), &ev.recordings);
+        if let Some(url) = recordings::call_recording_url(&list) {
+            row.recording_url = Some(url.to_string());
+        }
+        if let Some(url) = recordings::voicemail_url(&list) {
+            row.voicemail_recording_url = Some(url.to_string());
+        }
+        row.recordings = recordings::to_json(&list);
+    }
     if row.source.is_none() && ev.source.is_some() {
         row.source = ev.source.clone();
     }
@@ -306,7 +329,7 @@ mod tests {
     #[test]
     fn enrichment_first_starts_as_ringing_and_keeps_status() {
         let mut rec = ev("recording", 5);
-        rec.recording_url = Some("https://r".into());
+        rec.recordings = vec![crate::domain::recordings::Recording { url: Some("https://r".into()), ..Default::default() }];
         let f = fold(None, &[rec]);
         assert_eq!(f.row.status, "ringing");
         assert_eq!(f.row.recording_url.as_deref(), Some("https://r"));

@@ -16,6 +16,8 @@ use std::sync::OnceLock;
 pub(crate) trait Kind<T> {
     type Arg: pgrx::IntoDatum + 'static;
     const SQL: &'static str;
+    /// The type the read casts the column to (jsonb travels as text).
+    const READ: &'static str = Self::SQL;
     const ARRAY: pg_sys::Oid;
     fn arg(value: &T) -> Self::Arg;
     fn read(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> Result<T, pgrx::spi::Error>;
@@ -30,6 +32,9 @@ pub(crate) mod kind {
     pub(crate) struct timestamptz;
     /// Stored as numeric; read and written as float8 (exact for the milliseconds Dialpad sends).
     pub(crate) struct float8;
+    pub(crate) struct bool;
+    /// JSON text in Rust, jsonb in the table (written as jsonb prints it, so it reads back equal).
+    pub(crate) struct jsonb;
 }
 
 impl Kind<i64> for kind::int8 {
@@ -117,6 +122,31 @@ impl Kind<Option<f64>> for kind::float8 {
     }
 }
 
+impl Kind<Option<bool>> for kind::bool {
+    type Arg = Option<bool>;
+    const SQL: &'static str = "bool";
+    const ARRAY: pg_sys::Oid = pg_sys::BOOLARRAYOID;
+    fn arg(value: &Option<bool>) -> Option<bool> {
+        *value
+    }
+    fn read(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> Result<Option<bool>, pgrx::spi::Error> {
+        row.get(ordinal)
+    }
+}
+
+impl Kind<Option<String>> for kind::jsonb {
+    type Arg = Option<String>;
+    const SQL: &'static str = "jsonb";
+    const READ: &'static str = "text";
+    const ARRAY: pg_sys::Oid = pg_sys::TEXTARRAYOID;
+    fn arg(value: &Option<String>) -> Option<String> {
+        value.clone()
+    }
+    fn read(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> Result<Option<String>, pgrx::spi::Error> {
+        row.get(ordinal)
+    }
+}
+
 macro_rules! call_row {
     ($( $(#[$doc:meta])* $field:ident : $ty:ty => $kind:ident ),* $(,)?) => {
         /// One `dialpad.calls` row, as the processor reads and writes it.
@@ -129,6 +159,10 @@ macro_rules! call_row {
             /// (column, SQL type) of every column, in one order used everywhere.
             pub(crate) const COLUMNS: &'static [(&'static str, &'static str)] =
                 &[ $( (stringify!($field), <kind::$kind as Kind<$ty>>::SQL) ),* ];
+
+            /// (column, the SQL type it is read as), in [`CallRow::COLUMNS`] order.
+            pub(crate) const READS: &'static [(&'static str, &'static str)] =
+                &[ $( (stringify!($field), <kind::$kind as Kind<$ty>>::READ) ),* ];
 
             /// Reads a row selected by [`read_sql`] (its columns in [`CallRow::COLUMNS`] order).
             pub(crate) fn read(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<CallRow, pgrx::spi::Error> {
@@ -199,17 +233,31 @@ call_row! {
     events_applied: i32 => int4,
     /// The webhook source of the call's first event (dialpad.sources), for row-level security.
     source: Option<String> => text,
+    talk_seconds: Option<f64> => float8,
+    hold_seconds: Option<f64> => float8,
+    total_duration_seconds: Option<f64> => float8,
+    rang_at: Option<i64> => timestamptz,
+    queued_at: Option<i64> => timestamptz,
+    is_transferred: Option<bool> => bool,
+    group_id: Option<String> => text,
+    labels: Option<String> => jsonb,
+    csat_score: Option<f64> => float8,
+    /// Every recording of the leg (domain::recordings), as JSON text.
+    recordings: Option<String> => jsonb,
+    voicemail_recording_url: Option<String> => text,
+    /// The Dialpad state of the event that gave the leg its terminal status.
+    end_state: Option<String> => text,
 }
 
 /// The columns of `dialpad.calls` the processor never writes.
 #[cfg(any(test, feature = "pg_test"))]
-pub(crate) const NOT_WRITTEN: &[&str] = &["raw_payload", "created_at", "updated_at"];
+pub(crate) const NOT_WRITTEN: &[&str] = &["raw_payload", "created_at", "updated_at", "logical_call_id"];
 
 /// Reads the rows of the calls in `$1` (int8[]).
 pub(crate) fn read_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
-        let columns: Vec<String> = CallRow::COLUMNS.iter().map(|(c, t)| format!("{c}::pg_catalog.{t}")).collect();
+        let columns: Vec<String> = CallRow::READS.iter().map(|(c, t)| format!("{c}::pg_catalog.{t}")).collect();
         format!(
             "SELECT {} FROM dialpad.calls WHERE dialpad_call_id OPERATOR(pg_catalog.=) ANY ($1)",
             columns.join(", ")
