@@ -542,6 +542,11 @@ fn main() {
         report.print_rows();
         return;
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("analysts") {
+        analysts_bench(&mut c, &mut report, runs, n_events, env_usize("BENCH_LEGS", 10_000_000));
+        report.print_rows();
+        return;
+    }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("held-snapshot") {
         held_snapshot_bench(&cluster, &mut c, &mut report, total as usize, hold);
         report.print_rows();
@@ -634,6 +639,9 @@ fn main() {
 
     // ---- a snapshot held for minutes ------------------------------------------------------------
     held_snapshot_bench(&cluster, &mut c, &mut report, total as usize, hold);
+
+    // ---- analysts: the upkeep of logical_calls, and a day of them out of 10 million legs -------
+    analysts_bench(&mut c, &mut report, runs, n_events, env_usize("BENCH_LEGS", 10_000_000));
 
     // ---- sanitizing a 50 MB payload -------------------------------------------------------------
     exec(&mut c, "TRUNCATE dialpad.webhook_events, dialpad.calls");
@@ -1072,4 +1080,98 @@ fn processing_bench(cluster: &Cluster, mut c: Client, report: &mut Report, runs:
     report.add("2 workers drain rate", eps(w2), format!("1 worker {}", eps(w1)), format!("{:.2}×", w2 / w1), "", None);
     c = restart_with(cluster, c, &[("dialpad.workers", "1")]);
     c
+}
+
+/// dialpad.logical_calls: what keeping it costs the worker (its triggers on and off, same
+/// run), how long rebuilding it from `legs` legs takes, and a day of calls read from it
+/// (BENCH_ONLY=analysts runs only this).
+fn analysts_bench(c: &mut Client, report: &mut Report, runs: usize, n_events: usize, legs: usize) {
+    let logical_triggers = |c: &mut Client, on: bool| {
+        let how = if on { "ENABLE ALWAYS" } else { "DISABLE" };
+        exec(
+            c,
+            &format!(
+                "ALTER TABLE dialpad.calls {how} TRIGGER calls_logical_insert, {how} TRIGGER calls_logical_update"
+            ),
+        );
+    };
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for _ in 0..runs {
+        exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
+        with.push(worker_drain_rate(c, n_events));
+        exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
+        logical_triggers(c, false);
+        without.push(worker_drain_rate(c, n_events));
+        logical_triggers(c, true);
+    }
+    let (w, wo) = (median(with), median(without));
+    report.add(
+        "1 worker drain keeping logical_calls",
+        eps(w),
+        format!("its triggers off {}", eps(wo)),
+        format!("{:.2}×", w / wo),
+        "≥ 0.8×",
+        Some(w / wo >= 0.8),
+    );
+
+    // `legs` legs over 100 days, two or three per call, as the triggers would have left them.
+    exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
+    exec(c, "ALTER TABLE dialpad.calls DISABLE TRIGGER USER");
+    let t = Instant::now();
+    exec(c, &format!(
+        "INSERT INTO dialpad.calls (dialpad_call_id, master_call_id, direction, status, last_state, end_state,
+                external_number, internal_number, started_at, rang_at, connected_at, ended_at, duration_seconds,
+                talk_seconds, hold_seconds, target_id, target_type, target_name, last_event_at, events_applied)
+         SELECT 7000000000000000 + i, 7000000000000000 + i - (i % 5 % 3),
+                CASE WHEN i % 7 = 0 THEN 'outbound' ELSE 'inbound' END,
+                CASE WHEN i % 10 < 7 THEN 'ended' ELSE 'missed' END, 'hangup', 'hangup',
+                '+1415' || lpad((i % 10000000)::text, 7, '0'), '+16505550199', t, t + interval '1 second',
+                CASE WHEN i % 10 < 7 THEN t + interval '8 seconds' END, t + interval '70 seconds', 70,
+                CASE WHEN i % 10 < 7 THEN 62 END, 0, (5000 + i % 300)::text, CASE WHEN i % 5 % 3 = 0 THEN 'department' ELSE 'user' END,
+                'Agent ' || (i % 300), t + interval '70 seconds', 3
+           FROM generate_series(1, {legs}) i,
+                LATERAL (SELECT now() - interval '100 days' + (i::float8 * 8640000 / {legs}) * interval '1 second' AS t) x"
+    ));
+    let load = t.elapsed().as_secs_f64();
+    exec(c, "ALTER TABLE dialpad.calls ENABLE ALWAYS TRIGGER USER");
+    let t = Instant::now();
+    let n_logical: i64 = c.query_one("SELECT dialpad.rebuild_logical_calls()", &[]).unwrap().get(0);
+    let rebuild = t.elapsed().as_secs_f64();
+    exec(c, "VACUUM ANALYZE dialpad.calls");
+    exec(c, "VACUUM ANALYZE dialpad.logical_calls");
+    let fetch = |c: &mut Client, sql: &str| -> (f64, usize) {
+        let mut times = Vec::new();
+        let mut rows = 0;
+        for _ in 0..runs.max(5) {
+            let t = Instant::now();
+            rows = c.query(sql, &[]).unwrap().len();
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        (median(times), rows)
+    };
+    let (day, day_rows) = fetch(c, "SELECT * FROM dialpad.logical_calls WHERE started_at >= now() - interval '1 day'");
+    let (day_legs, leg_rows) = fetch(c, "SELECT * FROM dialpad.calls WHERE started_at >= now() - interval '1 day'");
+    report.add(
+        &format!("a day of logical_calls ({day_rows} rows) out of {legs} legs"),
+        format!("{day:.1} ms"),
+        format!("that day's {leg_rows} legs {day_legs:.1} ms"),
+        format!("{:.2}×", day / day_legs),
+        "< 100 ms",
+        Some(day < 100.0),
+    );
+    report.add(
+        &format!("rebuild_logical_calls() over {legs} legs"),
+        format!("{rebuild:.1} s"),
+        format!("loading the legs {load:.1} s"),
+        format!("{:.2}×", rebuild / load),
+        "",
+        None,
+    );
+    report.notes.push(format!(
+        "logical_calls: {legs} legs over 100 days ({} per day) make {n_logical} calls; the day is fetched whole by the client (median of {} runs).",
+        legs / 100,
+        runs.max(5)
+    ));
+    exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
 }

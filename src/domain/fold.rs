@@ -329,7 +329,8 @@ mod tests {
     #[test]
     fn enrichment_first_starts_as_ringing_and_keeps_status() {
         let mut rec = ev("recording", 5);
-        rec.recordings = vec![crate::domain::recordings::Recording { url: Some("https://r".into()), ..Default::default() }];
+        rec.recordings =
+            vec![crate::domain::recordings::Recording { url: Some("https://r".into()), ..Default::default() }];
         let f = fold(None, &[rec]);
         assert_eq!(f.row.status, "ringing");
         assert_eq!(f.row.recording_url.as_deref(), Some("https://r"));
