@@ -1088,12 +1088,7 @@ fn processing_bench(cluster: &Cluster, mut c: Client, report: &mut Report, runs:
 fn analysts_bench(c: &mut Client, report: &mut Report, runs: usize, n_events: usize, legs: usize) {
     let logical_triggers = |c: &mut Client, on: bool| {
         let how = if on { "ENABLE ALWAYS" } else { "DISABLE" };
-        exec(
-            c,
-            &format!(
-                "ALTER TABLE dialpad.calls {how} TRIGGER calls_logical_insert, {how} TRIGGER calls_logical_update"
-            ),
-        );
+        exec(c, &format!("ALTER TABLE dialpad.calls {how} TRIGGER calls_after_write"));
     };
     let mut with = Vec::new();
     let mut without = Vec::new();
@@ -1117,7 +1112,7 @@ fn analysts_bench(c: &mut Client, report: &mut Report, runs: usize, n_events: us
 
     // `legs` legs over 100 days, two or three per call, as the triggers would have left them.
     exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
-    exec(c, "ALTER TABLE dialpad.calls DISABLE TRIGGER USER");
+    exec(c, "ALTER TABLE dialpad.calls DISABLE TRIGGER calls_before_write, DISABLE TRIGGER calls_after_write");
     let t = Instant::now();
     exec(c, &format!(
         "INSERT INTO dialpad.calls (dialpad_call_id, master_call_id, direction, status, last_state, end_state,
@@ -1134,7 +1129,10 @@ fn analysts_bench(c: &mut Client, report: &mut Report, runs: usize, n_events: us
                 LATERAL (SELECT now() - interval '100 days' + (i::float8 * 8640000 / {legs}) * interval '1 second' AS t) x"
     ));
     let load = t.elapsed().as_secs_f64();
-    exec(c, "ALTER TABLE dialpad.calls ENABLE ALWAYS TRIGGER USER");
+    exec(
+        c,
+        "ALTER TABLE dialpad.calls ENABLE ALWAYS TRIGGER calls_before_write, ENABLE ALWAYS TRIGGER calls_after_write",
+    );
     let t = Instant::now();
     let n_logical: i64 = c.query_one("SELECT dialpad.rebuild_logical_calls()", &[]).unwrap().get(0);
     let rebuild = t.elapsed().as_secs_f64();

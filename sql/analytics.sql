@@ -67,7 +67,7 @@ CREATE TABLE dialpad.logical_calls (
     last_event_at         timestamptz
 );
 COMMENT ON TABLE dialpad.logical_calls IS
-    'One row per real call (the legs of dialpad.calls grouped by logical_call_id), as the caller lived it. Kept by triggers on dialpad.calls in the writing transaction; computed by dialpad.logical_call_rows(), rebuilt whole by dialpad.rebuild_logical_calls().';
+    'One row per real call (the legs of dialpad.calls grouped by logical_call_id), as the caller lived it. Kept by triggers on dialpad.calls in the writing transaction from the view dialpad.logical_calls_from_legs; rebuilt whole by dialpad.rebuild_logical_calls().';
 COMMENT ON COLUMN dialpad.logical_calls.outcome IS
     'in_progress: a leg has not reached a terminal status. answered: a leg connected with talk time (not a voicemail leg). blocked: a leg ended by a blocked event. voicemail: a leg reached voicemail. no_answer: outbound, nobody answered. abandoned: inbound, the caller hung up before any leg rang (IVR, queue). missed: inbound, a leg rang and nobody answered. First match wins, in this order; an unanswered operator or agent leg inside an answered call does not make it missed.';
 COMMENT ON COLUMN dialpad.logical_calls.started_at IS 'The earliest start of any leg (date_started, else the first time the leg knows).';
@@ -85,10 +85,11 @@ ALTER TABLE dialpad.logical_calls SET (
     autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
     autovacuum_analyze_scale_factor = 0.02);
 
--- The rows of dialpad.logical_calls for the logical call ids given, computed from the legs
--- (a call without legs has no row). Readable by a DBA: this is the whole definition.
-CREATE FUNCTION dialpad.logical_call_rows(ids bigint[]) RETURNS SETOF dialpad.logical_calls
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- Every call computed from its legs, live: the whole definition of dialpad.logical_calls,
+-- readable by a DBA. A view, not a function: its query is parsed once (operators bound at
+-- creation, whatever a caller's search_path), and a condition on logical_call_id reaches the
+-- index on the legs, so the triggers below compute only the calls a statement touched.
+CREATE VIEW dialpad.logical_calls_from_legs AS
 WITH leg0 AS (
     SELECT c.*,
            c.dialpad_call_id = c.logical_call_id AS is_root,
@@ -99,7 +100,6 @@ WITH leg0 AS (
            COALESCE(c.ended_at, 'infinity') AS end_or_open
       FROM dialpad.calls c
       LEFT JOIN dialpad.call_statuses s ON s.status = c.status
-     WHERE c.logical_call_id = ANY (ids)
 ), leg1 AS (
     SELECT leg0.*,
            max(connected_at) FILTER (WHERE is_root AND answered) OVER w AS root_connected,
@@ -116,15 +116,24 @@ WITH leg0 AS (
            root_connected IS NOT NULL AND others_connected IS NOT NULL
                AND COALESCE(root_type NOT IN ('user', 'contact'), root_connected >= others_connected) AS carrier
       FROM leg1
-), leg AS (
+), leg3 AS (
     -- counted: the legs whose talk makes the conversation. Not a carrier root; not a leg that
     -- joined a person's root leg and ended within it (a conference: the caller was talking
     -- on the root leg all along); every leg of a transfer.
+    -- answers: the legs that can have answered the caller (all answering legs but a carrier).
     SELECT leg2.*,
            answered AND NOT (is_root AND carrier)
                AND (is_root OR carrier OR root_connected IS NULL
-                    OR NOT (connected_at >= root_connected AND end_or_open <= root_end)) AS counted
+                    OR NOT (connected_at >= root_connected AND end_or_open <= root_end)) AS counted,
+           answered AND NOT (is_root AND carrier) AS answers
       FROM leg2
+), leg AS (
+    -- the first leg to answer
+    SELECT leg3.*,
+           first_value(target_id) OVER by_answer AS first_agent_id,
+           first_value(target_name) OVER by_answer AS first_agent_name
+      FROM leg3
+    WINDOW by_answer AS (PARTITION BY logical_call_id ORDER BY answers DESC, connected_at, dialpad_call_id)
 ), g AS (
     SELECT logical_call_id,
            count(*) AS legs,
@@ -140,27 +149,33 @@ WITH leg0 AS (
            max(last_event_at) AS last_event_at,
            sum(talk_seconds) FILTER (WHERE counted) AS talk_seconds,
            sum(hold_seconds) FILTER (WHERE counted) AS hold_seconds,
-           min(connected_at) FILTER (WHERE answered AND NOT (is_root AND carrier)) AS answered_at,
-           (array_agg(target_id ORDER BY connected_at, dialpad_call_id)
-               FILTER (WHERE answered AND NOT (is_root AND carrier)))[1] AS agent_id,
-           (array_agg(target_name ORDER BY connected_at, dialpad_call_id)
-               FILTER (WHERE answered AND NOT (is_root AND carrier)))[1] AS agent_name,
-           (array_agg(direction ORDER BY is_root DESC, started_at, dialpad_call_id)
-               FILTER (WHERE direction IS NOT NULL))[1] AS direction,
-           (array_agg(external_number ORDER BY is_root DESC, started_at, dialpad_call_id)
-               FILTER (WHERE external_number IS NOT NULL))[1] AS external_number,
-           (array_agg(internal_number ORDER BY is_root DESC, started_at, dialpad_call_id)
-               FILTER (WHERE internal_number IS NOT NULL))[1] AS internal_number,
-           (array_agg(contact_id ORDER BY is_root DESC, started_at, dialpad_call_id)
-               FILTER (WHERE contact_id IS NOT NULL))[1] AS contact_id,
-           (array_agg(contact_name ORDER BY is_root DESC, started_at, dialpad_call_id)
-               FILTER (WHERE contact_name IS NOT NULL))[1] AS contact_name,
-           (array_agg(recording_url ORDER BY counted DESC, connected_at, dialpad_call_id)
-               FILTER (WHERE recording_url IS NOT NULL))[1] AS recording_url,
-           (array_agg(COALESCE(voicemail_link, voicemail_recording_url) ORDER BY started_at, dialpad_call_id)
-               FILTER (WHERE COALESCE(voicemail_link, voicemail_recording_url) IS NOT NULL))[1] AS voicemail_link,
-           (array_agg(source ORDER BY is_root DESC, started_at, dialpad_call_id)
-               FILTER (WHERE source IS NOT NULL))[1] AS source
+           min(connected_at) FILTER (WHERE answers) AS answered_at,
+           min(first_agent_id) FILTER (WHERE answers) AS agent_id,
+           min(first_agent_name) FILTER (WHERE answers) AS agent_name,
+           -- the first counted leg's call recording, else the first leg's (by call id) that has one
+           COALESCE((array_agg(recording_url ORDER BY connected_at, dialpad_call_id)
+                        FILTER (WHERE counted AND recording_url IS NOT NULL))[1],
+                    (array_agg(recording_url ORDER BY dialpad_call_id) FILTER (WHERE recording_url IS NOT NULL))[1])
+               AS recording_url,
+           COALESCE((array_agg(voicemail_link ORDER BY dialpad_call_id) FILTER (WHERE voicemail_link IS NOT NULL))[1],
+                    (array_agg(voicemail_recording_url ORDER BY dialpad_call_id)
+                        FILTER (WHERE voicemail_recording_url IS NOT NULL))[1]) AS voicemail_link,
+           -- the root leg's, else that of the leg with the smallest call id that has one
+           COALESCE(min(direction) FILTER (WHERE is_root),
+                    (array_agg(direction ORDER BY dialpad_call_id) FILTER (WHERE direction IS NOT NULL))[1]) AS direction,
+           COALESCE(min(external_number) FILTER (WHERE is_root),
+                    (array_agg(external_number ORDER BY dialpad_call_id) FILTER (WHERE external_number IS NOT NULL))[1])
+               AS external_number,
+           COALESCE(min(internal_number) FILTER (WHERE is_root),
+                    (array_agg(internal_number ORDER BY dialpad_call_id) FILTER (WHERE internal_number IS NOT NULL))[1])
+               AS internal_number,
+           COALESCE(min(contact_id) FILTER (WHERE is_root),
+                    (array_agg(contact_id ORDER BY dialpad_call_id) FILTER (WHERE contact_id IS NOT NULL))[1]) AS contact_id,
+           COALESCE(min(contact_name) FILTER (WHERE is_root),
+                    (array_agg(contact_name ORDER BY dialpad_call_id) FILTER (WHERE contact_name IS NOT NULL))[1])
+               AS contact_name,
+           COALESCE(min(source) FILTER (WHERE is_root),
+                    (array_agg(source ORDER BY dialpad_call_id) FILTER (WHERE source IS NOT NULL))[1]) AS source
       FROM leg
      GROUP BY logical_call_id
 )
@@ -172,17 +187,17 @@ SELECT logical_call_id,
             WHEN voicemail THEN 'voicemail'
             WHEN direction = 'outbound' THEN 'no_answer'
             WHEN NOT rang THEN 'abandoned'
-            ELSE 'missed' END,
+            ELSE 'missed' END AS outcome,
        started_at,
        answered_at,
-       CASE WHEN ended THEN ended_at END,
-       round(EXTRACT(epoch FROM answered_at - started_at), 3),
-       talk_seconds,
-       hold_seconds,
-       legs::integer,
-       transfers::integer,
-       agent_id,
-       agent_name,
+       CASE WHEN ended THEN ended_at END AS ended_at,
+       round(EXTRACT(epoch FROM answered_at - started_at), 3)::numeric(14, 3) AS wait_seconds,
+       talk_seconds::numeric(14, 3) AS talk_seconds,
+       hold_seconds::numeric(14, 3) AS hold_seconds,
+       legs::integer AS legs,
+       transfers::integer AS transfers,
+       agent_id AS answered_by_target_id,
+       agent_name AS answered_by_name,
        external_number,
        internal_number,
        contact_id,
@@ -191,68 +206,9 @@ SELECT logical_call_id,
        voicemail_link,
        source,
        last_event_at
-  FROM g
-$$;
-COMMENT ON FUNCTION dialpad.logical_call_rows(bigint[]) IS
-    'The dialpad.logical_calls rows of the given logical call ids, computed from their legs in dialpad.calls: the definition of every column and of outcome.';
-
--- Brings the rows of the given logical calls up to date with their legs, in the caller's
--- transaction. Concurrent writers of legs of one call (two workers, two legs) are serialized
--- on its row, and whoever comes second computes after the first has committed, so the row
--- never misses a leg.
-CREATE FUNCTION dialpad.refresh_logical_calls(ids bigint[]) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    fresh bigint[];
-    rest  bigint[];
-BEGIN
-    -- Calls seen for the first time: computed and inserted. A concurrent writer of the same
-    -- new call waits on the insert for this transaction, then takes the path below.
-    WITH ins AS (
-        INSERT INTO dialpad.logical_calls
-        SELECT * FROM dialpad.logical_call_rows(ARRAY(
-            SELECT DISTINCT i FROM pg_catalog.unnest(ids) i
-             WHERE i IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM dialpad.logical_calls l WHERE l.logical_call_id = i))) r
-         ORDER BY r.logical_call_id
-        ON CONFLICT (logical_call_id) DO NOTHING
-        RETURNING logical_call_id)
-    SELECT COALESCE(array_agg(logical_call_id), '{}') INTO fresh FROM ins;
-    rest := ARRAY(SELECT DISTINCT i FROM pg_catalog.unnest(ids) i WHERE i IS NOT NULL AND i <> ALL (fresh) ORDER BY i);
-    IF cardinality(rest) = 0 THEN
-        RETURN;
-    END IF;
-    -- Known calls: lock their rows (in id order), then compute from a snapshot taken after
-    -- the lock, which sees every leg committed by the writer that held it.
-    PERFORM 1 FROM dialpad.logical_calls WHERE logical_call_id = ANY (rest)
-      ORDER BY logical_call_id FOR NO KEY UPDATE;
-    WITH r AS (
-        SELECT * FROM dialpad.logical_call_rows(rest)
-    ), upd AS (
-        UPDATE dialpad.logical_calls l
-           SET (direction, outcome, started_at, answered_at, ended_at, wait_seconds, talk_seconds,
-                hold_seconds, legs, transfers, answered_by_target_id, answered_by_name,
-                external_number, internal_number, contact_id, contact_name, recording_url,
-                voicemail_link, source, last_event_at)
-             = (r.direction, r.outcome, r.started_at, r.answered_at, r.ended_at, r.wait_seconds,
-                r.talk_seconds, r.hold_seconds, r.legs, r.transfers, r.answered_by_target_id,
-                r.answered_by_name, r.external_number, r.internal_number, r.contact_id,
-                r.contact_name, r.recording_url, r.voicemail_link, r.source, r.last_event_at)
-          FROM r
-         WHERE l.logical_call_id = r.logical_call_id AND l IS DISTINCT FROM r
-    ), ins AS (
-        INSERT INTO dialpad.logical_calls
-        SELECT * FROM r
-         WHERE NOT EXISTS (SELECT 1 FROM dialpad.logical_calls l WHERE l.logical_call_id = r.logical_call_id)
-        ON CONFLICT (logical_call_id) DO NOTHING
-    )
-    DELETE FROM dialpad.logical_calls l
-     WHERE l.logical_call_id = ANY (rest)
-       AND NOT EXISTS (SELECT 1 FROM r WHERE r.logical_call_id = l.logical_call_id);
-END
-$$;
-COMMENT ON FUNCTION dialpad.refresh_logical_calls(bigint[]) IS
-    'Brings the dialpad.logical_calls rows of the given logical call ids up to date with their legs (what the triggers on dialpad.calls do).';
+  FROM g;
+COMMENT ON VIEW dialpad.logical_calls_from_legs IS
+    'Every call computed live from its legs in dialpad.calls: the definition of each column of dialpad.logical_calls and of outcome (which the triggers on dialpad.calls copy there).';
 
 -- Every row again from the legs: after an edit of dialpad.call_statuses that changes which
 -- statuses are terminal, or to repair. Writers of dialpad.calls wait meanwhile.
@@ -263,8 +219,7 @@ DECLARE
 BEGIN
     LOCK TABLE dialpad.calls IN SHARE MODE;
     DELETE FROM dialpad.logical_calls;
-    INSERT INTO dialpad.logical_calls
-    SELECT * FROM dialpad.logical_call_rows(ARRAY(SELECT DISTINCT logical_call_id FROM dialpad.calls));
+    INSERT INTO dialpad.logical_calls SELECT * FROM dialpad.logical_calls_from_legs;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
@@ -272,36 +227,22 @@ $$;
 COMMENT ON FUNCTION dialpad.rebuild_logical_calls() IS
     'Recomputes every row of dialpad.logical_calls from dialpad.calls (blocking writers of calls meanwhile); returns the number of rows.';
 
-CREATE FUNCTION dialpad.calls_changed() RETURNS trigger
+-- The rows follow every write of the legs: the row trigger calls_before_write notes the
+-- logical call of each leg written, the statement trigger calls_after_write (sql/triggers.sql)
+-- refreshes those calls once per statement, computed as the view above defines them
+-- (src/domain/logical.rs), serialized per call against concurrent writers of its legs
+-- (src/pipeline/logical.rs). A TRUNCATE of the legs empties the table.
+CREATE FUNCTION dialpad.calls_truncated() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF TG_OP = 'TRUNCATE' THEN
-        TRUNCATE dialpad.logical_calls;
-    ELSIF TG_OP = 'INSERT' THEN
-        PERFORM dialpad.refresh_logical_calls(ARRAY(SELECT logical_call_id FROM new_legs));
-    ELSIF TG_OP = 'UPDATE' THEN
-        PERFORM dialpad.refresh_logical_calls(ARRAY(
-            SELECT logical_call_id FROM new_legs UNION SELECT logical_call_id FROM old_legs));
-    ELSE
-        PERFORM dialpad.refresh_logical_calls(ARRAY(SELECT logical_call_id FROM old_legs));
-    END IF;
+    TRUNCATE dialpad.logical_calls;
     RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION dialpad.calls_changed() IS
-    'Trigger on dialpad.calls: refreshes the dialpad.logical_calls rows of the legs a statement wrote (once per statement).';
+COMMENT ON FUNCTION dialpad.calls_truncated() IS
+    'Trigger on dialpad.calls: TRUNCATE of the legs empties dialpad.logical_calls.';
+CREATE TRIGGER calls_truncated AFTER TRUNCATE ON dialpad.calls
+    FOR EACH STATEMENT EXECUTE FUNCTION dialpad.calls_truncated();
+ALTER TABLE dialpad.calls ENABLE ALWAYS TRIGGER calls_truncated;
 
--- One trigger per event: a trigger with transition tables can have only one.
-CREATE TRIGGER calls_logical_insert AFTER INSERT ON dialpad.calls
-    REFERENCING NEW TABLE AS new_legs FOR EACH STATEMENT EXECUTE FUNCTION dialpad.calls_changed();
-CREATE TRIGGER calls_logical_update AFTER UPDATE ON dialpad.calls
-    REFERENCING OLD TABLE AS old_legs NEW TABLE AS new_legs FOR EACH STATEMENT EXECUTE FUNCTION dialpad.calls_changed();
-CREATE TRIGGER calls_logical_delete AFTER DELETE ON dialpad.calls
-    REFERENCING OLD TABLE AS old_legs FOR EACH STATEMENT EXECUTE FUNCTION dialpad.calls_changed();
-CREATE TRIGGER calls_logical_truncate AFTER TRUNCATE ON dialpad.calls
-    FOR EACH STATEMENT EXECUTE FUNCTION dialpad.calls_changed();
-ALTER TABLE dialpad.calls ENABLE ALWAYS TRIGGER calls_logical_insert,
-    ENABLE ALWAYS TRIGGER calls_logical_update, ENABLE ALWAYS TRIGGER calls_logical_delete,
-    ENABLE ALWAYS TRIGGER calls_logical_truncate;
-
-REVOKE EXECUTE ON FUNCTION dialpad.refresh_logical_calls(bigint[]), dialpad.rebuild_logical_calls() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dialpad.rebuild_logical_calls() FROM PUBLIC;

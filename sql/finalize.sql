@@ -10,7 +10,9 @@ COMMENT ON FUNCTION dialpad.sanitize_call_payload(jsonb, integer, integer, integ
     'A size-bounded copy of a payload: transcripts cut at max_transcript_length characters, other strings at max_string_length, binary data removed, arrays cut to max_array_items plus a marker, nested objects over max_object_keys summarized, values deeper than max_depth replaced, keys longer than max_key_length cut; at most max_bytes of jsonb in all (as a last resort the top level keeps the pairs that fit and lists the rest). Idempotent.';
 COMMENT ON FUNCTION dialpad.version_info() IS 'pg_dialpad version and build information.';
 COMMENT ON FUNCTION dialpad.calls_before_write() IS
-    'Trigger on dialpad.calls: stores the direction normalized and enforces dialpad.status_transitions (see dialpad.invalid_transition).';
+    'Trigger on dialpad.calls: stores the direction normalized and enforces dialpad.status_transitions (see dialpad.invalid_transition); notes the logical call of each leg written or deleted.';
+COMMENT ON FUNCTION dialpad.calls_after_write() IS
+    'Trigger on dialpad.calls: brings the dialpad.logical_calls rows of the legs a statement wrote up to date (once per statement).';
 COMMENT ON FUNCTION dialpad.webhook_events_before_insert() IS
     'Trigger on dialpad.webhook_events: fills event_type, call_id and dedupe_key from the payload and marks a redelivery duplicate_of its first delivery; never rejects a payload.';
 COMMENT ON FUNCTION dialpad.wake_workers_on_insert() IS
@@ -127,5 +129,5 @@ GRANT EXECUTE ON FUNCTION dialpad.run_maintenance() TO dialpad_admin, dialpad_wo
 GRANT SELECT ON dialpad.partitions TO dialpad_reader;
 
 -- Analysts (sql/analytics.sql).
-GRANT SELECT ON dialpad.logical_calls TO dialpad_reader;
+GRANT SELECT ON dialpad.logical_calls, dialpad.logical_calls_from_legs TO dialpad_reader;
 GRANT EXECUTE ON FUNCTION dialpad.rebuild_logical_calls() TO dialpad_admin;

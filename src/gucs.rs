@@ -63,7 +63,6 @@ pub(crate) fn init() {
         define_startup_settings();
     }
     define_reloadable_settings();
-    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
     // SAFETY: called from _PG_init after our settings are defined, with a valid C string.
     unsafe {
         pgrx::pg_sys::MarkGUCPrefixReserved(c"dialpad".as_ptr());

@@ -34,6 +34,7 @@ extension_sql_file!(
     requires = [
         "schema",
         api::triggers::calls_before_write,
+        api::triggers::calls_after_write,
         api::triggers::rules_changed,
         api::triggers::webhook_events_before_insert
     ]

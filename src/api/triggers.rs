@@ -2,7 +2,7 @@
 //! stored normalized and a status may only move along `dialpad.status_transitions`.
 
 use crate::gucs::{self, InvalidTransition};
-use crate::{domain::direction, pg::error, pipeline::rules};
+use crate::{domain::direction, pg::error, pipeline::logical, pipeline::rules};
 use pgrx::prelude::*;
 use pgrx::{AllocatedByPostgres, AllocatedByRust, PgSqlErrorCode};
 
@@ -72,13 +72,35 @@ pub(crate) fn as_processor<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// BEFORE INSERT OR UPDATE ON dialpad.calls, FOR EACH ROW.
+/// The logical call of a leg (what the generated column `logical_call_id` holds once the
+/// row is written): master_call_id, else entry_point_call_id, else the leg's own id.
+fn logical_call_of<A: pgrx::WhoAllocated>(leg: &PgHeapTuple<'_, A>) -> Result<Option<i64>, TriggerError> {
+    let master: Option<i64> = leg.get_by_name("master_call_id").map_err(err)?;
+    let entry: Option<i64> = leg.get_by_name("entry_point_call_id").map_err(err)?;
+    let own: Option<i64> = leg.get_by_name("dialpad_call_id").map_err(err)?;
+    Ok(master.or(entry).or(own))
+}
+
+/// BEFORE INSERT OR UPDATE OR DELETE ON dialpad.calls, FOR EACH ROW. Also notes the logical
+/// call of the leg before and after the write, for the statement trigger
+/// [`calls_after_write`] to refresh.
 #[pg_trigger]
 fn calls_before_write<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, TriggerError> {
-    let Some(new) = trigger.new() else { return Ok(None) };
+    if let Some(old) = trigger.old() {
+        if let Some(id) = logical_call_of(&old)? {
+            logical::touch(id);
+        }
+    }
+    let Some(new) = trigger.new() else {
+        // DELETE: the row goes as it is.
+        return Ok(trigger.old().map(|old| old.into_owned()));
+    };
     let mut new = new.into_owned();
+    if let Some(id) = logical_call_of(&new)? {
+        logical::touch(id);
+    }
 
     if let Some(raw) = new.get_by_name::<String>("direction").map_err(err)? {
         match direction::normalize(&raw) {
@@ -128,6 +150,16 @@ fn calls_before_write<'a>(
         }
     }
     Ok(Some(new))
+}
+
+/// AFTER INSERT OR UPDATE OR DELETE ON dialpad.calls, FOR EACH STATEMENT: brings the rows of
+/// dialpad.logical_calls of the legs the statement wrote up to date (pipeline/logical.rs).
+#[pg_trigger]
+fn calls_after_write<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
+    logical::refresh_touched(trigger.relid().map_err(err)?);
+    Ok(None)
 }
 
 /// Writes one row of dialpad.rejected_transitions.

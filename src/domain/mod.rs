@@ -4,6 +4,7 @@
 pub(crate) mod direction;
 pub(crate) mod event;
 pub(crate) mod fold;
+pub(crate) mod logical;
 pub(crate) mod recordings;
 pub(crate) mod sanitize;
 pub(crate) mod scan_floor;

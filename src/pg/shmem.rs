@@ -56,7 +56,6 @@ pub(crate) struct Shared {
 
 static mut SHARED: *mut Shared = std::ptr::null_mut();
 static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
-#[cfg(not(any(feature = "pg13", feature = "pg14")))]
 static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 
 /// Called from `_PG_init` while preloading.
@@ -64,13 +63,8 @@ pub(crate) fn init() {
     // SAFETY: runs once, in the postmaster, while shared_preload_libraries are loaded
     // (the only time hooks may be chained); the previous hooks are kept and called first.
     unsafe {
-        #[cfg(any(feature = "pg13", feature = "pg14"))]
-        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Shared>());
-        #[cfg(not(any(feature = "pg13", feature = "pg14")))]
-        {
-            PREV_SHMEM_REQUEST_HOOK = pg_sys::shmem_request_hook;
-            pg_sys::shmem_request_hook = Some(shmem_request);
-        }
+        PREV_SHMEM_REQUEST_HOOK = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(shmem_request);
         PREV_SHMEM_STARTUP_HOOK = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(shmem_startup);
     }
@@ -78,7 +72,6 @@ pub(crate) fn init() {
 
 /// # Safety
 /// Called only by PostgreSQL, as the shmem_request_hook installed by [`init`].
-#[cfg(not(any(feature = "pg13", feature = "pg14")))]
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn shmem_request() {
     // SAFETY: called by the postmaster at shmem_request time, the one moment

@@ -130,7 +130,8 @@ thread_local! {
     static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
 }
 
-/// Runs `sql` through a plan prepared once per backend.
+/// Runs `sql` through a plan prepared once per backend. The plan is out of the map while it
+/// runs: a statement it fires (a trigger on dialpad.calls) may run kept plans of its own.
 pub(crate) fn run_kept<'c>(
     client: &mut SpiClient<'c>,
     sql: &'static str,
@@ -138,16 +139,13 @@ pub(crate) fn run_kept<'c>(
     limit: Option<i64>,
     args: &[DatumWithOid],
 ) -> Result<pgrx::spi::SpiTupleTable<'c>, pgrx::spi::Error> {
-    let missing = PLANS.with(|p| !p.borrow().contains_key(sql));
-    if missing {
-        let kept = client.prepare_mut(sql, &types.iter().map(|&t| t.into()).collect::<Vec<_>>())?.keep();
-        PLANS.with(|p| p.borrow_mut().insert(sql, kept));
-    }
-    PLANS.with(|p| {
-        let plans = p.borrow();
-        let plan = plans.get(sql).ok_or(pgrx::spi::Error::InvalidPosition)?;
-        client.update(plan, limit, args)
-    })
+    let plan = match PLANS.with(|p| p.borrow_mut().remove(sql)) {
+        Some(plan) => plan,
+        None => client.prepare_mut(sql, &types.iter().map(|&t| t.into()).collect::<Vec<_>>())?.keep(),
+    };
+    let result = client.update(&plan, limit, args);
+    PLANS.with(|p| p.borrow_mut().insert(sql, plan));
+    result
 }
 
 /// Runs `run` (a [`run_kept`] of a statement that reads a table) with the statement planned

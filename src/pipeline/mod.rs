@@ -5,5 +5,6 @@
 pub(crate) mod batch;
 pub(crate) mod call_row;
 pub(crate) mod dedupe;
+pub(crate) mod logical;
 pub(crate) mod rules;
 pub(crate) mod sources;

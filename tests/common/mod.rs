@@ -44,13 +44,6 @@ fn check(mut cmd: Command, what: &str) -> String {
     text
 }
 
-/// A private copy of the PostgreSQL installation (bin, lib, share), relocatable as Debian's
-/// is: a test can install another pg_dialpad version into it without touching the system
-/// installation that other tests use.
-pub struct PgInstall {
-    pub root: PathBuf,
-}
-
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.parent().unwrap()).expect("mkdir");
     check(
@@ -63,6 +56,61 @@ fn copy_tree(from: &Path, to: &Path) {
     );
 }
 
+/// The directories of a PostgreSQL installation, as its `pg_config` reports them (Debian's
+/// split layout, or a relocatable tree such as the PyPI wheels' PostgreSQL 16 and 18).
+#[derive(Clone)]
+pub struct PgLayout {
+    pub bindir: PathBuf,
+    pub pkglibdir: PathBuf,
+    pub sharedir: PathBuf,
+    pub major: u32,
+}
+
+impl PgLayout {
+    pub fn of(bin: &Path) -> PgLayout {
+        let out = check(
+            {
+                let mut c = Command::new(bin.join("pg_config"));
+                c.args(["--bindir", "--pkglibdir", "--sharedir", "--version"]);
+                c
+            },
+            "pg_config",
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        let version = lines[3].trim_start_matches("PostgreSQL ");
+        PgLayout {
+            bindir: PathBuf::from(lines[0]),
+            pkglibdir: PathBuf::from(lines[1]),
+            sharedir: PathBuf::from(lines[2]),
+            major: version.split(['.', ' ']).next().and_then(|m| m.parse().ok()).expect("major version"),
+        }
+    }
+
+    /// The installation the tests run against (`DIALPAD_PG_BIN`).
+    pub fn current() -> PgLayout {
+        PgLayout::of(&pg_bin())
+    }
+
+    /// The same layout mirrored under `root` (a package tree, or a copy).
+    fn under(&self, root: &Path) -> PgLayout {
+        let at = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+        PgLayout {
+            bindir: at(&self.bindir),
+            pkglibdir: at(&self.pkglibdir),
+            sharedir: at(&self.sharedir),
+            major: self.major,
+        }
+    }
+}
+
+/// A private copy of the PostgreSQL installation (bin, lib, share), relocatable as Debian's
+/// and the wheels' are: a test can install another pg_dialpad version into it without
+/// touching the installation that other tests use.
+pub struct PgInstall {
+    pub root: PathBuf,
+    layout: PgLayout,
+}
+
 impl PgInstall {
     /// Copies the installation of `DIALPAD_PG_BIN` (which holds the current pg_dialpad).
     pub fn copy(name: &str) -> PgInstall {
@@ -71,50 +119,40 @@ impl PgInstall {
             .join("it-pg")
             .join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let install = PgInstall { root };
-        let system = pg_bin();
-        let major = system.parent().unwrap().file_name().unwrap().to_owned();
-        copy_tree(system.parent().unwrap(), &install.root.join("usr/lib/postgresql").join(&major));
-        copy_tree(
-            &PathBuf::from("/usr/share/postgresql").join(&major),
-            &install.root.join("usr/share/postgresql").join(&major),
-        );
-        install
+        let system = PgLayout::current();
+        let layout = system.under(&root);
+        // The directory holding bin/ (and lib/, and share/ in a relocatable tree), and the
+        // share directory when it lives elsewhere (Debian: /usr/share/postgresql/15).
+        let top = system.bindir.parent().unwrap();
+        copy_tree(top, layout.bindir.parent().unwrap());
+        if !system.sharedir.starts_with(top) {
+            copy_tree(&system.sharedir, &layout.sharedir);
+        }
+        PgInstall { root, layout }
     }
 
     pub fn bin(&self) -> PathBuf {
-        self.pg_dir("usr/lib/postgresql").join("bin")
-    }
-
-    fn pg_dir(&self, base: &str) -> PathBuf {
-        let major = pg_bin().parent().unwrap().file_name().unwrap().to_owned();
-        self.root.join(base).join(major)
+        self.layout.bindir.clone()
     }
 
     /// Installs pg_dialpad's files from `from`, a `cargo pgrx package` tree or another
-    /// installation root: the library, the control file and every SQL script.
+    /// installation root ("/"): the library, the control file and every SQL script.
     pub fn install_pg_dialpad_from(&self, from: &Path) {
-        let lib = |root: &Path| {
-            root.join("usr/lib/postgresql").join(self.pg_dir("usr/lib/postgresql").file_name().unwrap()).join("lib")
-        };
-        let ext = |root: &Path| {
-            root.join("usr/share/postgresql")
-                .join(self.pg_dir("usr/share/postgresql").file_name().unwrap())
-                .join("extension")
-        };
-        std::fs::copy(lib(from).join("pg_dialpad.so"), lib(&self.root).join("pg_dialpad.so")).expect("copy library");
-        for entry in std::fs::read_dir(ext(from)).expect("extension dir") {
+        let source = PgLayout::current().under(from);
+        std::fs::copy(source.pkglibdir.join("pg_dialpad.so"), self.layout.pkglibdir.join("pg_dialpad.so"))
+            .expect("copy library");
+        for entry in std::fs::read_dir(source.sharedir.join("extension")).expect("extension dir") {
             let path = entry.expect("entry").path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             if name.starts_with("pg_dialpad") {
-                std::fs::copy(&path, ext(&self.root).join(&name)).expect("copy extension file");
+                std::fs::copy(&path, self.layout.sharedir.join("extension").join(&name)).expect("copy extension file");
             }
         }
     }
 
     /// Removes every pg_dialpad SQL script and the control file (before installing another version).
     pub fn remove_pg_dialpad_sql(&self) {
-        let ext = self.pg_dir("usr/share/postgresql").join("extension");
+        let ext = self.layout.sharedir.join("extension");
         for entry in std::fs::read_dir(&ext).expect("extension dir") {
             let path = entry.expect("entry").path();
             if path.file_name().unwrap().to_string_lossy().starts_with("pg_dialpad") {
@@ -141,9 +179,14 @@ pub fn released_versions() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The `cargo pgrx package` tree of a released version (built by scripts/test).
+/// The `cargo pgrx package` tree of a released version for the PostgreSQL under test (built
+/// by scripts/test).
 pub fn released_package(version: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("released").join(version);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("released")
+        .join(format!("pg{}", PgLayout::current().major))
+        .join(version);
     assert!(p.join(".complete").exists(), "{} is missing: scripts/test packages the released versions", p.display());
     p
 }

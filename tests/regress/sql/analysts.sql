@@ -54,7 +54,7 @@ SELECT logical_call_id AS call, direction, outcome, to_char(started_at, 'MI:SS')
 -- Shows a scenario's legs and call, then checks that the shuffled, redelivered run gives
 -- the same rows (both EXCEPT queries empty: 0).
 CREATE FUNCTION check_shuffled(name text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE n_legs bigint; n_calls bigint;
+DECLARE n_legs bigint; n_calls bigint; n_view bigint;
 BEGIN
     PERFORM deliver(name, false);
     DROP TABLE IF EXISTS legs_in_order, calls_in_order;
@@ -63,7 +63,10 @@ BEGIN
     PERFORM deliver(name, true);
     SELECT count(*) INTO n_legs FROM ((TABLE legs EXCEPT TABLE legs_in_order) UNION ALL (TABLE legs_in_order EXCEPT TABLE legs)) d;
     SELECT count(*) INTO n_calls FROM ((TABLE calls EXCEPT TABLE calls_in_order) UNION ALL (TABLE calls_in_order EXCEPT TABLE calls)) d;
-    RETURN format('%s: shuffled and redelivered, legs differing: %s, calls differing: %s', name, n_legs, n_calls);
+    -- the table the triggers keep is the view's definition, row for row
+    SELECT count(*) INTO n_view FROM ((TABLE dialpad.logical_calls EXCEPT TABLE dialpad.logical_calls_from_legs)
+                                      UNION ALL (TABLE dialpad.logical_calls_from_legs EXCEPT TABLE dialpad.logical_calls)) d;
+    RETURN format('%s: shuffled and redelivered, legs differing: %s, calls differing: %s, table vs view: %s', name, n_legs, n_calls, n_view);
 END
 $$;
 
@@ -259,9 +262,9 @@ SELECT logical_call_id, outcome, legs FROM dialpad.logical_calls WHERE logical_c
 DELETE FROM dialpad.calls WHERE dialpad_call_id = 1001;
 SELECT logical_call_id, outcome, legs FROM dialpad.logical_calls WHERE logical_call_id IN (1001, 4001) ORDER BY 1;
 SELECT count(*) AS rows_differing FROM (
-    (SELECT * FROM dialpad.logical_calls EXCEPT SELECT * FROM dialpad.logical_call_rows(ARRAY(SELECT logical_call_id FROM dialpad.calls)))
+    (TABLE dialpad.logical_calls EXCEPT TABLE dialpad.logical_calls_from_legs)
     UNION ALL
-    (SELECT * FROM dialpad.logical_call_rows(ARRAY(SELECT logical_call_id FROM dialpad.calls)) EXCEPT SELECT * FROM dialpad.logical_calls)) d;
+    (TABLE dialpad.logical_calls_from_legs EXCEPT TABLE dialpad.logical_calls)) d;
 SELECT dialpad.rebuild_logical_calls() AS rebuilt;
 TRUNCATE dialpad.calls;
 SELECT count(*) FROM dialpad.logical_calls;

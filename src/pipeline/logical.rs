@@ -1,0 +1,278 @@
+//! Keeps `dialpad.logical_calls` in step with the legs a statement wrote, in the statement's
+//! transaction: the row trigger on `dialpad.calls` notes the logical call of every leg it
+//! sees (before and after the write), the statement trigger then refreshes those calls once.
+//!
+//! Two writers of legs of one call (two workers, each with its own leg) must not lose each
+//! other's leg, so a refresh locks the calls' rows first (in id order) and reads the legs
+//! after the locks are held: a fresh snapshot that sees every leg the previous holder
+//! committed. A call seen for the first time has no row to lock: it is inserted with ON
+//! CONFLICT DO NOTHING, which waits for a concurrent inserter of the same call; a call whose
+//! insert found a row that way is done again, locked, from a snapshot taken after.
+
+use crate::domain::logical::{compute, Leg, LogicalCall};
+use crate::pipeline::batch::run_kept;
+use crate::pipeline::rules;
+use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
+thread_local! {
+    /// Logical calls whose legs the current statement wrote (noted by the row trigger).
+    static TOUCHED: RefCell<BTreeSet<i64>> = const { RefCell::new(BTreeSet::new()) };
+}
+
+/// Notes that a leg of logical call `id` is being written.
+pub(crate) fn touch(id: i64) {
+    TOUCHED.with(|t| t.borrow_mut().insert(id));
+}
+
+/// The logical calls noted so far, forgotten here (a statement that failed after noting
+/// some leaves them to the next refresh, which finds them as they are: no harm).
+pub(crate) fn take_touched() -> Vec<i64> {
+    TOUCHED.with(|t| std::mem::take(&mut *t.borrow_mut())).into_iter().collect()
+}
+
+const LOCK_SQL: &str = "SELECT logical_call_id FROM dialpad.logical_calls
+ WHERE logical_call_id OPERATOR(pg_catalog.=) ANY ($1) ORDER BY logical_call_id FOR NO KEY UPDATE";
+
+const LEGS_SQL: &str = "SELECT dialpad_call_id, logical_call_id, direction, status, end_state, external_number,
+       internal_number, started_at, queued_at, rang_at, connected_at, ended_at, last_event_at, created_at,
+       talk_seconds::pg_catalog.float8, hold_seconds::pg_catalog.float8, is_transferred, target_id,
+       target_type, target_name, contact_id, contact_name, recording_url, voicemail_link,
+       voicemail_recording_url, source
+  FROM dialpad.calls WHERE logical_call_id OPERATOR(pg_catalog.=) ANY ($1)";
+
+const COLUMNS: &str = "logical_call_id, direction, outcome, started_at, answered_at, ended_at, wait_seconds,
+ talk_seconds, hold_seconds, legs, transfers, answered_by_target_id, answered_by_name, external_number,
+ internal_number, contact_id, contact_name, recording_url, voicemail_link, source, last_event_at";
+
+const ROWS: &str = "ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]),
+ pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.timestamptz[]),
+ pg_catalog.unnest($5::pg_catalog.timestamptz[]), pg_catalog.unnest($6::pg_catalog.timestamptz[]),
+ pg_catalog.unnest($7::pg_catalog.float8[]), pg_catalog.unnest($8::pg_catalog.float8[]),
+ pg_catalog.unnest($9::pg_catalog.float8[]), pg_catalog.unnest($10::pg_catalog.int4[]),
+ pg_catalog.unnest($11::pg_catalog.int4[]), pg_catalog.unnest($12::pg_catalog.text[]),
+ pg_catalog.unnest($13::pg_catalog.text[]), pg_catalog.unnest($14::pg_catalog.text[]),
+ pg_catalog.unnest($15::pg_catalog.text[]), pg_catalog.unnest($16::pg_catalog.text[]),
+ pg_catalog.unnest($17::pg_catalog.text[]), pg_catalog.unnest($18::pg_catalog.text[]),
+ pg_catalog.unnest($19::pg_catalog.text[]), pg_catalog.unnest($20::pg_catalog.text[]),
+ pg_catalog.unnest($21::pg_catalog.timestamptz[]))";
+
+fn update_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let sets: Vec<String> = COLUMNS
+            .split(',')
+            .map(str::trim)
+            .filter(|c| *c != "logical_call_id")
+            .map(|c| format!("{c} = r.{c}"))
+            .collect();
+        format!(
+            "UPDATE dialpad.logical_calls l SET {} FROM {ROWS} AS r({COLUMNS})
+              WHERE l.logical_call_id OPERATOR(pg_catalog.=) r.logical_call_id
+                AND (l.*) IS DISTINCT FROM (r.*)::dialpad.logical_calls",
+            sets.join(", ")
+        )
+    })
+}
+
+fn insert_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "INSERT INTO dialpad.logical_calls ({COLUMNS}) SELECT * FROM {ROWS} AS r({COLUMNS})
+             ON CONFLICT (logical_call_id) DO NOTHING RETURNING logical_call_id"
+        )
+    })
+}
+
+const DELETE_SQL: &str = "DELETE FROM dialpad.logical_calls WHERE logical_call_id OPERATOR(pg_catalog.=) ANY ($1)";
+
+fn types() -> Vec<pg_sys::Oid> {
+    use pg_sys::*;
+    vec![
+        INT8ARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        TIMESTAMPTZARRAYOID,
+        TIMESTAMPTZARRAYOID,
+        TIMESTAMPTZARRAYOID,
+        FLOAT8ARRAYOID,
+        FLOAT8ARRAYOID,
+        FLOAT8ARRAYOID,
+        INT4ARRAYOID,
+        INT4ARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        TEXTARRAYOID,
+        TIMESTAMPTZARRAYOID,
+    ]
+}
+
+fn ts(us: Option<i64>) -> Option<TimestampWithTimeZone> {
+    us.and_then(|us| TimestampWithTimeZone::try_from(us).ok())
+}
+
+/// The rows as the arguments of [`update_sql`] and [`insert_sql`], column by column.
+fn args<'a>(rows: &[&LogicalCall]) -> Vec<DatumWithOid<'a>> {
+    macro_rules! col {
+        ($f:expr) => {
+            rows.iter().map($f).collect::<Vec<_>>().into()
+        };
+    }
+    vec![
+        col!(|r| r.logical_call_id),
+        col!(|r| r.direction.clone()),
+        col!(|r| Some(r.outcome.to_string())),
+        col!(|r| ts(Some(r.started_at))),
+        col!(|r| ts(r.answered_at)),
+        col!(|r| ts(r.ended_at)),
+        col!(|r| r.wait_seconds),
+        col!(|r| r.talk_seconds),
+        col!(|r| r.hold_seconds),
+        col!(|r| r.legs),
+        col!(|r| r.transfers),
+        col!(|r| r.answered_by_target_id.clone()),
+        col!(|r| r.answered_by_name.clone()),
+        col!(|r| r.external_number.clone()),
+        col!(|r| r.internal_number.clone()),
+        col!(|r| r.contact_id.clone()),
+        col!(|r| r.contact_name.clone()),
+        col!(|r| r.recording_url.clone()),
+        col!(|r| r.voicemail_link.clone()),
+        col!(|r| r.source.clone()),
+        col!(|r| ts(r.last_event_at)),
+    ]
+}
+
+fn read_leg(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<Leg, pgrx::spi::Error> {
+    let t = |i: usize| -> Result<Option<i64>, pgrx::spi::Error> {
+        Ok(row.get::<TimestampWithTimeZone>(i)?.map(|t| t.into_inner()))
+    };
+    Ok(Leg {
+        id: row.get(1)?.unwrap_or_default(),
+        logical_call_id: row.get(2)?.unwrap_or_default(),
+        direction: row.get(3)?,
+        status: row.get(4)?.unwrap_or_default(),
+        end_state: row.get(5)?,
+        external_number: row.get(6)?,
+        internal_number: row.get(7)?,
+        started_at: t(8)?,
+        queued_at: t(9)?,
+        rang_at: t(10)?,
+        connected_at: t(11)?,
+        ended_at: t(12)?,
+        last_event_at: t(13)?,
+        created_at: t(14)?.unwrap_or_default(),
+        talk_seconds: row.get(15)?,
+        hold_seconds: row.get(16)?,
+        is_transferred: row.get(17)?,
+        target_id: row.get(18)?,
+        target_type: row.get(19)?,
+        target_name: row.get(20)?,
+        contact_id: row.get(21)?,
+        contact_name: row.get(22)?,
+        recording_url: row.get(23)?,
+        voicemail_link: row.get(24)?,
+        voicemail_recording_url: row.get(25)?,
+        source: row.get(26)?,
+    })
+}
+
+/// The calls of `ids` computed from their legs as they are now; ids without legs are absent.
+fn compute_calls(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<Vec<LogicalCall>, pgrx::spi::Error> {
+    let rules = rules::current()?;
+    let table = run_kept(client, LEGS_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.to_vec().into()])?;
+    let mut legs: Vec<Leg> = Vec::with_capacity(table.len());
+    for row in table {
+        legs.push(read_leg(&row)?);
+    }
+    legs.sort_by_key(|l| (l.logical_call_id, l.id));
+    Ok(legs
+        .chunk_by(|a, b| a.logical_call_id == b.logical_call_id)
+        .map(|g| compute(g, |s| rules.is_terminal(s)))
+        .collect())
+}
+
+/// Brings the rows of `ids` (sorted, distinct) up to date with their legs.
+pub(crate) fn refresh(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<(), pgrx::spi::Error> {
+    let mut ids = ids.to_vec();
+    // A call raced by a concurrent first insert is done again; each round settles every
+    // call it locked, so this ends (a second round is rare, a third rarer still).
+    while !ids.is_empty() {
+        let locked: BTreeSet<i64> = {
+            let table = run_kept(client, LOCK_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.clone().into()])?;
+            let mut locked = BTreeSet::new();
+            for row in table {
+                locked.insert(row.get::<i64>(1)?.unwrap_or_default());
+            }
+            locked
+        };
+        let calls = compute_calls(client, &ids)?;
+        let (known, new): (Vec<&LogicalCall>, Vec<&LogicalCall>) =
+            calls.iter().partition(|c| locked.contains(&c.logical_call_id));
+        if !known.is_empty() {
+            run_kept(client, update_sql(), &types(), None, &args(&known))?;
+        }
+        let gone: Vec<i64> =
+            locked.iter().copied().filter(|id| !calls.iter().any(|c| c.logical_call_id == *id)).collect();
+        if !gone.is_empty() {
+            run_kept(client, DELETE_SQL, &[pg_sys::INT8ARRAYOID], None, &[gone.into()])?;
+        }
+        let mut raced = Vec::new();
+        if !new.is_empty() {
+            let inserted: BTreeSet<i64> = {
+                let table = run_kept(client, insert_sql(), &types(), None, &args(&new))?;
+                let mut inserted = BTreeSet::new();
+                for row in table {
+                    inserted.insert(row.get::<i64>(1)?.unwrap_or_default());
+                }
+                inserted
+            };
+            raced = new.iter().map(|c| c.logical_call_id).filter(|id| !inserted.contains(id)).collect();
+        }
+        ids = raced;
+    }
+    Ok(())
+}
+
+/// A pinned search_path, and plans that reach each call's row and legs by their index
+/// whatever the statistics say: the plans are kept for the backend's life, and one made
+/// while dialpad.logical_calls was small (a hash join over the whole table) would cost a
+/// scan of the table per statement once it has grown.
+const SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[
+    (c"search_path", c"pg_catalog, pg_temp"),
+    (c"enable_seqscan", c"off"),
+    (c"enable_hashjoin", c"off"),
+    (c"enable_mergejoin", c"off"),
+    (c"enable_bitmapscan", c"off"),
+];
+
+/// Refreshes the logical calls the current statement's legs belong to, as the owner of
+/// `calls` (a writer of legs needs no privilege on dialpad.logical_calls, as with a SECURITY
+/// DEFINER function) and with a pinned search_path.
+pub(crate) fn refresh_touched(calls: pg_sys::Oid) {
+    let ids = take_touched();
+    if ids.is_empty() {
+        return;
+    }
+    let result = crate::pg::with_settings(SETTINGS, || {
+        crate::pg::as_owner_of(calls, || Spi::connect_mut(|client| refresh(client, &ids)))
+    });
+    if let Err(e) = result {
+        crate::pg::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("could not bring dialpad.logical_calls up to date: {e}"),
+            None,
+            None,
+        );
+    }
+}
