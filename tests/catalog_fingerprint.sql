@@ -26,7 +26,11 @@ SELECT format('column %s.%s #%s %s notnull=%s default=%s compression=%s acl=%s c
   FROM rels r JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
   LEFT JOIN pg_attrdef ad ON ad.adrelid = r.oid AND ad.adnum = a.attnum
 UNION ALL
-SELECT format('constraint %s %s %s', r.relname, co.conname, pg_get_constraintdef(co.oid))
+-- PostgreSQL 18 keeps NOT NULL constraints in pg_constraint under names it makes up from the
+-- table's name at the time: the upgrade's new tables get a digit (the 0.1.0 tables, kept as
+-- partitions, hold the plain names). They are compared by column, not by name.
+SELECT format('constraint %s %s %s', r.relname, CASE WHEN co.contype = 'n' THEN '(not null)' ELSE co.conname END,
+              pg_get_constraintdef(co.oid))
   FROM rels r JOIN pg_constraint co ON co.conrelid = r.oid
 UNION ALL
 SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM rels r JOIN pg_index i ON i.indrelid = r.oid

@@ -65,7 +65,11 @@ impl Worker {
         // sets ProcDiePending/InterruptPending and the latch, which CHECK_FOR_INTERRUPTS acts
         // on (inside lock waits too), so the worker leaves promptly from wherever it is.
         unsafe {
+            // PostgreSQL 18 made pqsignal a macro over the backend's pqsignal_be.
+            #[cfg(not(feature = "pg18"))]
             pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+            #[cfg(feature = "pg18")]
+            pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres_die));
         }
         let shared = shmem::get()?;
         if index >= shmem::MAX_WORKERS || !shared.slots[index].claim() {

@@ -108,6 +108,10 @@ pub(crate) fn advisory_xact_lock(namespace: u16, key: u64, wait: bool) -> bool {
             !wait,
             false,
             std::ptr::null_mut(),
+            // PostgreSQL 18 added logLockFailure (log_lock_failures): a tried lock that is
+            // busy is normal here, not worth a log line.
+            #[cfg(feature = "pg18")]
+            false,
         );
         r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
     }
