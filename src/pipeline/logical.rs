@@ -244,6 +244,9 @@ pub(crate) fn refresh(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<(), pgr
     Ok(())
 }
 
+/// Logical calls refreshed per round of statements.
+const REFRESH_SLICE: usize = 5_000;
+
 /// A pinned search_path, and plans that reach each call's row and legs by their index
 /// whatever the statistics say: the plans are kept for the backend's life, and one made
 /// while dialpad.logical_calls was small (a hash join over the whole table) would cost a
@@ -264,8 +267,12 @@ pub(crate) fn refresh_touched(calls: pg_sys::Oid) {
     if ids.is_empty() {
         return;
     }
+    // In slices, in id order (the lock order): a statement that wrote millions of legs (a
+    // restore's COPY, a backfill) holds one slice of legs in memory at a time.
     let result = crate::pg::with_settings(SETTINGS, || {
-        crate::pg::as_owner_of(calls, || Spi::connect_mut(|client| refresh(client, &ids)))
+        crate::pg::as_owner_of(calls, || {
+            Spi::connect_mut(|client| ids.chunks(REFRESH_SLICE).try_for_each(|slice| refresh(client, slice)))
+        })
     });
     if let Err(e) = result {
         crate::pg::error::raise(
