@@ -590,10 +590,18 @@ BEGIN
             RETURN NEXT;
         END LOOP;
     END LOOP;
+
+    -- Leg columns an upgrade left to fill (sql/analytics.sql): one slice per run; the workers
+    -- run maintenance again at once while this reports work done.
+    rows := dialpad.backfill_legs(20000);
+    IF rows > 0 THEN
+        action := 'backfilled'; partition := 'dialpad.calls'; range_from := NULL; range_to := NULL;
+        RETURN NEXT;
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION dialpad.run_maintenance() IS
-    'Creates the partitions of dialpad.webhook_events and dialpad.rejected_transitions for the next dialpad.partitions_ahead intervals, moves rows out of the DEFAULT partitions into partitions of their own, and drops (or detaches, per dialpad.retention_mode) partitions older than dialpad.retention, except those holding a pending or dead-lettered event. Returns what it did: created, dropped, detached, kept (rows = its unprocessed events), busy (a lock was not had within 2 s; tried again next time). The workers run it every dialpad.maintenance_interval.';
+    'Creates the partitions of dialpad.webhook_events and dialpad.rejected_transitions for the next dialpad.partitions_ahead intervals, moves rows out of the DEFAULT partitions into partitions of their own, and drops (or detaches, per dialpad.retention_mode) partitions older than dialpad.retention, except those holding a pending or dead-lettered event. Returns what it did: created, dropped, detached, kept (rows = its unprocessed events), busy (a lock was not had within 2 s; tried again next time), backfilled (rows = calls whose leg columns were filled from the audit log after an upgrade, 20,000 per run). The workers run it every dialpad.maintenance_interval, and again at once while it backfills.';
 
 SELECT pg_catalog.pg_extension_config_dump('dialpad.webhook_events_default', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.rejected_transitions_default', '');
@@ -1034,102 +1042,140 @@ ALTER TABLE dialpad.calls ENABLE ALWAYS TRIGGER calls_truncated;
 
 REVOKE EXECUTE ON FUNCTION dialpad.rebuild_logical_calls() FROM PUBLIC;
 
--- The leg columns of the calls 0.1.0 made, from the events the audit log holds: each takes
--- the value of the newest event (by event_timestamp) that carries it, as the processor does;
--- a value the processor would refuse is left NULL. recording_url is chosen again from every
--- recording of the leg (0.1.0 took the first url, a voicemail's too).
-ALTER TABLE dialpad.calls DISABLE TRIGGER calls_before_write, DISABLE TRIGGER calls_after_write;
-WITH ev AS (
-    SELECT e.id, e.call_id, e.payload,
-           CASE WHEN pg_catalog.jsonb_typeof(e.payload -> 'event_timestamp') = 'number'
-                THEN (e.payload ->> 'event_timestamp')::numeric END AS ts
-      FROM dialpad.webhook_events e
-     WHERE e.call_id IS NOT NULL AND e.processed_at IS NOT NULL AND e.duplicate_of IS NULL
-), kv AS (
-    SELECT DISTINCT ON (ev.call_id, k.key) ev.call_id, k.key, k.value
-      FROM ev, pg_catalog.jsonb_each(ev.payload) k
-     WHERE k.key IN ('talk_time', 'hold_time', 'total_duration', 'date_rang', 'date_first_rang',
-                     'date_queued', 'is_transferred', 'group_id', 'labels', 'csat_score')
-       AND pg_catalog.jsonb_typeof(k.value) <> 'null'
-     ORDER BY ev.call_id, k.key, ev.ts DESC NULLS FIRST, ev.id DESC
-), num AS (
-    -- numbers, and strings holding one, as numeric
-    SELECT call_id, key, value,
-           CASE WHEN pg_catalog.jsonb_typeof(value) = 'number' THEN (value #>> '{}')::numeric
-                WHEN pg_catalog.jsonb_typeof(value) = 'string'
-                     AND (value #>> '{}') ~ '^\s*[0-9]+(\.[0-9]+)?\s*$' THEN pg_catalog.btrim(value #>> '{}')::numeric
-           END AS n
-      FROM kv
-), f AS (
-    SELECT call_id,
-           max(round(n / 1000, 3)) FILTER (WHERE key = 'talk_time' AND n < 1e14) AS talk,
-           max(round(n / 1000, 3)) FILTER (WHERE key = 'hold_time' AND n < 1e14) AS hold,
-           max(round(n / 1000, 3)) FILTER (WHERE key = 'total_duration' AND n < 1e14) AS total,
-           max(pg_catalog.to_timestamp(n / 1000)) FILTER (WHERE key = 'date_rang' AND n BETWEEN 0 AND 253402300799999) AS rang,
-           max(pg_catalog.to_timestamp(n / 1000)) FILTER (WHERE key = 'date_first_rang' AND n BETWEEN 0 AND 253402300799999) AS first_rang,
-           max(pg_catalog.to_timestamp(n / 1000)) FILTER (WHERE key = 'date_queued' AND n BETWEEN 0 AND 253402300799999) AS queued,
-           bool_or(CASE WHEN value IN ('true', '"true"', '1') THEN true WHEN value IN ('false', '"false"', '0') THEN false END)
-               FILTER (WHERE key = 'is_transferred') AS transferred,
-           max(value #>> '{}') FILTER (WHERE key = 'group_id' AND pg_catalog.jsonb_typeof(value) IN ('string', 'number')) AS group_id,
-           (max(CASE pg_catalog.jsonb_typeof(value)
-                    WHEN 'array' THEN (SELECT pg_catalog.jsonb_agg(x #>> '{}') FROM pg_catalog.jsonb_array_elements(value) x
-                                        WHERE pg_catalog.jsonb_typeof(x) IN ('string', 'number', 'boolean'))
-                    WHEN 'string' THEN pg_catalog.jsonb_build_array(value #>> '{}') END::text)
-               FILTER (WHERE key = 'labels'))::jsonb AS labels,
-           max(n) FILTER (WHERE key = 'csat_score' AND abs(n) < 1e9) AS csat
-      FROM num
-     GROUP BY call_id
-), rec AS (
-    -- every recording once (the newest event's copy of it), in the order they started
-    SELECT DISTINCT ON (ev.call_id, COALESCE(r ->> 'id', r ->> 'url')) ev.call_id, r
-      FROM ev, pg_catalog.jsonb_array_elements(
-                   CASE WHEN pg_catalog.jsonb_typeof(ev.payload -> 'recording_details') = 'array'
-                        THEN ev.payload -> 'recording_details' ELSE '[]' END) r
-     WHERE pg_catalog.jsonb_typeof(r) = 'object' AND COALESCE(r ->> 'id', r ->> 'url') IS NOT NULL
-     ORDER BY ev.call_id, COALESCE(r ->> 'id', r ->> 'url'), ev.ts DESC NULLS FIRST, ev.id DESC
-), recs AS (
-    SELECT call_id,
-           pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
-               'id', r ->> 'id', 'url', r ->> 'url', 'type', r ->> 'recording_type',
-               'start_time', CASE WHEN pg_catalog.jsonb_typeof(r -> 'start_time') = 'number'
-                                  THEN pg_catalog.trunc((r ->> 'start_time')::numeric) END,
-               'duration_seconds', CASE WHEN pg_catalog.jsonb_typeof(r -> 'duration') = 'number'
-                                        THEN pg_catalog.trim_scale(round((r ->> 'duration')::numeric / 1000, 3)) END))
-               ORDER BY CASE WHEN pg_catalog.jsonb_typeof(r -> 'start_time') = 'number' THEN (r ->> 'start_time')::numeric END
-                        NULLS LAST, r ->> 'id', r ->> 'url') AS list,
-           (array_agg(r ->> 'url' ORDER BY (r ->> 'recording_type') = 'admincallrecording',
-                      CASE WHEN pg_catalog.jsonb_typeof(r -> 'start_time') = 'number' THEN (r ->> 'start_time')::numeric END NULLS LAST, r ->> 'id')
-               FILTER (WHERE r ->> 'url' IS NOT NULL
-                         AND COALESCE(r ->> 'recording_type', 'callrecording') IN ('callrecording', 'admincallrecording')))[1] AS call_url,
-           (array_agg(r ->> 'url' ORDER BY CASE WHEN pg_catalog.jsonb_typeof(r -> 'start_time') = 'number' THEN (r ->> 'start_time')::numeric END NULLS LAST, r ->> 'id')
-               FILTER (WHERE r ->> 'url' IS NOT NULL AND r ->> 'recording_type' = 'voicemail'))[1] AS voicemail_url
-      FROM rec
-     GROUP BY call_id
-), ends AS (
-    -- the state of the first event (in event order) that maps to the leg's terminal status
-    SELECT DISTINCT ON (c.dialpad_call_id) c.dialpad_call_id AS call_id, ev.payload ->> 'state' AS state
-      FROM dialpad.calls c
-      JOIN dialpad.call_statuses s ON s.status = c.status AND s.is_terminal
-      JOIN ev ON ev.call_id = c.dialpad_call_id
-      JOIN dialpad.state_mapping m ON m.state = ev.payload ->> 'state'
-     WHERE c.status IN (m.status, m.status_if_unanswered_inbound, m.status_if_unanswered_outbound)
-     ORDER BY c.dialpad_call_id, ev.ts NULLS LAST, ev.id
-)
-UPDATE dialpad.calls c
-   SET talk_seconds = f.talk, hold_seconds = f.hold, total_duration_seconds = f.total,
-       rang_at = COALESCE(f.rang, f.first_rang), queued_at = f.queued, is_transferred = f.transferred,
-       group_id = f.group_id, labels = f.labels, csat_score = f.csat,
-       recordings = recs.list,
-       recording_url = CASE WHEN recs.list IS NULL THEN c.recording_url ELSE recs.call_url END,
-       voicemail_recording_url = recs.voicemail_url,
-       end_state = ends.state
-  FROM (SELECT call_id FROM f UNION SELECT call_id FROM recs UNION SELECT call_id FROM ends) k
-  LEFT JOIN f USING (call_id)
-  LEFT JOIN recs USING (call_id)
-  LEFT JOIN ends USING (call_id)
- WHERE c.dialpad_call_id = k.call_id;
-ALTER TABLE dialpad.calls ENABLE ALWAYS TRIGGER calls_before_write, ENABLE ALWAYS TRIGGER calls_after_write;
-SELECT dialpad.rebuild_logical_calls();
+-- ---------------------------------------------------------------------------------------------
+-- Leg columns of calls made before they existed (an upgrade from 0.1.0 lists its calls in
+-- dialpad.leg_backfill): filled from the audit log after the upgrade, a slice at a time, by
+-- dialpad.run_maintenance() (the workers run it; pg_cron users schedule it), so that the
+-- upgrade itself stays short: ingestion waits for ALTER EXTENSION to commit.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE dialpad.leg_backfill (
+    dialpad_call_id bigint PRIMARY KEY
+);
+COMMENT ON TABLE dialpad.leg_backfill IS
+    'Calls whose leg columns an upgrade left to be filled from the audit log; dialpad.backfill_legs() (called by dialpad.run_maintenance()) empties it.';
+SELECT pg_catalog.pg_extension_config_dump('dialpad.leg_backfill', '');
+
+-- Fills the leg columns of up to max_calls listed calls from their events in the audit log:
+-- each column takes the value of the newest event (by event_timestamp) that carries it, as
+-- the processor does; a value the processor would refuse is left NULL. recording_url is chosen
+-- again from every recording of the leg (0.1.0 took the first url, a voicemail's too). Calls a
+-- processor holds are left for the next call. Every listed call is written, so that the
+-- triggers bring its dialpad.logical_calls row up to date. Returns how many calls were filled.
+CREATE FUNCTION dialpad.backfill_legs(max_calls integer DEFAULT 20000) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    ids bigint[];
+BEGIN
+    ids := ARRAY(SELECT c.dialpad_call_id
+                   FROM dialpad.leg_backfill b JOIN dialpad.calls c ON c.dialpad_call_id = b.dialpad_call_id
+                  ORDER BY b.dialpad_call_id LIMIT max_calls FOR UPDATE OF c SKIP LOCKED);
+    IF cardinality(ids) = 0 THEN
+        -- what is left names calls deleted since, or held right now
+        DELETE FROM dialpad.leg_backfill b
+         WHERE NOT EXISTS (SELECT 1 FROM dialpad.calls c WHERE c.dialpad_call_id = b.dialpad_call_id);
+        RETURN 0;
+    END IF;
+    DELETE FROM dialpad.leg_backfill WHERE dialpad_call_id = ANY (ids);
+    WITH ev AS (
+        SELECT e.id, e.call_id, e.payload,
+               CASE WHEN pg_catalog.jsonb_typeof(e.payload -> 'event_timestamp') = 'number'
+                    THEN (e.payload ->> 'event_timestamp')::numeric END AS ts
+          FROM dialpad.webhook_events e
+         WHERE e.call_id = ANY (ids) AND e.processed_at IS NOT NULL AND e.duplicate_of IS NULL
+    ), kv AS (
+        SELECT DISTINCT ON (ev.call_id, k.key) ev.call_id, k.key, k.value
+          FROM ev, pg_catalog.jsonb_each(ev.payload) k
+         WHERE k.key IN ('talk_time', 'hold_time', 'total_duration', 'date_rang', 'date_first_rang',
+                         'date_queued', 'is_transferred', 'group_id', 'labels', 'csat_score')
+           AND pg_catalog.jsonb_typeof(k.value) <> 'null'
+         ORDER BY ev.call_id, k.key, ev.ts DESC NULLS FIRST, ev.id DESC
+    ), num AS (
+        -- numbers, and strings holding one, as numeric
+        SELECT call_id, key, value,
+               CASE WHEN pg_catalog.jsonb_typeof(value) = 'number' THEN (value #>> '{}')::numeric
+                    WHEN pg_catalog.jsonb_typeof(value) = 'string'
+                         AND (value #>> '{}') ~ '^\s*[0-9]+(\.[0-9]+)?\s*$' THEN pg_catalog.btrim(value #>> '{}')::numeric
+               END AS n
+          FROM kv
+    ), f AS (
+        SELECT call_id,
+               max(round(n / 1000, 3)) FILTER (WHERE key = 'talk_time' AND n < 1e14) AS talk,
+               max(round(n / 1000, 3)) FILTER (WHERE key = 'hold_time' AND n < 1e14) AS hold,
+               max(round(n / 1000, 3)) FILTER (WHERE key = 'total_duration' AND n < 1e14) AS total,
+               max(pg_catalog.to_timestamp(n / 1000)) FILTER (WHERE key = 'date_rang' AND n BETWEEN 0 AND 253402300799999) AS rang,
+               max(pg_catalog.to_timestamp(n / 1000)) FILTER (WHERE key = 'date_first_rang' AND n BETWEEN 0 AND 253402300799999) AS first_rang,
+               max(pg_catalog.to_timestamp(n / 1000)) FILTER (WHERE key = 'date_queued' AND n BETWEEN 0 AND 253402300799999) AS queued,
+               bool_or(CASE WHEN value IN ('true', '"true"', '1') THEN true WHEN value IN ('false', '"false"', '0') THEN false END)
+                   FILTER (WHERE key = 'is_transferred') AS transferred,
+               max(value #>> '{}') FILTER (WHERE key = 'group_id' AND pg_catalog.jsonb_typeof(value) IN ('string', 'number')) AS group_id,
+               (max(CASE pg_catalog.jsonb_typeof(value)
+                        WHEN 'array' THEN (SELECT pg_catalog.jsonb_agg(x #>> '{}') FROM pg_catalog.jsonb_array_elements(value) x
+                                            WHERE pg_catalog.jsonb_typeof(x) IN ('string', 'number', 'boolean'))
+                        WHEN 'string' THEN pg_catalog.jsonb_build_array(value #>> '{}') END::text)
+                   FILTER (WHERE key = 'labels'))::jsonb AS labels,
+               max(n) FILTER (WHERE key = 'csat_score' AND abs(n) < 1e9) AS csat
+          FROM num
+         GROUP BY call_id
+    ), rec AS (
+        -- every recording once (the newest event's copy of it), in the order they started
+        SELECT DISTINCT ON (ev.call_id, COALESCE(r ->> 'id', r ->> 'url')) ev.call_id, r
+          FROM ev, pg_catalog.jsonb_array_elements(
+                       CASE WHEN pg_catalog.jsonb_typeof(ev.payload -> 'recording_details') = 'array'
+                            THEN ev.payload -> 'recording_details' ELSE '[]' END) r
+         WHERE pg_catalog.jsonb_typeof(r) = 'object' AND COALESCE(r ->> 'id', r ->> 'url') IS NOT NULL
+         ORDER BY ev.call_id, COALESCE(r ->> 'id', r ->> 'url'), ev.ts DESC NULLS FIRST, ev.id DESC
+    ), recs AS (
+        SELECT call_id,
+               pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                   'id', r ->> 'id', 'url', r ->> 'url', 'type', r ->> 'recording_type',
+                   'start_time', CASE WHEN pg_catalog.jsonb_typeof(r -> 'start_time') = 'number'
+                                      THEN pg_catalog.trunc((r ->> 'start_time')::numeric) END,
+                   'duration_seconds', CASE WHEN pg_catalog.jsonb_typeof(r -> 'duration') = 'number'
+                                            THEN pg_catalog.trim_scale(round((r ->> 'duration')::numeric / 1000, 3)) END))
+                   ORDER BY CASE WHEN pg_catalog.jsonb_typeof(r -> 'start_time') = 'number' THEN (r ->> 'start_time')::numeric END
+                            NULLS LAST, r ->> 'id', r ->> 'url') AS list,
+               (array_agg(r ->> 'url' ORDER BY (r ->> 'recording_type') = 'admincallrecording',
+                          CASE WHEN pg_catalog.jsonb_typeof(r -> 'start_time') = 'number' THEN (r ->> 'start_time')::numeric END NULLS LAST, r ->> 'id')
+                   FILTER (WHERE r ->> 'url' IS NOT NULL
+                             AND COALESCE(r ->> 'recording_type', 'callrecording') IN ('callrecording', 'admincallrecording')))[1] AS call_url,
+               (array_agg(r ->> 'url' ORDER BY CASE WHEN pg_catalog.jsonb_typeof(r -> 'start_time') = 'number' THEN (r ->> 'start_time')::numeric END NULLS LAST, r ->> 'id')
+                   FILTER (WHERE r ->> 'url' IS NOT NULL AND r ->> 'recording_type' = 'voicemail'))[1] AS voicemail_url
+          FROM rec
+         GROUP BY call_id
+    ), ends AS (
+        -- the state of the first event (in event order) that maps to the leg's terminal status
+        SELECT DISTINCT ON (c.dialpad_call_id) c.dialpad_call_id AS call_id, ev.payload ->> 'state' AS state
+          FROM dialpad.calls c
+          JOIN dialpad.call_statuses s ON s.status = c.status AND s.is_terminal
+          JOIN ev ON ev.call_id = c.dialpad_call_id
+          JOIN dialpad.state_mapping m ON m.state = ev.payload ->> 'state'
+         WHERE c.status IN (m.status, m.status_if_unanswered_inbound, m.status_if_unanswered_outbound)
+         ORDER BY c.dialpad_call_id, ev.ts NULLS LAST, ev.id
+    )
+    UPDATE dialpad.calls c
+       SET talk_seconds = f.talk, hold_seconds = f.hold, total_duration_seconds = f.total,
+           rang_at = COALESCE(f.rang, f.first_rang), queued_at = f.queued, is_transferred = f.transferred,
+           group_id = f.group_id, labels = f.labels, csat_score = f.csat,
+           recordings = recs.list,
+           recording_url = CASE WHEN recs.list IS NULL THEN c.recording_url ELSE recs.call_url END,
+           voicemail_recording_url = recs.voicemail_url,
+           end_state = ends.state
+      FROM pg_catalog.unnest(ids) AS k(call_id)
+      LEFT JOIN f USING (call_id)
+      LEFT JOIN recs USING (call_id)
+      LEFT JOIN ends USING (call_id)
+     WHERE c.dialpad_call_id = k.call_id;
+    RETURN cardinality(ids);
+END
+$fn$;
+COMMENT ON FUNCTION dialpad.backfill_legs(integer) IS
+    'Fills the leg columns of up to max_calls calls listed in dialpad.leg_backfill from the audit log (dialpad.run_maintenance() calls it); returns how many.';
+REVOKE EXECUTE ON FUNCTION dialpad.backfill_legs(integer) FROM PUBLIC;
+
+-- The leg columns of the calls 0.1.0 made, and their dialpad.logical_calls rows, are filled
+-- from the audit log after the upgrade, by dialpad.run_maintenance() (dialpad.backfill_legs()),
+-- a slice at a time, while ingestion and processing go on: listed here.
+INSERT INTO dialpad.leg_backfill SELECT dialpad_call_id FROM dialpad.calls;
 
 GRANT SELECT ON dialpad.logical_calls, dialpad.logical_calls_from_legs TO dialpad_reader;
 GRANT EXECUTE ON FUNCTION dialpad.rebuild_logical_calls() TO dialpad_admin;

@@ -221,8 +221,11 @@ fn upgrade_from(old: &str) {
     );
     assert!(upgraded.len() > 50, "the fingerprint sees the catalogs ({} rows)", upgraded.len());
 
-    // The leg columns the upgrade filled for the calls 0.1.0 made, and the logical calls, are
-    // what this version's processor makes of the same events in the fresh database.
+    // The leg columns of the calls 0.1.0 made, filled from the audit log after the upgrade by
+    // the worker's maintenance (a slice at a time), and the logical calls, are what this
+    // version's processor makes of the same events in the fresh database.
+    wait_until(&mut c, "SELECT count(*) = 0 FROM dialpad.leg_backfill", 120);
+    assert!(cluster.log().contains("maintenance: backfilled dialpad.calls"), "{}", cluster.log());
     let events: Vec<String> = c
         .query(
             "SELECT payload::text FROM dialpad.webhook_events WHERE duplicate_of IS NULL AND call_id IS NOT NULL ORDER BY id",

@@ -196,13 +196,13 @@ impl Worker {
         // Busy as in a batch, so that DROP EXTENSION waits for the pass to end before it
         // takes its locks (seen set before the drop is checked).
         self.slot.in_batch.store(true, Ordering::SeqCst);
-        if !self.shared.drop_in_progress() {
-            run_maintenance(self.index);
-        }
+        let more = !self.shared.drop_in_progress() && run_maintenance(self.index);
         self.slot.in_batch.store(false, Ordering::Release);
         // SAFETY: outside a transaction.
         unsafe { pg_sys::pgstat_report_stat(false) };
-        self.last_maintenance = Some(Instant::now());
+        // Leg columns left to fill after an upgrade: the next pass comes at once, between
+        // batches, until they are done.
+        self.last_maintenance = (!more).then(Instant::now);
         report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook events");
     }
 }
@@ -279,7 +279,8 @@ impl Idle {
 }
 
 /// dialpad.run_maintenance() in its own transaction; what it did goes to the server log.
-fn run_maintenance(index: usize) {
+/// True when it backfilled leg columns (more may be left).
+fn run_maintenance(index: usize) -> bool {
     let result: Result<Vec<String>, String> = PgTryBuilder::new(|| {
         Ok(BackgroundWorker::transaction(|| {
             Spi::connect(|client| {
@@ -305,9 +306,10 @@ fn run_maintenance(index: usize) {
     .execute();
     match result {
         Ok(done) => {
-            for line in done {
+            for line in &done {
                 log!("pg_dialpad worker {index}: maintenance: {line}");
             }
+            done.iter().any(|line| line.starts_with("backfilled "))
         }
         Err(msg) => {
             // SAFETY: as in run_one_batch, after an ERROR caught in our own transaction.
@@ -317,6 +319,7 @@ fn run_maintenance(index: usize) {
             }
             batch::forget_plans();
             warning!("pg_dialpad worker {index}: maintenance failed and was rolled back: {msg}");
+            false
         }
     }
 }
