@@ -967,6 +967,28 @@ fn upgrade_bench(report: &mut Report, events: usize, jwts: &[String]) {
         "measured",
         None,
     );
+    // After it, the leg columns of the 0.1.0 calls are filled from the audit log, a slice of
+    // 20,000 calls per dialpad.run_maintenance(), with ingestion and processing going on.
+    let listed = count(&mut c, "SELECT count(*) FROM dialpad.leg_backfill");
+    let started = Instant::now();
+    let mut slices = Vec::new();
+    loop {
+        let t = Instant::now();
+        let n = count(&mut c, "SELECT dialpad.backfill_legs(20000)");
+        if n == 0 {
+            break;
+        }
+        slices.push(t.elapsed().as_secs_f64());
+    }
+    let total = started.elapsed().as_secs_f64();
+    report.add(
+        &format!("leg columns filled after the upgrade, {listed} calls"),
+        format!("{total:.1} s"),
+        format!("{} slices, the longest {:.2} s", slices.len(), slices.iter().cloned().fold(0.0, f64::max)),
+        String::new(),
+        "measured",
+        None,
+    );
 }
 
 /// `memory_events` events (BENCH_ONLY=backlog runs only this).

@@ -266,7 +266,7 @@ SELECT pg_catalog.pg_extension_config_dump('dialpad.leg_backfill', '');
 -- again from every recording of the leg (0.1.0 took the first url, a voicemail's too). Calls a
 -- processor holds are left for the next call. Every listed call is written, so that the
 -- triggers bring its dialpad.logical_calls row up to date. Returns how many calls were filled.
-CREATE FUNCTION dialpad.backfill_legs(max_calls integer DEFAULT 20000) RETURNS bigint
+CREATE FUNCTION dialpad.backfill_legs(max_calls integer DEFAULT 5000) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     ids bigint[];

@@ -593,7 +593,7 @@ BEGIN
 
     -- Leg columns an upgrade left to fill (sql/analytics.sql): one slice per run; the workers
     -- run maintenance again at once while this reports work done.
-    rows := dialpad.backfill_legs(20000);
+    rows := dialpad.backfill_legs(5000);
     IF rows > 0 THEN
         action := 'backfilled'; partition := 'dialpad.calls'; range_from := NULL; range_to := NULL;
         RETURN NEXT;
@@ -601,7 +601,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dialpad.run_maintenance() IS
-    'Creates the partitions of dialpad.webhook_events and dialpad.rejected_transitions for the next dialpad.partitions_ahead intervals, moves rows out of the DEFAULT partitions into partitions of their own, and drops (or detaches, per dialpad.retention_mode) partitions older than dialpad.retention, except those holding a pending or dead-lettered event. Returns what it did: created, dropped, detached, kept (rows = its unprocessed events), busy (a lock was not had within 2 s; tried again next time), backfilled (rows = calls whose leg columns were filled from the audit log after an upgrade, 20,000 per run). The workers run it every dialpad.maintenance_interval, and again at once while it backfills.';
+    'Creates the partitions of dialpad.webhook_events and dialpad.rejected_transitions for the next dialpad.partitions_ahead intervals, moves rows out of the DEFAULT partitions into partitions of their own, and drops (or detaches, per dialpad.retention_mode) partitions older than dialpad.retention, except those holding a pending or dead-lettered event. Returns what it did: created, dropped, detached, kept (rows = its unprocessed events), busy (a lock was not had within 2 s; tried again next time), backfilled (rows = calls whose leg columns were filled from the audit log after an upgrade, 5,000 per run). The workers run it every dialpad.maintenance_interval, and again at once while it backfills.';
 
 SELECT pg_catalog.pg_extension_config_dump('dialpad.webhook_events_default', '');
 SELECT pg_catalog.pg_extension_config_dump('dialpad.rejected_transitions_default', '');
@@ -1061,7 +1061,7 @@ SELECT pg_catalog.pg_extension_config_dump('dialpad.leg_backfill', '');
 -- again from every recording of the leg (0.1.0 took the first url, a voicemail's too). Calls a
 -- processor holds are left for the next call. Every listed call is written, so that the
 -- triggers bring its dialpad.logical_calls row up to date. Returns how many calls were filled.
-CREATE FUNCTION dialpad.backfill_legs(max_calls integer DEFAULT 20000) RETURNS bigint
+CREATE FUNCTION dialpad.backfill_legs(max_calls integer DEFAULT 5000) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     ids bigint[];
