@@ -26,6 +26,11 @@ pg_bin_of() {
     esac
 }
 
+# The demo's cluster for the current PostgreSQL (scripts/demo): one per major version.
+demo_dir() {
+    echo "${REPO_ROOT}/target/demo-cluster-${PG_MAJOR}"
+}
+
 # Makes PostgreSQL $1 the one the functions below use (PG_MAJOR, PG_BIN, PG_CONFIG).
 use_pg() {
     PG_MAJOR="$1"
@@ -118,7 +123,7 @@ install_extension() {
     [ "${PROFILE:-release}" = dev ] && profile=()
     # Overwriting the library under a running server crashes it: stop our demo cluster first
     # (scripts/demo starts it again).
-    cluster_stop "${REPO_ROOT}/target/demo-cluster"
+    cluster_stop "$(demo_dir)"
     log "building and installing pg_dialpad (${PROFILE:-release})"
     (cd "${REPO_ROOT}" && as_root env PATH="${PATH}" PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}" \
         cargo pgrx install "${profile[@]}" --pg-config "${PG_CONFIG}" >/dev/null)
