@@ -133,7 +133,6 @@ fn roles(legs: &[Leg]) -> Vec<Role> {
             let (root, ans) = (is_root(l), answered(l));
             let within_root = match (root_connected, root_end, l.connected_at) {
                 (Some(rc), Some(re), Some(c)) => c >= rc && end_or_open(l) <= re,
-                (Some(_), None, Some(_)) => false,
                 _ => false,
             };
             let counted = ans && !(root && carrier) && (root || carrier || root_connected.is_none() || !within_root);

@@ -44,33 +44,54 @@ const LEGS_SQL: &str = "SELECT dialpad_call_id, logical_call_id, direction, stat
        voicemail_recording_url, source
   FROM dialpad.calls WHERE logical_call_id OPERATOR(pg_catalog.=) ANY ($1)";
 
-const COLUMNS: &str = "logical_call_id, direction, outcome, started_at, answered_at, ended_at, wait_seconds,
- talk_seconds, hold_seconds, legs, transfers, answered_by_target_id, answered_by_name, external_number,
- internal_number, contact_id, contact_name, recording_url, voicemail_link, source, last_event_at";
+/// The columns of dialpad.logical_calls as the refresh writes them, in [`args`]'s order:
+/// (name, SQL type of the array argument, its OID). The statements below are made from it.
+const COLUMNS: &[(&str, &str, pg_sys::Oid)] = {
+    use pg_sys::TIMESTAMPTZARRAYOID as TS;
+    use pg_sys::{FLOAT8ARRAYOID as F8, INT4ARRAYOID as I4, INT8ARRAYOID as I8, TEXTARRAYOID as T};
+    &[
+        ("logical_call_id", "int8", I8),
+        ("direction", "text", T),
+        ("outcome", "text", T),
+        ("started_at", "timestamptz", TS),
+        ("answered_at", "timestamptz", TS),
+        ("ended_at", "timestamptz", TS),
+        ("wait_seconds", "float8", F8),
+        ("talk_seconds", "float8", F8),
+        ("hold_seconds", "float8", F8),
+        ("legs", "int4", I4),
+        ("transfers", "int4", I4),
+        ("answered_by_target_id", "text", T),
+        ("answered_by_name", "text", T),
+        ("external_number", "text", T),
+        ("internal_number", "text", T),
+        ("contact_id", "text", T),
+        ("contact_name", "text", T),
+        ("recording_url", "text", T),
+        ("voicemail_link", "text", T),
+        ("source", "text", T),
+        ("last_event_at", "timestamptz", TS),
+    ]
+};
 
-const ROWS: &str = "ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]),
- pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.timestamptz[]),
- pg_catalog.unnest($5::pg_catalog.timestamptz[]), pg_catalog.unnest($6::pg_catalog.timestamptz[]),
- pg_catalog.unnest($7::pg_catalog.float8[]), pg_catalog.unnest($8::pg_catalog.float8[]),
- pg_catalog.unnest($9::pg_catalog.float8[]), pg_catalog.unnest($10::pg_catalog.int4[]),
- pg_catalog.unnest($11::pg_catalog.int4[]), pg_catalog.unnest($12::pg_catalog.text[]),
- pg_catalog.unnest($13::pg_catalog.text[]), pg_catalog.unnest($14::pg_catalog.text[]),
- pg_catalog.unnest($15::pg_catalog.text[]), pg_catalog.unnest($16::pg_catalog.text[]),
- pg_catalog.unnest($17::pg_catalog.text[]), pg_catalog.unnest($18::pg_catalog.text[]),
- pg_catalog.unnest($19::pg_catalog.text[]), pg_catalog.unnest($20::pg_catalog.text[]),
- pg_catalog.unnest($21::pg_catalog.timestamptz[]))";
+/// `ROWS FROM (unnest($1), ...) AS r(columns)`: the rows of [`args`].
+fn rows_from() -> (String, String) {
+    let unnests: Vec<String> = COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, (_, t, _))| format!("pg_catalog.unnest(${}::pg_catalog.{t}[])", i + 1))
+        .collect();
+    let names: Vec<&str> = COLUMNS.iter().map(|(c, _, _)| *c).collect();
+    (format!("ROWS FROM ({}) AS r({})", unnests.join(", "), names.join(", ")), names.join(", "))
+}
 
 fn update_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        let sets: Vec<String> = COLUMNS
-            .split(',')
-            .map(str::trim)
-            .filter(|c| *c != "logical_call_id")
-            .map(|c| format!("{c} = r.{c}"))
-            .collect();
+        let (rows, _) = rows_from();
+        let sets: Vec<String> = COLUMNS[1..].iter().map(|(c, _, _)| format!("{c} = r.{c}")).collect();
         format!(
-            "UPDATE dialpad.logical_calls l SET {} FROM {ROWS} AS r({COLUMNS})
+            "UPDATE dialpad.logical_calls l SET {} FROM {rows}
               WHERE l.logical_call_id OPERATOR(pg_catalog.=) r.logical_call_id
                 AND (l.*) IS DISTINCT FROM (r.*)::dialpad.logical_calls",
             sets.join(", ")
@@ -81,8 +102,9 @@ fn update_sql() -> &'static str {
 fn insert_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
+        let (rows, names) = rows_from();
         format!(
-            "INSERT INTO dialpad.logical_calls ({COLUMNS}) SELECT * FROM {ROWS} AS r({COLUMNS})
+            "INSERT INTO dialpad.logical_calls ({names}) SELECT * FROM {rows}
              ON CONFLICT (logical_call_id) DO NOTHING RETURNING logical_call_id"
         )
     })
@@ -91,37 +113,24 @@ fn insert_sql() -> &'static str {
 const DELETE_SQL: &str = "DELETE FROM dialpad.logical_calls WHERE logical_call_id OPERATOR(pg_catalog.=) ANY ($1)";
 
 fn types() -> Vec<pg_sys::Oid> {
-    use pg_sys::*;
-    vec![
-        INT8ARRAYOID,
-        TEXTARRAYOID,
-        TEXTARRAYOID,
-        TIMESTAMPTZARRAYOID,
-        TIMESTAMPTZARRAYOID,
-        TIMESTAMPTZARRAYOID,
-        FLOAT8ARRAYOID,
-        FLOAT8ARRAYOID,
-        FLOAT8ARRAYOID,
-        INT4ARRAYOID,
-        INT4ARRAYOID,
-        TEXTARRAYOID,
-        TEXTARRAYOID,
-        TEXTARRAYOID,
-        TEXTARRAYOID,
-        TEXTARRAYOID,
-        TEXTARRAYOID,
-        TEXTARRAYOID,
-        TEXTARRAYOID,
-        TEXTARRAYOID,
-        TIMESTAMPTZARRAYOID,
-    ]
+    COLUMNS.iter().map(|(_, _, oid)| *oid).collect()
+}
+
+/// The logical call ids a statement returned (its first column).
+fn ids_of(table: pgrx::spi::SpiTupleTable<'_>) -> Result<BTreeSet<i64>, pgrx::spi::Error> {
+    let mut ids = BTreeSet::new();
+    for row in table {
+        ids.insert(row.get::<i64>(1)?.unwrap_or_default());
+    }
+    Ok(ids)
 }
 
 fn ts(us: Option<i64>) -> Option<TimestampWithTimeZone> {
     us.and_then(|us| TimestampWithTimeZone::try_from(us).ok())
 }
 
-/// The rows as the arguments of [`update_sql`] and [`insert_sql`], column by column.
+/// The rows as the arguments of [`update_sql`] and [`insert_sql`], column by column, in
+/// [`COLUMNS`]'s order.
 fn args<'a>(rows: &[&LogicalCall]) -> Vec<DatumWithOid<'a>> {
     macro_rules! col {
         ($f:expr) => {
@@ -208,35 +217,21 @@ pub(crate) fn refresh(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<(), pgr
     // A call raced by a concurrent first insert is done again; each round settles every
     // call it locked, so this ends (a second round is rare, a third rarer still).
     while !ids.is_empty() {
-        let locked: BTreeSet<i64> = {
-            let table = run_kept(client, LOCK_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.clone().into()])?;
-            let mut locked = BTreeSet::new();
-            for row in table {
-                locked.insert(row.get::<i64>(1)?.unwrap_or_default());
-            }
-            locked
-        };
+        let locked = ids_of(run_kept(client, LOCK_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.clone().into()])?)?;
         let calls = compute_calls(client, &ids)?;
         let (known, new): (Vec<&LogicalCall>, Vec<&LogicalCall>) =
             calls.iter().partition(|c| locked.contains(&c.logical_call_id));
         if !known.is_empty() {
             run_kept(client, update_sql(), &types(), None, &args(&known))?;
         }
-        let gone: Vec<i64> =
-            locked.iter().copied().filter(|id| !calls.iter().any(|c| c.logical_call_id == *id)).collect();
+        let computed: BTreeSet<i64> = calls.iter().map(|c| c.logical_call_id).collect();
+        let gone: Vec<i64> = locked.difference(&computed).copied().collect();
         if !gone.is_empty() {
             run_kept(client, DELETE_SQL, &[pg_sys::INT8ARRAYOID], None, &[gone.into()])?;
         }
         let mut raced = Vec::new();
         if !new.is_empty() {
-            let inserted: BTreeSet<i64> = {
-                let table = run_kept(client, insert_sql(), &types(), None, &args(&new))?;
-                let mut inserted = BTreeSet::new();
-                for row in table {
-                    inserted.insert(row.get::<i64>(1)?.unwrap_or_default());
-                }
-                inserted
-            };
+            let inserted = ids_of(run_kept(client, insert_sql(), &types(), None, &args(&new))?)?;
             raced = new.iter().map(|c| c.logical_call_id).filter(|id| !inserted.contains(id)).collect();
         }
         ids = raced;
