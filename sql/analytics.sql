@@ -271,6 +271,11 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     ids bigint[];
 BEGIN
+    -- Nothing to fill (the usual case; and on Citus, where dialpad.distribute() comes after
+    -- the fill, the locking join below could not run).
+    IF NOT EXISTS (SELECT FROM dialpad.leg_backfill) THEN
+        RETURN 0;
+    END IF;
     ids := ARRAY(SELECT c.dialpad_call_id
                    FROM dialpad.leg_backfill b JOIN dialpad.calls c ON c.dialpad_call_id = b.dialpad_call_id
                   ORDER BY b.dialpad_call_id LIMIT max_calls FOR UPDATE OF c SKIP LOCKED);

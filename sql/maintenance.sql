@@ -168,6 +168,13 @@ BEGIN
     ahead := (SELECT setting::int FROM pg_settings WHERE name = 'dialpad.partitions_ahead');
     keep := make_interval(mins => (SELECT setting::int FROM pg_settings WHERE name = 'dialpad.retention'));
     mode := (SELECT setting FROM pg_settings WHERE name = 'dialpad.retention_mode');
+    -- On a Citus worker node the coordinator keeps the partitions of the distributed tables
+    -- (README, "Scaling out with Citus"): partitions made here would collide with its own.
+    IF EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+        IF (SELECT groupid FROM pg_catalog.pg_dist_local_group) OPERATOR(pg_catalog.<>) 0 THEN
+            RETURN;
+        END IF;
+    END IF;
 
     FOREACH tbl IN ARRAY ARRAY['dialpad.webhook_events'::regclass, 'dialpad.rejected_transitions'::regclass] LOOP
         col := CASE tbl WHEN 'dialpad.webhook_events'::regclass THEN 'received_at' ELSE 'rejected_at' END;

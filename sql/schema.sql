@@ -74,11 +74,11 @@ UPDATE dialpad.state_mapping SET keep_terminal = true WHERE state = 'hangup';
 CREATE FUNCTION dialpad.rule_upsert() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF TG_TABLE_NAME = 'call_statuses' THEN
+    IF TG_RELID OPERATOR(pg_catalog.=) 'dialpad.call_statuses'::pg_catalog.regclass THEN
         UPDATE dialpad.call_statuses
            SET is_terminal = NEW.is_terminal, description = NEW.description
          WHERE status = NEW.status;
-    ELSIF TG_TABLE_NAME = 'state_mapping' THEN
+    ELSIF TG_RELID OPERATOR(pg_catalog.=) 'dialpad.state_mapping'::pg_catalog.regclass THEN
         UPDATE dialpad.state_mapping
            SET status = NEW.status,
                status_if_unanswered_inbound = NEW.status_if_unanswered_inbound,
@@ -86,9 +86,12 @@ BEGIN
                description = NEW.description,
                keep_terminal = NEW.keep_terminal
          WHERE state = NEW.state;
-    ELSE
+    ELSIF TG_RELID OPERATOR(pg_catalog.=) 'dialpad.status_transitions'::pg_catalog.regclass THEN
         PERFORM 1 FROM dialpad.status_transitions
           WHERE from_status = NEW.from_status AND to_status = NEW.to_status;
+    ELSE
+        -- A Citus shard of a rule table (dialpad.distribute()): the row is stored as sent.
+        RETURN NEW;
     END IF;
     IF FOUND THEN
         RETURN NULL;
@@ -157,6 +160,11 @@ COMMENT ON FUNCTION dialpad.rule_key(text, jsonb) IS
 CREATE FUNCTION dialpad.rule_deleted() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- A Citus shard of a rule table (dialpad.distribute()): a cluster is not restored from
+    -- pg_dump, and each node would record the deletion in its own table.
+    IF TG_TABLE_NAME OPERATOR(pg_catalog.<>) TG_ARGV[0] THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'DELETE' THEN
         INSERT INTO dialpad.deleted_rules (rule_table, rule_key)
         VALUES (TG_ARGV[0], dialpad.rule_key(TG_ARGV[0], to_jsonb(OLD)))

@@ -18,6 +18,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod bgworker;
+mod citus;
 mod codec;
 mod domain;
 mod gucs;
@@ -51,6 +52,7 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["processing", api::version_info]);
 extension_sql_file!("../sql/analytics.sql", name = "analytics", requires = ["maintenance"]);
+extension_sql_file!("../sql/citus.sql", name = "citus", requires = ["analytics"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

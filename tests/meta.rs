@@ -32,7 +32,7 @@ fn meta_json_matches_the_crate_and_the_control_file() {
 #[test]
 fn the_upgrade_script_carries_the_shared_sql_files_verbatim() {
     let upgrade = std::fs::read_to_string("sql/pg_dialpad--0.1.0--0.2.0.sql").unwrap();
-    for file in ["sql/maintenance.sql", "sql/analytics.sql"] {
+    for file in ["sql/maintenance.sql", "sql/analytics.sql", "sql/citus.sql"] {
         let text = std::fs::read_to_string(file).unwrap();
         assert!(upgrade.contains(&text), "{file} is not in sql/pg_dialpad--0.1.0--0.2.0.sql verbatim");
     }

@@ -29,9 +29,33 @@ fn process_events(max_events: default!(i32, 500)) -> i32 {
     }
     version::require_current();
     let rules = rules::current_or_raise();
-    let out =
-        with_default_lock_timeout(|| batch::process_batch(max_events, &rules, gucs::max_attempts(), batch::Scan::Full));
-    out.handled as i32
+    let targets = match crate::citus::processing_targets() {
+        Ok(t) => t,
+        Err(e) => error::raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("pg_dialpad could not list the tables to process: {e}"),
+            None,
+            None,
+        ),
+    };
+    let mut handled = 0i64;
+    let mut left = max_events;
+    for tables in &targets.local {
+        if left <= 0 {
+            break;
+        }
+        let out = crate::citus::with_shard_writes(|| {
+            with_default_lock_timeout(|| {
+                batch::process_batch(tables, left, &rules, gucs::max_attempts(), batch::Scan::Full)
+            })
+        });
+        handled += out.handled as i64;
+        left -= out.handled as i32;
+    }
+    if targets.coordinator && left > 0 {
+        handled += crate::citus::process_on_workers(left);
+    }
+    handled.min(i32::MAX as i64) as i32
 }
 
 /// Runs `f` with lock_timeout = dialpad.lock_timeout unless the caller set a lock_timeout

@@ -158,7 +158,15 @@ fn calls_before_write<'a>(
 fn calls_after_write<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
-    logical::refresh_touched(trigger.relid().map_err(err)?);
+    let relid = trigger.relid().map_err(err)?;
+    if relid != crate::pg::dialpad_relation(c"calls") && crate::pg::shell_of(relid) != relid {
+        // A Citus shard (dialpad.distribute()): the other legs of its logical calls may be
+        // in shards on other nodes, so it cannot compute them (README, "Scaling out with
+        // Citus": dialpad.logical_calls_from_legs).
+        logical::take_touched();
+        return Ok(None);
+    }
+    logical::refresh_touched(relid);
     Ok(None)
 }
 
@@ -180,7 +188,9 @@ pub(crate) fn record_rejection(
 /// tells every backend (at commit) and this one (at the next command) to reload the rules.
 #[pg_trigger]
 fn rules_changed<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
-    rules::invalidate(trigger.relid().map_err(err)?);
+    // On a Citus shard of a rule table, the sessions of this node watch the table it is a
+    // shard of: that is the one invalidated.
+    rules::invalidate(crate::pg::shell_of(trigger.relid().map_err(err)?));
     Ok(None)
 }
 
@@ -210,26 +220,16 @@ fn webhook_events_before_insert<'a>(
         match payload.as_ref().map(|p| crate::codec::jsonb::Container::root(p.body())) {
             Some(Ok(root)) => {
                 let key = crate::domain::webhook::dedupe_key(root);
-                let (state, call_id) = match root {
-                    crate::codec::jsonb::Value::Object(o) => (
-                        match o.get(b"state") {
-                            Ok(Some(crate::codec::jsonb::Value::String(s))) => {
-                                Some(String::from_utf8_lossy(s).into_owned())
-                            }
-                            _ => None,
-                        },
-                        match o.get(b"call_id") {
-                            Ok(Some(crate::codec::jsonb::Value::Numeric(n))) => {
-                                crate::codec::numeric::Decimal::from_datum_bytes(n).ok().and_then(|d| d.to_i64())
-                            }
-                            Ok(Some(crate::codec::jsonb::Value::String(s))) => {
-                                std::str::from_utf8(s).ok().and_then(|s| s.trim().parse().ok())
-                            }
-                            _ => None,
-                        },
-                    ),
-                    _ => (None, None),
+                let state = match root {
+                    crate::codec::jsonb::Value::Object(o) => match o.get(b"state") {
+                        Ok(Some(crate::codec::jsonb::Value::String(s))) => {
+                            Some(String::from_utf8_lossy(s).into_owned())
+                        }
+                        _ => None,
+                    },
+                    _ => None,
                 };
+                let call_id = crate::domain::webhook::call_id_of(root);
                 (key, state, call_id)
             }
             _ => (None, None, None),
@@ -251,7 +251,7 @@ fn webhook_events_before_insert<'a>(
                 .map_err(err)?
                 .map(|t| t.into_inner())
                 .unwrap_or_else(crate::pg::now);
-            crate::pipeline::dedupe::first_delivery(c, k, received)
+            crate::pipeline::dedupe::first_delivery(trigger.relid().map_err(err)?, c, k, received)
         }
         _ => None,
     };
@@ -259,7 +259,13 @@ fn webhook_events_before_insert<'a>(
         new.set_by_name("source", source).map_err(err)?;
     }
     new.set_by_name("dedupe_key", key).map_err(err)?;
-    new.set_by_name("call_id", call_id).map_err(err)?;
+    // On Citus the inbox is distributed by call_id, so an INSERT names it before the row is
+    // routed (README, "Scaling out with Citus"); an event without a call id is routed with 0,
+    // which is kept.
+    let routed_without_call_id = call_id.is_none() && new.get_by_name::<i64>("call_id").map_err(err)? == Some(0);
+    if !routed_without_call_id {
+        new.set_by_name("call_id", call_id).map_err(err)?;
+    }
     if let Some(first) = first {
         new.set_by_name("duplicate_of", first).map_err(err)?;
         let now = TimestampWithTimeZone::try_from(crate::pg::transaction_start()).ok();

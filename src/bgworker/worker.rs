@@ -2,6 +2,7 @@
 //! batches (and, for worker 0, maintenance), sleeping on its latch between them.
 
 use super::report_activity;
+use crate::citus::{self, Tables};
 use crate::{gucs, pg::shmem, pipeline::batch, pipeline::rules};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -81,6 +82,7 @@ impl Worker {
         let database = gucs::database();
         BackgroundWorker::connect_worker_to_spi(Some(&database), gucs::role().as_deref());
         set_session_settings();
+        citus::allow_shard_writes();
         apply_lock_timeout();
         log!("pg_dialpad worker {index} started in database \"{database}\"");
         Some(Worker {
@@ -109,14 +111,7 @@ impl Worker {
             return false;
         }
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"processing webhook events");
-        self.slot.in_batch.store(true, Ordering::SeqCst);
-        let result = run_one_batch(self.shared);
-        self.slot.in_batch.store(false, Ordering::Release);
-        // After every transaction, as worker_spi does: without it the table statistics
-        // (n_tup_upd, n_dead_tup, ...) never leave this process and autovacuum and
-        // autoanalyze never see the worker's writes.
-        // SAFETY: called outside a transaction, as PostgreSQL requires.
-        unsafe { pg_sys::pgstat_report_stat(false) };
+        let result = self.run_batches();
         let full = match result {
             Ok(Ran(o)) => self.ran(&o),
             Ok(idle) => {
@@ -130,6 +125,34 @@ impl Worker {
         };
         report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook events");
         full
+    }
+
+    /// One batch on each set of tables this worker processes: the extension's tables, or on
+    /// a Citus node after dialpad.distribute(), its share of the shard groups the node holds
+    /// (listed again on every pass: shards move). Each batch is its own transaction.
+    fn run_batches(&mut self) -> Result<Pass, String> {
+        let index = self.index;
+        let targets = match in_transaction(move || targets(index)) {
+            Ok(Targets::Tables(t)) => t,
+            Ok(Targets::Idle(idle)) => return Ok(idle),
+            Err(msg) => return Err(msg),
+        };
+        let mut total = batch::BatchOutcome::default();
+        for tables in &targets {
+            self.slot.in_batch.store(true, Ordering::SeqCst);
+            let result = run_one_batch(self.shared, tables);
+            self.slot.in_batch.store(false, Ordering::Release);
+            // After every transaction, as worker_spi does: without it the table statistics
+            // (n_tup_upd, n_dead_tup, ...) never leave this process and autovacuum and
+            // autoanalyze never see the worker's writes.
+            // SAFETY: called outside a transaction, as PostgreSQL requires.
+            unsafe { pg_sys::pgstat_report_stat(false) };
+            match result? {
+                Ran(o) => total.add(&o),
+                idle => return Ok(idle),
+            }
+        }
+        Ok(Ran(total))
     }
 
     fn ran(&mut self, o: &batch::BatchOutcome) -> bool {
@@ -324,19 +347,71 @@ fn run_maintenance(index: usize) -> bool {
     }
 }
 
-/// One batch in its own transaction, unless there is nothing this library may write to.
-fn run_one_batch(shared: &shmem::Shared) -> Result<Pass, String> {
+/// What a worker processes on this pass, or why nothing.
+enum Targets {
+    Tables(Vec<Tables>),
+    Idle(Pass),
+}
+
+/// The installed extension's version, unless it is not one this library may write to.
+fn writable() -> Option<Pass> {
+    let Some(sql) = crate::version::installed_version() else { return Some(NotInstalled) };
+    (sql != env!("CARGO_PKG_VERSION")).then_some(VersionMismatch { sql })
+}
+
+/// The tables worker `index` processes: the extension's own, or on a Citus node where the
+/// tables are distributed, every `workers`-th of the shard groups the node holds (none on a
+/// coordinator without shards). Several workers never share a group.
+fn targets(index: usize) -> Targets {
+    if let Some(idle) = writable() {
+        return Targets::Idle(idle);
+    }
+    let workers = gucs::workers().max(1);
+    let listed = citus::processing_targets()
+        .map(|t| t.local.into_iter().enumerate().filter(|(i, _)| i % workers == index).map(|(_, t)| t).collect());
+    match listed {
+        Ok(t) => Targets::Tables(t),
+        Err(e) => crate::pg::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("pg_dialpad could not list the tables to process: {e}"),
+            None,
+            None,
+        ),
+    }
+}
+
+/// `f` in its own transaction; an ERROR is caught, the transaction rolled back and the
+/// message returned.
+fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe) -> Result<R, String> {
+    let result: Result<R, String> = PgTryBuilder::new(move || Ok(BackgroundWorker::transaction(f)))
+        .catch_others(|e| Err(batch::caught_message(&e)))
+        .execute();
+    if result.is_err() {
+        // SAFETY: after an ERROR caught in our own transaction, the transaction is aborted
+        // and memory put back in TopMemoryContext, as PostgreSQL's own error recovery in a
+        // main loop does; nothing from the aborted transaction is used after.
+        unsafe {
+            pg_sys::AbortCurrentTransaction();
+            pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+        }
+        batch::forget_plans();
+    }
+    result
+}
+
+/// One batch on `tables` in its own transaction, unless there is nothing this library may
+/// write to.
+fn run_one_batch(shared: &shmem::Shared, tables: &Tables) -> Result<Pass, String> {
     if shared.drop_in_progress() {
         return Ok(DropInProgress);
     }
     let result: Result<Pass, String> = PgTryBuilder::new(|| {
         Ok(BackgroundWorker::transaction(|| {
-            let Some(sql) = crate::version::installed_version() else { return NotInstalled };
-            if sql != env!("CARGO_PKG_VERSION") {
-                return VersionMismatch { sql };
+            if let Some(idle) = writable() {
+                return idle;
             }
             let rules = rules::current_or_raise();
-            Ran(batch::process_batch(gucs::batch_size(), &rules, gucs::max_attempts(), batch::Scan::FromFloor))
+            Ran(batch::process_batch(tables, gucs::batch_size(), &rules, gucs::max_attempts(), batch::Scan::FromFloor))
         }))
     })
     .catch_others(|e| Err(batch::caught_message(&e)))

@@ -244,6 +244,20 @@ pub(crate) fn canonical_decimal(text: &str) -> Option<String> {
     Some(if frac.is_empty() { format!("{sign}{int}") } else { format!("{sign}{int}.{frac}") })
 }
 
+/// The event's call id: `call_id` as an integer (a JSON number, or a string of one); None
+/// when it is missing or not an integer.
+pub(crate) fn call_id_of(root: crate::codec::jsonb::Value<'_>) -> Option<i64> {
+    use crate::codec::jsonb::Value;
+    let Value::Object(o) = root else { return None };
+    match o.get(b"call_id") {
+        Ok(Some(Value::Numeric(n))) => {
+            crate::codec::numeric::Decimal::from_datum_bytes(n).ok().and_then(|d| d.to_i64())
+        }
+        Ok(Some(Value::String(s))) => std::str::from_utf8(s).ok().and_then(|s| s.trim().parse().ok()),
+        _ => None,
+    }
+}
+
 /// The de-duplication key of an event: `call_id/state/event_timestamp`, when all three are
 /// there (Dialpad has no event id). Numbers are normalized so `42`, `"42"` and `42.0` agree,
 /// and a fractional timestamp keeps its fraction.

@@ -8,6 +8,7 @@
 //! two processors off the same call. Only if the upsert fails does the batch fall back to
 //! one subtransaction per call, to isolate the bad one; a clean batch pays nothing for that.
 
+use crate::citus::Tables;
 use crate::codec::jsonb::Container;
 use crate::domain::event::{CallEvent, EventError};
 use crate::domain::fold::{fold_events_by_call, Folded};
@@ -40,6 +41,21 @@ pub(crate) struct BatchOutcome {
     /// Set when the batch held more distinct calls than the lock table leaves room for:
     /// the calls it was limited to (the others were left for the next batch).
     pub capped_at_calls: Option<usize>,
+}
+
+impl BatchOutcome {
+    /// Adds the counts of another batch (the worker's batches on several shard groups).
+    pub(crate) fn add(&mut self, o: &BatchOutcome) {
+        self.handled += o.handled;
+        self.applied += o.applied;
+        self.failed += o.failed;
+        self.dead += o.dead;
+        self.rejected += o.rejected;
+        self.deferred += o.deferred;
+        self.duplicates += o.duplicates;
+        self.full |= o.full;
+        self.capped_at_calls = self.capped_at_calls.or(o.capped_at_calls);
+    }
 }
 
 /// The advisory lock namespace (`objsubid` in pg_locks): 'DP'.
@@ -122,12 +138,19 @@ UPDATE dialpad.webhook_events AS e SET duplicate_of = d.original
    AND e.received_at OPERATOR(pg_catalog.>=) $3 AND e.received_at OPERATOR(pg_catalog.<=) $4";
 
 thread_local! {
-    /// Where this backend's claims start reading the pending index (see domain/scan_floor.rs).
-    static SCAN_FLOOR: RefCell<ScanFloor> = RefCell::new(ScanFloor::new());
+    /// Where this backend's claims start reading the pending index (see domain/scan_floor.rs),
+    /// per set of tables (one, or each Citus shard group the backend processes).
+    static SCAN_FLOOR: RefCell<HashMap<i64, ScanFloor>> = RefCell::new(HashMap::new());
     /// The claim size this backend adapted to after a batch was capped by the lock table
     /// (doubled back after each full batch that was not).
     static ADAPTED_LIMIT: std::cell::Cell<i32> = const { std::cell::Cell::new(i32::MAX) };
-    static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+    /// Kept plans by statement and tables (0: the extension's own; else a Citus shard group).
+    static PLANS: RefCell<HashMap<(&'static str, i64), OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// This backend's scan floor on `tables`.
+fn with_floor<R>(tables: &Tables, f: impl FnOnce(&mut ScanFloor) -> R) -> R {
+    SCAN_FLOOR.with(|m| f(m.borrow_mut().entry(tables.shard).or_insert_with(ScanFloor::new)))
 }
 
 /// Runs `sql` through a plan prepared once per backend. The plan is out of the map while it
@@ -139,12 +162,31 @@ pub(crate) fn run_kept<'c>(
     limit: Option<i64>,
     args: &[DatumWithOid],
 ) -> Result<pgrx::spi::SpiTupleTable<'c>, pgrx::spi::Error> {
-    let plan = match PLANS.with(|p| p.borrow_mut().remove(sql)) {
+    run_kept_on(client, None, sql, types, limit, args)
+}
+
+/// [`run_kept`] on `tables` (None: the extension's own), with its own kept plan.
+pub(crate) fn run_kept_on<'c>(
+    client: &mut SpiClient<'c>,
+    tables: Option<&Tables>,
+    sql: &'static str,
+    types: &[pg_sys::Oid],
+    limit: Option<i64>,
+    args: &[DatumWithOid],
+) -> Result<pgrx::spi::SpiTupleTable<'c>, pgrx::spi::Error> {
+    let key = (sql, tables.map_or(0, |t| t.shard));
+    let plan = match PLANS.with(|p| p.borrow_mut().remove(&key)) {
         Some(plan) => plan,
-        None => client.prepare_mut(sql, &types.iter().map(|&t| t.into()).collect::<Vec<_>>())?.keep(),
+        None => {
+            let types: Vec<_> = types.iter().map(|&t| t.into()).collect();
+            match tables.filter(|t| t.shard != 0) {
+                Some(t) => client.prepare_mut(t.sql(sql).as_str(), &types)?.keep(),
+                None => client.prepare_mut(sql, &types)?.keep(),
+            }
+        }
     };
     let result = client.update(&plan, limit, args);
-    PLANS.with(|p| p.borrow_mut().insert(sql, plan));
+    PLANS.with(|p| p.borrow_mut().insert(key, plan));
     result
 }
 
@@ -191,9 +233,15 @@ pub(crate) enum Scan {
     FromFloor,
 }
 
-/// Processes up to `max_events` due events in the current transaction.
-pub(crate) fn process_batch(max_events: i32, rules: &RuleSet, max_attempts: i32, scan: Scan) -> BatchOutcome {
-    Spi::connect_mut(|client| match process_batch_in(client, max_events, rules, max_attempts, scan) {
+/// Processes up to `max_events` due events of `tables` in the current transaction.
+pub(crate) fn process_batch(
+    tables: &Tables,
+    max_events: i32,
+    rules: &RuleSet,
+    max_attempts: i32,
+    scan: Scan,
+) -> BatchOutcome {
+    Spi::connect_mut(|client| match process_batch_in(client, tables, max_events, rules, max_attempts, scan) {
         Ok(o) => o,
         Err(e) => crate::pg::error::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
@@ -206,6 +254,7 @@ pub(crate) fn process_batch(max_events: i32, rules: &RuleSet, max_attempts: i32,
 
 fn process_batch_in(
     client: &mut SpiClient<'_>,
+    tables: &Tables,
     max_events: i32,
     rules: &RuleSet,
     max_attempts: i32,
@@ -216,7 +265,7 @@ fn process_batch_in(
     }
     let mut timer = StepTimer::new();
     let max_events = max_events.min(ADAPTED_LIMIT.with(|a| a.get()));
-    let Some(mut batch) = Batch::claim(client, max_events, scan)? else { return Ok(BatchOutcome::default()) };
+    let Some(mut batch) = Batch::claim(client, tables, max_events, scan)? else { return Ok(BatchOutcome::default()) };
     timer.step("claim");
     batch.group_by_call();
     batch.lock_calls();
@@ -268,6 +317,7 @@ impl Received {
 
 /// One batch, going through its steps in [`process_batch_in`].
 struct Batch {
+    tables: Tables,
     received: Received,
     /// The claimed events, then the history events read for late calls (index >= `n_claimed`).
     events: Vec<Claimed>,
@@ -293,15 +343,27 @@ struct Batch {
 
 impl Batch {
     /// Claims and marks up to `max_events` due events in one statement (None: nothing due).
-    fn claim(client: &mut SpiClient<'_>, max_events: i32, scan: Scan) -> Result<Option<Batch>, pgrx::spi::Error> {
+    fn claim(
+        client: &mut SpiClient<'_>,
+        tables: &Tables,
+        max_events: i32,
+        scan: Scan,
+    ) -> Result<Option<Batch>, pgrx::spi::Error> {
         let from = match scan {
             Scan::Full => 0,
-            Scan::FromFloor => SCAN_FLOOR.with(|f| f.borrow_mut().start(std::time::Instant::now())),
+            Scan::FromFloor => with_floor(tables, |f| f.start(std::time::Instant::now())),
         };
         let mut events = Vec::new();
         let mut received = (i64::MAX, i64::MIN);
         let table = crate::pg::with_settings(CLAIM_SETTINGS, || {
-            run_kept(client, CLAIM_SQL, &[pg_sys::INT4OID, pg_sys::INT8OID], None, &[max_events.into(), from.into()])
+            run_kept_on(
+                client,
+                Some(tables),
+                CLAIM_SQL,
+                &[pg_sys::INT4OID, pg_sys::INT8OID],
+                None,
+                &[max_events.into(), from.into()],
+            )
         })?;
         for row in table {
             let id: i64 = row.get(1)?.unwrap_or_default();
@@ -311,15 +373,16 @@ impl Batch {
             events.push(Claimed::parse(id, payload, row.get(4)?));
         }
         let max_id = events.iter().map(|c| c.id).max();
-        SCAN_FLOOR.with(|f| f.borrow_mut().claimed(std::time::Instant::now(), from, max_id));
+        with_floor(tables, |f| f.claimed(std::time::Instant::now(), from, max_id));
         if events.is_empty() {
             return Ok(None);
         }
         let received = Received { from: received.0, to: received.1 };
         let ids: Vec<i64> = events.iter().map(|c| c.id).collect();
         replanned(|| {
-            run_kept(
+            run_kept_on(
                 client,
+                Some(tables),
                 MARK_SQL,
                 &[pg_sys::INT8ARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
                 None,
@@ -328,6 +391,7 @@ impl Batch {
         })?;
         let out = BatchOutcome { full: events.len() as i64 >= max_events as i64, ..BatchOutcome::default() };
         Ok(Some(Batch {
+            tables: tables.clone(),
             received,
             n_claimed: events.len(),
             events,
@@ -398,7 +462,14 @@ impl Batch {
             return Ok(());
         }
         let table = replanned(|| {
-            run_kept(client, call_row::read_sql(), &[pg_sys::INT8ARRAYOID], None, &[self.calls.clone().into()])
+            run_kept_on(
+                client,
+                Some(&self.tables),
+                call_row::read_sql(),
+                &[pg_sys::INT8ARRAYOID],
+                None,
+                &[self.calls.clone().into()],
+            )
         })?;
         for row in table {
             let r = CallRow::read(&row)?;
@@ -438,8 +509,9 @@ impl Batch {
         }
         let batch_ids: Vec<i64> = self.events.iter().map(|c| c.id).collect();
         let table = replanned(|| {
-            run_kept(
+            run_kept_on(
                 client,
+                Some(&self.tables),
                 HISTORY_SQL,
                 &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
                 None,
@@ -507,12 +579,14 @@ impl Batch {
     /// batch's own events are ever marked failed, never its history.
     fn write_calls(&mut self, client: &mut SpiClient<'_>) {
         let all: Vec<usize> = (0..self.folds.len()).collect();
-        if in_subtransaction(|| write_calls_or_raise(client, &self.events, &self.folds, &all)).is_ok() {
+        if in_subtransaction(|| write_calls_or_raise(client, &self.tables, &self.events, &self.folds, &all)).is_ok() {
             return;
         }
         for i in 0..self.folds.len() {
             check_for_interrupts!();
-            let Err(e) = in_subtransaction(|| write_calls_or_raise(client, &self.events, &self.folds, &[i])) else {
+            let Err(e) =
+                in_subtransaction(|| write_calls_or_raise(client, &self.tables, &self.events, &self.folds, &[i]))
+            else {
                 continue;
             };
             let own: Vec<i64> = self.folds[i]
@@ -555,8 +629,9 @@ impl Batch {
             self.out.duplicates = self.duplicates.len() as u64;
             let (ids, originals): (Vec<i64>, Vec<i64>) = self.duplicates.iter().copied().unzip();
             replanned(|| {
-                run_kept(
+                run_kept_on(
                     client,
+                    Some(&self.tables),
                     DUPLICATES_SQL,
                     &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
                     None,
@@ -569,8 +644,9 @@ impl Batch {
             let errs: Vec<String> = self.failures.iter().map(|f| f.error.clone()).collect();
             let perm: Vec<bool> = self.failures.iter().map(|f| f.permanent).collect();
             let table = replanned(|| {
-                run_kept(
+                run_kept_on(
                     client,
+                    Some(&self.tables),
                     FAIL_SQL,
                     &[
                         pg_sys::INT8ARRAYOID,
@@ -602,8 +678,9 @@ impl Batch {
             self.out.deferred = self.deferred.len() as u64;
             let (deferred, waits) = (self.deferred.clone(), self.lock_waits.clone());
             replanned(|| {
-                run_kept(
+                run_kept_on(
                     client,
+                    Some(&self.tables),
                     DEFER_SQL,
                     &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
                     None,
@@ -658,8 +735,14 @@ impl StepTimer {
 
 /// [`write_calls`] as the processor, with any error raised, so that the enclosing
 /// subtransaction rolls back whatever part of the write was done.
-fn write_calls_or_raise(client: &mut SpiClient<'_>, claimed: &[Claimed], folds: &[CallFold], which: &[usize]) {
-    if let Err(e) = crate::api::triggers::as_processor(|| write_calls(client, claimed, folds, which)) {
+fn write_calls_or_raise(
+    client: &mut SpiClient<'_>,
+    tables: &Tables,
+    claimed: &[Claimed],
+    folds: &[CallFold],
+    which: &[usize],
+) {
+    if let Err(e) = crate::api::triggers::as_processor(|| write_calls(client, tables, claimed, folds, which)) {
         crate::pg::error::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("could not write calls: {e}"),
@@ -700,6 +783,7 @@ fn find_redeliveries(claimed: &[Claimed], idx: &[usize], n_batch: usize) -> Vec<
 /// Upserts the changed calls among `which` and records their rejected transitions.
 fn write_calls(
     client: &mut SpiClient<'_>,
+    tables: &Tables,
     claimed: &[Claimed],
     folds: &[CallFold],
     which: &[usize],
@@ -734,11 +818,12 @@ fn write_calls(
         cols.push(&f.row, raw);
     }
     if !cols.is_empty() {
-        run_kept(client, call_row::upsert_sql(), &CallColumns::types(), None, &cols.into_args())?;
+        run_kept_on(client, Some(tables), call_row::upsert_sql(), &CallColumns::types(), None, &cols.into_args())?;
     }
     if !rej.call.is_empty() {
-        run_kept(
+        run_kept_on(
             client,
+            Some(tables),
             REJECTIONS_SQL,
             &[
                 pg_sys::INT8ARRAYOID,

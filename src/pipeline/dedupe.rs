@@ -46,14 +46,20 @@ const FIND_SQL: &str = "SELECT id FROM {table}
  WHERE call_id OPERATOR(pg_catalog.=) $1 AND dedupe_key OPERATOR(pg_catalog.=) $2 AND duplicate_of IS NULL
    AND received_at OPERATOR(pg_catalog.>=) $3 AND received_at OPERATOR(pg_catalog.<=) $4";
 
-/// The partitions of the inbox (their ranges as TimestampTz; MINVALUE and MAXVALUE as the
-/// extremes), as of the last relcache invalidation of the partitioned table.
+/// The partitions of the inbox {inbox} (dialpad.webhook_events, or on a Citus node the
+/// shard of it the row goes to), their ranges as TimestampTz (MINVALUE and MAXVALUE as the
+/// extremes), as of the last relcache invalidation of the partitioned table. The bounds are
+/// read as dialpad.partitions reads them.
 const PARTITIONS_SQL: &str = "
-SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), p.is_default,
-       coalesce(p.range_from, '-infinity'::pg_catalog.timestamptz), coalesce(p.range_to, 'infinity'::pg_catalog.timestamptz)
-  FROM dialpad.partitions p JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) p.partition
+SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), b.bounds IS NULL,
+       CASE b.bounds[1] WHEN 'MINVALUE' THEN '-infinity' ELSE coalesce(b.bounds[1], '-infinity') END::pg_catalog.timestamptz,
+       CASE b.bounds[2] WHEN 'MAXVALUE' THEN 'infinity' ELSE coalesce(b.bounds[2], 'infinity') END::pg_catalog.timestamptz
+  FROM pg_catalog.pg_inherits i
+  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid
   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
- WHERE p.parent OPERATOR(pg_catalog.=) 'dialpad.webhook_events'::pg_catalog.regclass";
+  LEFT JOIN LATERAL pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+       'FROM \\(''?([^'')]+)''?\\) TO \\(''?([^'')]+)''?\\)') AS b(bounds) ON true
+ WHERE i.inhparent OPERATOR(pg_catalog.=) {inbox}::pg_catalog.oid";
 
 /// One table the lookup searches, with its kept plan (null until first used there).
 struct Part {
@@ -69,12 +75,27 @@ thread_local! {
     static PARTS: std::cell::RefCell<Option<(pg_sys::Oid, u64, Vec<Part>)>> = const { std::cell::RefCell::new(None) };
 }
 
-/// The OID and relkind of dialpad.webhook_events (InvalidOid if it does not exist).
-fn inbox() -> (pg_sys::Oid, u8) {
-    let rel = crate::pg::dialpad_relation(c"webhook_events");
+unsafe extern "C-unwind" {
+    /// catalog/partition.c (PostgreSQL 14 on), which pgrx does not bind: the partitioned
+    /// table a partition is attached to.
+    fn get_partition_parent(relid: pg_sys::Oid, even_if_detached: bool) -> pg_sys::Oid;
+}
+
+/// The OID and relkind of the inbox a row of `rel` (the insert trigger's relation) is in:
+/// the partitioned table `rel` is a partition of (dialpad.webhook_events, or on a Citus node
+/// the shard of it), or `rel` itself (0.1.0's plain inbox).
+fn inbox(rel: pg_sys::Oid) -> (pg_sys::Oid, u8) {
     if rel == pg_sys::InvalidOid {
         return (rel, 0);
     }
+    // SAFETY: catalog lookups of an existing relation (the trigger's own).
+    let rel = unsafe {
+        if pg_sys::get_rel_relispartition(rel) {
+            get_partition_parent(rel, false)
+        } else {
+            rel
+        }
+    };
     // SAFETY: a syscache lookup of an existing relation's kind.
     (rel, unsafe { pg_sys::get_rel_relkind(rel) } as u8)
 }
@@ -101,10 +122,11 @@ fn load_parts(inbox: pg_sys::Oid, relkind: u8) -> Result<Vec<Part>, pgrx::spi::E
     if relkind != pg_sys::RELKIND_PARTITIONED_TABLE {
         return Ok(vec![whole("dialpad.webhook_events")]);
     }
+    let sql = PARTITIONS_SQL.replace("{inbox}", &inbox.to_u32().to_string());
     // dialpad.partitions is for the extension's owner and readers: read it as the owner.
     // Read-only SPI (pgrx's client would run it read-write, whose CommandCounterIncrement
     // in the middle of the INSERT would make the statement's own rows visible to it).
-    let sql = std::ffi::CString::new(PARTITIONS_SQL).map_err(|_| pgrx::spi::Error::InvalidPosition)?;
+    let sql = std::ffi::CString::new(sql).map_err(|_| pgrx::spi::Error::InvalidPosition)?;
     crate::pg::as_owner_of(inbox, || {
         // SAFETY: a complete SPI session, connected and finished here (an ERROR aborts the
         // (sub)transaction, which cleans up SPI); each value is copied out of the result
@@ -113,7 +135,8 @@ fn load_parts(inbox: pg_sys::Oid, relkind: u8) -> Result<Vec<Part>, pgrx::spi::E
             if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
                 return Err(pgrx::spi::Error::InvalidPosition);
             }
-            let rc = pg_sys::SPI_execute(sql.as_ptr(), true, 0);
+            // On a Citus node, shards are hidden from pg_class unless asked for.
+            let rc = crate::citus::with_shards_visible(|| pg_sys::SPI_execute(sql.as_ptr(), true, 0));
             let mut parts = Vec::new();
             if rc == pg_sys::SPI_OK_SELECT as i32 && !pg_sys::SPI_tuptable.is_null() {
                 let table = &*pg_sys::SPI_tuptable;
@@ -276,10 +299,15 @@ unsafe fn min_id_of_result() -> Option<i64> {
 
 /// The id of the first stored delivery of (call_id, dedupe_key), if any is committed (or
 /// was stored earlier in this transaction).
-pub(crate) fn first_delivery(call_id: i64, key: &str, received_at: pg_sys::TimestampTz) -> Option<i64> {
+pub(crate) fn first_delivery(
+    rel: pg_sys::Oid,
+    call_id: i64,
+    key: &str,
+    received_at: pg_sys::TimestampTz,
+) -> Option<i64> {
     // SAFETY: processes queued invalidations (a partition attached or dropped since).
     unsafe { pg_sys::AcceptInvalidationMessages() };
-    let (inbox, relkind) = inbox();
+    let (inbox, relkind) = inbox(rel);
     if inbox == pg_sys::InvalidOid {
         return None;
     }

@@ -208,6 +208,12 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with the binaries of another installation.
     pub fn start_with(name: &str, bin: PathBuf, conf: &[&str]) -> Cluster {
+        Cluster::start_on(name, bin, 5432, conf)
+    }
+
+    /// Like [`Cluster::start_with`], listening on `port` (also on 127.0.0.1 when the
+    /// configuration says so: the nodes of a Citus cluster connect to each other by TCP).
+    pub fn start_on(name: &str, bin: PathBuf, port: u16, conf: &[&str]) -> Cluster {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("it-clusters");
         let dir = root.join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -239,7 +245,7 @@ impl Cluster {
             "initdb",
         );
         let mut settings = format!(
-            "port = 5432\nlisten_addresses = ''\nunix_socket_directories = '{}'\nshared_preload_libraries = 'pg_dialpad'\n\
+            "port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{}'\nshared_preload_libraries = 'pg_dialpad'\n\
              max_worker_processes = 16\nlog_min_messages = log\nfsync = off\n",
             dir.join("socket").display()
         );
@@ -251,7 +257,7 @@ impl Cluster {
         let mut existing = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
         existing.push_str(&settings);
         std::fs::write(&conf_path, existing).expect("write postgresql.conf");
-        let c = Cluster { dir, port: 5432, bin };
+        let c = Cluster { dir, port, bin };
         c.pg_ctl_start();
         c
     }

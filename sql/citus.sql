@@ -1,0 +1,130 @@
+-- pg_dialpad on Citus (README, "Scaling out with Citus"). This file is part of both a fresh
+-- install and the 0.1.0 -> 0.2.0 upgrade script (copied there verbatim). Nothing here runs
+-- unless a DBA calls dialpad.distribute() on a Citus coordinator: one node is unchanged.
+
+CREATE FUNCTION dialpad.distribute(shard_count integer DEFAULT NULL)
+RETURNS TABLE (relation regclass, distribution text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel regclass;
+    part regclass;
+    pk name;
+    key text;
+    node record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'pg_dialpad scales out on Citus: preload it before pg_dialpad (shared_preload_libraries = ''citus,pg_dialpad''), CREATE EXTENSION citus, add the worker nodes with citus_add_node(), then run SELECT dialpad.distribute() on the coordinator.';
+    END IF;
+    IF (SELECT groupid FROM pg_dist_local_group) OPERATOR(pg_catalog.<>) 0 THEN
+        RAISE EXCEPTION 'dialpad.distribute() runs on the Citus coordinator'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF EXISTS (SELECT FROM dialpad.leg_backfill) THEN
+        RAISE EXCEPTION 'the leg columns of the calls of 0.1.0 are still being filled'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Wait until dialpad.leg_backfill is empty (dialpad.run_maintenance() fills it), then run dialpad.distribute() again.';
+    END IF;
+    -- The triggers of the rule tables and of dialpad.calls fire on the shards, on the node
+    -- that holds them (src/citus.rs); the rule tables reference each other.
+    PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+    PERFORM set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
+    IF shard_count IS NOT NULL THEN
+        PERFORM set_config('citus.shard_count', shard_count::text, true);
+    END IF;
+
+    -- The rules, on every node.
+    FOREACH rel IN ARRAY ARRAY['dialpad.call_statuses', 'dialpad.status_transitions',
+                               'dialpad.state_mapping']::regclass[] LOOP
+        IF NOT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) rel) THEN
+            PERFORM create_reference_table(rel);
+        END IF;
+        relation := rel;
+        distribution := 'reference table';
+        RETURN NEXT;
+    END LOOP;
+
+    -- Partitions a worker node made for itself before it joined the cluster would collide
+    -- with those of the distributed tables: they go (they hold nothing; see
+    -- dialpad.drop_node_partitions()).
+    IF NOT EXISTS (SELECT FROM pg_dist_partition p
+                    WHERE p.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.webhook_events'::regclass) THEN
+        FOR node IN SELECT * FROM run_command_on_workers('SELECT dialpad.drop_node_partitions()') LOOP
+            IF NOT node.success THEN
+                RAISE EXCEPTION 'could not prepare node %:% for distribution: %', node.nodename, node.nodeport, node.result
+                    USING ERRCODE = 'object_not_in_prerequisite_state';
+            END IF;
+        END LOOP;
+    END IF;
+
+    -- A call's events, row and rejections: distributed by call id, colocated, so that they
+    -- are on one node. Every unique key must hold the distribution column: each partition's
+    -- primary key becomes (call id, id), the partitions dialpad.run_maintenance() makes
+    -- after the DEFAULT partition's model alike. An event without a call id is routed (and
+    -- kept) with call id 0, and dead-lettered there by the processor as on one node.
+    FOREACH rel IN ARRAY ARRAY['dialpad.calls', 'dialpad.webhook_events',
+                               'dialpad.rejected_transitions']::regclass[] LOOP
+        key := CASE rel WHEN 'dialpad.webhook_events'::regclass THEN 'call_id' ELSE 'dialpad_call_id' END;
+        IF NOT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) rel) THEN
+            IF rel OPERATOR(pg_catalog.<>) 'dialpad.calls'::regclass THEN
+                IF rel OPERATOR(pg_catalog.=) 'dialpad.webhook_events'::regclass THEN
+                    ALTER TABLE dialpad.webhook_events DISABLE TRIGGER webhook_events_immutable;
+                    UPDATE dialpad.webhook_events SET call_id = 0 WHERE call_id IS NULL;
+                    ALTER TABLE dialpad.webhook_events ENABLE ALWAYS TRIGGER webhook_events_immutable;
+                ELSE
+                    UPDATE dialpad.rejected_transitions SET dialpad_call_id = 0 WHERE dialpad_call_id IS NULL;
+                END IF;
+                FOR part, pk IN
+                    SELECT c.conrelid::regclass, c.conname FROM pg_constraint c
+                      JOIN pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) c.conrelid
+                     WHERE i.inhparent OPERATOR(pg_catalog.=) rel AND c.contype OPERATOR(pg_catalog.=) 'p'
+                LOOP
+                    EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I PRIMARY KEY (%I, id)',
+                                   part, pk, pk, key);
+                END LOOP;
+            END IF;
+            PERFORM create_distributed_table(rel, key,
+                colocate_with => CASE WHEN rel OPERATOR(pg_catalog.=) 'dialpad.calls'::regclass THEN 'none'
+                                      ELSE 'dialpad.calls' END);
+        END IF;
+        relation := rel;
+        distribution := format('distributed by %s', key);
+        RETURN NEXT;
+    END LOOP;
+    -- The rows copied into the shards stay on the coordinator's disk, invisible, until this.
+    FOREACH rel IN ARRAY ARRAY['dialpad.webhook_events', 'dialpad.rejected_transitions', 'dialpad.calls',
+                               'dialpad.state_mapping', 'dialpad.status_transitions', 'dialpad.call_statuses']::regclass[] LOOP
+        PERFORM truncate_local_data_after_distributing_table(rel);
+    END LOOP;
+    PERFORM dialpad.wake_workers();
+END
+$$;
+COMMENT ON FUNCTION dialpad.distribute(integer) IS
+    'On a Citus coordinator: makes the rule tables reference tables and distributes dialpad.calls, webhook_events and rejected_transitions by call id, colocated (shard_count: citus.shard_count unless given). Idempotent; returns each table and how it is distributed.';
+REVOKE EXECUTE ON FUNCTION dialpad.distribute(integer) FROM PUBLIC;
+
+-- Run on each worker node by dialpad.distribute(), before the tables are distributed.
+CREATE FUNCTION dialpad.drop_node_partitions() RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p regclass;
+    has_rows boolean;
+    n integer := 0;
+BEGIN
+    FOR p IN SELECT q.partition FROM dialpad.partitions q WHERE NOT q.is_default LOOP
+        EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s)', p) INTO has_rows;
+        IF has_rows THEN
+            RAISE EXCEPTION 'partition % of this node holds rows', p
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Events were stored on a worker node before it joined the cluster: deliver them through the coordinator, then drop the table.';
+        END IF;
+        EXECUTE format('DROP TABLE %s', p);
+        n := n OPERATOR(pg_catalog.+) 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dialpad.drop_node_partitions() IS
+    'On a Citus worker node, before dialpad.distribute(): drops the (empty) time partitions this node made for itself before it joined the cluster; returns how many.';
+REVOKE EXECUTE ON FUNCTION dialpad.drop_node_partitions() FROM PUBLIC;

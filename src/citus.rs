@@ -1,0 +1,286 @@
+//! pg_dialpad on Citus (README, "Scaling out with Citus"): after `dialpad.distribute()`,
+//! `calls`, `webhook_events` and `rejected_transitions` are distributed by call id and
+//! colocated, so that the events of a call, its row and its rejections are in shards with the
+//! same hash range, on the same node. Each node's workers process the shard groups that node
+//! holds, on the shards themselves: every statement of the processor is the single-node one
+//! with the shard names in place of the tables' (see [`Tables`]), so that claims, locks and
+//! triggers are plain local PostgreSQL, as on one node.
+//!
+//! Nothing here runs on a database without Citus, and on one with Citus but not distributed
+//! the processor works on the tables, as on one node.
+
+use pgrx::prelude::*;
+
+/// Whether the Citus extension is installed in this database.
+pub(crate) fn loaded() -> bool {
+    // SAFETY: a catalog lookup by name; InvalidOid when absent.
+    unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
+/// The table a shard's name belongs to: `calls` for `calls_102008` (Citus names a shard
+/// `<table>_<shard id>`); None when the name has no such suffix.
+pub(crate) fn shard_base_name(name: &str) -> Option<&str> {
+    let (base, id) = name.rsplit_once('_')?;
+    (!base.is_empty() && !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then_some(base)
+}
+
+/// The tables one processor works on: the extension's tables (one node, or Citus before
+/// `dialpad.distribute()`), or one colocated group of their shards on a Citus node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tables {
+    /// The shard id of the group's `calls` shard; 0 for the tables themselves.
+    pub shard: i64,
+    pub inbox: String,
+    pub calls: String,
+    pub rejected: String,
+}
+
+impl Tables {
+    /// The extension's own tables.
+    pub(crate) fn whole() -> Tables {
+        Tables {
+            shard: 0,
+            inbox: "dialpad.webhook_events".into(),
+            calls: "dialpad.calls".into(),
+            rejected: "dialpad.rejected_transitions".into(),
+        }
+    }
+
+    /// The colocated shards with these ids.
+    pub(crate) fn shards(calls: i64, inbox: i64, rejected: i64) -> Tables {
+        Tables {
+            shard: calls,
+            inbox: format!("dialpad.webhook_events_{inbox}"),
+            calls: format!("dialpad.calls_{calls}"),
+            rejected: format!("dialpad.rejected_transitions_{rejected}"),
+        }
+    }
+
+    /// `sql` (a statement naming the extension's tables) for these tables.
+    pub(crate) fn sql(&self, sql: &str) -> String {
+        if self.shard == 0 {
+            return sql.to_string();
+        }
+        let s = replace_table(sql, "dialpad.webhook_events", &self.inbox);
+        let s = replace_table(&s, "dialpad.calls", &self.calls);
+        replace_table(&s, "dialpad.rejected_transitions", &self.rejected)
+    }
+}
+
+/// `sql` with every reference to table `from` (not to a longer name it is the start of)
+/// replaced by `to`.
+fn replace_table(sql: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find(from) {
+        let after = &rest[at + from.len()..];
+        let whole = !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+        out.push_str(&rest[..at]);
+        out.push_str(if whole { to } else { from });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether `dialpad.calls` is a Citus distributed table in this database (`dialpad.distribute()`
+/// was run).
+pub(crate) fn distributed(client: &pgrx::spi::SpiClient<'_>) -> Result<bool, pgrx::spi::Error> {
+    if !loaded() {
+        return Ok(false);
+    }
+    Ok(client
+        .select(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition \
+              WHERE logicalrelid OPERATOR(pg_catalog.=) 'dialpad.calls'::pg_catalog.regclass)",
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get::<bool>(1)?
+        .unwrap_or(false))
+}
+
+thread_local! {
+    /// Whether the inbox is distributed, for the inbox of this OID and relcache generation.
+    static INBOX_DISTRIBUTED: std::cell::Cell<Option<(pg_sys::Oid, u64, bool)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether `dialpad.webhook_events` is a Citus distributed table (cached until the table's
+/// relcache entry is invalidated, as Citus does when it distributes it).
+pub(crate) fn inbox_distributed() -> bool {
+    if !loaded() {
+        return false;
+    }
+    let inbox = crate::pg::dialpad_relation(c"webhook_events");
+    if inbox == pg_sys::InvalidOid {
+        return false;
+    }
+    let generation = crate::pg::relcache_generation(&[inbox]);
+    if let Some((oid, g, d)) = INBOX_DISTRIBUTED.with(|c| c.get()) {
+        if oid == inbox && g == generation {
+            return d;
+        }
+    }
+    let distributed = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid OPERATOR(pg_catalog.=) $1)",
+        &[inbox.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    INBOX_DISTRIBUTED.with(|c| c.set(Some((inbox, generation, distributed))));
+    distributed
+}
+
+/// The colocated shard groups this node holds, in hash order: the shards of `calls`,
+/// `webhook_events` and `rejected_transitions` with the same hash range (colocated shards
+/// share `shardminvalue`) whose placement is in this node's group.
+const LOCAL_GROUPS_SQL: &str = "
+WITH here AS (
+    SELECT s.logicalrelid, s.shardid, s.shardminvalue
+      FROM pg_catalog.pg_dist_shard s
+      JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) s.shardid
+     WHERE p.groupid OPERATOR(pg_catalog.=) (SELECT groupid FROM pg_catalog.pg_dist_local_group)
+)
+SELECT c.shardid, e.shardid, r.shardid
+  FROM here c
+  JOIN here e ON e.shardminvalue OPERATOR(pg_catalog.=) c.shardminvalue
+             AND e.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.webhook_events'::pg_catalog.regclass
+  JOIN here r ON r.shardminvalue OPERATOR(pg_catalog.=) c.shardminvalue
+             AND r.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.rejected_transitions'::pg_catalog.regclass
+ WHERE c.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.calls'::pg_catalog.regclass
+ ORDER BY c.shardminvalue::pg_catalog.int8";
+
+/// The shard groups this node holds (empty on a node that holds none, such as a coordinator
+/// without shards).
+pub(crate) fn local_groups(client: &pgrx::spi::SpiClient<'_>) -> Result<Vec<Tables>, pgrx::spi::Error> {
+    let mut groups = Vec::new();
+    for row in client.select(LOCAL_GROUPS_SQL, None, &[])? {
+        let (Some(c), Some(e), Some(r)) = (row.get::<i64>(1)?, row.get::<i64>(2)?, row.get::<i64>(3)?) else {
+            continue;
+        };
+        groups.push(Tables::shards(c, e, r));
+    }
+    Ok(groups)
+}
+
+/// Lets this session write shards directly (Citus refuses that to sessions that are not
+/// its own unless `citus.enable_manual_changes_to_shards` is on). Only where Citus is
+/// loaded: elsewhere the setting does not exist.
+pub(crate) fn allow_shard_writes() {
+    // SAFETY: GUC lookups and assignment with valid C strings, outside any transaction.
+    unsafe {
+        let name = c"citus.enable_manual_changes_to_shards";
+        if pg_sys::GetConfigOption(name.as_ptr(), true, false).is_null() {
+            return;
+        }
+        pg_sys::SetConfigOption(
+            name.as_ptr(),
+            c"on".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+}
+
+/// Runs `f` with Citus's shards visible in pg_class (Citus hides them from sessions that
+/// are not its own); as it is where Citus is not loaded.
+pub(crate) fn with_shards_visible<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC lookup by name; null when the setting does not exist.
+    let exists =
+        unsafe { !pg_sys::GetConfigOption(c"citus.override_table_visibility".as_ptr(), true, false).is_null() };
+    if exists {
+        crate::pg::with_setting(c"citus.override_table_visibility", c"off", f)
+    } else {
+        f()
+    }
+}
+
+/// Runs `f` allowed to write shards directly (see [`allow_shard_writes`]), scoped like a
+/// function's SET clause; as it is where Citus is not loaded.
+pub(crate) fn with_shard_writes<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC lookup by name; null when the setting does not exist.
+    let exists =
+        unsafe { !pg_sys::GetConfigOption(c"citus.enable_manual_changes_to_shards".as_ptr(), true, false).is_null() };
+    if exists {
+        crate::pg::with_setting(c"citus.enable_manual_changes_to_shards", c"on", f)
+    } else {
+        f()
+    }
+}
+
+/// What `dialpad.process_events()` processes here.
+pub(crate) struct ProcessingTargets {
+    /// The tables (or shard groups) of this node.
+    pub local: Vec<Tables>,
+    /// Whether this is the coordinator of a cluster whose tables are distributed: the worker
+    /// nodes hold the shards.
+    pub coordinator: bool,
+}
+
+/// The extension's tables, or on a Citus node after dialpad.distribute(), the shard groups
+/// this node holds (and whether it is the coordinator).
+pub(crate) fn processing_targets() -> Result<ProcessingTargets, pgrx::spi::Error> {
+    Spi::connect(|client| {
+        if !distributed(client)? {
+            return Ok(ProcessingTargets { local: vec![Tables::whole()], coordinator: false });
+        }
+        let group = client
+            .select("SELECT groupid FROM pg_catalog.pg_dist_local_group", Some(1), &[])?
+            .first()
+            .get::<i32>(1)?
+            .unwrap_or(0);
+        Ok(ProcessingTargets { local: local_groups(client)?, coordinator: group == 0 })
+    })
+}
+
+/// `dialpad.process_events(max_events)` on every worker node (each in its own transaction,
+/// committed there); how many events they handled in all.
+pub(crate) fn process_on_workers(max_events: i32) -> i64 {
+    let sql = format!(
+        "SELECT coalesce(sum(result::pg_catalog.int8) FILTER (WHERE success), 0)::pg_catalog.int8, \
+                pg_catalog.string_agg(nodename || ':' || nodeport || ': ' || result, '; ') FILTER (WHERE NOT success) \
+           FROM pg_catalog.run_command_on_workers('SELECT dialpad.process_events({max_events})')"
+    );
+    let row = Spi::get_two::<i64, String>(&sql);
+    match row {
+        Ok((n, None)) => n.unwrap_or(0),
+        Ok((_, Some(failed))) => crate::pg::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+            format!("dialpad.process_events() failed on worker nodes: {failed}"),
+            None,
+            None,
+        ),
+        Err(e) => crate::pg::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("dialpad.process_events() could not reach the worker nodes: {e}"),
+            None,
+            None,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_name_is_its_table_and_an_id() {
+        assert_eq!(shard_base_name("calls_102008"), Some("calls"));
+        assert_eq!(shard_base_name("webhook_events_default_102072"), Some("webhook_events_default"));
+        assert_eq!(shard_base_name("webhook_events_p20261122"), None);
+        assert_eq!(shard_base_name("calls"), None);
+        assert_eq!(shard_base_name("_12"), None);
+    }
+
+    #[test]
+    fn statements_name_the_shards_of_a_group() {
+        let t = Tables::shards(102008, 102040, 102072);
+        assert_eq!(
+            t.sql("UPDATE dialpad.webhook_events SET x = 1 FROM dialpad.calls c, dialpad.calls_x WHERE dialpad.rejected_transitions.id = 1"),
+            "UPDATE dialpad.webhook_events_102040 SET x = 1 FROM dialpad.calls_102008 c, dialpad.calls_x WHERE dialpad.rejected_transitions_102072.id = 1"
+        );
+        assert_eq!(Tables::whole().sql("SELECT 1 FROM dialpad.calls"), "SELECT 1 FROM dialpad.calls");
+    }
+}

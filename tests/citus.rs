@@ -1,0 +1,301 @@
+//! pg_dialpad on a real Citus cluster (README, "Scaling out with Citus"): a coordinator and
+//! two worker nodes on 127.0.0.1, `shared_preload_libraries = 'citus,pg_dialpad'`. The same
+//! deliveries go to the cluster (through the coordinator) and to one plain node; the calls
+//! must come out the same. Skipped (saying so) where Citus is not installed: scripts/test
+//! installs it for every PostgreSQL it supports.
+
+mod common;
+use common::*;
+use postgres::Client;
+use std::time::Duration;
+
+fn citus_installed(layout: &PgLayout) -> bool {
+    layout.pkglibdir.join("citus.so").exists()
+}
+
+struct Citus {
+    coordinator: Cluster,
+    workers: Vec<Cluster>,
+}
+
+const NODE_CONF: &[&str] = &[
+    "listen_addresses = '127.0.0.1'",
+    "shared_preload_libraries = 'citus,pg_dialpad'",
+    "max_prepared_transactions = 20",
+    "dialpad.workers = 2",
+    "dialpad.poll_interval = 200",
+    "citus.shard_count = 8",
+];
+
+impl Citus {
+    /// Ports from a range of this process's own; `slot` tells the tests of this file apart.
+    fn start(tag: &str, slot: u16) -> Citus {
+        let base = 29_400 + (std::process::id() % 100) as u16 * 8 + slot * 4;
+        let bin = PgLayout::current().bindir;
+        let coordinator = Cluster::start_on(&format!("{tag}-coordinator"), bin.clone(), base, NODE_CONF);
+        let workers: Vec<Cluster> =
+            (1..=2).map(|i| Cluster::start_on(&format!("{tag}-worker{i}"), bin.clone(), base + i, NODE_CONF)).collect();
+        let citus = Citus { coordinator, workers };
+        citus.join("postgres");
+        citus
+    }
+
+    /// Citus in `db` on every node, the workers added to the coordinator's metadata.
+    fn join(&self, db: &str) {
+        for node in self.nodes() {
+            if db != "postgres" {
+                node.connect().batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+            }
+            node.connect_db(db).batch_execute("CREATE EXTENSION citus").unwrap();
+        }
+        let mut c = self.coordinator.connect_db(db);
+        c.batch_execute(&format!("SELECT citus_set_coordinator_host('127.0.0.1', {})", self.coordinator.port)).unwrap();
+        for w in &self.workers {
+            c.batch_execute(&format!("SELECT citus_add_node('127.0.0.1', {})", w.port)).unwrap();
+        }
+    }
+
+    fn nodes(&self) -> impl Iterator<Item = &Cluster> {
+        std::iter::once(&self.coordinator).chain(self.workers.iter())
+    }
+}
+
+/// Deliveries: the sample generator's events of `n` calls from `first`, ~10% redelivered,
+/// shuffled; the same list goes to every database compared.
+fn deliveries(c: &mut Client, n: i32, first: i64) -> Vec<String> {
+    c.query(
+        &format!(
+            "WITH e AS (SELECT payload FROM pg_temp.dialpad_sample_events({n}, {first}, 0.7, false)),
+                  d AS (SELECT payload FROM e UNION ALL SELECT payload FROM e WHERE random() < 0.1)
+             SELECT payload::text FROM d ORDER BY random()"
+        ),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Delivers through dialpad.ingest_webhook, 500 a transaction.
+fn ingest(c: &mut Client, payloads: &[String]) {
+    for chunk in payloads.chunks(500) {
+        c.execute("SELECT count(dialpad.ingest_webhook(p)) FROM unnest($1::text[]) p", &[&chunk]).unwrap();
+    }
+}
+
+/// Every call row, without the times of its writes: what must be the same on both.
+fn calls(c: &mut Client) -> Vec<(i64, String)> {
+    c.query(
+        "SELECT dialpad_call_id, (to_jsonb(k) - 'created_at' - 'updated_at')::text FROM dialpad.calls k ORDER BY 1",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+fn assert_same_calls(cluster: &mut Client, single: &mut Client) {
+    let (a, b) = (calls(cluster), calls(single));
+    assert_eq!(a.len(), b.len(), "as many calls on Citus as on one node");
+    if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
+        panic!("a call differs:\n  Citus:    {x:?}\n  one node: {y:?}");
+    }
+}
+
+/// Every applied event counted once on its call: no event applied twice, none lost.
+fn assert_exactly_once_effects(c: &mut Client) {
+    let wrong = count(
+        c,
+        "SELECT count(*) FROM dialpad.calls k
+           FULL JOIN (SELECT call_id, count(*) AS n FROM dialpad.webhook_events
+                       WHERE processed_at IS NOT NULL AND duplicate_of IS NULL AND dead_at IS NULL AND call_id <> 0
+                       GROUP BY call_id) e ON e.call_id = k.dialpad_call_id
+          WHERE k.events_applied IS DISTINCT FROM e.n",
+    );
+    assert_eq!(wrong, 0, "calls whose applied events are not their processed events");
+}
+
+fn set_and_reload(c: &mut Client, sql: &str) {
+    c.batch_execute(sql).unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
+
+fn drained_everywhere(c: &mut Client, secs: u64) {
+    wait_until(c, "SELECT pending = 0 FROM dialpad.queue_stats", secs);
+}
+
+fn handled_on(node: &Cluster) -> i64 {
+    count(&mut node.connect(), "SELECT coalesce(sum(events_handled), 0)::bigint FROM dialpad.worker_stats")
+}
+
+#[test]
+fn pg_dialpad_on_citus_gives_the_calls_of_one_node() {
+    let layout = PgLayout::current();
+    if !citus_installed(&layout) {
+        eprintln!("skipped: Citus not installed for PostgreSQL {}", layout.major);
+        return;
+    }
+    let single = Cluster::start("citus-reference", &["dialpad.workers = 2", "dialpad.poll_interval = 200"]);
+    let mut one = single.ready();
+    // Without Citus, dialpad.distribute() says what to do.
+    let err = one.batch_execute("SELECT * FROM dialpad.distribute()").unwrap_err();
+    assert_eq!(err.code().map(|s| s.code()), Some("0A000"), "{err}");
+
+    let citus = Citus::start("citus", 0);
+    let mut c = citus.coordinator.ready();
+
+    // A database with calls before it is distributed: the coordinator processes them alone.
+    let before = deliveries(&mut c, 300, 7_000_000);
+    ingest(&mut c, &before);
+    ingest(&mut one, &before);
+    drained_everywhere(&mut c, 120);
+    let rows = c
+        .query("SELECT relation::text, distribution FROM dialpad.distribute()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {}", r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect::<Vec<_>>();
+    assert!(rows.contains(&"dialpad.webhook_events distributed by call_id".to_string()), "{rows:?}");
+    // Idempotent.
+    c.batch_execute("SELECT * FROM dialpad.distribute()").unwrap();
+    drained_everywhere(&mut one, 120);
+    assert_same_calls(&mut c, &mut one);
+
+    // Through the coordinator: shuffled, redelivered, and poison (no call id, a call id that
+    // is not a number); every worker node drains the shards it holds.
+    let after = deliveries(&mut c, 700, 7_100_000);
+    let poison = vec![r#"{"state": "ringing"}"#.to_string(), r#"{"call_id": "abc", "state": "hangup"}"#.to_string()];
+    for db in [&mut c, &mut one] {
+        ingest(db, &after);
+        ingest(db, &poison);
+    }
+    drained_everywhere(&mut c, 180);
+    drained_everywhere(&mut one, 180);
+    assert_same_calls(&mut c, &mut one);
+    // Poison is dead-lettered as on one node, where a DBA finds it.
+    let dead = |db: &mut Client| -> Vec<String> {
+        db.query("SELECT coalesce(last_error, '') FROM dialpad.dead_events ORDER BY 1", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let dead_on_citus = dead(&mut c);
+    assert_eq!(dead_on_citus.len(), 2, "{dead_on_citus:?}");
+    assert_eq!(dead_on_citus, dead(&mut one));
+    for w in &citus.workers {
+        assert!(handled_on(w) > 0, "worker node {} processed its shards", w.port);
+    }
+    assert_exactly_once_effects(&mut c);
+
+    // A plain INSERT naming the call id is routed and processed too.
+    for db in [&mut c, &mut one] {
+        db.batch_execute(
+            r#"INSERT INTO dialpad.webhook_events (call_id, payload) VALUES
+                 (7200001, '{"call_id": 7200001, "state": "calling", "direction": "outbound", "event_timestamp": 1787158716000}')"#,
+        )
+        .unwrap();
+    }
+    wait_until(
+        &mut c,
+        "SELECT EXISTS (SELECT FROM dialpad.calls WHERE dialpad_call_id = 7200001 AND status = 'ringing')",
+        30,
+    );
+
+    // Crashes mid-drain: kill -9 a worker node's pg_dialpad worker, stop the other node
+    // with -m immediate. Nothing is lost, nothing applied twice.
+    for w in &citus.workers {
+        let mut n = w.connect();
+        set_and_reload(&mut n, "ALTER SYSTEM SET dialpad.enabled = off");
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let crash = deliveries(&mut c, 1500, 7_300_000);
+    ingest(&mut c, &crash);
+    ingest(&mut one, &crash);
+    for w in &citus.workers {
+        let mut n = w.connect();
+        set_and_reload(&mut n, "ALTER SYSTEM RESET dialpad.enabled");
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let mut first = citus.workers[0].connect();
+    let pids = worker_pids(&mut first);
+    assert!(!pids.is_empty(), "worker node 1 runs pg_dialpad workers");
+    let _ = std::process::Command::new("kill").arg("-9").arg(pids[0].to_string()).status();
+    citus.workers[1].pg_ctl_stop("immediate");
+    citus.workers[1].pg_ctl_start();
+    drained_everywhere(&mut c, 300);
+    drained_everywhere(&mut one, 300);
+    assert_same_calls(&mut c, &mut one);
+    assert_exactly_once_effects(&mut c);
+    // The killed worker took its node through a crash restart; its workers are back.
+    drop(first);
+    let mut first = citus.workers[0].connect();
+    wait_until(&mut first, "SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", 60);
+    assert!(citus.workers[0].log().contains("terminated by signal 9"), "the kill -9 reached a worker");
+
+    // A rule edit on the coordinator is seen at once by every node's (running) workers.
+    let rule_edit = "INSERT INTO dialpad.call_statuses (status, is_terminal) VALUES ('screened', true);
+         INSERT INTO dialpad.status_transitions VALUES ('ringing', 'screened');
+         INSERT INTO dialpad.state_mapping (state, status) VALUES ('screening', 'screened');";
+    c.batch_execute(&format!("BEGIN; {rule_edit} COMMIT;")).unwrap();
+    one.batch_execute(rule_edit).unwrap();
+    let screened: Vec<String> = (0..40)
+        .flat_map(|i| {
+            let id = 7_500_000 + i;
+            [
+                format!(r#"{{"call_id": {id}, "state": "ringing", "direction": "inbound", "event_timestamp": 1787158716000}}"#),
+                format!(r#"{{"call_id": {id}, "state": "screening", "direction": "inbound", "event_timestamp": 1787158717000}}"#),
+            ]
+        })
+        .collect();
+    ingest(&mut c, &screened);
+    ingest(&mut one, &screened);
+    drained_everywhere(&mut c, 60);
+    drained_everywhere(&mut one, 60);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id >= 7500000 AND status = 'screened'"),
+        40
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(DISTINCT n.nodeport) FROM generate_series(7500000, 7500039) g
+               JOIN pg_dist_placement p ON p.shardid = get_shard_id_for_distribution_column('dialpad.calls', g)
+               JOIN pg_dist_node n ON n.groupid = p.groupid"
+        ),
+        2,
+        "the screened calls are on both worker nodes"
+    );
+    assert_same_calls(&mut c, &mut one);
+}
+
+#[test]
+fn an_empty_database_is_distributed_and_processed_through_the_coordinator() {
+    let layout = PgLayout::current();
+    if !citus_installed(&layout) {
+        eprintln!("skipped: Citus not installed for PostgreSQL {}", layout.major);
+        return;
+    }
+    let citus = Citus::start("citus-empty", 1);
+    let mut c = citus.coordinator.ready();
+    c.batch_execute("SELECT * FROM dialpad.distribute()").unwrap();
+    // The workers of every node are paused: dialpad.process_events() on the coordinator
+    // processes every worker node's shards.
+    for node in citus.nodes() {
+        set_and_reload(&mut node.connect(), "ALTER SYSTEM SET dialpad.enabled = off");
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let events = deliveries(&mut c, 200, 9_000_000);
+    ingest(&mut c, &events);
+    let pending = count(&mut c, "SELECT pending FROM dialpad.queue_stats");
+    assert!(pending > 0);
+    let mut handled = 0;
+    while count(&mut c, "SELECT pending FROM dialpad.queue_stats") > 0 {
+        handled += count(&mut c, "SELECT dialpad.process_events(1000)::bigint");
+    }
+    assert_eq!(handled, pending);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls"), 200);
+    assert_exactly_once_effects(&mut c);
+}
