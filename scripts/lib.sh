@@ -108,11 +108,31 @@ ensure_cargo_pgrx() {
     fi
 }
 
+# Citus, for the scale-out tests (tests/citus.rs): no registry ships it here, so its release
+# source travels in ../shared/citus, whose install.sh builds it into a PostgreSQL (about two
+# minutes, once). Citus 13.2 supports PostgreSQL 15 to 17: on 18 those tests say "skipped".
+CITUS_SOURCE="${CITUS_SOURCE:-${REPO_ROOT}/../shared/citus}"
+[ -x "${CITUS_SOURCE}/install.sh" ] || CITUS_SOURCE=/work/shared/citus
+ensure_citus() {
+    local major="$1" pg_config
+    case "${major}" in 15|16|17) ;; *) return 0 ;; esac
+    pg_config="$(pg_bin_of "${major}")/pg_config"
+    [ -f "$("${pg_config}" --pkglibdir)/citus.so" ] && return 0
+    if [ ! -x "${CITUS_SOURCE}/install.sh" ]; then
+        log "no Citus source in ${CITUS_SOURCE} (set CITUS_SOURCE): the Citus tests cannot run"
+        return 1
+    fi
+    log "building Citus for PostgreSQL ${major} (${CITUS_SOURCE}/install.sh, about two minutes, once)"
+    CITUS_BUILD_DIR="${REPO_ROOT}/target/citus-build-${major}" bash "${CITUS_SOURCE}/install.sh" "${pg_config}" >/dev/null
+    rm -rf "${REPO_ROOT}/target/citus-build-${major}"
+}
+
 ensure_all() {
     ensure_packages
     local v
     for v in ${PG_VERSIONS}; do
         [ "${v}" = 15 ] || ensure_wheel_pg "${v}"
+        ensure_citus "${v}"
     done
     ensure_cargo_pgrx
 }

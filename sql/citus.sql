@@ -2,6 +2,9 @@
 -- install and the 0.1.0 -> 0.2.0 upgrade script (copied there verbatim). Nothing here runs
 -- unless a DBA calls dialpad.distribute() on a Citus coordinator: one node is unchanged.
 
+COMMENT ON FUNCTION dialpad.routing_call_id(jsonb) IS
+    'The call id Citus routes an event by: the payload''s call_id, or 0 when it has none (added to INSERTs into the distributed inbox by pg_dialpad''s planner hook).';
+
 CREATE FUNCTION dialpad.distribute(shard_count integer DEFAULT NULL)
 RETURNS TABLE (relation regclass, distribution text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

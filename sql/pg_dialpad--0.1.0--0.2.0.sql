@@ -1200,9 +1200,21 @@ INSERT INTO dialpad.leg_backfill SELECT dialpad_call_id FROM dialpad.calls;
 GRANT SELECT ON dialpad.logical_calls, dialpad.logical_calls_from_legs TO dialpad_reader;
 GRANT EXECUTE ON FUNCTION dialpad.rebuild_logical_calls() TO dialpad_admin;
 
+-- ---------------------------------------------------------------------------------------------
+-- Scaling out with Citus (README, "Scaling out with Citus"): sql/citus.sql, verbatim below,
+-- after the function the planner hook routes INSERTs into the distributed inbox with.
+-- ---------------------------------------------------------------------------------------------
+CREATE FUNCTION dialpad.routing_call_id("payload" jsonb) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'routing_call_id_wrapper';
+ALTER FUNCTION dialpad.routing_call_id(jsonb) SET search_path = pg_catalog, pg_temp;
+
 -- pg_dialpad on Citus (README, "Scaling out with Citus"). This file is part of both a fresh
 -- install and the 0.1.0 -> 0.2.0 upgrade script (copied there verbatim). Nothing here runs
 -- unless a DBA calls dialpad.distribute() on a Citus coordinator: one node is unchanged.
+
+COMMENT ON FUNCTION dialpad.routing_call_id(jsonb) IS
+    'The call id Citus routes an event by: the payload''s call_id, or 0 when it has none (added to INSERTs into the distributed inbox by pg_dialpad''s planner hook).';
 
 CREATE FUNCTION dialpad.distribute(shard_count integer DEFAULT NULL)
 RETURNS TABLE (relation regclass, distribution text)

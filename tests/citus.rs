@@ -190,19 +190,42 @@ fn pg_dialpad_on_citus_gives_the_calls_of_one_node() {
     }
     assert_exactly_once_effects(&mut c);
 
-    // A plain INSERT naming the call id is routed and processed too.
+    // Plain INSERTs through the coordinator, naming no call id (the planner hook gives
+    // Citus the payload's, 0 when it has none), one row, several, INSERT ... SELECT, a
+    // prepared one, and one naming it.
     for db in [&mut c, &mut one] {
         db.batch_execute(
-            r#"INSERT INTO dialpad.webhook_events (call_id, payload) VALUES
-                 (7200001, '{"call_id": 7200001, "state": "calling", "direction": "outbound", "event_timestamp": 1787158716000}')"#,
+            r#"INSERT INTO dialpad.webhook_events (payload) VALUES
+                 ('{"call_id": 7200001, "state": "calling", "direction": "outbound", "event_timestamp": 1787158716000}');
+               INSERT INTO dialpad.webhook_events (payload) VALUES
+                 ('{"call_id": 7200002, "state": "calling", "direction": "inbound", "event_timestamp": 1787158716000}'),
+                 ('{"call_id": "7200003", "state": "ringing", "direction": "inbound", "event_timestamp": 1787158716000}'),
+                 ('{"state": "hangup"}');
+               INSERT INTO dialpad.webhook_events (event_type, payload)
+                 SELECT 'calling', jsonb_build_object('call_id', g, 'state', 'calling', 'direction', 'inbound',
+                                                      'event_timestamp', 1787158716000)
+                   FROM generate_series(7200010, 7200029) g ORDER BY g;
+               PREPARE deliver(jsonb) AS INSERT INTO dialpad.webhook_events (payload) VALUES ($1);
+               EXECUTE deliver('{"call_id": 7200040, "state": "calling", "event_timestamp": 1}');
+               EXECUTE deliver('{"call_id": 7200041, "state": "calling", "event_timestamp": 1}');
+               EXECUTE deliver('{"call_id": 7200042, "state": "calling", "event_timestamp": 1}');
+               EXECUTE deliver('{"call_id": 7200043, "state": "calling", "event_timestamp": 1}');
+               EXECUTE deliver('{"call_id": 7200044, "state": "calling", "event_timestamp": 1}');
+               EXECUTE deliver('{"call_id": 7200045, "state": "calling", "event_timestamp": 1}');
+               DEALLOCATE deliver;
+               INSERT INTO dialpad.webhook_events (call_id, payload) VALUES
+                 (7200050, '{"call_id": 7200050, "state": "calling", "event_timestamp": 1}');"#,
         )
         .unwrap();
     }
-    wait_until(
-        &mut c,
-        "SELECT EXISTS (SELECT FROM dialpad.calls WHERE dialpad_call_id = 7200001 AND status = 'ringing')",
-        30,
+    drained_everywhere(&mut c, 60);
+    drained_everywhere(&mut one, 60);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id BETWEEN 7200001 AND 7200050"),
+        30
     );
+    assert_same_calls(&mut c, &mut one);
+    assert_eq!(dead(&mut c), dead(&mut one));
 
     // Crashes mid-drain: kill -9 a worker node's pg_dialpad worker, stop the other node
     // with -m immediate. Nothing is lost, nothing applied twice.

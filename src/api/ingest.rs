@@ -33,10 +33,8 @@ fn unix_now_ms() -> i64 {
 }
 
 /// Every delivery is stored; the insert trigger marks a redelivery duplicate_of its first.
-/// call_id is the payload's (the insert trigger sets it so anyway), given so that Citus can
-/// route the row (README, "Scaling out with Citus").
-const INSERT_SQL: &str =
-    "INSERT INTO dialpad.webhook_events (payload, call_id) VALUES ($1, $2) RETURNING id, duplicate_of";
+/// On Citus, the call id the row is routed by is added by the planner hook (citus/routing.rs).
+const INSERT_SQL: &str = "INSERT INTO dialpad.webhook_events (payload) VALUES ($1) RETURNING id, duplicate_of";
 /// The 0.1.0 inbox (before ALTER EXTENSION ... UPDATE) still has its unique index.
 const INSERT_0_1_SQL: &str = "\
 INSERT INTO dialpad.webhook_events (payload) VALUES ($1)
@@ -125,9 +123,7 @@ fn ingest_webhook(body: Option<&str>, source: Option<&str>) -> i64 {
         reject(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, err, Some("See dialpad.max_event_age."));
     }
     let key = root.and_then(ingest::dedupe_key);
-    // On Citus the row is routed by call_id before any trigger runs: the INSERT names it.
-    let call_id = root.and_then(ingest::call_id_of).or_else(|| crate::citus::inbox_distributed().then_some(0));
-    let stored = crate::api::triggers::with_source(via, || store(payload, call_id, key));
+    let stored = crate::api::triggers::with_source(via, || store(payload, key));
     match stored {
         Ok((id, duplicate)) => {
             if let Some(s) = shmem::get() {
@@ -258,7 +254,7 @@ fn parse_payload(json: String) -> datum::JsonbArg {
 }
 
 /// Stores the delivery; returns (id of its first delivery, whether this was a redelivery).
-fn store(payload: datum::JsonbArg, call_id: Option<i64>, key: Option<String>) -> Result<(i64, bool), pgrx::spi::Error> {
+fn store(payload: datum::JsonbArg, key: Option<String>) -> Result<(i64, bool), pgrx::spi::Error> {
     Spi::connect_mut(|client| -> Result<(i64, bool), pgrx::spi::Error> {
         if inbox_marks_duplicates() {
             if let Some(k) = key.as_deref() {
@@ -266,14 +262,7 @@ fn store(payload: datum::JsonbArg, call_id: Option<i64>, key: Option<String>) ->
                     dedupe::lock_key(call_id, k);
                 }
             }
-            let row = batch::run_kept(
-                client,
-                INSERT_SQL,
-                &[pg_sys::JSONBOID, pg_sys::INT8OID],
-                None,
-                &[payload.into(), call_id.into()],
-            )?
-            .first();
+            let row = batch::run_kept(client, INSERT_SQL, &[pg_sys::JSONBOID], None, &[payload.into()])?.first();
             let id = row.get::<i64>(1)?.unwrap_or(0);
             return Ok(match row.get::<i64>(2)? {
                 Some(first) => (first, true),

@@ -11,6 +11,15 @@
 
 use pgrx::prelude::*;
 
+pub(crate) mod routing;
+
+/// The call id Citus routes an event by: the payload's `call_id`, or 0 when it has none
+/// (src/citus/routing.rs adds it to INSERTs into the distributed inbox).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn routing_call_id(payload: crate::pg::datum::JsonbArg) -> i64 {
+    crate::codec::jsonb::Container::root(payload.body()).ok().and_then(crate::domain::webhook::call_id_of).unwrap_or(0)
+}
+
 /// Whether the Citus extension is installed in this database.
 pub(crate) fn loaded() -> bool {
     // SAFETY: a catalog lookup by name; InvalidOid when absent.
@@ -109,9 +118,6 @@ thread_local! {
 /// Whether `dialpad.webhook_events` is a Citus distributed table (cached until the table's
 /// relcache entry is invalidated, as Citus does when it distributes it).
 pub(crate) fn inbox_distributed() -> bool {
-    if !loaded() {
-        return false;
-    }
     let inbox = crate::pg::dialpad_relation(c"webhook_events");
     if inbox == pg_sys::InvalidOid {
         return false;
@@ -122,13 +128,14 @@ pub(crate) fn inbox_distributed() -> bool {
             return d;
         }
     }
-    let distributed = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid OPERATOR(pg_catalog.=) $1)",
-        &[inbox.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false);
+    let distributed = loaded()
+        && Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid OPERATOR(pg_catalog.=) $1)",
+            &[inbox.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
     INBOX_DISTRIBUTED.with(|c| c.set(Some((inbox, generation, distributed))));
     distributed
 }

@@ -1,0 +1,263 @@
+//! Plain INSERTs into the distributed inbox through the coordinator. Citus routes an INSERT
+//! to a shard by its distribution column before any trigger runs, and the inbox's is
+//! `call_id`, which the insert trigger fills from the payload: `INSERT INTO
+//! dialpad.webhook_events (payload) ...` would fail ("cannot perform an INSERT without a
+//! partition column value"). This planner hook, which runs before Citus's (pg_dialpad is
+//! preloaded after citus), gives such an INSERT its call id: `dialpad.routing_call_id(payload)`
+//! (the payload's call id, 0 when it has none), per row of a multi-row VALUES. Where the
+//! inbox is not distributed it changes nothing.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
+
+/// Called once from `_PG_init` (preloaded).
+pub(crate) fn install() {
+    // SAFETY: hooks are installed once, at library load in the postmaster, before any
+    // backend plans; the previous hook is called from ours.
+    unsafe {
+        PREV_PLANNER = pg_sys::planner_hook;
+        pg_sys::planner_hook = Some(planner);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn planner(
+    parse: *mut pg_sys::Query,
+    query_string: *const std::ffi::c_char,
+    cursor_options: std::ffi::c_int,
+    bound_params: pg_sys::ParamListInfo,
+) -> *mut pg_sys::PlannedStmt {
+    // SAFETY: PostgreSQL passes a valid Query being planned; it may be modified in place
+    // before planning, as the rewriter's output is ours for this planning.
+    unsafe {
+        if (*parse).commandType == pg_sys::CmdType::CMD_INSERT {
+            name_the_call_id(parse);
+        }
+        match PREV_PLANNER {
+            Some(prev) => prev(parse, query_string, cursor_options, bound_params),
+            None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
+        }
+    }
+}
+
+/// The `i`-th pointer of a List.
+///
+/// # Safety
+/// `list` is a valid pointer List with more than `i` elements.
+unsafe fn nth<T>(list: *mut pg_sys::List, i: usize) -> *mut T {
+    // SAFETY: the caller's contract.
+    unsafe { (*(*list).elements.add(i)).ptr_value as *mut T }
+}
+
+/// # Safety
+/// `list` is NULL or a valid List.
+unsafe fn len(list: *mut pg_sys::List) -> usize {
+    // SAFETY: the caller's contract.
+    if list.is_null() {
+        0
+    } else {
+        unsafe { (*list).length as usize }
+    }
+}
+
+/// Adds `call_id = dialpad.routing_call_id(payload)` to an INSERT into the distributed inbox
+/// that does not name a call id (or names NULL).
+///
+/// # Safety
+/// `parse` is a valid INSERT Query.
+unsafe fn name_the_call_id(parse: *mut pg_sys::Query) {
+    // SAFETY: reads and rebuilds the Query's own lists with PostgreSQL's node constructors,
+    // in the planner's memory context.
+    unsafe {
+        let rti = (*parse).resultRelation;
+        if rti <= 0 || (rti as usize) > len((*parse).rtable) {
+            return;
+        }
+        let target: *mut pg_sys::RangeTblEntry = nth((*parse).rtable, rti as usize - 1);
+        let inbox = crate::pg::dialpad_relation(c"webhook_events");
+        if inbox == pg_sys::InvalidOid || (*target).relid != inbox || !super::inbox_distributed() {
+            return;
+        }
+        let call_attno = pg_sys::get_attnum(inbox, c"call_id".as_ptr());
+        let payload_attno = pg_sys::get_attnum(inbox, c"payload".as_ptr());
+        let tlist = (*parse).targetList;
+        let mut payload: *mut pg_sys::TargetEntry = std::ptr::null_mut();
+        let mut existing: *mut pg_sys::TargetEntry = std::ptr::null_mut();
+        for i in 0..len(tlist) {
+            let te: *mut pg_sys::TargetEntry = nth(tlist, i);
+            if (*te).resno == payload_attno {
+                payload = te;
+            } else if (*te).resno == call_attno {
+                existing = te;
+            }
+        }
+        if payload.is_null() {
+            return; // no payload: the NOT NULL constraint will say so
+        }
+        if !existing.is_null() {
+            let e = (*existing).expr as *mut pg_sys::Node;
+            let null_const = (*e).type_ == pg_sys::NodeTag::T_Const && (*(e as *mut pg_sys::Const)).constisnull;
+            if !null_const {
+                return; // the INSERT names it
+            }
+        }
+        let argtypes = [pg_sys::JSONBOID];
+        let name = pgrx::PgList::<std::ffi::c_void>::new();
+        let mut name = name;
+        name.push(pg_sys::makeString(c"dialpad".as_ptr() as *mut _) as *mut _);
+        name.push(pg_sys::makeString(c"routing_call_id".as_ptr() as *mut _) as *mut _);
+        let func = pg_sys::LookupFuncName(name.into_pg(), 1, argtypes.as_ptr(), true);
+        if func == pg_sys::InvalidOid {
+            return;
+        }
+        let call = |arg: *mut pg_sys::Expr| -> *mut pg_sys::Expr {
+            let mut args = pgrx::PgList::<pg_sys::Expr>::new();
+            args.push(pg_sys::copyObjectImpl(arg as *const _) as *mut pg_sys::Expr);
+            pg_sys::makeFuncExpr(
+                func,
+                pg_sys::INT8OID,
+                args.into_pg(),
+                pg_sys::InvalidOid,
+                pg_sys::InvalidOid,
+                pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+            ) as *mut pg_sys::Expr
+        };
+        let pexpr = (*payload).expr;
+        let value: *mut pg_sys::Expr = match values_rte(parse, pexpr) {
+            // A multi-row VALUES: Citus routes each row by its own value, so every row gets
+            // a column with its call id.
+            Some((rte, varno, payload_col)) => {
+                let lists = (*rte).values_lists;
+                for i in 0..len(lists) {
+                    let row: *mut pg_sys::List = nth(lists, i);
+                    let v = call(nth(row, payload_col));
+                    (*(*lists).elements.add(i)).ptr_value = pg_sys::lappend(row, v as *mut _) as *mut _;
+                }
+                (*rte).coltypes = pg_sys::lappend_oid((*rte).coltypes, pg_sys::INT8OID);
+                (*rte).coltypmods = pg_sys::lappend_int((*rte).coltypmods, -1);
+                (*rte).colcollations = pg_sys::lappend_oid((*rte).colcollations, pg_sys::InvalidOid);
+                let eref = (*rte).eref;
+                (*eref).colnames =
+                    pg_sys::lappend((*eref).colnames, pg_sys::makeString(c"call_id".as_ptr() as *mut _) as *mut _);
+                let attno = len((*eref).colnames) as pg_sys::AttrNumber;
+                pg_sys::makeVar(varno, attno, pg_sys::INT8OID, -1, pg_sys::InvalidOid, 0) as *mut pg_sys::Expr
+            }
+            None => match subquery_rte(parse, pexpr) {
+                // INSERT ... SELECT: Citus maps the INSERT's columns to the SELECT's, so the
+                // call id becomes a column of the SELECT.
+                Some((rte, varno, payload_col)) => {
+                    let sub = (*rte).subquery;
+                    let tlist = (*sub).targetList;
+                    let source: *mut pg_sys::TargetEntry = nth(tlist, payload_col);
+                    // After the SELECT's own columns, before its junk ones (ORDER BY ...),
+                    // which move one place on.
+                    let columns = (0..len(tlist)).filter(|&i| !(*nth::<pg_sys::TargetEntry>(tlist, i)).resjunk).count();
+                    let attno = (columns + 1) as pg_sys::AttrNumber;
+                    let column = pg_sys::makeTargetEntry(
+                        call((*source).expr),
+                        attno,
+                        pg_sys::pstrdup(c"call_id".as_ptr()),
+                        false,
+                    );
+                    let mut rebuilt: *mut pg_sys::List = std::ptr::null_mut();
+                    for i in 0..len(tlist) {
+                        let te: *mut pg_sys::TargetEntry = nth(tlist, i);
+                        if i == columns {
+                            rebuilt = pg_sys::lappend(rebuilt, column as *mut _);
+                        }
+                        if (*te).resjunk {
+                            (*te).resno += 1;
+                        }
+                        rebuilt = pg_sys::lappend(rebuilt, te as *mut _);
+                    }
+                    if columns == len(tlist) {
+                        rebuilt = pg_sys::lappend(rebuilt, column as *mut _);
+                    }
+                    (*sub).targetList = rebuilt;
+                    let eref = (*rte).eref;
+                    (*eref).colnames =
+                        pg_sys::lappend((*eref).colnames, pg_sys::makeString(c"call_id".as_ptr() as *mut _) as *mut _);
+                    pg_sys::makeVar(varno, attno, pg_sys::INT8OID, -1, pg_sys::InvalidOid, 0) as *mut pg_sys::Expr
+                }
+                None => call(pexpr),
+            },
+        };
+        if !existing.is_null() {
+            (*existing).expr = value;
+            return;
+        }
+        // The INSERT's target list is in attribute order (the planner relies on it).
+        let te = pg_sys::makeTargetEntry(value, call_attno, pg_sys::pstrdup(c"call_id".as_ptr()), false);
+        let mut rebuilt: *mut pg_sys::List = std::ptr::null_mut();
+        let mut placed = false;
+        for i in 0..len(tlist) {
+            let old: *mut pg_sys::TargetEntry = nth(tlist, i);
+            if !placed && ((*old).resjunk || (*old).resno > call_attno) {
+                rebuilt = pg_sys::lappend(rebuilt, te as *mut _);
+                placed = true;
+            }
+            rebuilt = pg_sys::lappend(rebuilt, old as *mut _);
+        }
+        if !placed {
+            rebuilt = pg_sys::lappend(rebuilt, te as *mut _);
+        }
+        (*parse).targetList = rebuilt;
+    }
+}
+
+/// When `expr` is a column of the SELECT of an INSERT ... SELECT (whose own columns come
+/// before its junk ones): that range table entry, its index and the column's (0-based).
+///
+/// # Safety
+/// `parse` is a valid Query and `expr` one of its target list's expressions.
+unsafe fn subquery_rte(
+    parse: *mut pg_sys::Query,
+    expr: *mut pg_sys::Expr,
+) -> Option<(*mut pg_sys::RangeTblEntry, i32, usize)> {
+    // SAFETY: the caller's contract; a Var's varno indexes the query's range table, and a
+    // subquery's target list is a List of TargetEntry.
+    unsafe {
+        if (*(expr as *mut pg_sys::Node)).type_ != pg_sys::NodeTag::T_Var {
+            return None;
+        }
+        let var = expr as *mut pg_sys::Var;
+        if (*var).varlevelsup != 0 || (*var).varno <= 0 || (*var).varno as usize > len((*parse).rtable) {
+            return None;
+        }
+        let rte: *mut pg_sys::RangeTblEntry = nth((*parse).rtable, (*var).varno as usize - 1);
+        if (*rte).rtekind != pg_sys::RTEKind::RTE_SUBQUERY || (*rte).subquery.is_null() || (*var).varattno <= 0 {
+            return None;
+        }
+        let tlist = (*(*rte).subquery).targetList;
+        let col = (*var).varattno as usize - 1;
+        let columns = (0..len(tlist)).take_while(|&i| !(*nth::<pg_sys::TargetEntry>(tlist, i)).resjunk).count();
+        let ordered = (columns..len(tlist)).all(|i| (*nth::<pg_sys::TargetEntry>(tlist, i)).resjunk);
+        (ordered && col < columns).then_some((rte, (*var).varno, col))
+    }
+}
+
+/// When `expr` is a column of the query's VALUES list: that range table entry, its index
+/// and the column's (0-based).
+///
+/// # Safety
+/// `parse` is a valid Query and `expr` one of its target list's expressions.
+unsafe fn values_rte(
+    parse: *mut pg_sys::Query,
+    expr: *mut pg_sys::Expr,
+) -> Option<(*mut pg_sys::RangeTblEntry, i32, usize)> {
+    // SAFETY: the caller's contract; a Var's varno indexes the query's range table.
+    unsafe {
+        if (*(expr as *mut pg_sys::Node)).type_ != pg_sys::NodeTag::T_Var {
+            return None;
+        }
+        let var = expr as *mut pg_sys::Var;
+        if (*var).varlevelsup != 0 || (*var).varno <= 0 || (*var).varno as usize > len((*parse).rtable) {
+            return None;
+        }
+        let rte: *mut pg_sys::RangeTblEntry = nth((*parse).rtable, (*var).varno as usize - 1);
+        ((*rte).rtekind == pg_sys::RTEKind::RTE_VALUES && (*var).varattno > 0)
+            .then(|| (rte, (*var).varno, (*var).varattno as usize - 1))
+    }
+}
