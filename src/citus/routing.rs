@@ -54,12 +54,11 @@ unsafe fn nth<T>(list: *mut pg_sys::List, i: usize) -> *mut T {
 /// # Safety
 /// `list` is NULL or a valid List.
 unsafe fn len(list: *mut pg_sys::List) -> usize {
-    // SAFETY: the caller's contract.
     if list.is_null() {
-        0
-    } else {
-        unsafe { (*list).length as usize }
+        return 0;
     }
+    // SAFETY: the caller's contract: a valid List.
+    unsafe { (*list).length as usize }
 }
 
 /// Adds `call_id = dialpad.routing_call_id(payload)` to an INSERT into the distributed inbox
