@@ -103,6 +103,8 @@ GRANT SELECT ON dialpad.calls, dialpad.rejected_transitions, dialpad.queue_stats
     dialpad.payload_stats, dialpad.ingest_stats, dialpad.dead_events, dialpad.source_list TO dialpad_reader;
 GRANT EXECUTE ON FUNCTION dialpad.worker_stats(), dialpad.ingest_stats(), dialpad.processed_last_minute()
     TO dialpad_reader;
+GRANT EXECUTE ON FUNCTION dialpad.worker_node_stats(), dialpad.worker_node_status(),
+    dialpad.worker_node_processed_last_minute() TO dialpad_reader;
 
 -- dialpad_admin: edits the rules and re-drives dead events; reads what a reader reads.
 GRANT dialpad_reader TO dialpad_admin;

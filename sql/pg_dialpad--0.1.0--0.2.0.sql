@@ -1200,6 +1200,9 @@ INSERT INTO dialpad.leg_backfill SELECT dialpad_call_id FROM dialpad.calls;
 GRANT SELECT ON dialpad.logical_calls, dialpad.logical_calls_from_legs TO dialpad_reader;
 GRANT EXECUTE ON FUNCTION dialpad.rebuild_logical_calls() TO dialpad_admin;
 
+-- dialpad.worker_stats gains the node (sql/citus.sql makes it again).
+DROP VIEW dialpad.worker_stats;
+
 -- ---------------------------------------------------------------------------------------------
 -- Scaling out with Citus (README, "Scaling out with Citus"): sql/citus.sql, verbatim below,
 -- after the function the planner hook routes INSERTs into the distributed inbox with.
@@ -1342,3 +1345,80 @@ $$;
 COMMENT ON FUNCTION dialpad.drop_node_partitions() IS
     'On a Citus worker node, before dialpad.distribute(): drops the (empty) time partitions this node made for itself before it joined the cluster; returns how many.';
 REVOKE EXECUTE ON FUNCTION dialpad.drop_node_partitions() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------------
+-- Monitoring across the cluster: on a Citus coordinator whose tables are distributed, the
+-- monitoring views and functions add the rows of every worker node (node 'host:port') to
+-- this server's own (node 'local'). Anywhere else they show this server alone.
+-- ---------------------------------------------------------------------------------------------
+CREATE FUNCTION dialpad.on_worker_nodes(command text)
+RETURNS TABLE (node text, success boolean, result text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    IF (SELECT groupid FROM pg_dist_local_group) OPERATOR(pg_catalog.<>) 0
+       OR NOT EXISTS (SELECT FROM pg_dist_partition p
+                       WHERE p.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.calls'::regclass) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT w.nodename || ':' || w.nodeport, w.success, w.result
+                   FROM run_command_on_workers(command) w ORDER BY 1;
+END
+$$;
+COMMENT ON FUNCTION dialpad.on_worker_nodes(text) IS
+    'On a Citus coordinator after dialpad.distribute(): runs command on every worker node (run_command_on_workers); no rows anywhere else.';
+REVOKE EXECUTE ON FUNCTION dialpad.on_worker_nodes(text) FROM PUBLIC;
+
+CREATE FUNCTION dialpad.worker_node_stats()
+RETURNS TABLE (node text, worker integer, pid integer, events_handled bigint, batches bigint, errors bigint,
+               dead_lettered bigint, rejected_transitions bigint, last_batch_at timestamptz, started_at timestamptz)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT n.node, s.*
+      FROM dialpad.on_worker_nodes('SELECT coalesce(json_agg(s), ''[]'') FROM dialpad.worker_stats() s') n,
+           json_to_recordset(CASE WHEN n.success THEN n.result::json ELSE '[]' END)
+               AS s(worker integer, pid integer, events_handled bigint, batches bigint, errors bigint,
+                    dead_lettered bigint, rejected_transitions bigint, last_batch_at timestamptz, started_at timestamptz)
+$$;
+COMMENT ON FUNCTION dialpad.worker_node_stats() IS
+    'dialpad.worker_stats() of every worker node of a Citus cluster (from its coordinator), with the node.';
+REVOKE EXECUTE ON FUNCTION dialpad.worker_node_stats() FROM PUBLIC;
+
+CREATE FUNCTION dialpad.worker_node_status()
+RETURNS TABLE (node text, component text, pid integer, running boolean, detail text, hint text)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT n.node, s.component, s.pid, s.running, s.detail, s.hint
+      FROM dialpad.on_worker_nodes('SELECT coalesce(json_agg(s), ''[]'') FROM dialpad.worker_status() s') n,
+           json_to_recordset(CASE WHEN n.success THEN n.result::json ELSE '[]' END)
+               AS s(component text, pid integer, running boolean, detail text, hint text)
+    UNION ALL
+    SELECT n.node, 'node', NULL, false, 'could not ask the node: ' || n.result,
+           'Is it up, and does the coordinator reach it (SELECT * FROM citus_check_cluster_node_health())?'
+      FROM dialpad.on_worker_nodes('SELECT 1') n
+     WHERE NOT n.success
+$$;
+COMMENT ON FUNCTION dialpad.worker_node_status() IS
+    'dialpad.worker_status() of every worker node of a Citus cluster (from its coordinator), with the node; a row for each node that cannot be reached.';
+REVOKE EXECUTE ON FUNCTION dialpad.worker_node_status() FROM PUBLIC;
+
+CREATE FUNCTION dialpad.worker_node_processed_last_minute() RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT sum(n.result::bigint)::bigint
+      FROM dialpad.on_worker_nodes('SELECT dialpad.processed_last_minute()') n
+     WHERE n.success AND n.result IS NOT NULL AND n.result OPERATOR(pg_catalog.<>) ''
+$$;
+COMMENT ON FUNCTION dialpad.worker_node_processed_last_minute() IS
+    'Events the worker nodes of a Citus cluster handled in the last 60 seconds (from its coordinator; NULL elsewhere).';
+REVOKE EXECUTE ON FUNCTION dialpad.worker_node_processed_last_minute() FROM PUBLIC;
+
+CREATE VIEW dialpad.worker_stats AS
+SELECT 'local'::text AS node, s.* FROM dialpad.worker_stats() s
+UNION ALL
+SELECT * FROM dialpad.worker_node_stats();
+COMMENT ON VIEW dialpad.worker_stats IS
+    'Per worker (from shared memory, since server start): node (local: this server; on a Citus coordinator, also each worker node as host:port), pid, events handled, batches, failed events, dead-lettered events, rejected transitions, last batch time.';
+
+GRANT SELECT ON dialpad.worker_stats TO dialpad_reader;
+GRANT EXECUTE ON FUNCTION dialpad.worker_node_stats(), dialpad.worker_node_status(),
+    dialpad.worker_node_processed_last_minute() TO dialpad_reader;

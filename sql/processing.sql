@@ -62,9 +62,7 @@ SELECT q.pending, q.due, q.retrying,
 COMMENT ON VIEW dialpad.queue_stats IS
     'The inbox at a glance: pending events, how many are due now, retrying after a failure, dead-lettered, the age of the oldest pending one, and events processed in the last minute (NULL without shared_preload_libraries).';
 
-CREATE VIEW dialpad.worker_stats AS SELECT * FROM dialpad.worker_stats();
-COMMENT ON VIEW dialpad.worker_stats IS
-    'Per worker (from shared memory, since server start): pid, events handled, batches, failed events, dead-lettered events, rejected transitions, last batch time.';
+-- dialpad.worker_stats is in sql/citus.sql (it adds the worker nodes of a Citus cluster).
 
 CREATE VIEW dialpad.payload_stats AS
 SELECT 'calls.raw_payload'::text AS source,

@@ -187,7 +187,23 @@ fn pg_dialpad_on_citus_gives_the_calls_of_one_node() {
     assert_eq!(dead_on_citus, dead(&mut one));
     for w in &citus.workers {
         assert!(handled_on(w) > 0, "worker node {} processed its shards", w.port);
+        // The coordinator's monitoring tells about every node.
+        let node = format!("127.0.0.1:{}", w.port);
+        let on_coordinator = count(
+            &mut c,
+            &format!("SELECT coalesce(sum(events_handled), 0)::bigint FROM dialpad.worker_stats WHERE node = '{node}'"),
+        );
+        assert_eq!(on_coordinator, handled_on(w), "dialpad.worker_stats on the coordinator shows {node}");
+        assert_eq!(
+            count(
+                &mut c,
+                &format!("SELECT count(*) FROM dialpad.worker_status() WHERE component LIKE 'worker % on {node}' AND running")
+            ),
+            2,
+            "dialpad.worker_status() on the coordinator shows the workers of {node}"
+        );
     }
+    assert!(count(&mut c, "SELECT processed_last_minute FROM dialpad.queue_stats") > 0, "the worker nodes' rate");
     assert_exactly_once_effects(&mut c);
 
     // Plain INSERTs through the coordinator, naming no call id (the planner hook gives

@@ -12,7 +12,16 @@ fn ts(v: i64) -> Option<TimestampWithTimeZone> {
 /// Events handled by any processor in the last 60 seconds (NULL without shared memory).
 #[pg_extern(volatile, parallel_safe)]
 fn processed_last_minute() -> Option<i64> {
-    shmem::get().map(|s| s.processed_last_minute() as i64)
+    let here = shmem::get().map(|s| s.processed_last_minute() as i64);
+    if !crate::citus::loaded() {
+        return here;
+    }
+    // A Citus coordinator: its worker nodes process the shards.
+    let nodes = Spi::get_one::<i64>("SELECT dialpad.worker_node_processed_last_minute()").ok().flatten();
+    match (here, nodes) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Wakes the workers when the current transaction commits.
@@ -107,6 +116,9 @@ fn worker_detail(
     (detail, hint)
 }
 
+/// One row of dialpad.worker_status().
+type StatusRow = (String, Option<i32>, bool, String, Option<String>);
+
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn worker_status() -> TableIterator<
@@ -119,6 +131,48 @@ fn worker_status() -> TableIterator<
         name!(hint, Option<String>),
     ),
 > {
+    let mut rows = local_worker_status();
+    if crate::citus::loaded() {
+        rows.extend(worker_node_status());
+    }
+    TableIterator::new(rows)
+}
+
+/// The rows of the worker nodes of a Citus cluster, on its coordinator (none elsewhere):
+/// each component named with its node ("worker 0 on 10.0.0.2:5432").
+fn worker_node_status() -> Vec<StatusRow> {
+    let rows = Spi::connect(|client| -> Result<Vec<StatusRow>, pgrx::spi::Error> {
+        let mut rows = Vec::new();
+        for r in client.select(
+            "SELECT node, component, pid, running, detail, hint FROM dialpad.worker_node_status()",
+            None,
+            &[],
+        )? {
+            let node: String = r.get(1)?.unwrap_or_default();
+            let component: String = r.get(2)?.unwrap_or_default();
+            rows.push((
+                format!("{component} on {node}"),
+                r.get(3)?,
+                r.get(4)?.unwrap_or(false),
+                r.get(5)?.unwrap_or_default(),
+                r.get(6)?,
+            ));
+        }
+        Ok(rows)
+    });
+    rows.unwrap_or_else(|e| {
+        vec![(
+            "nodes".to_string(),
+            None,
+            false,
+            format!("could not ask the worker nodes: {e}"),
+            Some("Run SELECT * FROM dialpad.worker_node_status() to see why.".to_string()),
+        )]
+    })
+}
+
+/// The launcher and workers of this server.
+fn local_worker_status() -> Vec<StatusRow> {
     let mut rows = Vec::new();
     let Some(s) = shmem::get() else {
         rows.push((
@@ -128,7 +182,7 @@ fn worker_status() -> TableIterator<
             "pg_dialpad is not in shared_preload_libraries, so no background worker runs.".to_string(),
             Some("Add pg_dialpad to shared_preload_libraries in postgresql.conf and restart the server; until then, call dialpad.process_events() (e.g. from pg_cron).".to_string()),
         ));
-        return TableIterator::new(rows);
+        return rows;
     };
     let n = gucs::workers();
     if n == 0 {
@@ -139,7 +193,7 @@ fn worker_status() -> TableIterator<
             "dialpad.workers is 0.".to_string(),
             Some("Set dialpad.workers to 1 or more and restart the server.".to_string()),
         ));
-        return TableIterator::new(rows);
+        return rows;
     }
     let database = gucs::database();
     let launcher = s.launcher_pid.load(Ordering::Acquire);
@@ -165,7 +219,7 @@ fn worker_status() -> TableIterator<
         let (detail, hint) = worker_detail(i, pid != 0, slot.state(), &database, &here);
         rows.push((format!("worker {i}"), (pid != 0).then_some(pid), pid != 0, detail, hint));
     }
-    TableIterator::new(rows)
+    rows
 }
 
 #[pg_extern(volatile, parallel_safe)]

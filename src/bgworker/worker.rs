@@ -367,8 +367,12 @@ fn targets(index: usize) -> Targets {
         return Targets::Idle(idle);
     }
     let workers = gucs::workers().max(1);
-    let listed = citus::processing_targets()
-        .map(|t| t.local.into_iter().enumerate().filter(|(i, _)| i % workers == index).map(|(_, t)| t).collect());
+    let listed = citus::processing_targets().map(|t| {
+        if t.local.iter().all(|g| g.shard == 0) {
+            return t.local; // one set of tables: every worker claims from it
+        }
+        t.local.into_iter().enumerate().filter(|(i, _)| i % workers == index).map(|(_, t)| t).collect()
+    });
     match listed {
         Ok(t) => Targets::Tables(t),
         Err(e) => crate::pg::error::raise(
