@@ -178,25 +178,32 @@ cluster_stop() {
     fi
 }
 
-# Builds the package of every released version (scripts/released-versions) from its commit,
-# once: target/released/<version>/ holds its library, control file and SQL, for the upgrade
-# test. A git worktree keeps the current tree and install untouched.
+# Builds the package of pg_dialpad at COMMIT, once: target/released/pg<major>/NAME holds its
+# library, control file and SQL. A git worktree keeps the current tree and install untouched.
+# PROFILE (third argument): debug (the upgrade test's) or release (the benchmarks' baseline).
+package_commit() {
+    local name="$1" commit="$2" profile="${3:-debug}" out wt flags=(--debug)
+    [ "${profile}" = release ] && flags=()
+    out="${REPO_ROOT}/target/released/pg${PG_MAJOR}/${name}"
+    [ -f "${out}/.complete" ] && return 0
+    log "packaging pg_dialpad ${name} (${commit}, ${profile})"
+    wt="${REPO_ROOT}/target/released/src-${name}"
+    rm -rf "${wt}" "${out}"
+    git -C "${REPO_ROOT}" worktree prune
+    git -C "${REPO_ROOT}" worktree add --detach "${wt}" "${commit}" >/dev/null
+    # Its own target dir: the current build's artifacts stay as they are.
+    (cd "${wt}" && CARGO_TARGET_DIR="${REPO_ROOT}/target/released/build" \
+        cargo pgrx package "${flags[@]}" --pg-config "${PG_CONFIG}" --out-dir "${out}" >/dev/null)
+    git -C "${REPO_ROOT}" worktree remove --force "${wt}"
+    touch "${out}/.complete"
+}
+
+# The package of every released version (scripts/released-versions), for the upgrade test.
 package_released_versions() {
-    local version commit out wt
+    local version commit
     while read -r version commit; do
         case "${version}" in ''|'#'*) continue ;; esac
-        out="${REPO_ROOT}/target/released/pg${PG_MAJOR}/${version}"
-        [ -f "${out}/.complete" ] && continue
-        log "packaging released pg_dialpad ${version} (${commit}) for the upgrade test"
-        wt="${REPO_ROOT}/target/released/src-${version}"
-        rm -rf "${wt}" "${out}"
-        git -C "${REPO_ROOT}" worktree prune
-        git -C "${REPO_ROOT}" worktree add --detach "${wt}" "${commit}" >/dev/null
-        # Its own target dir: the current build's artifacts stay as they are.
-        (cd "${wt}" && CARGO_TARGET_DIR="${REPO_ROOT}/target/released/build" \
-            cargo pgrx package --debug --pg-config "${PG_CONFIG}" --out-dir "${out}" >/dev/null)
-        git -C "${REPO_ROOT}" worktree remove --force "${wt}"
-        touch "${out}/.complete"
+        package_commit "${version}" "${commit}"
     done < "${REPO_ROOT}/scripts/released-versions"
 }
 

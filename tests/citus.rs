@@ -9,56 +9,8 @@ use common::*;
 use postgres::Client;
 use std::time::Duration;
 
-fn citus_installed(layout: &PgLayout) -> bool {
-    layout.pkglibdir.join("citus.so").exists()
-}
-
-struct Citus {
-    coordinator: Cluster,
-    workers: Vec<Cluster>,
-}
-
-const NODE_CONF: &[&str] = &[
-    "listen_addresses = '127.0.0.1'",
-    "shared_preload_libraries = 'citus,pg_dialpad'",
-    "max_prepared_transactions = 20",
-    "dialpad.workers = 2",
-    "dialpad.poll_interval = 200",
-    "citus.shard_count = 8",
-];
-
-impl Citus {
-    /// Ports from a range of this process's own; `slot` tells the tests of this file apart.
-    fn start(tag: &str, slot: u16) -> Citus {
-        let base = 29_400 + (std::process::id() % 100) as u16 * 8 + slot * 4;
-        let bin = PgLayout::current().bindir;
-        let coordinator = Cluster::start_on(&format!("{tag}-coordinator"), bin.clone(), base, NODE_CONF);
-        let workers: Vec<Cluster> =
-            (1..=2).map(|i| Cluster::start_on(&format!("{tag}-worker{i}"), bin.clone(), base + i, NODE_CONF)).collect();
-        let citus = Citus { coordinator, workers };
-        citus.join("postgres");
-        citus
-    }
-
-    /// Citus in `db` on every node, the workers added to the coordinator's metadata.
-    fn join(&self, db: &str) {
-        for node in self.nodes() {
-            if db != "postgres" {
-                node.connect().batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
-            }
-            node.connect_db(db).batch_execute("CREATE EXTENSION citus").unwrap();
-        }
-        let mut c = self.coordinator.connect_db(db);
-        c.batch_execute(&format!("SELECT citus_set_coordinator_host('127.0.0.1', {})", self.coordinator.port)).unwrap();
-        for w in &self.workers {
-            c.batch_execute(&format!("SELECT citus_add_node('127.0.0.1', {})", w.port)).unwrap();
-        }
-    }
-
-    fn nodes(&self) -> impl Iterator<Item = &Cluster> {
-        std::iter::once(&self.coordinator).chain(self.workers.iter())
-    }
-}
+/// The nodes' pg_dialpad settings here: two workers each, quick to notice a reload.
+const CONF: &[&str] = &["dialpad.workers = 2", "dialpad.poll_interval = 200", "citus.shard_count = 8"];
 
 /// Deliveries: the sample generator's events of `n` calls from `first`, ~10% redelivered,
 /// shuffled; the same list goes to every database compared.
@@ -133,7 +85,7 @@ fn handled_on(node: &Cluster) -> i64 {
 #[test]
 fn pg_dialpad_on_citus_gives_the_calls_of_one_node() {
     let layout = PgLayout::current();
-    if !citus_installed(&layout) {
+    if !layout.has_citus() {
         eprintln!("skipped: Citus not installed for PostgreSQL {}", layout.major);
         return;
     }
@@ -143,7 +95,7 @@ fn pg_dialpad_on_citus_gives_the_calls_of_one_node() {
     let err = one.batch_execute("SELECT * FROM dialpad.distribute()").unwrap_err();
     assert_eq!(err.code().map(|s| s.code()), Some("0A000"), "{err}");
 
-    let citus = Citus::start("citus", 0);
+    let citus = Citus::start("citus", 0, CONF);
     let mut c = citus.coordinator.ready();
 
     // A database with calls before it is distributed: the coordinator processes them alone.
@@ -313,11 +265,11 @@ fn pg_dialpad_on_citus_gives_the_calls_of_one_node() {
 #[test]
 fn an_empty_database_is_distributed_and_processed_through_the_coordinator() {
     let layout = PgLayout::current();
-    if !citus_installed(&layout) {
+    if !layout.has_citus() {
         eprintln!("skipped: Citus not installed for PostgreSQL {}", layout.major);
         return;
     }
-    let citus = Citus::start("citus-empty", 1);
+    let citus = Citus::start("citus-empty", 1, CONF);
     let mut c = citus.coordinator.ready();
     c.batch_execute("SELECT * FROM dialpad.distribute()").unwrap();
     // The workers of every node are paused: dialpad.process_events() on the coordinator

@@ -67,6 +67,11 @@ pub struct PgLayout {
 }
 
 impl PgLayout {
+    /// Whether Citus is installed in this PostgreSQL (tests/citus.rs).
+    pub fn has_citus(&self) -> bool {
+        self.pkglibdir.join("citus.so").exists()
+    }
+
     pub fn of(bin: &Path) -> PgLayout {
         let out = check(
             {
@@ -491,4 +496,53 @@ pub fn wait_for_reset(cluster: &Cluster) {
 
 pub fn drained(c: &mut Client, secs: u64) {
     wait_until(c, "SELECT pending = 0 FROM dialpad.queue_stats", secs);
+}
+
+/// A Citus cluster of private nodes on 127.0.0.1 (tests/citus.rs, the Citus benchmarks).
+pub struct Citus {
+    pub coordinator: Cluster,
+    pub workers: Vec<Cluster>,
+}
+
+/// Every node's settings: reachable on 127.0.0.1, Citus loaded before pg_dialpad.
+pub const CITUS_NODE_CONF: &[&str] = &[
+    "listen_addresses = '127.0.0.1'",
+    "shared_preload_libraries = 'citus,pg_dialpad'",
+    "max_prepared_transactions = 20",
+];
+
+impl Citus {
+    /// A coordinator and two worker nodes, with `conf` after [`CITUS_NODE_CONF`], Citus
+    /// joined in database postgres. Ports from a range of this process's own; `slot` tells
+    /// the clusters of one process apart.
+    pub fn start(tag: &str, slot: u16, conf: &[&str]) -> Citus {
+        let base = 29_400 + (std::process::id() % 100) as u16 * 8 + slot * 4;
+        let bin = PgLayout::current().bindir;
+        let conf: Vec<&str> = CITUS_NODE_CONF.iter().chain(conf).copied().collect();
+        let coordinator = Cluster::start_on(&format!("{tag}-coordinator"), bin.clone(), base, &conf);
+        let workers: Vec<Cluster> =
+            (1..=2).map(|i| Cluster::start_on(&format!("{tag}-worker{i}"), bin.clone(), base + i, &conf)).collect();
+        let citus = Citus { coordinator, workers };
+        citus.join("postgres");
+        citus
+    }
+
+    /// Citus in `db` on every node, the workers added to the coordinator's metadata.
+    pub fn join(&self, db: &str) {
+        for node in self.nodes() {
+            if db != "postgres" {
+                node.connect().batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+            }
+            node.connect_db(db).batch_execute("CREATE EXTENSION citus").unwrap();
+        }
+        let mut c = self.coordinator.connect_db(db);
+        c.batch_execute(&format!("SELECT citus_set_coordinator_host('127.0.0.1', {})", self.coordinator.port)).unwrap();
+        for w in &self.workers {
+            c.batch_execute(&format!("SELECT citus_add_node('127.0.0.1', {})", w.port)).unwrap();
+        }
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Cluster> {
+        std::iter::once(&self.coordinator).chain(self.workers.iter())
+    }
 }
