@@ -559,7 +559,7 @@ fn main() {
         return;
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("citus") {
-        citus_bench(&mut c, &mut report, runs, n_events);
+        citus_bench(&mut c, &mut report, runs, n_events, calls);
         report.print_rows();
         return;
     }
@@ -1309,7 +1309,7 @@ fn citus_run(citus: &Citus, c: &mut Client, n: usize) -> (Vec<(i64, f64, f64)>, 
 /// events in the same run; the drain rate of each of two worker nodes and of both; and the
 /// one-node worker of this build next to the build before Citus support (no Citus-only cost
 /// on one node).
-fn citus_bench(c: &mut Client, report: &mut Report, runs: usize, n_events: usize) {
+fn citus_bench(c: &mut Client, report: &mut Report, runs: usize, n_events: usize, calls: usize) {
     let layout = PgLayout::current();
     if !layout.has_citus() {
         report.notes.push(format!("Citus figures: skipped (Citus is not installed for PostgreSQL {}).", layout.major));
@@ -1337,7 +1337,7 @@ fn citus_bench(c: &mut Client, report: &mut Report, runs: usize, n_events: usize
                SELECT row_number() OVER (ORDER BY (payload->>'event_timestamp')::bigint + (hashint8(call_id * 10 + seq) % 3000)) AS delivery,
                       payload
                  FROM pg_temp.dialpad_sample_events({}, 6612345678900000, 0.42, true);",
-            (n_events / 4).max(100)
+            calls
         ),
     );
     // The build before Citus support, on one node, beside this one.
@@ -1361,7 +1361,7 @@ fn citus_bench(c: &mut Client, report: &mut Report, runs: usize, n_events: usize
                           call_id, kind, seq, payload
                      FROM pg_temp.dialpad_sample_events({}, 6612345678900000, 0.42, true);
                  CREATE INDEX ON bench.events (delivery);",
-                (n_events / 4).max(100)
+                calls
             ),
         );
         (install, cluster, b)

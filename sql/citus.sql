@@ -2,6 +2,20 @@
 -- install and the 0.1.0 -> 0.2.0 upgrade script (copied there verbatim). Nothing here runs
 -- unless a DBA calls dialpad.distribute() on a Citus coordinator: one node is unchanged.
 
+-- dialpad.logical_calls on Citus (src/citus/logical.rs): the logical calls whose legs a
+-- node's shards wrote, noted on that node, then handed to the node keeping their row. Both
+-- stay empty on one node.
+CREATE TABLE dialpad.logical_calls_touched (
+    logical_call_id bigint PRIMARY KEY
+);
+COMMENT ON TABLE dialpad.logical_calls_touched IS
+    'On a Citus node: logical calls whose legs this node''s shards of dialpad.calls wrote, waiting to be handed to the keeper of their dialpad.logical_calls row (empty on one node).';
+CREATE TABLE dialpad.logical_calls_stale (
+    logical_call_id bigint PRIMARY KEY
+);
+COMMENT ON TABLE dialpad.logical_calls_stale IS
+    'On Citus: logical calls whose dialpad.logical_calls row is to be recomputed from their legs, distributed like that table so that each waits on the node keeping its row (empty on one node).';
+
 COMMENT ON FUNCTION dialpad.routing_call_id(jsonb) IS
     'The call id Citus routes an event by: the payload''s call_id, or 0 when it has none (added to INSERTs into the distributed inbox by pg_dialpad''s planner hook).';
 
@@ -95,8 +109,19 @@ BEGIN
         distribution := format('distributed by %s', key);
         RETURN NEXT;
     END LOOP;
+    -- The real calls: each row in the shard group of its logical call id, kept up to date
+    -- there by that group's worker from the legs on every node (src/citus/logical.rs).
+    FOREACH rel IN ARRAY ARRAY['dialpad.logical_calls', 'dialpad.logical_calls_stale']::regclass[] LOOP
+        IF NOT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) rel) THEN
+            PERFORM create_distributed_table(rel, 'logical_call_id', colocate_with => 'dialpad.calls');
+        END IF;
+        relation := rel;
+        distribution := 'distributed by logical_call_id';
+        RETURN NEXT;
+    END LOOP;
     -- The rows copied into the shards stay on the coordinator's disk, invisible, until this.
-    FOREACH rel IN ARRAY ARRAY['dialpad.webhook_events', 'dialpad.rejected_transitions', 'dialpad.calls',
+    FOREACH rel IN ARRAY ARRAY['dialpad.logical_calls', 'dialpad.logical_calls_stale',
+                               'dialpad.webhook_events', 'dialpad.rejected_transitions', 'dialpad.calls',
                                'dialpad.state_mapping', 'dialpad.status_transitions', 'dialpad.call_statuses']::regclass[] LOOP
         PERFORM truncate_local_data_after_distributing_table(rel);
     END LOOP;

@@ -48,12 +48,53 @@ fn calls(c: &mut Client) -> Vec<(i64, String)> {
     .collect()
 }
 
+/// The rejected transitions, without ids and times.
+fn rejections(c: &mut Client) -> Vec<String> {
+    c.query(
+        "SELECT concat_ws(' ', dialpad_call_id, from_status, to_status, reason) FROM dialpad.rejected_transitions ORDER BY 1",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Every real call (dialpad.logical_calls), as text.
+fn logical_calls(c: &mut Client) -> Vec<String> {
+    c.query("SELECT to_jsonb(l)::text FROM dialpad.logical_calls l ORDER BY logical_call_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Waits until every node has handed on the logical calls its shards wrote and their keepers
+/// have recomputed them.
+fn logical_calls_kept(citus: &Citus, c: &mut Client) {
+    for w in &citus.workers {
+        wait_until(&mut w.connect(), "SELECT count(*) = 0 FROM dialpad.logical_calls_touched", 120);
+    }
+    // (count, not NOT EXISTS (SELECT FROM ...): Citus cannot plan a subquery of no columns)
+    wait_until(c, "SELECT count(*) = 0 FROM dialpad.logical_calls_stale", 120);
+}
+
+fn assert_same_logical_calls(citus: &Citus, cluster: &mut Client, single: &mut Client) {
+    logical_calls_kept(citus, cluster);
+    let (a, b) = (logical_calls(cluster), logical_calls(single));
+    assert_eq!(a.len(), b.len(), "as many real calls on Citus as on one node");
+    if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
+        panic!("a real call differs:\n  Citus:    {x}\n  one node: {y}");
+    }
+}
+
 fn assert_same_calls(cluster: &mut Client, single: &mut Client) {
     let (a, b) = (calls(cluster), calls(single));
     assert_eq!(a.len(), b.len(), "as many calls on Citus as on one node");
     if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
         panic!("a call differs:\n  Citus:    {x:?}\n  one node: {y:?}");
     }
+    assert_eq!(rejections(cluster), rejections(single), "the same rejected transitions");
 }
 
 /// Every applied event counted once on its call: no event applied twice, none lost.
@@ -114,6 +155,7 @@ fn pg_dialpad_on_citus_gives_the_calls_of_one_node() {
     c.batch_execute("SELECT * FROM dialpad.distribute()").unwrap();
     drained_everywhere(&mut one, 120);
     assert_same_calls(&mut c, &mut one);
+    assert_same_logical_calls(&citus, &mut c, &mut one);
 
     // Through the coordinator: shuffled, redelivered, and poison (no call id, a call id that
     // is not a number); every worker node drains the shards it holds.
@@ -220,6 +262,7 @@ fn pg_dialpad_on_citus_gives_the_calls_of_one_node() {
     drained_everywhere(&mut one, 300);
     assert_same_calls(&mut c, &mut one);
     assert_exactly_once_effects(&mut c);
+    assert_same_logical_calls(&citus, &mut c, &mut one);
     // The killed worker took its node through a crash restart; its workers are back.
     drop(first);
     let mut first = citus.workers[0].connect();
@@ -260,6 +303,7 @@ fn pg_dialpad_on_citus_gives_the_calls_of_one_node() {
         "the screened calls are on both worker nodes"
     );
     assert_same_calls(&mut c, &mut one);
+    assert_same_logical_calls(&citus, &mut c, &mut one);
 }
 
 #[test]
@@ -289,4 +333,35 @@ fn an_empty_database_is_distributed_and_processed_through_the_coordinator() {
     assert_eq!(handled, pending);
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls"), 200);
     assert_exactly_once_effects(&mut c);
+
+    // A DBA's writes through the coordinator meet the triggers on the shards: the direction
+    // is normalized, an invalid transition is skipped and recorded (the default)...
+    let ended: Vec<i64> = c
+        .query("SELECT dialpad_call_id FROM dialpad.calls WHERE status = 'ended' ORDER BY 1 LIMIT 6", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ended.len(), 6);
+    c.execute("UPDATE dialpad.calls SET direction = 'Incoming' WHERE dialpad_call_id = ANY($1)", &[&ended]).unwrap();
+    c.execute("UPDATE dialpad.calls SET status = 'ringing' WHERE dialpad_call_id = ANY($1)", &[&ended]).unwrap();
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM dialpad.calls WHERE status = 'ended' AND direction = 'inbound'
+                AND dialpad_call_id IN (SELECT dialpad_call_id FROM dialpad.rejected_transitions WHERE to_status = 'ringing')"
+        ),
+        6,
+        "the rows stayed ended, their direction normalized, each attempt recorded"
+    );
+    // ...or refused with 23514 once the database says so (ALTER DATABASE reaches every node).
+    c.batch_execute("ALTER DATABASE postgres SET dialpad.invalid_transition = error").unwrap();
+    let mut fresh = citus.coordinator.connect();
+    let err = fresh
+        .execute("UPDATE dialpad.calls SET status = 'ringing' WHERE dialpad_call_id = $1", &[&ended[0]])
+        .unwrap_err();
+    assert_eq!(err.code().map(|s| s.code()), Some("23514"), "{err}");
+    // The analysts' view computes the real calls across the nodes; the table is filled on demand.
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.logical_calls_from_legs"), 100);
+    assert_eq!(count(&mut c, "SELECT dialpad.rebuild_logical_calls()"), 100);
 }

@@ -161,9 +161,9 @@ fn calls_after_write<'a>(
     let relid = trigger.relid().map_err(err)?;
     if relid != crate::pg::dialpad_relation(c"calls") && crate::pg::shell_of(relid) != relid {
         // A Citus shard (dialpad.distribute()): the other legs of its logical calls may be
-        // in shards on other nodes, so it cannot compute them (README, "Scaling out with
-        // Citus": dialpad.logical_calls_from_legs).
-        logical::take_touched();
+        // in shards on other nodes; the keeper of each call's row recomputes it
+        // (citus/logical.rs).
+        crate::citus::logical::note(logical::take_touched()).map_err(err)?;
         return Ok(None);
     }
     logical::refresh_touched(relid);

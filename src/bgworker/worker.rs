@@ -152,7 +152,35 @@ impl Worker {
                 idle => return Ok(idle),
             }
         }
+        if targets.iter().any(|t| t.shard != 0) {
+            total.full |= self.logical_calls_step(&targets)?;
+        }
         Ok(Ran(total))
+    }
+
+    /// On a Citus node: the first worker hands the logical calls this node's shards wrote on
+    /// to their keepers, and every worker recomputes the stale ones its groups keep
+    /// (citus/logical.rs). True when a slice came back full (more is waiting).
+    fn logical_calls_step(&self, targets: &[Tables]) -> Result<bool, String> {
+        let mut more = false;
+        let mut step = |f: Box<dyn FnOnce() -> Result<i64, pgrx::spi::Error> + std::panic::UnwindSafe>| {
+            self.slot.in_batch.store(true, Ordering::SeqCst);
+            let done = in_transaction(std::panic::AssertUnwindSafe(f));
+            self.slot.in_batch.store(false, Ordering::Release);
+            // SAFETY: called outside a transaction, as PostgreSQL requires.
+            unsafe { pg_sys::pgstat_report_stat(false) };
+            let n = done?.map_err(|e| format!("dialpad.logical_calls: {e}"))?;
+            more |= n >= citus::logical::SLICE;
+            Ok::<(), String>(())
+        };
+        if self.index == 0 {
+            step(Box::new(citus::logical::hand_on))?;
+        }
+        for group in targets {
+            let group = group.clone();
+            step(Box::new(move || citus::logical::refresh_stale(&group)))?;
+        }
+        Ok(more)
     }
 
     fn ran(&mut self, o: &batch::BatchOutcome) -> bool {

@@ -11,6 +11,7 @@
 
 use pgrx::prelude::*;
 
+pub(crate) mod logical;
 pub(crate) mod routing;
 
 /// The call id Citus routes an event by: the payload's `call_id`, or 0 when it has none
@@ -42,6 +43,9 @@ pub(crate) struct Tables {
     pub inbox: String,
     pub calls: String,
     pub rejected: String,
+    /// The group's shards of `logical_calls` and `logical_calls_stale` (their ids), when the
+    /// group has them.
+    pub logical: Option<(i64, i64)>,
 }
 
 impl Tables {
@@ -52,16 +56,18 @@ impl Tables {
             inbox: "dialpad.webhook_events".into(),
             calls: "dialpad.calls".into(),
             rejected: "dialpad.rejected_transitions".into(),
+            logical: None,
         }
     }
 
     /// The colocated shards with these ids.
-    pub(crate) fn shards(calls: i64, inbox: i64, rejected: i64) -> Tables {
+    pub(crate) fn shards(calls: i64, inbox: i64, rejected: i64, logical: Option<(i64, i64)>) -> Tables {
         Tables {
             shard: calls,
             inbox: format!("dialpad.webhook_events_{inbox}"),
             calls: format!("dialpad.calls_{calls}"),
             rejected: format!("dialpad.rejected_transitions_{rejected}"),
+            logical,
         }
     }
 
@@ -72,7 +78,21 @@ impl Tables {
         }
         let s = replace_table(sql, "dialpad.webhook_events", &self.inbox);
         let s = replace_table(&s, "dialpad.calls", &self.calls);
-        replace_table(&s, "dialpad.rejected_transitions", &self.rejected)
+        let s = replace_table(&s, "dialpad.rejected_transitions", &self.rejected);
+        match self.logical {
+            Some((logical, stale)) => {
+                let s = replace_table(&s, "dialpad.logical_calls", &format!("dialpad.logical_calls_{logical}"));
+                replace_table(&s, "dialpad.logical_calls_stale", &format!("dialpad.logical_calls_stale_{stale}"))
+            }
+            None => s,
+        }
+    }
+
+    /// The group's `logical_calls` and `logical_calls_stale` shards, every other table as
+    /// itself (the legs of a logical call are read from the distributed `dialpad.calls`).
+    pub(crate) fn logical_only(&self) -> Option<Tables> {
+        let (logical, _) = self.logical?;
+        Some(Tables { shard: logical, logical: self.logical, ..Tables::whole() })
     }
 }
 
@@ -150,12 +170,16 @@ WITH here AS (
       JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) s.shardid
      WHERE p.groupid OPERATOR(pg_catalog.=) (SELECT groupid FROM pg_catalog.pg_dist_local_group)
 )
-SELECT c.shardid, e.shardid, r.shardid
+SELECT c.shardid, e.shardid, r.shardid, l.shardid, st.shardid
   FROM here c
   JOIN here e ON e.shardminvalue OPERATOR(pg_catalog.=) c.shardminvalue
              AND e.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.webhook_events'::pg_catalog.regclass
   JOIN here r ON r.shardminvalue OPERATOR(pg_catalog.=) c.shardminvalue
              AND r.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.rejected_transitions'::pg_catalog.regclass
+  LEFT JOIN here l ON l.shardminvalue OPERATOR(pg_catalog.=) c.shardminvalue
+             AND l.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.logical_calls'::pg_catalog.regclass
+  LEFT JOIN here st ON st.shardminvalue OPERATOR(pg_catalog.=) c.shardminvalue
+             AND st.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.logical_calls_stale'::pg_catalog.regclass
  WHERE c.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.calls'::pg_catalog.regclass
  ORDER BY c.shardminvalue::pg_catalog.int8";
 
@@ -167,7 +191,8 @@ pub(crate) fn local_groups(client: &pgrx::spi::SpiClient<'_>) -> Result<Vec<Tabl
         let (Some(c), Some(e), Some(r)) = (row.get::<i64>(1)?, row.get::<i64>(2)?, row.get::<i64>(3)?) else {
             continue;
         };
-        groups.push(Tables::shards(c, e, r));
+        let logical = row.get::<i64>(4)?.zip(row.get::<i64>(5)?);
+        groups.push(Tables::shards(c, e, r, logical));
     }
     Ok(groups)
 }
@@ -283,11 +308,16 @@ mod tests {
 
     #[test]
     fn statements_name_the_shards_of_a_group() {
-        let t = Tables::shards(102008, 102040, 102072);
+        let t = Tables::shards(102008, 102040, 102072, Some((102100, 102132)));
         assert_eq!(
             t.sql("UPDATE dialpad.webhook_events SET x = 1 FROM dialpad.calls c, dialpad.calls_x WHERE dialpad.rejected_transitions.id = 1"),
             "UPDATE dialpad.webhook_events_102040 SET x = 1 FROM dialpad.calls_102008 c, dialpad.calls_x WHERE dialpad.rejected_transitions_102072.id = 1"
         );
         assert_eq!(Tables::whole().sql("SELECT 1 FROM dialpad.calls"), "SELECT 1 FROM dialpad.calls");
+        let l = t.logical_only().unwrap();
+        assert_eq!(
+            l.sql("DELETE FROM dialpad.logical_calls_stale; SELECT * FROM dialpad.calls, dialpad.logical_calls; SELECT 1 FROM dialpad.logical_calls_touched"),
+            "DELETE FROM dialpad.logical_calls_stale_102132; SELECT * FROM dialpad.calls, dialpad.logical_calls_102100; SELECT 1 FROM dialpad.logical_calls_touched"
+        );
     }
 }

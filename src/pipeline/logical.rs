@@ -9,8 +9,9 @@
 //! CONFLICT DO NOTHING, which waits for a concurrent inserter of the same call; a call whose
 //! insert found a row that way is done again, locked, from a snapshot taken after.
 
+use crate::citus::Tables;
 use crate::domain::logical::{compute, Leg, LogicalCall};
-use crate::pipeline::batch::run_kept;
+use crate::pipeline::batch::{run_kept, run_kept_on};
 use crate::pipeline::rules;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::prelude::*;
@@ -213,30 +214,47 @@ fn compute_calls(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<Vec<LogicalC
 
 /// Brings the rows of `ids` (sorted, distinct) up to date with their legs.
 pub(crate) fn refresh(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<(), pgrx::spi::Error> {
+    refresh_on(client, None, ids)
+}
+
+/// [`refresh`] writing the rows into `tables`' shard of dialpad.logical_calls (None: the
+/// table itself); the legs are read from dialpad.calls either way.
+pub(crate) fn refresh_on(
+    client: &mut SpiClient<'_>,
+    tables: Option<&Tables>,
+    ids: &[i64],
+) -> Result<(), pgrx::spi::Error> {
     let mut ids = ids.to_vec();
     // A call raced by a concurrent first insert is done again; each round settles every
     // call it locked, so this ends (a second round is rare, a third rarer still).
     while !ids.is_empty() {
-        let locked = ids_of(run_kept(client, LOCK_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.clone().into()])?)?;
+        let locked =
+            ids_of(run_kept_on(client, tables, LOCK_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.clone().into()])?)?;
         let calls = compute_calls(client, &ids)?;
         let (known, new): (Vec<&LogicalCall>, Vec<&LogicalCall>) =
             calls.iter().partition(|c| locked.contains(&c.logical_call_id));
         if !known.is_empty() {
-            run_kept(client, update_sql(), &types(), None, &args(&known))?;
+            run_kept_on(client, tables, update_sql(), &types(), None, &args(&known))?;
         }
         let computed: BTreeSet<i64> = calls.iter().map(|c| c.logical_call_id).collect();
         let gone: Vec<i64> = locked.difference(&computed).copied().collect();
         if !gone.is_empty() {
-            run_kept(client, DELETE_SQL, &[pg_sys::INT8ARRAYOID], None, &[gone.into()])?;
+            run_kept_on(client, tables, DELETE_SQL, &[pg_sys::INT8ARRAYOID], None, &[gone.into()])?;
         }
         let mut raced = Vec::new();
         if !new.is_empty() {
-            let inserted = ids_of(run_kept(client, insert_sql(), &types(), None, &args(&new))?)?;
+            let inserted = ids_of(run_kept_on(client, tables, insert_sql(), &types(), None, &args(&new))?)?;
             raced = new.iter().map(|c| c.logical_call_id).filter(|id| !inserted.contains(id)).collect();
         }
         ids = raced;
     }
     Ok(())
+}
+
+/// Runs `f` as the refresh runs: with [`SETTINGS`] and as the owner of dialpad.calls.
+pub(crate) fn as_refresh<R>(f: impl FnOnce() -> R) -> R {
+    let calls = crate::pg::dialpad_relation(c"calls");
+    crate::pg::with_settings(SETTINGS, || crate::pg::as_owner_of(calls, f))
 }
 
 /// Logical calls refreshed per round of statements.
