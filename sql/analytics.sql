@@ -234,13 +234,36 @@ COMMENT ON FUNCTION dialpad.rebuild_logical_calls() IS
 -- (src/pipeline/logical.rs). A TRUNCATE of the legs empties the table.
 CREATE FUNCTION dialpad.calls_truncated() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    logical text;
+    stale text;
 BEGIN
-    TRUNCATE dialpad.logical_calls;
+    IF TG_RELID OPERATOR(pg_catalog.=) 'dialpad.calls'::regclass THEN
+        TRUNCATE dialpad.logical_calls;
+        RETURN NULL;
+    END IF;
+    -- A Citus shard of the legs (README, "Scaling out with Citus"): a TRUNCATE reaches every
+    -- shard, and each empties its colocated shards of logical_calls and logical_calls_stale
+    -- (the distributed table itself cannot be truncated from inside the TRUNCATE).
+    SELECT pg_catalog.format('dialpad.%I', 'logical_calls_' || l.shardid),
+           pg_catalog.format('dialpad.%I', 'logical_calls_stale_' || st.shardid)
+      INTO logical, stale
+      FROM pg_dist_shard c
+      JOIN pg_dist_shard l ON l.shardminvalue OPERATOR(pg_catalog.=) c.shardminvalue
+                          AND l.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.logical_calls'::regclass
+      JOIN pg_dist_shard st ON st.shardminvalue OPERATOR(pg_catalog.=) c.shardminvalue
+                           AND st.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.logical_calls_stale'::regclass
+     WHERE c.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.calls'::regclass
+       AND c.shardid OPERATOR(pg_catalog.=) pg_catalog.substring(TG_TABLE_NAME, '_(\d+)$')::bigint;
+    IF logical IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.enable_manual_changes_to_shards', 'on', true);
+        EXECUTE pg_catalog.format('TRUNCATE %s, %s', logical, stale);
+    END IF;
     RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION dialpad.calls_truncated() IS
-    'Trigger on dialpad.calls: TRUNCATE of the legs empties dialpad.logical_calls.';
+    'Trigger on dialpad.calls: TRUNCATE of the legs empties dialpad.logical_calls (on Citus, each shard its colocated shards).';
 CREATE TRIGGER calls_truncated AFTER TRUNCATE ON dialpad.calls
     FOR EACH STATEMENT EXECUTE FUNCTION dialpad.calls_truncated();
 ALTER TABLE dialpad.calls ENABLE ALWAYS TRIGGER calls_truncated;

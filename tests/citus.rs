@@ -364,4 +364,7 @@ fn an_empty_database_is_distributed_and_processed_through_the_coordinator() {
     // The analysts' view computes the real calls across the nodes; the table is filled on demand.
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.logical_calls_from_legs"), 100);
     assert_eq!(count(&mut c, "SELECT dialpad.rebuild_logical_calls()"), 100);
+    // A TRUNCATE of the legs empties the real calls too (each shard its colocated shards).
+    c.batch_execute("TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.logical_calls"), 0);
 }
