@@ -55,7 +55,13 @@ struct Worker {
     said_capped: bool,
     last_error_log: Option<Instant>,
     last_maintenance: Option<Instant>,
+    /// When the Citus keeper of dialpad.logical_calls last ran (see run_batches).
+    last_keeper: Option<Instant>,
 }
+
+/// How often the Citus keeper of dialpad.logical_calls runs at least while batches keep
+/// coming back full.
+const KEEPER_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Worker {
     /// Signal handlers, the shared-memory slot, the connection and the session settings;
@@ -94,6 +100,7 @@ impl Worker {
             said_capped: false,
             last_error_log: None,
             last_maintenance: None,
+            last_keeper: None,
         })
     }
 
@@ -148,11 +155,22 @@ impl Worker {
             // SAFETY: called outside a transaction, as PostgreSQL requires.
             unsafe { pg_sys::pgstat_report_stat(false) };
             match result? {
-                Ran(o) => total.add(&o),
+                Ran(o) => {
+                    // Counted per batch: a pass over many shard groups takes a while.
+                    if o.handled > 0 || o.deferred > 0 {
+                        self.slot.record_batch(o.handled, o.failed, o.dead, o.rejected);
+                    }
+                    total.add(&o)
+                }
                 idle => return Ok(idle),
             }
         }
-        if targets.iter().any(|t| t.shard != 0) {
+        // dialpad.logical_calls on Citus: once the batches have drained what was due, or at
+        // least every second while they have not (a distributed read of the legs per pass
+        // would cost more than the pass).
+        let keeper_due = !total.full || self.last_keeper.is_none_or(|t| t.elapsed() >= KEEPER_INTERVAL);
+        if keeper_due && targets.iter().any(|t| t.shard != 0) {
+            self.last_keeper = Some(Instant::now());
             total.full |= self.logical_calls_step(&targets)?;
         }
         Ok(Ran(total))
@@ -176,19 +194,14 @@ impl Worker {
         if self.index == 0 {
             step(Box::new(citus::logical::hand_on))?;
         }
-        for group in targets {
-            let group = group.clone();
-            step(Box::new(move || citus::logical::refresh_stale(&group)))?;
-        }
+        let groups = targets.to_vec();
+        step(Box::new(move || citus::logical::refresh_stale(&groups)))?;
         Ok(more)
     }
 
     fn ran(&mut self, o: &batch::BatchOutcome) -> bool {
         self.said = None;
         self.slot.set_state(shmem::WorkerState::Processing);
-        if o.handled > 0 || o.deferred > 0 {
-            self.slot.record_batch(o.handled, o.failed, o.dead, o.rejected);
-        }
         if let (Some(calls), false) = (o.capped_at_calls, self.said_capped) {
             log!(
                 "pg_dialpad worker {}: a batch held more distinct calls than the lock table leaves room for; \

@@ -80,18 +80,35 @@ pub(crate) fn hand_on() -> Result<i64, pgrx::spi::Error> {
     })
 }
 
-/// Step 3, in a worker's transaction: recomputes up to [`SLICE`] stale logical calls kept in
-/// `group`; how many (0 when the group has no shard of `logical_calls`).
-pub(crate) fn refresh_stale(group: &Tables) -> Result<i64, pgrx::spi::Error> {
-    let Some(tables) = group.logical_only() else { return Ok(0) };
+/// Step 3, in a worker's transaction: recomputes the stale logical calls kept in `groups`
+/// (up to [`SLICE`] per group), reading their legs in one distributed query; how many calls
+/// were taken from the fullest group (a full slice: more is waiting).
+pub(crate) fn refresh_stale(groups: &[Tables]) -> Result<i64, pgrx::spi::Error> {
+    let groups: Vec<Tables> = groups.iter().filter_map(Tables::logical_only).collect();
+    if groups.is_empty() {
+        return Ok(0);
+    }
     logical::as_refresh(|| {
         Spi::connect_mut(|client| {
-            let stale =
-                ids(run_kept_on(client, Some(&tables), TAKE_STALE_SQL, &[pg_sys::INT8OID], None, &[SLICE.into()])?)?;
-            if !stale.is_empty() {
-                logical::refresh_on(client, Some(&tables), &stale)?;
+            let mut stale = Vec::with_capacity(groups.len());
+            for tables in &groups {
+                let ids =
+                    ids(run_kept_on(client, Some(tables), TAKE_STALE_SQL, &[pg_sys::INT8OID], None, &[SLICE.into()])?)?;
+                stale.push(ids);
             }
-            Ok(stale.len() as i64)
+            let most = stale.iter().map(|ids| ids.len() as i64).max().unwrap_or(0);
+            let mut all: Vec<i64> = stale.iter().flatten().copied().collect();
+            if all.is_empty() {
+                return Ok(0);
+            }
+            all.sort_unstable();
+            let calls = logical::compute_calls(client, &all)?;
+            for (tables, ids) in groups.iter().zip(&stale) {
+                if !ids.is_empty() {
+                    logical::write_computed(client, tables, ids, &calls)?;
+                }
+            }
+            Ok(most)
         })
     })
 }

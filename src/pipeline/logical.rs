@@ -198,7 +198,7 @@ fn read_leg(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<Leg, pgrx::spi::Err
 }
 
 /// The calls of `ids` computed from their legs as they are now; ids without legs are absent.
-fn compute_calls(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<Vec<LogicalCall>, pgrx::spi::Error> {
+pub(crate) fn compute_calls(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<Vec<LogicalCall>, pgrx::spi::Error> {
     let rules = rules::current()?;
     let table = run_kept(client, LEGS_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.to_vec().into()])?;
     let mut legs: Vec<Leg> = Vec::with_capacity(table.len());
@@ -228,27 +228,58 @@ pub(crate) fn refresh_on(
     // A call raced by a concurrent first insert is done again; each round settles every
     // call it locked, so this ends (a second round is rare, a third rarer still).
     while !ids.is_empty() {
-        let locked =
-            ids_of(run_kept_on(client, tables, LOCK_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.clone().into()])?)?;
+        let locked = lock(client, tables, &ids)?;
         let calls = compute_calls(client, &ids)?;
-        let (known, new): (Vec<&LogicalCall>, Vec<&LogicalCall>) =
-            calls.iter().partition(|c| locked.contains(&c.logical_call_id));
-        if !known.is_empty() {
-            run_kept_on(client, tables, update_sql(), &types(), None, &args(&known))?;
-        }
-        let computed: BTreeSet<i64> = calls.iter().map(|c| c.logical_call_id).collect();
-        let gone: Vec<i64> = locked.difference(&computed).copied().collect();
-        if !gone.is_empty() {
-            run_kept_on(client, tables, DELETE_SQL, &[pg_sys::INT8ARRAYOID], None, &[gone.into()])?;
-        }
-        let mut raced = Vec::new();
-        if !new.is_empty() {
-            let inserted = ids_of(run_kept_on(client, tables, insert_sql(), &types(), None, &args(&new))?)?;
-            raced = new.iter().map(|c| c.logical_call_id).filter(|id| !inserted.contains(id)).collect();
-        }
-        ids = raced;
+        ids = write_rows(client, tables, &locked, &calls.iter().collect::<Vec<_>>())?;
     }
     Ok(())
+}
+
+/// Writes the rows of `ids` (sorted, distinct), already computed among `calls` by their
+/// only keeper (Citus: citus/logical.rs), into `tables`' shard of dialpad.logical_calls; a
+/// call raced by another writer (a DBA's rebuild) is done again by [`refresh_on`].
+pub(crate) fn write_computed(
+    client: &mut SpiClient<'_>,
+    tables: &Tables,
+    ids: &[i64],
+    calls: &[LogicalCall],
+) -> Result<(), pgrx::spi::Error> {
+    let locked = lock(client, Some(tables), ids)?;
+    let wanted: BTreeSet<i64> = ids.iter().copied().collect();
+    let mine: Vec<&LogicalCall> = calls.iter().filter(|c| wanted.contains(&c.logical_call_id)).collect();
+    let raced = write_rows(client, Some(tables), &locked, &mine)?;
+    refresh_on(client, Some(tables), &raced)
+}
+
+/// Locks the existing rows of `ids`, in id order; returns their ids.
+fn lock(client: &mut SpiClient<'_>, tables: Option<&Tables>, ids: &[i64]) -> Result<BTreeSet<i64>, pgrx::spi::Error> {
+    ids_of(run_kept_on(client, tables, LOCK_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.to_vec().into()])?)
+}
+
+/// Writes `calls`, computed for calls whose existing rows are `locked`: updates those,
+/// deletes those left without legs, inserts the others; returns the ids whose insert a
+/// concurrent first insert won (to do again).
+fn write_rows(
+    client: &mut SpiClient<'_>,
+    tables: Option<&Tables>,
+    locked: &BTreeSet<i64>,
+    calls: &[&LogicalCall],
+) -> Result<Vec<i64>, pgrx::spi::Error> {
+    let (known, new): (Vec<&LogicalCall>, Vec<&LogicalCall>) =
+        calls.iter().copied().partition(|c| locked.contains(&c.logical_call_id));
+    if !known.is_empty() {
+        run_kept_on(client, tables, update_sql(), &types(), None, &args(&known))?;
+    }
+    let computed: BTreeSet<i64> = calls.iter().map(|c| c.logical_call_id).collect();
+    let gone: Vec<i64> = locked.difference(&computed).copied().collect();
+    if !gone.is_empty() {
+        run_kept_on(client, tables, DELETE_SQL, &[pg_sys::INT8ARRAYOID], None, &[gone.into()])?;
+    }
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    let inserted = ids_of(run_kept_on(client, tables, insert_sql(), &types(), None, &args(&new))?)?;
+    Ok(new.iter().map(|c| c.logical_call_id).filter(|id| !inserted.contains(id)).collect())
 }
 
 /// Runs `f` as the refresh runs: with [`SETTINGS`] and as the owner of dialpad.calls.
