@@ -559,7 +559,7 @@ fn main() {
         return;
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("citus") {
-        citus_bench(&mut c, &mut report, runs, n_events, calls);
+        citus_bench(&cluster, &mut c, &mut report, runs, n_events, calls);
         report.print_rows();
         return;
     }
@@ -1239,23 +1239,55 @@ unsafe fn libc_sysconf_clk_tck() -> f64 {
     }
 }
 
+/// CPU seconds used by a whole server: every live process of its postmaster (backends,
+/// background workers, auxiliary processes) and those that have exited (the postmaster's
+/// cutime and cstime).
+fn server_cpu(cluster: &Cluster) -> f64 {
+    let pid: i32 = std::fs::read_to_string(cluster.data().join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+        .unwrap_or(0);
+    let fields = |p: i32| -> Vec<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().map(str::to_owned).collect()).unwrap_or_default()
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc_sysconf_clk_tck() };
+    let num = |f: &[String], i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let own = fields(pid);
+    // utime, stime, cutime, cstime: fields 14 to 17 of stat(5), 11 to 14 after the ")".
+    let mut ticks = num(&own, 11) + num(&own, 12) + num(&own, 13) + num(&own, 14);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let f = fields(child);
+        // ppid is field 4: 1 after the ")".
+        if num(&f, 1) as i32 == pid {
+            ticks += num(&f, 11) + num(&f, 12);
+        }
+    }
+    ticks / hz
+}
+
 fn worker_cpu(c: &mut Client) -> f64 {
     worker_pids(c).into_iter().map(cpu_seconds).sum()
 }
 
 /// The one-node worker on `n` loaded events: (events/s, events per CPU-second of the worker).
-fn one_node_run(c: &mut Client, n: usize) -> (f64, f64) {
+/// The one-node worker on `n` loaded events: (events/s, events per CPU-second of the worker,
+/// events per CPU-second of the whole server).
+fn one_node_run(cluster: &Cluster, c: &mut Client, n: usize) -> (f64, f64, f64) {
     set_worker_enabled(c, false);
     std::thread::sleep(Duration::from_millis(300));
     load_events(c, n);
-    let cpu = worker_cpu(c);
+    let (cpu, server) = (worker_cpu(c), server_cpu(cluster));
     let rate = drain_loaded(c, n);
-    (rate, n as f64 / (worker_cpu(c) - cpu))
+    (rate, n as f64 / (worker_cpu(c) - cpu), n as f64 / (server_cpu(cluster) - server))
 }
 
 /// One drain of `n` events on the Citus cluster: per worker node (events, events/s, events
-/// per CPU-second of its worker), and the rate of both together.
-fn citus_run(citus: &Citus, c: &mut Client, n: usize) -> (Vec<(i64, f64, f64)>, f64) {
+/// per CPU-second of its worker), the rate of both together, and the events per CPU-second
+/// of all three servers.
+fn citus_run(citus: &Citus, c: &mut Client, n: usize) -> (Vec<(i64, f64, f64)>, f64, f64) {
     let mut nodes: Vec<Client> = citus.workers.iter().map(|w| w.connect()).collect();
     for w in nodes.iter_mut() {
         set_worker_enabled(w, false);
@@ -1278,6 +1310,8 @@ fn citus_run(citus: &Citus, c: &mut Client, n: usize) -> (Vec<(i64, f64, f64)>, 
             (count(w, local), worker_cpu(w))
         })
         .collect();
+    let all_cpu = || -> f64 { citus.nodes().map(server_cpu).sum() };
+    let cluster_cpu = all_cpu();
     let start: f64 = c.query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[]).unwrap().get(0);
     for w in nodes.iter_mut() {
         set_worker_enabled(w, true);
@@ -1292,6 +1326,7 @@ fn citus_run(citus: &Citus, c: &mut Client, n: usize) -> (Vec<(i64, f64, f64)>, 
         std::thread::sleep(Duration::from_millis(20));
         assert!(t.elapsed() < Duration::from_secs(600), "drain took too long");
     }
+    let cluster_cpu = all_cpu() - cluster_cpu;
     assert_eq!(count(c, "SELECT pending FROM dialpad.queue_stats"), 0);
     let mut out = Vec::new();
     let mut last = start;
@@ -1307,7 +1342,7 @@ fn citus_run(citus: &Citus, c: &mut Client, n: usize) -> (Vec<(i64, f64, f64)>, 
         last = last.max(done);
         out.push((handled, handled as f64 / (done - start), handled as f64 / (worker_cpu(w) - cpu0)));
     }
-    (out, n as f64 / (last - start))
+    (out, n as f64 / (last - start), n as f64 / cluster_cpu)
 }
 
 /// pg_dialpad on Citus (BENCH_ONLY=citus): the events per CPU-second of a worker node's
@@ -1315,7 +1350,7 @@ fn citus_run(citus: &Citus, c: &mut Client, n: usize) -> (Vec<(i64, f64, f64)>, 
 /// events in the same run; the drain rate of each of two worker nodes and of both; and the
 /// one-node worker of this build next to the build before Citus support (no Citus-only cost
 /// on one node).
-fn citus_bench(c: &mut Client, report: &mut Report, runs: usize, n_events: usize, calls: usize) {
+fn citus_bench(cluster: &Cluster, c: &mut Client, report: &mut Report, runs: usize, n_events: usize, calls: usize) {
     let layout = PgLayout::current();
     if !layout.has_citus() {
         report.notes.push(format!("Citus figures: skipped (Citus is not installed for PostgreSQL {}).", layout.major));
@@ -1374,16 +1409,19 @@ fn citus_bench(c: &mut Client, report: &mut Report, runs: usize, n_events: usize
     });
     let mut baseline_cluster = baseline_cluster;
     let (mut one_rate, mut one_cpu, mut node_cpu, mut both, mut base_rate) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut one_server, mut all_servers) = (vec![], vec![]);
     let mut node_rates: Vec<Vec<f64>> = vec![vec![], vec![]];
     let mut shares: Vec<i64> = vec![0, 0];
     for _ in 0..runs {
-        let (rate, per_cpu) = one_node_run(c, n_events);
+        let (rate, per_cpu, server) = one_node_run(cluster, c, n_events);
         one_rate.push(rate);
         one_cpu.push(per_cpu);
-        if let Some((_, _, b)) = baseline_cluster.as_mut() {
-            base_rate.push(one_node_run(b, n_events).0);
+        one_server.push(server);
+        if let Some((_, bc, b)) = baseline_cluster.as_mut() {
+            base_rate.push(one_node_run(bc, b, n_events).0);
         }
-        let (nodes, total) = citus_run(&citus, &mut coordinator, n_events);
+        let (nodes, total, servers) = citus_run(&citus, &mut coordinator, n_events);
+        all_servers.push(servers);
         for (i, (handled, rate, per_cpu)) in nodes.into_iter().enumerate() {
             node_rates[i].push(rate);
             node_cpu.push(per_cpu);
@@ -1400,6 +1438,15 @@ fn citus_bench(c: &mut Client, report: &mut Report, runs: usize, n_events: usize
         format!("{:.2}×", node_cpu / one_cpu),
         "≥ 0.9×",
         Some(node_cpu / one_cpu >= 0.9),
+    );
+    let (one_server, all_servers) = (median(one_server), median(all_servers));
+    report.add(
+        "Citus: events per CPU-second of all three servers vs the one-node server",
+        per_cpu(all_servers),
+        format!("one node {}", per_cpu(one_server)),
+        format!("{:.2}×", all_servers / one_server),
+        "",
+        None,
     );
     for (i, rates) in node_rates.into_iter().enumerate() {
         let r = median(rates);
