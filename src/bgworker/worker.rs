@@ -136,44 +136,73 @@ impl Worker {
 
     /// One batch on each set of tables this worker processes: the extension's tables, or on
     /// a Citus node after dialpad.distribute(), its share of the shard groups the node holds
-    /// (listed again on every pass: shards move). Each batch is its own transaction.
+    /// (listed again on every pass: shards move). Each batch is its own transaction; on one
+    /// node the listing and the batch share it, so that one node pays nothing for Citus.
     fn run_batches(&mut self) -> Result<Pass, String> {
         let index = self.index;
-        let targets = match in_transaction(move || targets(index)) {
-            Ok(Targets::Tables(t)) => t,
-            Ok(Targets::Idle(idle)) => return Ok(idle),
-            Err(msg) => return Err(msg),
+        let groups = match self.batch_transaction(move || match targets(index) {
+            Targets::Idle(idle) => Step::Idle(idle),
+            Targets::Tables(t) if t.iter().all(|g| g.shard == 0) => {
+                Step::Ran(t.first().map(batch_on).unwrap_or_default())
+            }
+            Targets::Tables(t) => Step::Groups(t),
+        })? {
+            Step::Idle(idle) => return Ok(idle),
+            Step::Ran(o) => {
+                self.count(&o);
+                return Ok(Ran(o));
+            }
+            Step::Groups(groups) => groups,
         };
         let mut total = batch::BatchOutcome::default();
-        for tables in &targets {
-            self.slot.in_batch.store(true, Ordering::SeqCst);
-            let result = run_one_batch(self.shared, tables);
-            self.slot.in_batch.store(false, Ordering::Release);
-            // After every transaction, as worker_spi does: without it the table statistics
-            // (n_tup_upd, n_dead_tup, ...) never leave this process and autovacuum and
-            // autoanalyze never see the worker's writes.
-            // SAFETY: called outside a transaction, as PostgreSQL requires.
-            unsafe { pg_sys::pgstat_report_stat(false) };
-            match result? {
-                Ran(o) => {
+        for group in &groups {
+            let group = group.clone();
+            match self.batch_transaction(move || match writable() {
+                Some(idle) => Step::Idle(idle),
+                None => Step::Ran(batch_on(&group)),
+            })? {
+                Step::Ran(o) => {
                     // Counted per batch: a pass over many shard groups takes a while.
-                    if o.handled > 0 || o.deferred > 0 {
-                        self.slot.record_batch(o.handled, o.failed, o.dead, o.rejected);
-                    }
-                    total.add(&o)
+                    self.count(&o);
+                    total.add(&o);
                 }
-                idle => return Ok(idle),
+                Step::Idle(idle) => return Ok(idle),
+                Step::Groups(_) => {}
             }
         }
         // dialpad.logical_calls on Citus: once the batches have drained what was due, or at
         // least every second while they have not (a distributed read of the legs per pass
         // would cost more than the pass).
         let keeper_due = !total.full || self.last_keeper.is_none_or(|t| t.elapsed() >= KEEPER_INTERVAL);
-        if keeper_due && targets.iter().any(|t| t.shard != 0) {
+        if keeper_due && !groups.is_empty() {
             self.last_keeper = Some(Instant::now());
-            total.full |= self.logical_calls_step(&targets)?;
+            total.full |= self.logical_calls_step(&groups)?;
         }
         Ok(Ran(total))
+    }
+
+    /// `f` in its own transaction, as a batch (DROP EXTENSION waits for it to end), unless a
+    /// drop is in progress.
+    fn batch_transaction(
+        &self,
+        f: impl FnOnce() -> Step + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
+    ) -> Result<Step, String> {
+        self.slot.in_batch.store(true, Ordering::SeqCst);
+        let result = if self.shared.drop_in_progress() { Ok(Step::Idle(DropInProgress)) } else { in_transaction(f) };
+        self.slot.in_batch.store(false, Ordering::Release);
+        // After every transaction, as worker_spi does: without it the table statistics
+        // (n_tup_upd, n_dead_tup, ...) never leave this process and autovacuum and
+        // autoanalyze never see the worker's writes.
+        // SAFETY: called outside a transaction, as PostgreSQL requires.
+        unsafe { pg_sys::pgstat_report_stat(false) };
+        result
+    }
+
+    /// Counts a batch in the worker's shared-memory slot.
+    fn count(&self, o: &batch::BatchOutcome) {
+        if o.handled > 0 || o.deferred > 0 {
+            self.slot.record_batch(o.handled, o.failed, o.dead, o.rejected);
+        }
     }
 
     /// On a Citus node: the first worker hands the logical calls this node's shards wrote on
@@ -376,7 +405,7 @@ fn run_maintenance(index: usize) -> bool {
             done.iter().any(|line| line.starts_with("backfilled "))
         }
         Err(msg) => {
-            // SAFETY: as in run_one_batch, after an ERROR caught in our own transaction.
+            // SAFETY: as in in_transaction, after an ERROR caught in our own transaction.
             unsafe {
                 pg_sys::AbortCurrentTransaction();
                 pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
@@ -444,32 +473,16 @@ fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe + std::panic
     result
 }
 
-/// One batch on `tables` in its own transaction, unless there is nothing this library may
-/// write to.
-fn run_one_batch(shared: &shmem::Shared, tables: &Tables) -> Result<Pass, String> {
-    if shared.drop_in_progress() {
-        return Ok(DropInProgress);
-    }
-    let result: Result<Pass, String> = PgTryBuilder::new(|| {
-        Ok(BackgroundWorker::transaction(|| {
-            if let Some(idle) = writable() {
-                return idle;
-            }
-            let rules = rules::current_or_raise();
-            Ran(batch::process_batch(tables, gucs::batch_size(), &rules, gucs::max_attempts(), batch::Scan::FromFloor))
-        }))
-    })
-    .catch_others(|e| Err(batch::caught_message(&e)))
-    .execute();
-    if result.is_err() {
-        // SAFETY: after an ERROR caught in the batch's transaction, the transaction is
-        // aborted and memory put back in TopMemoryContext, as PostgreSQL's own error
-        // recovery in a main loop does; nothing from the aborted transaction is used after.
-        unsafe {
-            pg_sys::AbortCurrentTransaction();
-            pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-        }
-        batch::forget_plans();
-    }
-    result
+/// What a transaction of a worker's pass came to.
+enum Step {
+    Idle(Pass),
+    Ran(batch::BatchOutcome),
+    /// The shard groups to process, one batch each (Citus).
+    Groups(Vec<Tables>),
+}
+
+/// One batch on `tables`, in the current transaction.
+fn batch_on(tables: &Tables) -> batch::BatchOutcome {
+    let rules = rules::current_or_raise();
+    batch::process_batch(tables, gucs::batch_size(), &rules, gucs::max_attempts(), batch::Scan::FromFloor)
 }

@@ -254,6 +254,9 @@ pub(crate) struct ProcessingTargets {
 /// The extension's tables, or on a Citus node after dialpad.distribute(), the shard groups
 /// this node holds (and whether it is the coordinator).
 pub(crate) fn processing_targets() -> Result<ProcessingTargets, pgrx::spi::Error> {
+    if !loaded() {
+        return Ok(ProcessingTargets { local: vec![Tables::whole()], coordinator: false });
+    }
     Spi::connect(|client| {
         if !distributed(client)? {
             return Ok(ProcessingTargets { local: vec![Tables::whole()], coordinator: false });
