@@ -206,43 +206,12 @@ unsafe fn name_the_call_id(parse: *mut pg_sys::Query) {
     }
 }
 
-/// When `expr` is a column of the SELECT of an INSERT ... SELECT (whose own columns come
-/// before its junk ones): that range table entry, its index and the column's (0-based).
+/// The column `expr` reads, when it is a column of a range table entry of the query itself:
+/// that entry, its index and the column's (0-based).
 ///
 /// # Safety
 /// `parse` is a valid Query and `expr` one of its target list's expressions.
-unsafe fn subquery_rte(
-    parse: *mut pg_sys::Query,
-    expr: *mut pg_sys::Expr,
-) -> Option<(*mut pg_sys::RangeTblEntry, i32, usize)> {
-    // SAFETY: the caller's contract; a Var's varno indexes the query's range table, and a
-    // subquery's target list is a List of TargetEntry.
-    unsafe {
-        if (*(expr as *mut pg_sys::Node)).type_ != pg_sys::NodeTag::T_Var {
-            return None;
-        }
-        let var = expr as *mut pg_sys::Var;
-        if (*var).varlevelsup != 0 || (*var).varno <= 0 || (*var).varno as usize > len((*parse).rtable) {
-            return None;
-        }
-        let rte: *mut pg_sys::RangeTblEntry = nth((*parse).rtable, (*var).varno as usize - 1);
-        if (*rte).rtekind != pg_sys::RTEKind::RTE_SUBQUERY || (*rte).subquery.is_null() || (*var).varattno <= 0 {
-            return None;
-        }
-        let tlist = (*(*rte).subquery).targetList;
-        let col = (*var).varattno as usize - 1;
-        let columns = (0..len(tlist)).take_while(|&i| !(*nth::<pg_sys::TargetEntry>(tlist, i)).resjunk).count();
-        let ordered = (columns..len(tlist)).all(|i| (*nth::<pg_sys::TargetEntry>(tlist, i)).resjunk);
-        (ordered && col < columns).then_some((rte, (*var).varno, col))
-    }
-}
-
-/// When `expr` is a column of the query's VALUES list: that range table entry, its index
-/// and the column's (0-based).
-///
-/// # Safety
-/// `parse` is a valid Query and `expr` one of its target list's expressions.
-unsafe fn values_rte(
+unsafe fn column_of(
     parse: *mut pg_sys::Query,
     expr: *mut pg_sys::Expr,
 ) -> Option<(*mut pg_sys::RangeTblEntry, i32, usize)> {
@@ -255,8 +224,45 @@ unsafe fn values_rte(
         if (*var).varlevelsup != 0 || (*var).varno <= 0 || (*var).varno as usize > len((*parse).rtable) {
             return None;
         }
+        if (*var).varattno <= 0 {
+            return None;
+        }
         let rte: *mut pg_sys::RangeTblEntry = nth((*parse).rtable, (*var).varno as usize - 1);
-        ((*rte).rtekind == pg_sys::RTEKind::RTE_VALUES && (*var).varattno > 0)
-            .then(|| (rte, (*var).varno, (*var).varattno as usize - 1))
+        Some((rte, (*var).varno, (*var).varattno as usize - 1))
     }
+}
+
+/// When `expr` is a column of the SELECT of an INSERT ... SELECT (whose own columns come
+/// before its junk ones): that range table entry, its index and the column's (0-based).
+///
+/// # Safety
+/// As [`column_of`].
+unsafe fn subquery_rte(
+    parse: *mut pg_sys::Query,
+    expr: *mut pg_sys::Expr,
+) -> Option<(*mut pg_sys::RangeTblEntry, i32, usize)> {
+    // SAFETY: the caller's contract; a subquery's target list is a List of TargetEntry.
+    unsafe {
+        let (rte, varno, col) = column_of(parse, expr)?;
+        if (*rte).rtekind != pg_sys::RTEKind::RTE_SUBQUERY || (*rte).subquery.is_null() {
+            return None;
+        }
+        let tlist = (*(*rte).subquery).targetList;
+        let columns = (0..len(tlist)).take_while(|&i| !(*nth::<pg_sys::TargetEntry>(tlist, i)).resjunk).count();
+        let ordered = (columns..len(tlist)).all(|i| (*nth::<pg_sys::TargetEntry>(tlist, i)).resjunk);
+        (ordered && col < columns).then_some((rte, varno, col))
+    }
+}
+
+/// When `expr` is a column of the query's VALUES list: that range table entry, its index
+/// and the column's (0-based).
+///
+/// # Safety
+/// As [`column_of`].
+unsafe fn values_rte(
+    parse: *mut pg_sys::Query,
+    expr: *mut pg_sys::Expr,
+) -> Option<(*mut pg_sys::RangeTblEntry, i32, usize)> {
+    // SAFETY: the caller's contract.
+    unsafe { column_of(parse, expr).filter(|(rte, _, _)| (**rte).rtekind == pg_sys::RTEKind::RTE_VALUES) }
 }
