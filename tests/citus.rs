@@ -269,6 +269,41 @@ fn pg_dialpad_on_citus_gives_the_calls_of_one_node() {
     wait_until(&mut first, "SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", 60);
     assert!(citus.workers[0].log().contains("terminated by signal 9"), "the kill -9 reached a worker");
 
+    // Shards move (a rebalance) while the workers drain: two shard groups, one from each
+    // worker node to the other. The workers list their groups on every pass and follow.
+    for w in &citus.workers {
+        set_and_reload(&mut w.connect(), "ALTER SYSTEM SET dialpad.enabled = off");
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let moving = deliveries(&mut c, 600, 7_400_000);
+    ingest(&mut c, &moving);
+    ingest(&mut one, &moving);
+    for w in &citus.workers {
+        set_and_reload(&mut w.connect(), "ALTER SYSTEM RESET dialpad.enabled");
+    }
+    let pending = count(&mut c, "SELECT pending FROM dialpad.queue_stats");
+    let moved = c
+        .query(
+            "WITH g AS (SELECT DISTINCT ON (n.nodeport) p.shardid, n.nodeport
+                          FROM generate_series(7400000, 7400599) id
+                          JOIN pg_dist_placement p ON p.shardid = get_shard_id_for_distribution_column('dialpad.calls', id)
+                          JOIN pg_dist_node n ON n.groupid = p.groupid
+                         ORDER BY n.nodeport, p.shardid)
+             SELECT citus_move_shard_placement(g.shardid, '127.0.0.1', g.nodeport, '127.0.0.1', o.nodeport,
+                                               shard_transfer_mode => 'block_writes')
+               FROM g JOIN pg_dist_node o ON o.nodeport <> g.nodeport AND o.groupid > 0",
+            &[],
+        )
+        .unwrap()
+        .len();
+    assert_eq!(moved, 2, "a shard group moved each way");
+    assert!(pending > 0, "the shards moved while events were pending");
+    drained_everywhere(&mut c, 300);
+    drained_everywhere(&mut one, 300);
+    assert_same_calls(&mut c, &mut one);
+    assert_exactly_once_effects(&mut c);
+    assert_same_logical_calls(&citus, &mut c, &mut one);
+
     // A rule edit on the coordinator is seen at once by every node's (running) workers.
     let rule_edit = "INSERT INTO dialpad.call_statuses (status, is_terminal) VALUES ('screened', true);
          INSERT INTO dialpad.status_transitions VALUES ('ringing', 'screened');
