@@ -141,18 +141,16 @@ impl Worker {
     fn run_batches(&mut self) -> Result<Pass, String> {
         let index = self.index;
         let groups = match self.batch_transaction(move || match targets(index) {
-            Targets::Idle(idle) => Step::Idle(idle),
-            Targets::Tables(t) if t.iter().all(|g| g.shard == 0) => {
-                Step::Ran(t.first().map(batch_on).unwrap_or_default())
-            }
-            Targets::Tables(t) => Step::Groups(t),
+            Step::Groups(t) if t.iter().all(|g| g.shard == 0) => Step::Ran(t.first().map(batch_on).unwrap_or_default()),
+            step => step,
         })? {
-            Step::Idle(idle) => return Ok(idle),
-            Step::Ran(o) => {
+            None => return Ok(DropInProgress),
+            Some(Step::Idle(idle)) => return Ok(idle),
+            Some(Step::Ran(o)) => {
                 self.count(&o);
                 return Ok(Ran(o));
             }
-            Step::Groups(groups) => groups,
+            Some(Step::Groups(groups)) => groups,
         };
         let mut total = batch::BatchOutcome::default();
         for group in &groups {
@@ -161,13 +159,14 @@ impl Worker {
                 Some(idle) => Step::Idle(idle),
                 None => Step::Ran(batch_on(&group)),
             })? {
-                Step::Ran(o) => {
+                None => return Ok(DropInProgress),
+                Some(Step::Ran(o)) => {
                     // Counted per batch: a pass over many shard groups takes a while.
                     self.count(&o);
                     total.add(&o);
                 }
-                Step::Idle(idle) => return Ok(idle),
-                Step::Groups(_) => {}
+                Some(Step::Idle(idle)) => return Ok(idle),
+                Some(Step::Groups(_)) => {}
             }
         }
         // dialpad.logical_calls on Citus: once the batches have drained what was due, or at
@@ -176,19 +175,21 @@ impl Worker {
         let keeper_due = !total.full || self.last_keeper.is_none_or(|t| t.elapsed() >= KEEPER_INTERVAL);
         if keeper_due && !groups.is_empty() {
             self.last_keeper = Some(Instant::now());
-            total.full |= self.logical_calls_step(&groups)?;
+            total.full |= self.logical_calls_step(groups)?;
         }
         Ok(Ran(total))
     }
 
-    /// `f` in its own transaction, as a batch (DROP EXTENSION waits for it to end), unless a
-    /// drop is in progress.
-    fn batch_transaction(
+    /// `f` in its own transaction, as a batch (DROP EXTENSION waits for it to end); None
+    /// when a drop is in progress.
+    fn batch_transaction<R>(
         &self,
-        f: impl FnOnce() -> Step + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
-    ) -> Result<Step, String> {
+        f: impl FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
+    ) -> Result<Option<R>, String> {
+        // Busy before the drop is checked, so that a DROP EXTENSION seen after this waits
+        // for the transaction to end before it takes its locks.
         self.slot.in_batch.store(true, Ordering::SeqCst);
-        let result = if self.shared.drop_in_progress() { Ok(Step::Idle(DropInProgress)) } else { in_transaction(f) };
+        let result = if self.shared.drop_in_progress() { Ok(None) } else { in_transaction(f).map(Some) };
         self.slot.in_batch.store(false, Ordering::Release);
         // After every transaction, as worker_spi does: without it the table statistics
         // (n_tup_upd, n_dead_tup, ...) never leave this process and autovacuum and
@@ -208,23 +209,13 @@ impl Worker {
     /// On a Citus node: the first worker hands the logical calls this node's shards wrote on
     /// to their keepers, and every worker recomputes the stale ones its groups keep
     /// (citus/logical.rs). True when a slice came back full (more is waiting).
-    fn logical_calls_step(&self, targets: &[Tables]) -> Result<bool, String> {
+    fn logical_calls_step(&self, groups: Vec<Tables>) -> Result<bool, String> {
+        let handed = if self.index == 0 { self.batch_transaction(citus::logical::hand_on)? } else { None };
+        let refreshed = self.batch_transaction(move || citus::logical::refresh_stale(&groups))?;
         let mut more = false;
-        let mut step = |f: Box<dyn FnOnce() -> Result<i64, pgrx::spi::Error> + std::panic::UnwindSafe>| {
-            self.slot.in_batch.store(true, Ordering::SeqCst);
-            let done = in_transaction(std::panic::AssertUnwindSafe(f));
-            self.slot.in_batch.store(false, Ordering::Release);
-            // SAFETY: called outside a transaction, as PostgreSQL requires.
-            unsafe { pg_sys::pgstat_report_stat(false) };
-            let n = done?.map_err(|e| format!("dialpad.logical_calls: {e}"))?;
-            more |= n >= citus::logical::SLICE;
-            Ok::<(), String>(())
-        };
-        if self.index == 0 {
-            step(Box::new(citus::logical::hand_on))?;
+        for n in [handed, refreshed].into_iter().flatten() {
+            more |= n.map_err(|e| format!("dialpad.logical_calls: {e}"))? >= citus::logical::SLICE;
         }
-        let groups = targets.to_vec();
-        step(Box::new(move || citus::logical::refresh_stale(&groups)))?;
         Ok(more)
     }
 
@@ -286,13 +277,20 @@ impl Worker {
             return;
         }
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"pg_dialpad maintenance");
-        // Busy as in a batch, so that DROP EXTENSION waits for the pass to end before it
-        // takes its locks (seen set before the drop is checked).
-        self.slot.in_batch.store(true, Ordering::SeqCst);
-        let more = !self.shared.drop_in_progress() && run_maintenance(self.index);
-        self.slot.in_batch.store(false, Ordering::Release);
-        // SAFETY: outside a transaction.
-        unsafe { pg_sys::pgstat_report_stat(false) };
+        let index = self.index;
+        let more = match self.batch_transaction(run_maintenance) {
+            Ok(None) => false,
+            Ok(Some(done)) => {
+                for line in &done {
+                    log!("pg_dialpad worker {index}: maintenance: {line}");
+                }
+                done.iter().any(|line| line.starts_with("backfilled "))
+            }
+            Err(msg) => {
+                warning!("pg_dialpad worker {index}: maintenance failed and was rolled back: {msg}");
+                false
+            }
+        };
         // Leg columns left to fill after an upgrade: the next pass comes at once, between
         // batches, until they are done.
         self.last_maintenance = (!more).then(Instant::now);
@@ -371,56 +369,25 @@ impl Idle {
     }
 }
 
-/// dialpad.run_maintenance() in its own transaction; what it did goes to the server log.
-/// True when it backfilled leg columns (more may be left).
-fn run_maintenance(index: usize) -> bool {
-    let result: Result<Vec<String>, String> = PgTryBuilder::new(|| {
-        Ok(BackgroundWorker::transaction(|| {
-            Spi::connect(|client| {
-                let mut done = Vec::new();
-                let rows = client.select(
-                    "SELECT action, partition, range_from::pg_catalog.text, rows FROM dialpad.run_maintenance()",
-                    None,
-                    &[],
-                )?;
-                for r in rows {
-                    let action: String = r.get(1)?.unwrap_or_default();
-                    let partition: String = r.get(2)?.unwrap_or_default();
-                    let from: String = r.get(3)?.unwrap_or_default();
-                    let n: Option<i64> = r.get(4)?;
-                    done.push(format!("{action} {partition} (from {from}, rows {})", n.unwrap_or(0)));
-                }
-                Ok::<_, pgrx::spi::Error>(done)
-            })
-            .unwrap_or_else(|e| vec![format!("failed: {e}")])
-        }))
+/// dialpad.run_maintenance(), in the current transaction: what it did, a line each.
+fn run_maintenance() -> Vec<String> {
+    Spi::connect(|client| {
+        let mut done = Vec::new();
+        let rows = client.select(
+            "SELECT action, partition, range_from::pg_catalog.text, rows FROM dialpad.run_maintenance()",
+            None,
+            &[],
+        )?;
+        for r in rows {
+            let action: String = r.get(1)?.unwrap_or_default();
+            let partition: String = r.get(2)?.unwrap_or_default();
+            let from: String = r.get(3)?.unwrap_or_default();
+            let n: Option<i64> = r.get(4)?;
+            done.push(format!("{action} {partition} (from {from}, rows {})", n.unwrap_or(0)));
+        }
+        Ok::<_, pgrx::spi::Error>(done)
     })
-    .catch_others(|e| Err(batch::caught_message(&e)))
-    .execute();
-    match result {
-        Ok(done) => {
-            for line in &done {
-                log!("pg_dialpad worker {index}: maintenance: {line}");
-            }
-            done.iter().any(|line| line.starts_with("backfilled "))
-        }
-        Err(msg) => {
-            // SAFETY: as in in_transaction, after an ERROR caught in our own transaction.
-            unsafe {
-                pg_sys::AbortCurrentTransaction();
-                pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-            }
-            batch::forget_plans();
-            warning!("pg_dialpad worker {index}: maintenance failed and was rolled back: {msg}");
-            false
-        }
-    }
-}
-
-/// What a worker processes on this pass, or why nothing.
-enum Targets {
-    Tables(Vec<Tables>),
-    Idle(Pass),
+    .unwrap_or_else(|e| vec![format!("failed: {e}")])
 }
 
 /// The installed extension's version, unless it is not one this library may write to.
@@ -431,10 +398,10 @@ fn writable() -> Option<Pass> {
 
 /// The tables worker `index` processes: the extension's own, or on a Citus node where the
 /// tables are distributed, every `workers`-th of the shard groups the node holds (none on a
-/// coordinator without shards). Several workers never share a group.
-fn targets(index: usize) -> Targets {
+/// coordinator without shards), as [`Step::Groups`]. Several workers never share a group.
+fn targets(index: usize) -> Step {
     if let Some(idle) = writable() {
-        return Targets::Idle(idle);
+        return Step::Idle(idle);
     }
     let workers = gucs::workers().max(1);
     let listed = citus::processing_targets().map(|t| {
@@ -444,7 +411,7 @@ fn targets(index: usize) -> Targets {
         t.local.into_iter().enumerate().filter(|(i, _)| i % workers == index).map(|(_, t)| t).collect()
     });
     match listed {
-        Ok(t) => Targets::Tables(t),
+        Ok(t) => Step::Groups(t),
         Err(e) => crate::pg::error::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("pg_dialpad could not list the tables to process: {e}"),
@@ -477,7 +444,7 @@ fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe + std::panic
 enum Step {
     Idle(Pass),
     Ran(batch::BatchOutcome),
-    /// The shard groups to process, one batch each (Citus).
+    /// The tables to process: the extension's own, or shard groups (Citus), one batch each.
     Groups(Vec<Tables>),
 }
 

@@ -197,16 +197,32 @@ pub(crate) fn local_groups(client: &pgrx::spi::SpiClient<'_>) -> Result<Vec<Tabl
     Ok(groups)
 }
 
+/// Whether Citus's setting `name` exists (Citus is loaded in this process).
+fn has_setting(name: &std::ffi::CStr) -> bool {
+    // SAFETY: a GUC lookup by name; null when the setting does not exist.
+    unsafe { !pg_sys::GetConfigOption(name.as_ptr(), true, false).is_null() }
+}
+
+/// Runs `f` with Citus's setting `name` at `value`, scoped like a function's SET clause; as
+/// it is where Citus is not loaded (the setting does not exist).
+fn with_citus_setting<R>(name: &std::ffi::CStr, value: &std::ffi::CStr, f: impl FnOnce() -> R) -> R {
+    if has_setting(name) {
+        crate::pg::with_setting(name, value, f)
+    } else {
+        f()
+    }
+}
+
 /// Lets this session write shards directly (Citus refuses that to sessions that are not
 /// its own unless `citus.enable_manual_changes_to_shards` is on). Only where Citus is
 /// loaded: elsewhere the setting does not exist.
 pub(crate) fn allow_shard_writes() {
-    // SAFETY: GUC lookups and assignment with valid C strings, outside any transaction.
+    let name = c"citus.enable_manual_changes_to_shards";
+    if !has_setting(name) {
+        return;
+    }
+    // SAFETY: a plain GUC assignment with valid C strings, outside any transaction.
     unsafe {
-        let name = c"citus.enable_manual_changes_to_shards";
-        if pg_sys::GetConfigOption(name.as_ptr(), true, false).is_null() {
-            return;
-        }
         pg_sys::SetConfigOption(
             name.as_ptr(),
             c"on".as_ptr(),
@@ -217,29 +233,14 @@ pub(crate) fn allow_shard_writes() {
 }
 
 /// Runs `f` with Citus's shards visible in pg_class (Citus hides them from sessions that
-/// are not its own); as it is where Citus is not loaded.
+/// are not its own).
 pub(crate) fn with_shards_visible<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: a GUC lookup by name; null when the setting does not exist.
-    let exists =
-        unsafe { !pg_sys::GetConfigOption(c"citus.override_table_visibility".as_ptr(), true, false).is_null() };
-    if exists {
-        crate::pg::with_setting(c"citus.override_table_visibility", c"off", f)
-    } else {
-        f()
-    }
+    with_citus_setting(c"citus.override_table_visibility", c"off", f)
 }
 
-/// Runs `f` allowed to write shards directly (see [`allow_shard_writes`]), scoped like a
-/// function's SET clause; as it is where Citus is not loaded.
+/// Runs `f` allowed to write shards directly (see [`allow_shard_writes`]).
 pub(crate) fn with_shard_writes<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: a GUC lookup by name; null when the setting does not exist.
-    let exists =
-        unsafe { !pg_sys::GetConfigOption(c"citus.enable_manual_changes_to_shards".as_ptr(), true, false).is_null() };
-    if exists {
-        crate::pg::with_setting(c"citus.enable_manual_changes_to_shards", c"on", f)
-    } else {
-        f()
-    }
+    with_citus_setting(c"citus.enable_manual_changes_to_shards", c"on", f)
 }
 
 /// What `dialpad.process_events()` processes here.
@@ -254,12 +255,13 @@ pub(crate) struct ProcessingTargets {
 /// The extension's tables, or on a Citus node after dialpad.distribute(), the shard groups
 /// this node holds (and whether it is the coordinator).
 pub(crate) fn processing_targets() -> Result<ProcessingTargets, pgrx::spi::Error> {
+    let one_node = || ProcessingTargets { local: vec![Tables::whole()], coordinator: false };
     if !loaded() {
-        return Ok(ProcessingTargets { local: vec![Tables::whole()], coordinator: false });
+        return Ok(one_node());
     }
     Spi::connect(|client| {
         if !distributed(client)? {
-            return Ok(ProcessingTargets { local: vec![Tables::whole()], coordinator: false });
+            return Ok(one_node());
         }
         let group = client
             .select("SELECT groupid FROM pg_catalog.pg_dist_local_group", Some(1), &[])?
