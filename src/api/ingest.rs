@@ -122,7 +122,7 @@ fn ingest_webhook(body: Option<&str>, source: Option<&str>) -> i64 {
     if let Some(err) = root.and_then(|r| ingest::freshness_error(r, gucs::max_event_age(), unix_now_ms())) {
         reject(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, err, Some("See dialpad.max_event_age."));
     }
-    let key = root.and_then(ingest::dedupe_key);
+    let key = root.and_then(|r| ingest::dedupe_key(r, via));
     let stored = crate::api::triggers::with_source(via, || store(payload, key));
     match stored {
         Ok((id, duplicate)) => {

@@ -215,11 +215,18 @@ fn webhook_events_before_insert<'a>(
     let mut new = new.into_owned();
     // Everything is read from the payload before the tuple is modified: the payload may
     // point into the tuple, which set_by_name replaces.
+    // The source the delivery came through (dialpad.ingest_webhook's verified one, or what
+    // the inserter wrote): part of the redelivery key, since sources are tenants.
+    let source: Option<String> = match INGEST_SOURCE.with(|s| s.borrow().clone()) {
+        Some(s) => Some(s),
+        None if new.get_attribute_by_name("source").is_some() => new.get_by_name("source").map_err(err)?,
+        None => None,
+    };
     let (key, state, call_id) = {
         let payload: Option<crate::pg::datum::JsonbArg> = new.get_by_name("payload").map_err(err)?;
         match payload.as_ref().map(|p| crate::codec::jsonb::Container::root(p.body())) {
             Some(Ok(root)) => {
-                let key = crate::domain::webhook::dedupe_key(root);
+                let key = crate::domain::webhook::dedupe_key(root, source.as_deref());
                 let state = match root {
                     crate::codec::jsonb::Value::Object(o) => match o.get(b"state") {
                         Ok(Some(crate::codec::jsonb::Value::String(s))) => {

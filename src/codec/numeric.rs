@@ -233,8 +233,55 @@ impl Decimal {
         Some(if self.negative { -acc } else { acc })
     }
 
+    /// The integer part (the fraction dropped, as `trunc`), if it fits an i64. Never prints
+    /// the number: a jsonb numeric of two bytes (`1e131071`) has 131,072 digits.
+    pub(crate) fn trunc_to_i64(&self) -> Option<i64> {
+        let whole = Decimal {
+            negative: self.negative,
+            weight: self.weight,
+            dscale: 0,
+            digits: self.digits.iter().take((self.weight + 1).max(0) as usize).copied().collect(),
+        };
+        if self.weight < 0 {
+            return Some(0);
+        }
+        whole.to_i64()
+    }
+
+    /// At most 3 more than the characters [`Display`](std::fmt::Display) prints, computed
+    /// without printing.
+    pub(crate) fn printed_len(&self) -> usize {
+        let int = if self.weight < 0 { 1 } else { (self.weight as usize + 1) * 4 };
+        let frac = if self.dscale > 0 { self.dscale as usize + 1 } else { 0 };
+        int + frac + usize::from(self.negative)
+    }
+
+    /// The text, when it is at most `max` characters long (None otherwise): a bounded
+    /// alternative to `to_string()` for numbers read from untrusted payloads.
+    pub(crate) fn to_string_bounded(&self, max: usize) -> Option<String> {
+        (self.printed_len() <= max).then(|| self.to_string())
+    }
+
+    /// The nearest f64 (±infinity beyond its range). Reads at most the first 12 base-10000
+    /// digits (48 significant decimal digits, far more than an f64 holds), so its cost is
+    /// bounded whatever the number's exponent or scale.
     pub(crate) fn to_f64(&self) -> f64 {
-        self.to_string().parse().unwrap_or(f64::NAN)
+        const F64_WEIGHT_MAX: i32 = 78; // 10000^78 = 1e312 > f64::MAX
+        const F64_WEIGHT_MIN: i32 = -83; // 10000^-83 = 1e-332 < the smallest subnormal
+        let sign = if self.negative { -1.0 } else { 1.0 };
+        if self.digits.iter().all(|&d| d == 0) {
+            return 0.0 * sign;
+        }
+        if self.weight > F64_WEIGHT_MAX {
+            return f64::INFINITY * sign;
+        }
+        if self.weight < F64_WEIGHT_MIN {
+            return 0.0 * sign;
+        }
+        let digits: Vec<i16> = self.digits.iter().take(12).copied().collect();
+        let kept_frac = ((digits.len() as i32 - self.weight - 1).max(0) * 4).min(self.dscale.max(0));
+        let head = Decimal { negative: self.negative, weight: self.weight, dscale: kept_frac, digits };
+        head.to_string().parse().unwrap_or(f64::NAN)
     }
 }
 
@@ -282,6 +329,34 @@ impl std::fmt::Display for Decimal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_exponents_cost_nothing_to_read() {
+        for text in ["1e131071", "-1e131071", "1e-16383", "123456789e100000"] {
+            let d = Decimal::parse(
+                &text
+                    .replace("e131071", &"0".repeat(131071))
+                    .replace("e100000", &"0".repeat(100000))
+                    .replace("1e-16383", &format!("0.{}1", "0".repeat(16382))),
+            )
+            .unwrap();
+            assert!(d.printed_len() >= 16_000, "{text}");
+            assert_eq!(d.to_string_bounded(64), None);
+            assert!(d.printed_len() >= d.to_string().len() && d.printed_len() <= d.to_string().len() + 3, "{text}");
+            let f = d.to_f64();
+            assert!(f.is_infinite() || f == 0.0, "{text}: {f}");
+            assert!(d.trunc_to_i64().is_none() || d.weight < 0);
+        }
+        for text in ["0", "-0.5", "42", "1787158716092.25", "123456789012345678.5", "0.000123", "-99999.00001"] {
+            let d = Decimal::parse(text).unwrap();
+            assert!(d.printed_len() >= d.to_string().len() && d.printed_len() <= d.to_string().len() + 3, "{text}");
+            assert_eq!(d.to_f64(), text.parse::<f64>().unwrap(), "{text}");
+            assert_eq!(d.to_string_bounded(64).as_deref(), Some(d.to_string().as_str()));
+        }
+        assert_eq!(Decimal::parse("1787158716092.75").unwrap().trunc_to_i64(), Some(1787158716092));
+        assert_eq!(Decimal::parse("-3.9").unwrap().trunc_to_i64(), Some(-3));
+        assert_eq!(Decimal::parse("0.9").unwrap().trunc_to_i64(), Some(0));
+    }
 
     fn roundtrip(s: &str) -> String {
         let d = Decimal::parse(s).unwrap();

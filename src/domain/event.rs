@@ -16,6 +16,22 @@ const MAX_EPOCH_MS: i64 = 253_402_300_799_999;
 /// numeric(14,3) holds values below 10^11.
 const MAX_DURATION_SECONDS: f64 = 99_999_999_999.0;
 
+// Bounds on what is read from a payload (hostile input, issue 22): every value the processor
+// derives is bounded, so one event costs memory and CPU in proportion to its size, never
+// more. A value past a bound makes its field unreadable (the event is dead-lettered with the
+// field named); the payload itself stays whole in the audit log.
+/// The longest string read into a text column (ids, numbers, names, urls).
+pub(crate) const MAX_TEXT_BYTES: usize = 2000;
+/// The longest Dialpad state: a word such as "voicemail_uploaded".
+pub(crate) const MAX_STATE_BYTES: usize = 64;
+/// The most characters a JSON number may print as where a field reads it as text: jsonb
+/// stores `1e131071` in a few bytes, which prints as 131,072 characters.
+pub(crate) const MAX_NUMBER_CHARS: usize = 64;
+/// `labels` and `recording_details`: the first items only, as the sanitizer keeps them.
+pub(crate) const MAX_ARRAY_ITEMS: usize = 10;
+/// How much of a payload value an error message quotes.
+const QUOTED_CHARS: usize = 40;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum EventError {
     NotAnObject,
@@ -92,6 +108,28 @@ fn bad(field: &'static str, why: impl Into<String>) -> EventError {
     EventError::BadField { field, why: why.into() }
 }
 
+/// A payload value as an error message quotes it: at most [`QUOTED_CHARS`] characters.
+fn quoted(s: &str) -> String {
+    match s.char_indices().nth(QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s.to_string(),
+    }
+}
+
+/// A number's text, when it has at most [`MAX_NUMBER_CHARS`] characters.
+fn number_text(d: &Decimal, key: &'static str) -> Result<String, EventError> {
+    d.to_string_bounded(MAX_NUMBER_CHARS)
+        .ok_or_else(|| bad(key, format!("a number of about {} digits is not a plausible value", d.printed_len())))
+}
+
+/// A string field's bytes, when at most `max` long.
+fn bounded<'a>(s: &'a [u8], max: usize, key: &'static str) -> Result<&'a [u8], EventError> {
+    if s.len() > max {
+        return Err(bad(key, format!("a string of {} bytes is longer than the {max} allowed", s.len())));
+    }
+    Ok(s)
+}
+
 /// The value, with JSON null treated as absent.
 fn present(v: Value<'_>) -> Option<Value<'_>> {
     match v {
@@ -103,11 +141,22 @@ fn present(v: Value<'_>) -> Option<Value<'_>> {
 fn text(v: Value<'_>, key: &'static str) -> Result<Option<String>, EventError> {
     Ok(match present(v) {
         None => None,
-        Some(Value::String(s)) => Some(String::from_utf8_lossy(s).into_owned()),
-        Some(Value::Numeric(n)) => Some(Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?.to_string()),
+        Some(Value::String(s)) => Some(String::from_utf8_lossy(bounded(s, MAX_TEXT_BYTES, key)?).into_owned()),
+        Some(Value::Numeric(n)) => {
+            Some(number_text(&Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?, key)?)
+        }
         Some(Value::Bool(b)) => Some(b.to_string()),
         Some(_) => return Err(bad(key, "expected a string")),
     })
+}
+
+/// A long free text (the transcript): only its first `max_chars` characters are read.
+fn text_prefix(v: Value<'_>, key: &'static str, max_chars: usize) -> Result<Option<String>, EventError> {
+    match present(v) {
+        // A character is at most 4 bytes in UTF-8: the prefix holds `max_chars` characters.
+        Some(Value::String(s)) => Ok(Some(String::from_utf8_lossy(&s[..s.len().min(max_chars * 4 + 4)]).into_owned())),
+        _ => text(v, key),
+    }
 }
 
 /// An integer given as a JSON number or a string of digits.
@@ -116,15 +165,18 @@ fn integer(v: Value<'_>, key: &'static str) -> Result<Option<i64>, EventError> {
         None => None,
         Some(Value::Numeric(n)) => {
             let d = Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?;
-            Some(d.to_i64().ok_or_else(|| bad(key, format!("{d} is not a 64-bit integer")))?)
+            Some(d.to_i64().ok_or_else(|| {
+                let shown = d.to_string_bounded(QUOTED_CHARS).unwrap_or_else(|| "a number that large".into());
+                bad(key, format!("{shown} is not a 64-bit integer"))
+            })?)
         }
         Some(Value::String(s)) => {
-            let s = String::from_utf8_lossy(s);
+            let s = String::from_utf8_lossy(bounded(s, MAX_NUMBER_CHARS, key)?);
             let t = s.trim();
             if t.is_empty() {
                 None
             } else {
-                Some(t.parse::<i64>().map_err(|_| bad(key, format!("\"{s}\" is not an integer")))?)
+                Some(t.parse::<i64>().map_err(|_| bad(key, format!("\"{}\" is not an integer", quoted(&s))))?)
             }
         }
         Some(_) => return Err(bad(key, "expected an integer")),
@@ -154,9 +206,10 @@ fn milliseconds_as_seconds(v: Value<'_>, key: &'static str) -> Result<Option<f64
     let ms = match present(v) {
         None => return Ok(None),
         Some(Value::Numeric(n)) => Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?.to_f64(),
-        Some(Value::String(s)) => {
-            String::from_utf8_lossy(s).trim().parse::<f64>().map_err(|_| bad(key, "expected milliseconds"))?
-        }
+        Some(Value::String(s)) => String::from_utf8_lossy(bounded(s, MAX_NUMBER_CHARS, key)?)
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| bad(key, "expected milliseconds"))?,
         Some(_) => return Err(bad(key, "expected milliseconds")),
     };
     let s = (ms / 1000.0 * 1000.0).round() / 1000.0;
@@ -188,25 +241,26 @@ fn boolean(v: Value<'_>, key: &'static str) -> Result<Option<bool>, EventError> 
 fn score(v: Value<'_>) -> Result<Option<f64>, EventError> {
     Ok(match present(v) {
         Some(Value::Numeric(n)) => Some(Decimal::from_datum_bytes(n).map_err(|_| EventError::Corrupt)?.to_f64()),
-        Some(Value::String(s)) => String::from_utf8_lossy(s).trim().parse::<f64>().ok(),
+        Some(Value::String(s)) if s.len() <= MAX_NUMBER_CHARS => String::from_utf8_lossy(s).trim().parse::<f64>().ok(),
         _ => None,
     }
     .filter(|f| f.is_finite() && f.abs() < 1e9))
 }
 
-/// Labels: an array of strings (numbers taken as their text), or one string.
+/// Labels: an array of strings (numbers taken as their text), or one string. The first
+/// [`MAX_ARRAY_ITEMS`] items are read; an item that cannot be read as text is left out.
 fn labels(v: Value<'_>) -> Result<Option<String>, EventError> {
     let mut out: Vec<String> = Vec::new();
     match present(v) {
         None => return Ok(None),
         Some(Value::Array(a)) => {
-            for item in a.values().map_err(|_| EventError::Corrupt)? {
+            for item in a.values().map_err(|_| EventError::Corrupt)?.take(MAX_ARRAY_ITEMS) {
                 if let Some(t) = text(item.map_err(|_| EventError::Corrupt)?, "labels").ok().flatten() {
                     out.push(t);
                 }
             }
         }
-        Some(Value::String(s)) => out.push(String::from_utf8_lossy(s).into_owned()),
+        Some(Value::String(s)) => out.push(String::from_utf8_lossy(bounded(s, MAX_TEXT_BYTES, "labels")?).into_owned()),
         Some(_) => return Err(bad("labels", "expected an array of strings")),
     }
     let quoted: Vec<String> = out.iter().map(|l| serde_json::Value::from(l.as_str()).to_string()).collect();
@@ -233,7 +287,7 @@ fn recordings(v: Value<'_>) -> Result<Vec<Recording>, EventError> {
     match present(v) {
         Some(Value::Array(a)) => {
             let mut out = Vec::new();
-            for item in a.values().map_err(|_| EventError::Corrupt)? {
+            for item in a.values().map_err(|_| EventError::Corrupt)?.take(MAX_ARRAY_ITEMS) {
                 if let Value::Object(r) = item.map_err(|_| EventError::Corrupt)? {
                     let r = recording(r)?;
                     if r.url.is_some() || r.id.is_some() {
@@ -252,7 +306,7 @@ fn recordings(v: Value<'_>) -> Result<Vec<Recording>, EventError> {
 fn state(v: Value<'_>) -> Result<Option<String>, EventError> {
     match present(v) {
         None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(String::from_utf8_lossy(s).into_owned())),
+        Some(Value::String(s)) => Ok(Some(String::from_utf8_lossy(bounded(s, MAX_STATE_BYTES, "state")?).into_owned())),
         Some(_) => Err(bad("state", "expected a string such as \"hangup\"")),
     }
 }
@@ -305,8 +359,12 @@ impl CallEvent {
                 b"operator_call_id" => e.operator_call_id = integer(v, "operator_call_id")?,
                 b"voicemail_link" => e.voicemail_link = text(v, "voicemail_link")?,
                 b"transcription_text" => {
-                    e.transcript =
-                        text(v, "transcription_text")?.map(|t| crate::domain::sanitize::truncate_transcript(&t))
+                    e.transcript = text_prefix(
+                        v,
+                        "transcription_text",
+                        crate::domain::sanitize::Limits::default().max_transcript_length,
+                    )?
+                    .map(|t| crate::domain::sanitize::truncate_transcript(&t))
                 }
                 b"target" => {
                     if let Some(t) = object(v, "target")? {
@@ -451,6 +509,44 @@ mod tests {
         assert!(matches!(e, EventError::BadField { field: "is_transferred", .. }), "{e}");
         let long = "w".repeat(900);
         let e = parse(&format!(r#"{{"call_id": 7, "transcription_text": "{long}"}}"#)).unwrap();
+        assert_eq!(e.transcript.unwrap().chars().count(), 515);
+    }
+
+    /// Issue 22: a 674-byte event became 5,243,040 bytes of `labels` in 0.2.0's processor.
+    #[test]
+    fn what_an_event_yields_is_bounded_by_construction() {
+        let huge = "1e131071";
+        let e = parse(&format!(r#"{{"call_id": 7, "labels": [{}]}}"#, [huge; 40].join(", "))).unwrap();
+        assert_eq!(e.labels.as_deref(), Some("[]"), "numbers past 64 characters are no label");
+        for field in ["group_id", "external_number", "voicemail_link"] {
+            let err = parse(&format!(r#"{{"call_id": 7, "{field}": {huge}}}"#)).unwrap_err();
+            assert!(matches!(err, EventError::BadField { .. }), "{field}: {err}");
+            assert!(err.to_string().len() < 200, "{err}");
+        }
+        let err = parse(&format!(r#"{{"call_id": 7, "target": {{"id": {huge}}}}}"#)).unwrap_err();
+        assert!(matches!(err, EventError::BadField { field: "target.id", .. }), "{err}");
+        let err = parse(&format!(r#"{{"call_id": {huge}}}"#)).unwrap_err();
+        assert!(err.to_string().len() < 200, "{err}");
+        let err = parse(&format!(r#"{{"call_id": "{}"}}"#, "9".repeat(100_000))).unwrap_err();
+        assert!(err.to_string().len() < 200, "{err}");
+        for field in ["duration", "talk_time", "date_started", "csat_score"] {
+            let _ = parse(&format!(r#"{{"call_id": 7, "{field}": {huge}}}"#));
+            let _ = parse(&format!(r#"{{"call_id": 7, "{field}": -1e-16383}}"#));
+        }
+        // Arrays: the first ten items, as the sanitizer keeps them.
+        let labels: Vec<String> = (0..100_000).map(|i| format!("\"l{i}\"")).collect();
+        let e = parse(&format!(r#"{{"call_id": 7, "labels": [{}]}}"#, labels.join(","))).unwrap();
+        assert_eq!(e.labels.as_deref().unwrap().matches('"').count(), 2 * MAX_ARRAY_ITEMS);
+        let recs: Vec<String> = (0..100_000).map(|i| format!(r#"{{"id": "r{i}", "url": "https://r/{i}"}}"#)).collect();
+        let e = parse(&format!(r#"{{"call_id": 7, "recording_details": [{}]}}"#, recs.join(","))).unwrap();
+        assert_eq!(e.recordings.len(), MAX_ARRAY_ITEMS);
+        // Strings: a text column takes at most MAX_TEXT_BYTES, a state MAX_STATE_BYTES.
+        let err = parse(&format!(r#"{{"call_id": 7, "contact": {{"name": "{}"}}}}"#, "n".repeat(MAX_TEXT_BYTES + 1)))
+            .unwrap_err();
+        assert!(matches!(err, EventError::BadField { field: "contact.name", .. }), "{err}");
+        let err = parse(&format!(r#"{{"call_id": 7, "state": "{}"}}"#, "s".repeat(12_800))).unwrap_err();
+        assert!(matches!(err, EventError::BadField { field: "state", .. }), "{err}");
+        let e = parse(&format!(r#"{{"call_id": 7, "transcription_text": "{}"}}"#, "t".repeat(5_000_000))).unwrap();
         assert_eq!(e.transcript.unwrap().chars().count(), 515);
     }
 }

@@ -149,11 +149,11 @@ pub(crate) fn time_claims_error(root: crate::codec::jsonb::Value<'_>, now_s: i64
     let date = |key: &[u8]| -> Result<Option<i64>, JwtError> {
         match o.get(key) {
             Ok(None) => Ok(None),
-            Ok(Some(Value::Numeric(n))) => Decimal::from_datum_bytes(n)
-                .ok()
-                .and_then(|d| d.to_string().split('.').next().and_then(|i| i.parse::<i64>().ok()))
-                .map(Some)
-                .ok_or_else(|| JwtError::Malformed(format!("{} is not a NumericDate", String::from_utf8_lossy(key)))),
+            Ok(Some(Value::Numeric(n))) => {
+                Decimal::from_datum_bytes(n).ok().and_then(|d| d.trunc_to_i64()).map(Some).ok_or_else(|| {
+                    JwtError::Malformed(format!("{} is not a NumericDate", String::from_utf8_lossy(key)))
+                })
+            }
             _ => Err(JwtError::Malformed(format!("{} is not a NumericDate", String::from_utf8_lossy(key)))),
         }
     };
@@ -258,24 +258,57 @@ pub(crate) fn call_id_of(root: crate::codec::jsonb::Value<'_>) -> Option<i64> {
     }
 }
 
+/// The longest de-duplication key: the key is indexed with the call id, and a btree entry
+/// must stay far below PostgreSQL's limit (about 2.7 kB) for any payload.
+pub(crate) const MAX_DEDUPE_KEY_BYTES: usize = 200;
+
 /// The de-duplication key of an event: `call_id/state/event_timestamp`, when all three are
-/// there (Dialpad has no event id). Numbers are normalized so `42`, `"42"` and `42.0` agree,
-/// and a fractional timestamp keeps its fraction.
-pub(crate) fn dedupe_key(root: crate::codec::jsonb::Value<'_>) -> Option<String> {
+/// there (Dialpad has no event id), followed by `@source` for a delivery through a webhook
+/// source: deliveries through different sources are never redeliveries of each other
+/// (sources are tenants). Numbers are normalized so `42`, `"42"` and `42.0` agree, and a
+/// fractional timestamp keeps its fraction. A key that would be longer than
+/// [`MAX_DEDUPE_KEY_BYTES`] (a state of 12,800 characters) is `call_id/#` and the SHA-256 of
+/// its parts instead: bounded for any payload, so that no delivery fails to be stored.
+pub(crate) fn dedupe_key(root: crate::codec::jsonb::Value<'_>, source: Option<&str>) -> Option<String> {
     use crate::codec::jsonb::Value;
     use crate::codec::numeric::Decimal;
+    use sha2::Digest;
+    /// A number longer than this is no timestamp: no key (the processor dead-letters it).
+    const MAX_NUMBER_CHARS: usize = 64;
     let Value::Object(o) = root else { return None };
     let number = |v: Option<Value<'_>>| -> Option<String> {
         match v? {
-            Value::Numeric(n) => canonical_decimal(&Decimal::from_datum_bytes(n).ok()?.to_string()),
-            Value::String(s) => canonical_decimal(std::str::from_utf8(s).ok()?),
+            Value::Numeric(n) => {
+                canonical_decimal(&Decimal::from_datum_bytes(n).ok()?.to_string_bounded(MAX_NUMBER_CHARS)?)
+            }
+            Value::String(s) if s.len() <= MAX_NUMBER_CHARS => canonical_decimal(std::str::from_utf8(s).ok()?),
             _ => None,
         }
     };
     let call_id = number(o.get(b"call_id").ok()?)?.parse::<i64>().ok()?;
     let Some(Value::String(state)) = o.get(b"state").ok()? else { return None };
     let ts = number(o.get(b"event_timestamp").ok()?)?;
-    Some(format!("{call_id}/{}/{ts}", String::from_utf8_lossy(state)))
+    let source_len = source.map_or(0, |s| s.len() + 1);
+    if 20 + 1 + state.len() + 1 + ts.len() + source_len <= MAX_DEDUPE_KEY_BYTES {
+        let mut key = format!("{call_id}/{}/{ts}", String::from_utf8_lossy(state));
+        if let Some(src) = source {
+            key.push('@');
+            key.push_str(src);
+        }
+        if key.len() <= MAX_DEDUPE_KEY_BYTES {
+            return Some(key);
+        }
+    }
+    // Each part with its length first, so that no two different triples hash alike.
+    let mut h = sha2::Sha256::new();
+    for part in [state, ts.as_bytes(), source.unwrap_or("").as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update([u8::from(source.is_some())]);
+    let digest = h.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("{call_id}/#{hex}"))
 }
 
 #[cfg(test)]
@@ -408,7 +441,7 @@ mod tests {
         use crate::codec::jsonb::{datum_body, Container};
         let key = |t: &str| {
             let d = jsonb(t);
-            dedupe_key(Container::root(datum_body(&d).unwrap()).unwrap())
+            dedupe_key(Container::root(datum_body(&d).unwrap()).unwrap(), None)
         };
         assert_eq!(
             key(r#"{"call_id": 42, "state": "hangup", "event_timestamp": 17}"#).as_deref(),
@@ -429,5 +462,33 @@ mod tests {
         );
         assert_eq!(key(r#"{"call_id": 42.5, "state": "hangup", "event_timestamp": 1}"#), None);
         assert_eq!(key(r#"[1]"#), None);
+    }
+
+    #[test]
+    fn dedupe_keys_are_bounded_and_name_the_source() {
+        use crate::codec::jsonb::testing::jsonb;
+        use crate::codec::jsonb::{datum_body, Container};
+        let key = |t: &str, source: Option<&str>| {
+            let d = jsonb(t);
+            dedupe_key(Container::root(datum_body(&d).unwrap()).unwrap(), source)
+        };
+        let normal = r#"{"call_id": 42, "state": "hangup", "event_timestamp": 17}"#;
+        assert_eq!(key(normal, Some("acme")).as_deref(), Some("42/hangup/17@acme"));
+        assert_ne!(key(normal, Some("acme")), key(normal, Some("other")));
+        assert_ne!(key(normal, Some("acme")), key(normal, None));
+        // 0.2.0 copied state and timestamp whole: a 12,800-character state made the insert fail (54000).
+        let long_state = format!(r#"{{"call_id": 42, "state": "{}", "event_timestamp": 17}}"#, "s".repeat(12_800));
+        let k = key(&long_state, Some("acme")).unwrap();
+        assert!(k.starts_with("42/#") && k.len() <= MAX_DEDUPE_KEY_BYTES, "{k}");
+        assert_eq!(key(&long_state, Some("acme")), Some(k.clone()), "the same delivery, the same key");
+        assert_ne!(key(&long_state, None), Some(k));
+        // A 9,001-digit timestamp, or one jsonb keeps in two bytes: no key at all.
+        let long_ts = format!(r#"{{"call_id": 42, "state": "hangup", "event_timestamp": {}}}"#, "9".repeat(9001));
+        assert_eq!(key(&long_ts, None), None);
+        assert_eq!(key(r#"{"call_id": 42, "state": "hangup", "event_timestamp": 1e131071}"#, None), None);
+        assert_eq!(
+            key(&long_ts.replace("\"event_timestamp\": 9", "\"event_timestamp\": \"9").replace("}", "\"}"), None),
+            None
+        );
     }
 }

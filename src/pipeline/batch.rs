@@ -105,14 +105,17 @@ const REJECTIONS_SQL: &str = "\
 INSERT INTO dialpad.rejected_transitions (dialpad_call_id, event_id, from_status, to_status, reason)
 SELECT * FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.text[]))";
 
+/// Counts a failed attempt. No arithmetic here can raise an error, whatever `attempts` holds
+/// (dialpad_admin may set it): the count saturates, and the back-off (2^attempts seconds, at
+/// most an hour) is computed from at most 12; an error here would fail the whole batch.
 const FAIL_SQL: &str = "\
 UPDATE dialpad.webhook_events AS e
    SET processed_at = NULL,
-       attempts = e.attempts OPERATOR(pg_catalog.+) 1,
+       attempts = LEAST(e.attempts, 2147483646) OPERATOR(pg_catalog.+) 1,
        last_error = f.err,
        next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(
-           secs => LEAST(3600, pg_catalog.power(2, e.attempts)::pg_catalog.int4)),
-       dead_at = CASE WHEN f.permanent OR e.attempts OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.>=) $4
+           secs => LEAST(3600, pg_catalog.power(2, LEAST(e.attempts, 12))::pg_catalog.int4)),
+       dead_at = CASE WHEN f.permanent OR e.attempts OPERATOR(pg_catalog.>=) $4 OPERATOR(pg_catalog.-) 1
                       THEN pg_catalog.now() END
   FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.bool[])) AS f(id, err, permanent)
  WHERE e.id OPERATOR(pg_catalog.=) f.id
@@ -271,6 +274,7 @@ fn process_batch_in(
     batch.lock_calls();
     timer.step("lock");
     batch.read_calls(client)?;
+    batch.set_aside_foreign_events();
     timer.step("read calls");
     batch.read_history_of_late_calls(client, rules)?;
     timer.step("history");
@@ -476,6 +480,51 @@ impl Batch {
             self.rows.insert(r.dialpad_call_id, r);
         }
         Ok(())
+    }
+
+    /// Sources are tenants: a call belongs to the webhook source it was first seen through
+    /// (`calls.source`; for a new call, the source of its first-received event that has one),
+    /// and a delivery through another source never modifies, pre-empts or re-owns it. Such
+    /// an event is kept in the audit log and dead-lettered with the reason, never applied. A
+    /// call without a source (plain INSERTs, or made before sources existed) is taken by the
+    /// first source that delivers to it; an event without a source is applied only to calls
+    /// without one.
+    fn set_aside_foreign_events(&mut self) {
+        let mut emptied = Vec::new();
+        for &call_id in &self.calls {
+            let Some(idx) = self.by_call.get_mut(&call_id) else { continue };
+            let row_owner = self.rows.get(&call_id).and_then(|r| r.source.clone());
+            let owner = row_owner.clone().or_else(|| {
+                let mut by_arrival: Vec<usize> = idx.clone();
+                by_arrival.sort_by_key(|&i| self.events[i].id);
+                by_arrival.iter().find_map(|&i| self.events[i].parsed.as_ref().ok().and_then(|e| e.source.clone()))
+            });
+            let Some(owner) = owner else { continue };
+            let events = &self.events;
+            let failures = &mut self.failures;
+            idx.retain(|&i| {
+                let Ok(ev) = events[i].parsed.as_ref() else { return true };
+                let foreign = match &ev.source {
+                    Some(s) => *s != owner,
+                    None => row_owner.is_some(),
+                };
+                if foreign {
+                    let via = ev.source.as_deref().map_or("no source".to_string(), |s| format!("source \"{s}\""));
+                    failures.push(Failure {
+                        id: events[i].id,
+                        error: format!(
+                            "call {call_id} belongs to webhook source \"{owner}\"; this delivery came through {via} and is not applied (sources are tenants)"
+                        ),
+                        permanent: true,
+                    });
+                }
+                !foreign
+            });
+            if idx.is_empty() {
+                emptied.push(call_id);
+            }
+        }
+        self.calls.retain(|c| !emptied.contains(c));
     }
 
     /// A call that receives an event older than its last applied one is re-derived from its
@@ -753,14 +802,15 @@ fn write_calls_or_raise(
 }
 
 /// The redeliveries among a call's events (`idx`, in event order): an event of the batch
-/// (index < `n_batch`) whose (state, event_timestamp) an applied history event or an earlier
-/// batch event already has. Returns (index of the redelivery, id of the first delivery).
+/// (index < `n_batch`) whose (state, event_timestamp, source) an applied history event or an
+/// earlier batch event already has. Returns (index of the redelivery, id of the first delivery).
 fn find_redeliveries(claimed: &[Claimed], idx: &[usize], n_batch: usize) -> Vec<(usize, i64)> {
-    let key = |i: usize| {
+    type Key = (String, i64, Option<String>);
+    let key = |i: usize| -> Option<Key> {
         let ev = claimed[i].parsed.as_ref().ok()?;
-        Some((ev.state.clone()?, ev.event_at?))
+        Some((ev.state.clone()?, ev.event_at?, ev.source.clone()))
     };
-    let mut first: HashMap<(String, i64), i64> = HashMap::new();
+    let mut first: HashMap<Key, i64> = HashMap::new();
     for &i in idx.iter().filter(|&&i| i >= n_batch) {
         if let Some(k) = key(i) {
             first.entry(k).or_insert(claimed[i].id);
