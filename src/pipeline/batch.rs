@@ -115,7 +115,7 @@ UPDATE dialpad.webhook_events AS e
        last_error = f.err,
        next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(
            secs => LEAST(3600, pg_catalog.power(2, LEAST(e.attempts, 12))::pg_catalog.int4)),
-       dead_at = CASE WHEN f.permanent OR e.attempts OPERATOR(pg_catalog.>=) $4 OPERATOR(pg_catalog.-) 1
+       dead_at = CASE WHEN f.permanent OR e.attempts OPERATOR(pg_catalog.>=) ($4 OPERATOR(pg_catalog.-) 1)
                       THEN pg_catalog.now() END
   FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.bool[])) AS f(id, err, permanent)
  WHERE e.id OPERATOR(pg_catalog.=) f.id

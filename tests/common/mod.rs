@@ -368,8 +368,16 @@ pub fn wait_until(c: &mut Client, sql: &str, secs: u64) {
     }
 }
 
+/// An error as a test report shows it: SQLSTATE, message, detail.
+pub fn db_error(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} {} {}", d.code().code(), d.message(), d.detail().unwrap_or("")),
+        None => e.to_string(),
+    }
+}
+
 pub fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", db_error(&e))).get(0)
 }
 
 /// Worker pids from pg_stat_activity.
