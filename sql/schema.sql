@@ -230,7 +230,7 @@ CREATE TABLE dialpad.webhook_events_default PARTITION OF dialpad.webhook_events 
 COMMENT ON TABLE dialpad.webhook_events_default IS
     'Events whose received_at no partition covers yet; dialpad.run_maintenance() moves them into their own partition. Its storage parameters are copied to every partition created.';
 COMMENT ON COLUMN dialpad.webhook_events.event_type IS 'Set from payload->>''state'' on insert when not given.';
-COMMENT ON COLUMN dialpad.webhook_events.dedupe_key IS 'call_id/state/event_timestamp (numbers in one canonical spelling), set on insert when all three are in the payload: deliveries with the same key are one event (Dialpad redelivers).';
+COMMENT ON COLUMN dialpad.webhook_events.dedupe_key IS 'call_id/state/event_timestamp@source (numbers in one canonical spelling; @source for a delivery through a webhook source), set on insert when all three are in the payload: deliveries with the same key are one event (Dialpad redelivers). A key past 200 bytes is call_id/# and a SHA-256 of its parts.';
 COMMENT ON COLUMN dialpad.webhook_events.duplicate_of IS 'Set on a redelivery: the id of the first delivery of the same event. Kept in the audit log, never applied.';
 COMMENT ON COLUMN dialpad.webhook_events.source IS 'The webhook source the delivery came through (set by dialpad.ingest_webhook from the verified source; NULL for plain inserts).';
 COMMENT ON COLUMN dialpad.webhook_events.call_id IS 'Set from payload->''call_id'' on insert (NULL when it is not an integer).';

@@ -4,6 +4,8 @@
 pub(crate) mod direction;
 pub(crate) mod event;
 pub(crate) mod fold;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod logical;
 pub(crate) mod recordings;
 pub(crate) mod sanitize;
