@@ -52,6 +52,13 @@ pub(crate) struct Shared {
     /// pid of a backend running DROP EXTENSION pg_dialpad (0: none); the workers start no
     /// batch while it is set and that backend lives.
     drop_pid: AtomicI32,
+    /// This server lifetime's generation, naming the in-flight files (pipeline/inflight.rs):
+    /// 0 until the first processor sets it; every crash restart zeroes it again.
+    pub inflight_generation: AtomicI64,
+    /// The recovery of the batches a crash left in flight (pipeline/inflight.rs): 0 = not
+    /// checked since the (re)start, -1 = nothing left to recover, else the pid of the backend
+    /// doing a recovery step now.
+    pub inflight_recovery: AtomicI32,
 }
 
 static mut SHARED: *mut Shared = std::ptr::null_mut();
