@@ -6,16 +6,18 @@
 //! nothing in the database can record the attempt without a second commit per batch (which
 //! would cost the drain rate). So the attempt is recorded OUTSIDE the transaction: before the
 //! dangerous work, each processing backend writes the ids it claimed (and the tables: a Citus
-//! shard group) to its own small file, `$PGDATA/pg_dialpad/inflight/<generation>-<pid>`, and
+//! shard group) to its own small file, `$PGDATA/pg_dialpad/inflight/<generation>-<database
+//! oid>-<pid>`, and
 //! empties it when its transaction ends (commit, abort or PREPARE) and removes it when it
 //! exits (FATAL included). No fsync: a backend crash does not lose the OS page cache. Only a
 //! real crash (or an immediate shutdown, or a power loss) leaves a file with ids in it.
 //!
 //! Shared memory is zeroed by every crash restart: its generation (set by the first processor
 //! of a server lifetime) tells the files of the lifetime before ("stale") from those of live
-//! backends. The first processor after a restart (a worker or `dialpad.process_events()`)
-//! reads the stale files: their ids are suspects. Until every suspect is dealt with, one
-//! transaction at a time (any backend's) does a recovery step and the other processors wait:
+//! backends. The first processor of a database after a restart (a worker or
+//! `dialpad.process_events()`) reads its database's stale files: their ids are suspects.
+//! Until every suspect is dealt with, one transaction at a time (any backend's) does a
+//! recovery step and the other processors wait:
 //! - a suspect that a file lists as `isolated` (the backend that crashed was processing it
 //!   alone) is the culprit: it is dead-lettered (dead_at, attempts + 1, last_error
 //!   [`CULPRIT_ERROR`]) in the step's transaction;
@@ -24,7 +26,7 @@
 //!
 //! So an event that ends its backend is dead-lettered after two crashes (one in a batch, one
 //! alone) and every other event of the crashed batch flows. After each step the suspects left
-//! are written to one compacted file (`0-<pid>-<time>`, always stale) and the files read are
+//! are written to one compacted file (`0-<database>-<pid>-<time>`, always stale) and the files read are
 //! removed; a crash at any point leaves files whose re-reading is idempotent (a processed or
 //! dead event is skipped). Everything here is skipped without shared memory (the library not
 //! in shared_preload_libraries): no generation, no recovery.
@@ -48,9 +50,6 @@ pub(crate) const CULPRIT_ERROR: &str = "processing this event ended its backend 
      in a batch and then alone; dead-lettered (dialpad.retry_event() re-drives it)";
 
 const HEADER: &str = "pg_dialpad inflight 1";
-
-/// [`shmem::Shared::inflight_recovery`]: nothing left to recover in this server lifetime.
-const CLEAN: i32 = -1;
 
 /// An event that was in flight when a backend ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,10 +151,13 @@ pub(crate) fn merge(all: impl IntoIterator<Item = Suspect>) -> Vec<Suspect> {
     v
 }
 
-/// Whether a file named `name` was left by a backend of another server lifetime than
-/// `generation` (a compacted file, generation 0, always is).
-pub(crate) fn is_stale(name: &str, generation: i64) -> bool {
-    name.split('-').next().and_then(|g| g.parse::<i64>().ok()).is_some_and(|g| g != generation)
+/// Whether a file named `name` was left by a backend of `database` in another server
+/// lifetime than `generation` (a compacted file, generation 0, always is).
+pub(crate) fn is_stale(name: &str, generation: i64, database: u32) -> bool {
+    let mut f = name.split('-');
+    let g = f.next().and_then(|g| g.parse::<i64>().ok());
+    let d = f.next().and_then(|d| d.parse::<u32>().ok());
+    g.is_some_and(|g| g != generation) && d == Some(database)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -178,6 +180,26 @@ thread_local! {
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
     static RECOVERY: RefCell<Option<Recovery>> = const { RefCell::new(None) };
     static SAID_IO_ERROR: Cell<bool> = const { Cell::new(false) };
+}
+
+fn database() -> u32 {
+    crate::pg::my_database().to_u32()
+}
+
+fn clean(s: &shmem::Shared, db: u32) -> bool {
+    s.inflight_clean.iter().any(|d| d.load(Ordering::Acquire) == db)
+}
+
+/// Notes that `db` has nothing left to recover (when the list is full, its processors just
+/// look at the directory before each batch).
+fn set_clean(s: &shmem::Shared, db: u32) {
+    for d in &s.inflight_clean {
+        match d.compare_exchange(0, db, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(other) if other == db => return,
+            Err(_) => {}
+        }
+    }
 }
 
 fn generation(s: &shmem::Shared) -> i64 {
@@ -217,7 +239,8 @@ fn record(tables: &Tables, ids: &[i64], isolated: bool) {
     OWN.with(|own| {
         let mut own = own.borrow_mut();
         if own.is_none() {
-            let path = PathBuf::from(DIR).join(format!("{}-{}", generation(s), crate::pg::my_pid()));
+            let name = format!("{}-{}-{}", generation(s), database(), crate::pg::my_pid());
+            let path = PathBuf::from(DIR).join(name);
             let opened = std::fs::create_dir_all(DIR).and_then(|_| {
                 std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)
             });
@@ -254,9 +277,11 @@ enum Step {
 fn next_step() -> Step {
     let Some(s) = shmem::get() else { return Step::Normal };
     let me = crate::pg::my_pid();
+    if clean(s, database()) {
+        return Step::Normal;
+    }
     loop {
         match s.inflight_recovery.load(Ordering::Acquire) {
-            CLEAN => return Step::Normal,
             r if r == me => break,
             0 => {
                 if s.inflight_recovery.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire).is_ok() {
@@ -272,7 +297,7 @@ fn next_step() -> Step {
     ensure_registered();
     RECOVERY.with(|rc| {
         let mut rc = rc.borrow_mut();
-        let rec = rc.get_or_insert_with(|| scan(generation(s)));
+        let rec = rc.get_or_insert_with(|| scan(generation(s), database()));
         if rec.stepped {
             return Step::Wait;
         }
@@ -284,8 +309,8 @@ fn next_step() -> Step {
     })
 }
 
-/// Reads the stale files.
-fn scan(generation: i64) -> Recovery {
+/// Reads the stale files of `database`.
+fn scan(generation: i64, database: u32) -> Recovery {
     let mut files = Vec::new();
     let mut all = Vec::new();
     // Files of backends that ended, not only the suspects left by the previous step.
@@ -293,7 +318,7 @@ fn scan(generation: i64) -> Recovery {
     if let Ok(dir) = std::fs::read_dir(DIR) {
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !is_stale(&name, generation) {
+            if !is_stale(&name, generation, database) {
                 continue;
             }
             fresh |= !name.starts_with("0-");
@@ -377,25 +402,27 @@ pub(crate) fn recovery_step<'c>(
 fn finish(rec: Recovery) {
     let Some(s) = shmem::get() else { return };
     let me = crate::pg::my_pid();
-    let mut state = CLEAN;
-    if !rec.left.is_empty() {
-        state = 0;
+    let done = rec.left.is_empty();
+    if !done {
         let left: Vec<Suspect> = rec.left.into();
-        let name = format!("0-{me}-{}", crate::pg::now());
+        let name = format!("0-{}-{me}-{}", database(), crate::pg::now());
         let tmp = PathBuf::from(DIR).join(format!("{name}.tmp"));
         let written =
             std::fs::write(&tmp, encode(&left)).and_then(|_| std::fs::rename(&tmp, PathBuf::from(DIR).join(&name)));
         if let Err(e) = written {
             // The files read stay: re-reading them is idempotent.
             io_warning("write the suspects left", &e);
-            let _ = s.inflight_recovery.compare_exchange(me, state, Ordering::AcqRel, Ordering::Acquire);
+            let _ = s.inflight_recovery.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
             return;
         }
     }
     for f in &rec.files {
         let _ = std::fs::remove_file(f);
     }
-    let _ = s.inflight_recovery.compare_exchange(me, state, Ordering::AcqRel, Ordering::Acquire);
+    if done {
+        set_clean(s, database());
+    }
+    let _ = s.inflight_recovery.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
 }
 
 /// # Safety
@@ -507,12 +534,14 @@ mod tests {
     }
 
     #[test]
-    fn files_of_other_lifetimes_are_stale() {
-        assert!(is_stale("123-456", 124));
-        assert!(!is_stale("124-456", 124));
-        assert!(is_stale("0-456-789", 124));
-        assert!(is_stale("0-456-789.tmp", 124));
-        assert!(!is_stale("junk", 124));
-        assert!(!is_stale(".hidden", 124));
+    fn files_of_other_lifetimes_of_the_same_database_are_stale() {
+        assert!(is_stale("123-5-456", 124, 5));
+        assert!(!is_stale("124-5-456", 124, 5));
+        assert!(!is_stale("123-6-456", 124, 5), "another database's");
+        assert!(is_stale("0-5-456-789", 124, 5));
+        assert!(is_stale("0-5-456-789.tmp", 124, 5));
+        assert!(!is_stale("0-6-456-789", 124, 5));
+        assert!(!is_stale("junk", 124, 5));
+        assert!(!is_stale(".hidden", 124, 5));
     }
 }
