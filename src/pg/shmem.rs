@@ -52,6 +52,14 @@ pub(crate) struct Shared {
     /// pid of a backend running DROP EXTENSION pg_dialpad (0: none); the workers start no
     /// batch while it is set and that backend lives.
     drop_pid: AtomicI32,
+    /// This server lifetime's generation, naming the in-flight files (pipeline/inflight.rs):
+    /// 0 until the first processor sets it; every crash restart zeroes it again.
+    pub inflight_generation: AtomicI64,
+    /// The recovery of the batches a crash left in flight (pipeline/inflight.rs): the pid of
+    /// the backend doing a recovery step now, or 0.
+    pub inflight_recovery: AtomicI32,
+    /// The databases (OIDs) with nothing left to recover in this server lifetime.
+    pub inflight_clean: [std::sync::atomic::AtomicU32; 16],
 }
 
 static mut SHARED: *mut Shared = std::ptr::null_mut();

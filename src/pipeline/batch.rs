@@ -73,6 +73,14 @@ SELECT p.id, p.received_at, p.payload, p.source FROM dialpad.webhook_events AS p
  LIMIT $1
    FOR UPDATE SKIP LOCKED";
 
+/// Claims one event, whether due or not (a suspect processed alone after a crash restart,
+/// see pipeline/inflight.rs). $1 is the limit (1), $2 the id.
+const CLAIM_ONE_SQL: &str = "\
+SELECT p.id, p.received_at, p.payload, p.source FROM dialpad.webhook_events AS p
+ WHERE p.id OPERATOR(pg_catalog.=) $2 AND p.processed_at IS NULL AND p.dead_at IS NULL
+ LIMIT $1
+   FOR UPDATE SKIP LOCKED";
+
 /// The settings the claim is planned and run with: one generic plan, an ordered walk of
 /// every partition's pending index merged by id. Planned for its arguments at each batch,
 /// the claim cost a plan over every partition per batch (6.5 ms with 40 daily partitions;
@@ -234,6 +242,8 @@ pub(crate) enum Scan {
     /// processed entries from being cleaned up; what lies below the floor is found by the
     /// full scan done at least once a second (see domain/scan_floor.rs).
     FromFloor,
+    /// This one event alone (a suspect after a crash restart, see pipeline/inflight.rs).
+    Only(i64),
 }
 
 /// Processes up to `max_events` due events of `tables` in the current transaction.
@@ -265,6 +275,14 @@ fn process_batch_in(
 ) -> Result<BatchOutcome, pgrx::spi::Error> {
     if max_events <= 0 {
         return Ok(BatchOutcome::default());
+    }
+    if !matches!(scan, Scan::Only(_)) {
+        // After a crash restart: the events the crash left in flight first, each alone.
+        let alone =
+            |c: &mut SpiClient<'_>, t: &Tables, id| process_batch_in(c, t, 1, rules, max_attempts, Scan::Only(id));
+        if let Some(out) = super::inflight::recovery_step(client, alone)? {
+            return Ok(out);
+        }
     }
     let mut timer = StepTimer::new();
     let max_events = max_events.min(ADAPTED_LIMIT.with(|a| a.get()));
@@ -353,9 +371,10 @@ impl Batch {
         max_events: i32,
         scan: Scan,
     ) -> Result<Option<Batch>, pgrx::spi::Error> {
-        let from = match scan {
-            Scan::Full => 0,
-            Scan::FromFloor => with_floor(tables, |f| f.start(std::time::Instant::now())),
+        let (claim_sql, from) = match scan {
+            Scan::Full => (CLAIM_SQL, 0),
+            Scan::FromFloor => (CLAIM_SQL, with_floor(tables, |f| f.start(std::time::Instant::now()))),
+            Scan::Only(id) => (CLAIM_ONE_SQL, id),
         };
         let mut events = Vec::new();
         let mut received = (i64::MAX, i64::MIN);
@@ -363,7 +382,7 @@ impl Batch {
             run_kept_on(
                 client,
                 Some(tables),
-                CLAIM_SQL,
+                claim_sql,
                 &[pg_sys::INT4OID, pg_sys::INT8OID],
                 None,
                 &[max_events.into(), from.into()],
@@ -377,12 +396,18 @@ impl Batch {
             events.push(Claimed::parse(id, payload, row.get(4)?));
         }
         let max_id = events.iter().map(|c| c.id).max();
-        with_floor(tables, |f| f.claimed(std::time::Instant::now(), from, max_id));
+        if !matches!(scan, Scan::Only(_)) {
+            with_floor(tables, |f| f.claimed(std::time::Instant::now(), from, max_id));
+        }
         if events.is_empty() {
             return Ok(None);
         }
         let received = Received { from: received.0, to: received.1 };
         let ids: Vec<i64> = events.iter().map(|c| c.id).collect();
+        if !matches!(scan, Scan::Only(_)) {
+            // Before the dangerous work: a crash from here on leaves these ids on disk.
+            super::inflight::record_batch(tables, &ids);
+        }
         replanned(|| {
             run_kept_on(
                 client,

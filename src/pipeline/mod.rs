@@ -5,6 +5,7 @@
 pub(crate) mod batch;
 pub(crate) mod call_row;
 pub(crate) mod dedupe;
+pub(crate) mod inflight;
 pub(crate) mod logical;
 pub(crate) mod rules;
 pub(crate) mod sources;
