@@ -89,7 +89,7 @@ ALTER TABLE dialpad.logical_calls SET (
 -- readable by a DBA. A view, not a function: its query is parsed once (operators bound at
 -- creation, whatever a caller's search_path), and a condition on logical_call_id reaches the
 -- index on the legs, so the triggers below compute only the calls a statement touched.
-CREATE VIEW dialpad.logical_calls_from_legs AS
+CREATE VIEW dialpad.logical_calls_from_legs WITH (security_invoker = true) AS
 WITH leg0 AS (
     SELECT c.*,
            c.dialpad_call_id = c.logical_call_id AS is_root,
@@ -248,10 +248,10 @@ BEGIN
     SELECT pg_catalog.format('dialpad.%I', 'logical_calls_' || l.shardid),
            pg_catalog.format('dialpad.%I', 'logical_calls_stale_' || st.shardid)
       INTO logical, stale
-      FROM pg_dist_shard c
-      JOIN pg_dist_shard l ON l.shardminvalue OPERATOR(pg_catalog.=) c.shardminvalue
+      FROM pg_catalog.pg_dist_shard c
+      JOIN pg_catalog.pg_dist_shard l ON l.shardminvalue OPERATOR(pg_catalog.=) c.shardminvalue
                           AND l.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.logical_calls'::regclass
-      JOIN pg_dist_shard st ON st.shardminvalue OPERATOR(pg_catalog.=) c.shardminvalue
+      JOIN pg_catalog.pg_dist_shard st ON st.shardminvalue OPERATOR(pg_catalog.=) c.shardminvalue
                            AND st.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.logical_calls_stale'::regclass
      WHERE c.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.calls'::regclass
        AND c.shardid OPERATOR(pg_catalog.=) pg_catalog.substring(TG_TABLE_NAME, '_(\d+)$')::bigint;
@@ -268,7 +268,7 @@ CREATE TRIGGER calls_truncated AFTER TRUNCATE ON dialpad.calls
     FOR EACH STATEMENT EXECUTE FUNCTION dialpad.calls_truncated();
 ALTER TABLE dialpad.calls ENABLE ALWAYS TRIGGER calls_truncated;
 
-REVOKE EXECUTE ON FUNCTION dialpad.rebuild_logical_calls() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dialpad.rebuild_logical_calls(), dialpad.calls_truncated() FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------------------------
 -- Leg columns of calls made before they existed (an upgrade from 0.1.0 lists its calls in

@@ -166,16 +166,16 @@ CREATE FUNCTION dialpad.on_worker_nodes(command text)
 RETURNS TABLE (node text, success boolean, result text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
         RETURN;
     END IF;
-    IF (SELECT groupid FROM pg_dist_local_group) OPERATOR(pg_catalog.<>) 0
-       OR NOT EXISTS (SELECT FROM pg_dist_partition p
-                       WHERE p.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.calls'::regclass) THEN
+    IF (SELECT groupid FROM pg_catalog.pg_dist_local_group) OPERATOR(pg_catalog.<>) 0
+       OR NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p
+                       WHERE p.logicalrelid OPERATOR(pg_catalog.=) 'dialpad.calls'::pg_catalog.regclass) THEN
         RETURN;
     END IF;
-    RETURN QUERY SELECT w.nodename || ':' || w.nodeport, w.success, w.result
-                   FROM run_command_on_workers(command) w ORDER BY 1;
+    RETURN QUERY SELECT w.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) w.nodeport, w.success, w.result
+                   FROM pg_catalog.run_command_on_workers(command) w ORDER BY 1;
 END
 $$;
 COMMENT ON FUNCTION dialpad.on_worker_nodes(text) IS
@@ -187,7 +187,7 @@ RETURNS TABLE (node text, worker integer, pid integer, events_handled bigint, ba
                dead_lettered bigint, rejected_transitions bigint, last_batch_at timestamptz, started_at timestamptz)
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT n.node, s.*
-      FROM dialpad.on_worker_nodes('SELECT coalesce(json_agg(s), ''[]'') FROM dialpad.worker_stats() s') n,
+      FROM dialpad.on_worker_nodes('SELECT COALESCE(pg_catalog.json_agg(s), ''[]'') FROM dialpad.worker_stats() s') n,
            json_to_recordset(CASE WHEN n.success THEN n.result::json ELSE '[]' END)
                AS s(worker integer, pid integer, events_handled bigint, batches bigint, errors bigint,
                     dead_lettered bigint, rejected_transitions bigint, last_batch_at timestamptz, started_at timestamptz)
@@ -200,7 +200,7 @@ CREATE FUNCTION dialpad.worker_node_status()
 RETURNS TABLE (node text, component text, pid integer, running boolean, detail text, hint text)
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT n.node, s.component, s.pid, s.running, s.detail, s.hint
-      FROM dialpad.on_worker_nodes('SELECT coalesce(json_agg(s), ''[]'') FROM dialpad.worker_status() s') n,
+      FROM dialpad.on_worker_nodes('SELECT COALESCE(pg_catalog.json_agg(s), ''[]'') FROM dialpad.worker_status() s') n,
            json_to_recordset(CASE WHEN n.success THEN n.result::json ELSE '[]' END)
                AS s(component text, pid integer, running boolean, detail text, hint text)
     UNION ALL
@@ -223,7 +223,7 @@ COMMENT ON FUNCTION dialpad.worker_node_processed_last_minute() IS
     'Events the worker nodes of a Citus cluster handled in the last 60 seconds (from its coordinator; NULL elsewhere).';
 REVOKE EXECUTE ON FUNCTION dialpad.worker_node_processed_last_minute() FROM PUBLIC;
 
-CREATE VIEW dialpad.worker_stats AS
+CREATE VIEW dialpad.worker_stats WITH (security_invoker = true) AS
 SELECT 'local'::text AS node, s.* FROM dialpad.worker_stats() s
 UNION ALL
 SELECT * FROM dialpad.worker_node_stats();

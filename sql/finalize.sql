@@ -56,7 +56,7 @@ BEGIN
 END
 $$;
 
-CREATE VIEW dialpad.ingest_stats AS SELECT * FROM dialpad.ingest_stats();
+CREATE VIEW dialpad.ingest_stats WITH (security_invoker = true) AS SELECT * FROM dialpad.ingest_stats();
 COMMENT ON VIEW dialpad.ingest_stats IS
     'Deliveries accepted, duplicate (stored once already) and rejected by dialpad.ingest_webhook since the server started.';
 
@@ -105,6 +105,13 @@ GRANT EXECUTE ON FUNCTION dialpad.worker_stats(), dialpad.ingest_stats(), dialpa
     TO dialpad_reader;
 GRANT EXECUTE ON FUNCTION dialpad.worker_node_stats(), dialpad.worker_node_status(),
     dialpad.worker_node_processed_last_minute() TO dialpad_reader;
+-- Every view a reader may read runs with the reader's rights (security_invoker), so that the
+-- row-level security policies of the tables under it apply (README, "Trust model"): a reader
+-- reads the columns of the inbox that dead_events, queue_stats and payload_stats show, and
+-- every column of the sources but the secrets (source_list).
+GRANT SELECT (id, event_type, payload, received_at, processed_at, attempts, last_error, next_attempt_at, dead_at)
+    ON dialpad.webhook_events TO dialpad_reader;
+GRANT SELECT (name, enabled, labels, created_at, rotated_at, previous_valid_until) ON dialpad.sources TO dialpad_reader;
 
 -- dialpad_admin: edits the rules and re-drives dead events; reads what a reader reads.
 GRANT dialpad_reader TO dialpad_admin;

@@ -2,7 +2,7 @@
 -- "Retention"). Expired data goes by dropping (or detaching) whole partitions, never by a
 -- DELETE; rows no partition covers wait in the DEFAULT partition, never refused.
 
-CREATE VIEW dialpad.partitions AS
+CREATE VIEW dialpad.partitions WITH (security_invoker = true) AS
 SELECT i.inhparent::pg_catalog.regclass AS parent,
        c.oid::pg_catalog.regclass AS partition,
        b.bounds IS NULL AS is_default,

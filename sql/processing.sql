@@ -3,7 +3,7 @@
 CREATE TRIGGER webhook_events_wake AFTER INSERT ON dialpad.webhook_events
     FOR EACH STATEMENT EXECUTE FUNCTION dialpad.wake_workers_on_insert();
 
-CREATE VIEW dialpad.dead_events AS
+CREATE VIEW dialpad.dead_events WITH (security_invoker = true) AS
 SELECT id, event_type,
        CASE WHEN pg_catalog.jsonb_typeof(payload) OPERATOR(pg_catalog.=) 'object'
             THEN payload OPERATOR(pg_catalog.->>) 'call_id' END AS call_id,
@@ -47,7 +47,7 @@ $$;
 COMMENT ON FUNCTION dialpad.retry_dead_events() IS
     'Re-drives every dead-lettered event; returns how many.';
 
-CREATE VIEW dialpad.queue_stats AS
+CREATE VIEW dialpad.queue_stats WITH (security_invoker = true) AS
 SELECT q.pending, q.due, q.retrying,
        (SELECT pg_catalog.count(*) FROM dialpad.webhook_events d WHERE d.dead_at IS NOT NULL) AS dead,
        pg_catalog.now() OPERATOR(pg_catalog.-) q.oldest_received_at AS oldest_pending_age,
@@ -64,7 +64,7 @@ COMMENT ON VIEW dialpad.queue_stats IS
 
 -- dialpad.worker_stats is in sql/citus.sql (it adds the worker nodes of a Citus cluster).
 
-CREATE VIEW dialpad.payload_stats AS
+CREATE VIEW dialpad.payload_stats WITH (security_invoker = true) AS
 SELECT 'calls.raw_payload'::text AS source,
        pg_catalog.count(c.raw_payload) AS payloads,
        pg_catalog.avg(pg_catalog.pg_column_size(c.raw_payload))::bigint AS avg_bytes,

@@ -421,7 +421,7 @@ COMMENT ON COLUMN dialpad.sources.previous_valid_until IS 'Until when previous_s
 COMMENT ON COLUMN dialpad.sources.labels IS 'Free-form labels (company, office, ...), e.g. for row-level security policies.';
 REVOKE ALL ON dialpad.sources FROM PUBLIC;
 
-CREATE VIEW dialpad.source_list AS
+CREATE VIEW dialpad.source_list WITH (security_invoker = true) AS
 SELECT name, enabled, labels, created_at, rotated_at,
        CASE WHEN previous_valid_until OPERATOR(pg_catalog.>) pg_catalog.now() THEN previous_valid_until END
            AS previous_secret_valid_until

@@ -348,3 +348,273 @@ fn hostile_objects_on_the_search_path_change_nothing() {
     wait_until(&mut c, "SELECT pg_catalog.count(*) OPERATOR(pg_catalog.=) 2 FROM dialpad.calls", 30);
     assert!(!cluster.log().contains("hijacked"), "{}", cluster.log());
 }
+
+/// A session of `user` (pg_hba trusts local connections).
+fn login(cluster: &Cluster, user: &str) -> Client {
+    Client::connect(&cluster.conninfo("postgres").replace("user=postgres", &format!("user={user}")), postgres::NoTls)
+        .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+}
+
+/// Issue 22, item 3: a DROP EXTENSION that fails (a role that does not own the extension) or
+/// is rolled back to a savepoint must not leave the workers paused while its session idles
+/// in its transaction. Before 0.2.1 the drop guard's cluster-wide mark stayed until that
+/// transaction ended: any login could stop all processing.
+#[test]
+fn a_failed_or_rolled_back_drop_extension_does_not_pause_the_workers() {
+    let cluster = Cluster::start("dropguard", &["dialpad.workers = 1"]);
+    let mut c = cluster.ready();
+    c.batch_execute("CREATE ROLE mallory LOGIN").unwrap();
+    let cases: [(&str, &str, &[&str], Option<&str>); 3] = [
+        ("a bare login", "mallory", &["BEGIN", "SAVEPOINT s"], Some("42501")),
+        ("the owner, rolled back to a savepoint", "postgres", &["BEGIN", "SAVEPOINT s"], None),
+        (
+            "the owner, in a released savepoint then rolled back",
+            "postgres",
+            &["BEGIN", "SAVEPOINT a", "SAVEPOINT s"],
+            None,
+        ),
+    ];
+    for (i, (who, user, before, error)) in cases.into_iter().enumerate() {
+        let mut s = login(&cluster, user);
+        let pid: i32 = s.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        for sql in before {
+            s.batch_execute(sql).unwrap();
+        }
+        let dropped =
+            s.batch_execute("DROP EXTENSION pg_dialpad").err().and_then(|e| e.code().map(|c| c.code().to_string()));
+        if user == "postgres" && i == 2 {
+            s.batch_execute("RELEASE s; ROLLBACK TO a").unwrap();
+        } else {
+            s.batch_execute("ROLLBACK TO s").unwrap();
+        }
+        // `s` now idles in its transaction: events are processed all the same.
+        let call_id = 900 + i as i64;
+        let body = format!(r#"{{"call_id": {call_id}, "state": "ringing", "event_timestamp": 1000}}"#);
+        c.execute("SELECT dialpad.ingest_webhook($1)", &[&body]).unwrap();
+        wait_until(&mut c, &format!("SELECT count(*) = 1 FROM dialpad.calls WHERE dialpad_call_id = {call_id}"), 10);
+        assert_eq!(
+            count(&mut c, "SELECT count(*) FROM dialpad.worker_status() WHERE detail LIKE '%paused%'"),
+            0,
+            "{who}: worker_status() says paused"
+        );
+        assert_eq!(dropped.as_deref(), error, "{who}: the DROP's SQLSTATE");
+        assert_eq!(
+            count(
+                &mut c,
+                &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'idle in transaction'")
+            ),
+            1,
+            "{who}: the session still idles in its transaction"
+        );
+        s.batch_execute("ROLLBACK").unwrap();
+    }
+    // The guard itself still works for its owner: DROP EXTENSION succeeds at once.
+    c.batch_execute("DROP EXTENSION pg_dialpad").unwrap();
+}
+
+const ACME: &str = "acme-secret-0123456789";
+const GLOBEX: &str = "globex-secret-9876543210";
+const ACME_CALL: i64 = 7100000000000001;
+const GLOBEX_CALL: i64 = 7200000000000002;
+
+/// The README's row-level security recipe ("Row-level security per company"), as written.
+fn readme_rls_recipe() -> String {
+    let readme = include_str!("../README.md");
+    let at = readme.find("CREATE ROLE acme_analyst").expect("the README has the recipe");
+    let start = readme[..at].rfind("```sql").expect("recipe block start") + "```sql".len();
+    let end = at + readme[at..].find("```").expect("recipe block end");
+    readme[start..end].to_string()
+}
+
+/// Issue 22, item 4: with the README's per-company recipe, no analyst sees a row of the other
+/// company through anything `dialpad_reader` may read. The objects come from the catalog, so
+/// a new view, table or function granted to readers is covered (or fails here) at once.
+#[test]
+fn the_readme_rls_recipe_holds_for_everything_a_reader_can_read() {
+    let cluster = Cluster::start("rls", &["dialpad.workers = 1"]);
+    let mut c = cluster.ready();
+    c.execute("SELECT dialpad.add_source('acme', $1, '{\"company\": \"Acme\"}')", &[&ACME]).unwrap();
+    c.execute("SELECT dialpad.add_source('globex', $1, '{\"company\": \"Globex\"}')", &[&GLOBEX]).unwrap();
+    c.batch_execute(&readme_rls_recipe()).unwrap();
+    // Deliveries through the web tier's role, under the recipe: a call of each company that
+    // ends, then an event its ended call refuses (a rejected transition), and an event
+    // without a call id (dead-lettered).
+    c.batch_execute("CREATE ROLE web LOGIN IN ROLE dialpad_ingest").unwrap();
+    let mut web = login(&cluster, "web");
+    for (call, secret, source, marker) in [(ACME_CALL, ACME, "acme", "ACME"), (GLOBEX_CALL, GLOBEX, "globex", "GLOBEX")]
+    {
+        for (state, ts) in [("ringing", 1000), ("hangup", 2000), ("connected", 3000)] {
+            let claims = format!(
+                r#"{{"call_id": {call}, "state": "{state}", "event_timestamp": {ts}, "direction": "inbound", "contact": {{"name": "{marker} contact"}}}}"#
+            );
+            let token = jwt(r#"{"alg":"HS256","typ":"JWT"}"#, &claims, secret);
+            web.query_one("SELECT dialpad.ingest_webhook($1, $2)", &[&token, &source]).unwrap();
+        }
+        let dead = format!(r#"{{"state": "ringing", "note": "{marker} dead letter"}}"#);
+        let token = jwt(r#"{"alg":"HS256","typ":"JWT"}"#, &dead, secret);
+        web.query_one("SELECT dialpad.ingest_webhook($1, $2)", &[&token, &source]).unwrap();
+    }
+    drained(&mut c, 60);
+    // What there is to leak (the owner sees both companies).
+    for (sql, n) in [
+        ("SELECT count(*) FROM dialpad.calls", 2),
+        ("SELECT count(*) FROM dialpad.logical_calls", 2),
+        ("SELECT count(DISTINCT dialpad_call_id) FROM dialpad.rejected_transitions", 2),
+        ("SELECT count(*) FROM dialpad.dead_events", 2),
+    ] {
+        assert_eq!(count(&mut c, sql), n, "{sql}");
+    }
+
+    // Everything dialpad_reader may read in schema dialpad, from the catalog.
+    let relations: Vec<(String, String, bool, bool, String)> = c
+        .query(
+            "SELECT c.oid::regclass::text, c.relkind::text, c.relrowsecurity,
+                    coalesce(c.reloptions::text[] && ARRAY['security_invoker=true', 'security_invoker=on'], false),
+                    (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                        AND has_column_privilege('dialpad_reader', c.oid, a.attnum, 'SELECT'))
+               FROM pg_class c
+              WHERE c.relnamespace = 'dialpad'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                AND has_any_column_privilege('dialpad_reader', c.oid, 'SELECT')
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    // The rules are the same for every company (readable by everyone).
+    let shared =
+        ["dialpad.call_statuses", "dialpad.status_transitions", "dialpad.state_mapping", "dialpad.deleted_rules"];
+    for (rel, kind, rls, invoker, _) in &relations {
+        match kind.as_str() {
+            "v" => assert!(invoker, "{rel}: a view readers may read must be security_invoker"),
+            "r" | "p" if !shared.contains(&rel.as_str()) => {
+                assert!(rls, "{rel}: readers may read it, but the README's recipe gives it no row-level security")
+            }
+            "r" | "p" => {}
+            _ => panic!("{rel}: a relation of kind {kind} readers may read: cover it with row-level security"),
+        }
+    }
+    let functions: Vec<(String, String, bool, bool)> = c
+        .query(
+            "SELECT p.oid::regprocedure::text, format('%I.%I', n.nspname, p.proname), p.prosecdef,
+                    p.pronargs = p.pronargdefaults
+               FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = 'dialpad' AND p.prokind = 'f'
+                AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)
+                AND has_function_privilege('dialpad_reader', p.oid, 'EXECUTE')
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    // SECURITY DEFINER functions a reader may call return server counters, never a row of a
+    // call or an event; every other function runs with the caller's rights (and RLS).
+    let counters_only =
+        ["dialpad.worker_node_stats()", "dialpad.worker_node_status()", "dialpad.worker_node_processed_last_minute()"];
+    for (f, _, definer, _) in &functions {
+        assert!(!definer || counters_only.contains(&f.as_str()), "{f}: a SECURITY DEFINER function readers may call");
+    }
+
+    for (analyst, own, other) in [
+        ("acme_analyst", ["acme", "7100000000000001"], ["globex", "7200000000000002"]),
+        ("globex_analyst", ["globex", "7200000000000002"], ["acme", "7100000000000001"]),
+    ] {
+        let mut a = login(&cluster, analyst);
+        let mut rows: Vec<(String, String)> = Vec::new();
+        for (rel, _, _, _, columns) in &relations {
+            for r in a.query(&format!("SELECT row_to_json(t)::text FROM (SELECT {columns} FROM {rel}) t"), &[]).unwrap()
+            {
+                rows.push((rel.clone(), r.get(0)));
+            }
+        }
+        for (f, name, _, no_args) in &functions {
+            if *no_args {
+                for r in a.query(&format!("SELECT coalesce(to_jsonb(t)::text, 'null') FROM {name}() t"), &[]).unwrap() {
+                    rows.push((f.clone(), r.get(0)));
+                }
+            }
+        }
+        for (object, text) in &rows {
+            let lower = text.to_lowercase();
+            assert!(
+                !other.iter().any(|m| lower.contains(m)),
+                "{analyst} sees the other company's data in {object}: {text}"
+            );
+        }
+        // ... and still sees its own
+        for object in [
+            "dialpad.calls",
+            "dialpad.logical_calls",
+            "dialpad.logical_calls_from_legs",
+            "dialpad.rejected_transitions",
+            "dialpad.dead_events",
+            "dialpad.source_list",
+            "dialpad.webhook_events",
+        ] {
+            assert!(
+                rows.iter().any(|(o, t)| o == object && own.iter().any(|m| t.to_lowercase().contains(m))),
+                "{analyst} does not see its own rows in {object}"
+            );
+        }
+        // The figures are the company's own.
+        assert_eq!(count(&mut a, "SELECT dead FROM dialpad.queue_stats"), 1, "{analyst}: queue_stats.dead");
+        assert_eq!(
+            count(&mut a, "SELECT payloads FROM dialpad.payload_stats WHERE source = 'calls.raw_payload'"),
+            1,
+            "{analyst}: payload_stats of calls"
+        );
+        assert_eq!(
+            count(&mut a, "SELECT payloads FROM dialpad.payload_stats WHERE source = 'webhook_events.payload'"),
+            4,
+            "{analyst}: payload_stats of the inbox"
+        );
+    }
+}
+
+/// Issue 22's audit: every SECURITY DEFINER function of the extension is executable only by
+/// the roles that need it (never PUBLIC) and runs with a pinned search_path. A new one fails
+/// here until it is added, with its grantees, to the list below (and to the README's "Trust
+/// model").
+#[test]
+fn security_definer_functions_are_granted_only_where_needed_and_pin_search_path() {
+    let cluster = Cluster::start("secdef", &["dialpad.workers = 0"]);
+    let mut c = cluster.ready();
+    let found: Vec<(String, String, Vec<String>)> = c
+        .query(
+            "SELECT p.oid::regprocedure::text,
+                    coalesce((SELECT string_agg(CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,
+                                                ',' ORDER BY 1)
+                                FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+                               WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner), ''),
+                    coalesce(p.proconfig, '{}')
+               FROM pg_proc p
+              WHERE p.pronamespace = 'dialpad'::regnamespace AND p.prosecdef
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let expected = [
+        ("dialpad.backfill_legs(integer)", ""),
+        ("dialpad.calls_truncated()", ""),
+        ("dialpad.rebuild_logical_calls()", "dialpad_admin"),
+        ("dialpad.run_maintenance()", "dialpad_admin,dialpad_worker"),
+        ("dialpad.worker_node_processed_last_minute()", "dialpad_reader"),
+        ("dialpad.worker_node_stats()", "dialpad_reader"),
+        ("dialpad.worker_node_status()", "dialpad_reader"),
+    ];
+    let names: Vec<(&str, &str)> = found.iter().map(|(f, g, _)| (f.as_str(), g.as_str())).collect();
+    assert_eq!(names, expected, "SECURITY DEFINER functions and who may execute them");
+    for (f, _, config) in &found {
+        assert!(
+            config.iter().any(|s| s == "search_path=pg_catalog, pg_temp"),
+            "{f}: search_path not pinned: {config:?}"
+        );
+    }
+}

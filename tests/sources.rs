@@ -249,17 +249,12 @@ fn row_level_security_per_company_as_in_the_readme() {
         assert_eq!(ingest(&mut c, &jwt(&event(id, "ringing", 1), secret), Some(source)), "ok");
     }
     drained(&mut c, 30);
-    // The README's example, verbatim.
-    c.batch_execute(
-        "CREATE ROLE acme_analyst LOGIN IN ROLE dialpad_reader;
-         CREATE ROLE globex_analyst LOGIN IN ROLE dialpad_reader;
-         ALTER TABLE dialpad.calls ENABLE ROW LEVEL SECURITY;
-         CREATE POLICY calls_by_company ON dialpad.calls FOR SELECT TO dialpad_reader
-             USING (source IN (SELECT name FROM dialpad.source_list
-                                WHERE labels->>'company' = CASE current_user
-                                    WHEN 'acme_analyst' THEN 'Acme' WHEN 'globex_analyst' THEN 'Globex' END));",
-    )
-    .unwrap();
+    // The README's example, as written there.
+    let readme = include_str!("../README.md");
+    let at = readme.find("CREATE ROLE acme_analyst").expect("the README has the recipe");
+    let start = readme[..at].rfind("```sql").expect("recipe block start") + "```sql".len();
+    let end = at + readme[at..].find("```").expect("recipe block end");
+    c.batch_execute(&readme[start..end]).unwrap();
     let seen = |c: &mut Client, role: &str| -> Vec<i64> {
         c.batch_execute(&format!("SET ROLE {role}")).unwrap();
         let ids = c

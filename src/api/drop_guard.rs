@@ -6,6 +6,11 @@
 //! the drop takes any lock) pauses the workers, waits for a running batch to end, and takes
 //! every table's lock up front in the order every writer takes them (rules, inbox, calls,
 //! rejections). From there the drop waits for nobody who waits for it.
+//!
+//! The pause is cluster-wide, so only a role that may drop the extension can cause it: the
+//! guard does nothing for anybody else (who then gets PostgreSQL's own 42501 from the
+//! DROP), and the mark goes away with the (sub)transaction that set it, a `ROLLBACK TO
+//! SAVEPOINT` included (src/pg/shmem.rs).
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -26,21 +31,44 @@ BEGIN
 END
 $guard$";
 
-/// Whether a DROP statement names this extension (or its schema).
+/// What a DROP statement drops of ours.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dropped {
+    Extension,
+    Schema,
+}
+
+/// Whether the current user may drop it: has the privileges of its owner (PostgreSQL's own
+/// ownership check; a superuser always has). False when it does not exist.
+fn may_drop(what: Dropped) -> bool {
+    let sql = match what {
+        Dropped::Extension => {
+            "SELECT pg_catalog.pg_has_role(e.extowner, 'USAGE') FROM pg_catalog.pg_extension e
+              WHERE e.extname OPERATOR(pg_catalog.=) 'pg_dialpad'"
+        }
+        Dropped::Schema => {
+            "SELECT pg_catalog.pg_has_role(n.nspowner, 'USAGE') FROM pg_catalog.pg_namespace n
+              WHERE n.nspname OPERATOR(pg_catalog.=) 'dialpad'"
+        }
+    };
+    Spi::get_one::<bool>(sql).ok().flatten().unwrap_or(false)
+}
+
+/// Whether a DROP statement names this extension (or its schema), and which.
 ///
 /// # Safety
 /// `tree` must be a valid parse tree node (or null).
-unsafe fn drops_pg_dialpad(tree: *mut pg_sys::Node) -> bool {
+unsafe fn drops_pg_dialpad(tree: *mut pg_sys::Node) -> Option<Dropped> {
     // SAFETY: the caller's contract; node tags are checked before each cast.
     unsafe {
         if tree.is_null() || !pgrx::is_a(tree, pg_sys::NodeTag::T_DropStmt) {
-            return false;
+            return None;
         }
         let stmt = &*(tree as *mut pg_sys::DropStmt);
-        let ours = match stmt.removeType {
-            pg_sys::ObjectType::OBJECT_EXTENSION => "pg_dialpad",
-            pg_sys::ObjectType::OBJECT_SCHEMA => "dialpad",
-            _ => return false,
+        let (what, ours) = match stmt.removeType {
+            pg_sys::ObjectType::OBJECT_EXTENSION => (Dropped::Extension, "pg_dialpad"),
+            pg_sys::ObjectType::OBJECT_SCHEMA => (Dropped::Schema, "dialpad"),
+            _ => return None,
         };
         let objects = pgrx::PgList::<pg_sys::Node>::from_pg(stmt.objects);
         let named = objects.iter_ptr().any(|n| {
@@ -48,7 +76,7 @@ unsafe fn drops_pg_dialpad(tree: *mut pg_sys::Node) -> bool {
                 && pgrx::is_a(n, pg_sys::NodeTag::T_String)
                 && std::ffi::CStr::from_ptr((*(n as *mut pg_sys::String)).sval).to_bytes() == ours.as_bytes()
         });
-        named
+        named.then_some(what)
     }
 }
 
@@ -80,7 +108,12 @@ pub unsafe extern "C-unwind" fn dialpad_before_drop(fcinfo: pg_sys::FunctionCall
         (*(ctx as *mut pg_sys::EventTriggerData)).parsetree
     };
     // SAFETY: the parse tree of the statement the event trigger fires for.
-    if unsafe { drops_pg_dialpad(tree) } {
+    let Some(what) = (unsafe { drops_pg_dialpad(tree) }) else {
+        return pg_sys::Datum::from(0);
+    };
+    // Before anything is paused or locked: a role that may not drop it gets PostgreSQL's own
+    // 42501 from the DROP itself, and has changed nothing on the way.
+    if may_drop(what) {
         if let Some(shared) = crate::pg::shmem::get() {
             shared.begin_drop();
             shared.wake_workers();

@@ -211,14 +211,23 @@ impl Shared {
             .sum()
     }
 
-    /// Marks a DROP EXTENSION in progress in the calling backend (cleared at its
-    /// transaction's end, see [`on_xact_event`]).
+    /// Marks a DROP EXTENSION in progress in the calling backend. The mark is cleared when
+    /// the (sub)transaction that set it rolls back ([`on_subxact_event`]: `ROLLBACK TO` a
+    /// savepoint taken before the DROP) or when the transaction ends ([`on_xact_event`]).
+    ///
+    /// The caller must have checked that the current user may drop the extension (its
+    /// owner, or a superuser): the mark pauses every worker of the cluster.
     pub(crate) fn begin_drop(&self) {
+        register_xact_callback();
+        if !DROP_AT_XACT_END.with(|d| d.replace(true)) {
+            // A mark already set in this transaction belongs to this subtransaction or to one
+            // of its parents: it is kept where it is.
+            // SAFETY: plain read of the current subtransaction's id, inside a transaction.
+            DROP_SUBXACT.with(|d| d.set(unsafe { pg_sys::GetCurrentSubTransactionId() }));
+        }
         // SeqCst with the workers' `in_batch` store and drop check: either the worker sees the
         // drop, or this backend sees the worker busy and waits (a store-load pair).
         self.drop_pid.store(crate::pg::my_pid(), Ordering::SeqCst);
-        DROP_AT_XACT_END.with(|d| d.set(true));
-        register_xact_callback();
     }
 
     /// Whether a live backend is dropping the extension.
@@ -259,12 +268,17 @@ thread_local! {
     static WAKE_AT_COMMIT: Cell<bool> = const { Cell::new(false) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
     static DROP_AT_XACT_END: Cell<bool> = const { Cell::new(false) };
+    /// The subtransaction whose rollback clears the DROP EXTENSION mark.
+    static DROP_SUBXACT: Cell<pg_sys::SubTransactionId> = const { Cell::new(0) };
 }
 
 fn register_xact_callback() {
     if !CALLBACK_REGISTERED.with(|c| c.replace(true)) {
-        // SAFETY: a static callback with no argument, registered once per backend.
-        unsafe { pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut()) };
+        // SAFETY: static callbacks with no argument, registered once per backend.
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
+        }
     }
 }
 
@@ -298,6 +312,29 @@ unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: 
             end_drop();
             WAKE_AT_COMMIT.with(|w| w.set(false))
         }
+        _ => {}
+    }
+}
+
+/// # Safety
+/// Called only by PostgreSQL, as the subtransaction callback registered here; touches only
+/// this backend's thread-locals and shared memory atomics.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_subxact_event(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    if !DROP_AT_XACT_END.with(|d| d.get()) || DROP_SUBXACT.with(|d| d.get()) != my_subid {
+        return;
+    }
+    match event {
+        // The DROP was undone (ROLLBACK TO a savepoint before it, or an error inside it).
+        SUBXACT_EVENT_ABORT_SUB => end_drop(),
+        // RELEASE SAVEPOINT: the DROP now belongs to the parent.
+        SUBXACT_EVENT_COMMIT_SUB => DROP_SUBXACT.with(|d| d.set(parent_subid)),
         _ => {}
     }
 }
