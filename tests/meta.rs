@@ -58,5 +58,11 @@ fn released_upgrade_scripts_are_never_edited() {
         assert!(now == at_release.stdout, "sql/{name} was released in {commit} and must never be edited");
         checked += 1;
     }
-    assert!(checked >= 1 || std::process::Command::new("git").args(["-C", root, "rev-parse"]).status().map_or(true, |s| !s.success()));
+    assert!(
+        checked >= 1
+            || std::process::Command::new("git")
+                .args(["-C", root, "rev-parse"])
+                .status()
+                .map_or(true, |s| !s.success())
+    );
 }
