@@ -191,8 +191,15 @@ package_commit() {
     rm -rf "${wt}" "${out}"
     git -C "${REPO_ROOT}" worktree prune
     git -C "${REPO_ROOT}" worktree add --detach "${wt}" "${commit}" >/dev/null
-    # Its own target dir: the current build's artifacts stay as they are.
+    # Its own target dir: the current build's artifacts stay as they are. One for every
+    # released version and PostgreSQL, with the same RUSTFLAGS for all: otherwise each
+    # commit's .cargo/config.toml (0.1.0 has no Linux rustflags, 0.2.0 has one), joined with
+    # the current tree's (the worktree is inside it) and cargo-pgrx's, gives each version
+    # other flags, and cargo builds every dependency again for each (3+ minutes a version).
+    # These are the flags those configurations give the current tree: cargo-pgrx's link
+    # argument (a RUSTFLAGS replaces it) and the LLVM pass that .cargo/config.toml turns off.
     (cd "${wt}" && CARGO_TARGET_DIR="${REPO_ROOT}/target/released/build" \
+        RUSTFLAGS="-C link-arg=-Wl,--no-gc-sections -C llvm-args=-enable-constraint-elimination=false" \
         cargo pgrx package "${flags[@]}" --pg-config "${PG_CONFIG}" --out-dir "${out}" >/dev/null)
     git -C "${REPO_ROOT}" worktree remove --force "${wt}"
     touch "${out}/.complete"

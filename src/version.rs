@@ -36,3 +36,32 @@ pub(crate) fn require_current() {
     };
     crate::pg::error::raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message, None, Some(hint))
 }
+
+/// The released versions (scripts/released-versions): this library runs against their SQL
+/// objects until `ALTER EXTENSION pg_dialpad UPDATE`, and serves their update scripts.
+const RELEASED: &str = include_str!("../scripts/released-versions");
+
+/// The released version, older than this library, whose update script pg_dialpad's own
+/// `ALTER EXTENSION ... UPDATE` is running in this backend right now, if any.
+///
+/// A released update script may check that the library is its own version's: 0.1.0 -> 0.2.0
+/// refuses unless `dialpad.version_info()` says 0.2.0 (it must not run with the 0.1.0 library
+/// still loaded). An update from 0.1.0 to a later release goes through that script with the
+/// later library loaded, which serves 0.2.0's SQL (it runs against it until the update
+/// ends): `version_info()` then names the step's version. PostgreSQL sets the extension's
+/// version in pg_extension before it runs each step's script.
+pub(crate) fn update_step() -> Option<String> {
+    // SAFETY: backend globals, read inside a transaction; a catalog lookup by a valid C string.
+    let ours = unsafe {
+        pg_sys::creating_extension
+            && pg_sys::CurrentExtensionObject != pg_sys::InvalidOid
+            && pg_sys::CurrentExtensionObject == pg_sys::get_extension_oid(c"pg_dialpad".as_ptr(), true)
+    };
+    if !ours {
+        return None;
+    }
+    let step = installed_version()?;
+    let released =
+        RELEASED.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_whitespace().next()).any(|v| v == step);
+    (released && step != LIBRARY).then_some(step)
+}

@@ -154,13 +154,15 @@ fn sanitize_call_payload(
     }
 }
 
-/// The extension's version and the PostgreSQL it was built for.
+/// The extension's version and the PostgreSQL it was built for. Inside an `ALTER EXTENSION
+/// pg_dialpad UPDATE` that goes through an older released version (0.1.0 -> 0.2.0 -> ...),
+/// it names the version whose update script is running, which this library serves: that
+/// script checks it was given its own version's library (see `version::update_step`).
 #[pg_extern(immutable, parallel_safe)]
 fn version_info() -> String {
-    format!(
-        "pg_dialpad {} (pgrx {}, built for PostgreSQL {})",
-        env!("CARGO_PKG_VERSION"),
-        "0.18.1",
-        pg_sys::PG_MAJORVERSION_NUM
-    )
+    let build = format!("pgrx {}, built for PostgreSQL {}", "0.18.1", pg_sys::PG_MAJORVERSION_NUM);
+    match version::update_step() {
+        Some(step) => format!("pg_dialpad {step} (update step run by the {} library; {build})", version::LIBRARY),
+        None => format!("pg_dialpad {} ({build})", version::LIBRARY),
+    }
 }
