@@ -5,7 +5,7 @@ DROP EXTENSION IF EXISTS pg_dialpad CASCADE;
 CREATE EXTENSION pg_dialpad;
 RESET client_min_messages;
 
-SELECT dialpad.version_info() LIKE 'pg_dialpad 0.2.0 (pgrx 0.18.1, built for PostgreSQL %)' AS version_ok;
+SELECT dialpad.version_info() LIKE 'pg_dialpad ' || (SELECT extversion FROM pg_extension WHERE extname = 'pg_dialpad') || ' (pgrx 0.18.1, built for PostgreSQL %)' AS version_ok;
 
 -- normalize_call_direction
 SELECT d, dialpad.normalize_call_direction(d)
