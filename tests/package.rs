@@ -66,12 +66,23 @@ fn the_debian_package_installs_works_and_removes_cleanly() {
     assert!(deb.exists(), "{} is missing: scripts/test builds it with scripts/package", deb.display());
 
     let contents = run("dpkg-deb", &["--contents", deb.to_str().unwrap()]);
+    // Every upgrade script of the repository (sql/pg_dialpad--A--B.sql): the chain from any
+    // released version to this one.
+    let upgrades: Vec<String> = std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sql"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("pg_dialpad--") && n.matches("--").count() == 2)
+        .map(|n| format!("./usr/share/postgresql/15/extension/{n}"))
+        .collect();
+    assert!(upgrades.len() >= 2, "{upgrades:?}");
     for file in [
         "./usr/lib/postgresql/15/lib/pg_dialpad.so".to_string(),
         "./usr/share/postgresql/15/extension/pg_dialpad.control".to_string(),
         format!("./usr/share/postgresql/15/extension/pg_dialpad--{version}.sql"),
-        format!("./usr/share/postgresql/15/extension/pg_dialpad--0.1.0--{version}.sql"),
-    ] {
+    ]
+    .into_iter()
+    .chain(upgrades)
+    {
         assert!(contents.contains(&file), "{file} is not in the package:\n{contents}");
     }
     let info = run("dpkg-deb", &["--field", deb.to_str().unwrap(), "Package", "Version", "Depends"]);

@@ -295,17 +295,26 @@ fn next_step() -> Step {
         }
     }
     ensure_registered();
-    RECOVERY.with(|rc| {
+    let step = RECOVERY.with(|rc| {
         let mut rc = rc.borrow_mut();
         let rec = rc.get_or_insert_with(|| scan(generation(s), database()));
         if rec.stepped {
-            return Step::Wait;
+            return Some(Step::Wait);
         }
         match rec.left.pop_front() {
-            None => Step::Normal, // all dealt with: clean at the end of this transaction
-            Some(x) if x.culprit => Step::DeadLetter(x.tables, x.id),
-            Some(x) => Step::Isolate(x.tables, x.id),
+            None => None,
+            Some(x) if x.culprit => Some(Step::DeadLetter(x.tables, x.id)),
+            Some(x) => Some(Step::Isolate(x.tables, x.id)),
         }
+    });
+    step.unwrap_or_else(|| {
+        // Nothing (left) to recover: the database is clean from now on, and the other
+        // processors must not wait for the end of this transaction (a process_events() that
+        // returned 0 while events are due would end a drain loop early).
+        if let Some(rec) = RECOVERY.with(|rc| rc.borrow_mut().take()) {
+            finish(rec);
+        }
+        Step::Normal
     })
 }
 
