@@ -490,7 +490,10 @@ fn the_readme_rls_recipe_holds_for_everything_a_reader_can_read() {
         match kind.as_str() {
             "v" => assert!(invoker, "{rel}: a view readers may read must be security_invoker"),
             "r" | "p" if !shared.contains(&rel.as_str()) => {
-                assert!(rls, "{rel}: readers may read it, but the recipe of docs/security.md gives it no row-level security")
+                assert!(
+                    rls,
+                    "{rel}: readers may read it, but the recipe of docs/security.md gives it no row-level security"
+                )
             }
             "r" | "p" => {}
             _ => panic!("{rel}: a relation of kind {kind} readers may read: cover it with row-level security"),
