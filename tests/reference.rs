@@ -196,7 +196,15 @@ fn relations(c: &mut Client, all: &BTreeMap<String, Entry>) -> Vec<String> {
 /// The settings src/gucs.rs defines (pg_settings hides those marked NO_SHOW_ALL).
 fn settings_in_source() -> BTreeSet<String> {
     let source = include_str!("../src/gucs.rs");
-    source.split("c\"dialpad.").skip(1).map(|rest| format!("dialpad.{}", &rest[..rest.find('"').unwrap()])).collect()
+    source
+        .split("c\"dialpad.")
+        .skip(1)
+        .filter_map(|rest| {
+            // A setting's name, not a description that starts with a function's name.
+            let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            rest[name.len()..].starts_with('"').then(|| format!("dialpad.{name}"))
+        })
+        .collect()
 }
 
 fn settings(c: &mut Client, all: &BTreeMap<String, Entry>) -> Vec<String> {
@@ -216,7 +224,7 @@ fn settings(c: &mut Client, all: &BTreeMap<String, Entry>) -> Vec<String> {
         let (name, vartype, boot, unit, context, short, extra): (
             String,
             String,
-            String,
+            Option<String>,
             String,
             String,
             String,
@@ -231,7 +239,8 @@ fn settings(c: &mut Client, all: &BTreeMap<String, Entry>) -> Vec<String> {
             ));
         }
         let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
-        let line = format!("Type `{vartype}` · default `{boot}`{unit} · context `{context}`");
+        let default = boot.map_or("default none".to_string(), |b| format!("default `{b}`{unit}"));
+        let line = format!("Type `{vartype}` · {default} · context `{context}`");
         if !e.has_line(&line) {
             problems.push(format!("setting {name}: the reference lacks the line {line}"));
         }
