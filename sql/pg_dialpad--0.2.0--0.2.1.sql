@@ -99,3 +99,8 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM dialpad.on_worker_nodes('SELECT 1') n
      WHERE NOT n.success
 $$;
+
+-- Documentation (issue 25): the comment of ingest_webhook names the source in the
+-- redelivery key, as 0.2.1 matches redeliveries within one source only.
+COMMENT ON FUNCTION dialpad.ingest_webhook(text, text) IS
+    'Stores one webhook delivery and returns the id of its first delivery; a redelivery (the same call_id/state/event_timestamp through the same source) is kept marked duplicate_of that id and never applied again. source names the webhook source (dialpad.sources) whose secrets verify the HS256 JWT body; NULL means the only source, or plain JSON when there is none. Errors: 22P02 malformed JSON or token, 28000 refused (DETAIL: bad signature, expired, not yet valid, unsupported crit, unsupported algorithm, unknown source, disabled source, unsigned body), 22023 stale event or several sources and none named, 54000 body over dialpad.max_body_size.';

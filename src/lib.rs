@@ -1,6 +1,6 @@
 //! pg_dialpad: Dialpad call webhooks turned into clean `dialpad.calls` rows inside PostgreSQL.
 //!
-//! The tree is the architecture (README, "Code layout"):
+//! The tree is the architecture (docs/development.md, "Repository layout"):
 //! - `domain`: the rules, in plain Rust (events, the fold of a call's events, the status
 //!   machine, directions, the sanitizer, webhook bodies and JWTs, the scan floor);
 //! - `codec`: PostgreSQL's binary formats (jsonb, numeric, varlena) read and written in

@@ -417,16 +417,16 @@ const GLOBEX: &str = "globex-secret-9876543210";
 const ACME_CALL: i64 = 7100000000000001;
 const GLOBEX_CALL: i64 = 7200000000000002;
 
-/// The README's row-level security recipe ("Row-level security per company"), as written.
+/// The row-level security recipe of docs/security.md ("Row-level security per company"), as written.
 fn readme_rls_recipe() -> String {
-    let readme = include_str!("../README.md");
-    let at = readme.find("CREATE ROLE acme_analyst").expect("the README has the recipe");
-    let start = readme[..at].rfind("```sql").expect("recipe block start") + "```sql".len();
-    let end = at + readme[at..].find("```").expect("recipe block end");
-    readme[start..end].to_string()
+    let doc = include_str!("../docs/security.md");
+    let at = doc.find("CREATE ROLE acme_analyst").expect("docs/security.md has the recipe");
+    let start = doc[..at].rfind("```sql").expect("recipe block start") + "```sql".len();
+    let end = at + doc[at..].find("```").expect("recipe block end");
+    doc[start..end].to_string()
 }
 
-/// Issue 22, item 4: with the README's per-company recipe, no analyst sees a row of the other
+/// Issue 22, item 4: with the per-company recipe of docs/security.md, no analyst sees a row of the other
 /// company through anything `dialpad_reader` may read. The objects come from the catalog, so
 /// a new view, table or function granted to readers is covered (or fails here) at once.
 #[test]
@@ -490,7 +490,10 @@ fn the_readme_rls_recipe_holds_for_everything_a_reader_can_read() {
         match kind.as_str() {
             "v" => assert!(invoker, "{rel}: a view readers may read must be security_invoker"),
             "r" | "p" if !shared.contains(&rel.as_str()) => {
-                assert!(rls, "{rel}: readers may read it, but the README's recipe gives it no row-level security")
+                assert!(
+                    rls,
+                    "{rel}: readers may read it, but the recipe of docs/security.md gives it no row-level security"
+                )
             }
             "r" | "p" => {}
             _ => panic!("{rel}: a relation of kind {kind} readers may read: cover it with row-level security"),
@@ -577,7 +580,7 @@ fn the_readme_rls_recipe_holds_for_everything_a_reader_can_read() {
 
 /// Issue 22's audit: every SECURITY DEFINER function of the extension is executable only by
 /// the roles that need it (never PUBLIC) and runs with a pinned search_path. A new one fails
-/// here until it is added, with its grantees, to the list below (and to the README's "Trust
+/// here until it is added, with its grantees, to the list below (and to docs/security.md's "Trust
 /// model").
 #[test]
 fn security_definer_functions_are_granted_only_where_needed_and_pin_search_path() {

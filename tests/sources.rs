@@ -209,7 +209,7 @@ fn secrets_stay_hidden(cluster: &Cluster) {
     assert!(dump.contains("COPY dialpad.sources"), "the sources are dumped (a config table)");
     assert!(!dump.contains(ACME) && !dump.contains(&hex(ACME)), "the dump shows the secret");
     let without = cluster.tool("pg_dump", &["-d", "postgres", "--exclude-table-data=dialpad.sources"]);
-    assert!(!without.contains("COPY dialpad.sources"), "the README's way to leave the sources out of a dump");
+    assert!(!without.contains("COPY dialpad.sources"), "docs/security.md's way to leave the sources out of a dump");
     // A failing call with the secret as a bind parameter: at the default log levels the
     // server logs the error and its statement, which holds $1, not the secret.
     let e = c.execute("SELECT dialpad.add_source('acme', $1)", &[&ACME]).unwrap_err();
@@ -249,12 +249,12 @@ fn row_level_security_per_company_as_in_the_readme() {
         assert_eq!(ingest(&mut c, &jwt(&event(id, "ringing", 1), secret), Some(source)), "ok");
     }
     drained(&mut c, 30);
-    // The README's example, as written there.
-    let readme = include_str!("../README.md");
-    let at = readme.find("CREATE ROLE acme_analyst").expect("the README has the recipe");
-    let start = readme[..at].rfind("```sql").expect("recipe block start") + "```sql".len();
-    let end = at + readme[at..].find("```").expect("recipe block end");
-    c.batch_execute(&readme[start..end]).unwrap();
+    // The recipe of docs/security.md, as written there.
+    let doc = include_str!("../docs/security.md");
+    let at = doc.find("CREATE ROLE acme_analyst").expect("docs/security.md has the recipe");
+    let start = doc[..at].rfind("```sql").expect("recipe block start") + "```sql".len();
+    let end = at + doc[at..].find("```").expect("recipe block end");
+    c.batch_execute(&doc[start..end]).unwrap();
     let seen = |c: &mut Client, role: &str| -> Vec<i64> {
         c.batch_execute(&format!("SET ROLE {role}")).unwrap();
         let ids = c

@@ -1,8 +1,9 @@
 //! Managing webhook sources: `dialpad.add_source`, `rotate_secret`, `disable_source`,
 //! `enable_source`, `drop_source`. They run as their caller: only the extension's owner
 //! (and superusers) can read or write `dialpad.sources`. Secrets are passed as arguments:
-//! call them with bind parameters (README, "Webhook sources") so that the secret is not in
-//! the statement text that pg_stat_activity shows and the server may log.
+//! call them with bind parameters (docs/security.md, "Webhook sources and their secrets")
+//! so that the secret is not in the statement text that pg_stat_activity shows and the
+//! server may log.
 
 use crate::domain::webhook::conceal;
 use crate::pg::error;

@@ -267,8 +267,7 @@ fn webhook_events_before_insert<'a>(
     }
     new.set_by_name("dedupe_key", key).map_err(err)?;
     // On Citus the inbox is distributed by call_id, so an INSERT names it before the row is
-    // routed (README, "Scaling out with Citus"); an event without a call id is routed with 0,
-    // which is kept.
+    // routed (docs/citus.md); an event without a call id is routed with 0, which is kept.
     let routed_without_call_id = call_id.is_none() && new.get_by_name::<i64>("call_id").map_err(err)? == Some(0);
     if !routed_without_call_id {
         new.set_by_name("call_id", call_id).map_err(err)?;

@@ -1,4 +1,4 @@
-//! pg_dialpad on Citus (README, "Scaling out with Citus"): after `dialpad.distribute()`,
+//! pg_dialpad on Citus (docs/citus.md): after `dialpad.distribute()`,
 //! `calls`, `webhook_events` and `rejected_transitions` are distributed by call id and
 //! colocated, so that the events of a call, its row and its rejections are in shards with the
 //! same hash range, on the same node. Each node's workers process the shard groups that node

@@ -31,7 +31,7 @@ pub(crate) fn lock_key(call_id: i64, key: &str) {
 }
 
 /// How far around the new delivery's received_at the insert trigger looks for a first
-/// delivery: Dialpad retries a call event within seconds (2, 4 and 8 s apart, DIALPAD.md), and
+/// delivery: Dialpad retries a call event within seconds (2, 4 and 8 s apart, per ../shared/DIALPAD.md), and
 /// two subscriptions deliver together. The window is bounded on both sides, so that only the
 /// one or two partitions it overlaps are searched (the partitions made ahead and the DEFAULT
 /// partition are pruned): a delivery costs the same with 30 or 3,000 partitions. A
