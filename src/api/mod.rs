@@ -160,7 +160,7 @@ fn sanitize_call_payload(
 /// script checks it was given its own version's library (see `version::update_step`).
 #[pg_extern(immutable, parallel_safe)]
 fn version_info() -> String {
-    let build = format!("pgrx {}, built for PostgreSQL {}", "0.18.1", pg_sys::PG_MAJORVERSION_NUM);
+    let build = format!("pgrx {}, built for PostgreSQL {}", env!("DIALPAD_PGRX_VERSION"), pg_sys::PG_MAJORVERSION_NUM);
     match version::update_step() {
         Some(step) => format!("pg_dialpad {step} (update step run by the {} library; {build})", version::LIBRARY),
         None => format!("pg_dialpad {} ({build})", version::LIBRARY),
