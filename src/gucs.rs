@@ -120,7 +120,8 @@ fn define_ingest_settings() {
         c"Larger bodies are refused with SQLSTATE 54000 and nothing is stored.",
         &MAX_BODY_SIZE,
         1,
-        i32::MAX,
+        // A text value is at most 1 GB: no larger body can reach the function anyway.
+        (1 << 30) - 1,
         GucContext::Suset,
         GucFlags::UNIT_BYTE,
     );
@@ -214,7 +215,9 @@ fn define_retention_settings() {
         c"Applies to partitions created from then on; existing ones keep their range.",
         &PARTITION_INTERVAL_MIN,
         1,
-        i32::MAX,
+        // At most a year (366 days): with dialpad.partitions_ahead (up to 1000) the partitions'
+        // bounds stay within timestamptz's range, so maintenance can never fail on them.
+        527_040,
         GucContext::Suset,
         GucFlags::UNIT_MIN,
     );
