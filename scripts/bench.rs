@@ -6,12 +6,14 @@
 //! BENCH_RUNS (runs per figure, default 3), BENCH_BACKLOG (large backlog, default 5000000),
 //! BENCH_MEMORY_EVENTS (events for the worker memory figure, default 2000000),
 //! BENCH_HOLD_SECONDS (how long the held-snapshot benchmark holds it, default 600),
-//! BENCH_ONLY=ingest, backlog, partitions, processing, analysts, citus or held-snapshot (only
+//! BENCH_ONLY=drain, ingest, backlog, partitions, processing, analysts, citus or held-snapshot (only
 //! those figures, printed and
 //! not written); BENCH_AUTOVACUUM=off (to attribute a figure to autovacuum).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "bench_drain.rs"]
+mod drain;
 
 use common::*;
 use postgres::Client;
@@ -484,6 +486,19 @@ fn main() {
     );
     println!("pg_dialpad benchmarks on {machine}");
 
+    let mut report = Report { rows: Vec::new(), notes: Vec::new() };
+
+    // ---- drain on a default-configuration cluster (scripts/bench_drain.rs) -------------------
+    // Its own clusters, before the tuned one starts.
+    let only = std::env::var("BENCH_ONLY").ok();
+    if only.is_none() || only.as_deref() == Some("drain") {
+        drain::drain_bench(&mut report, runs);
+        if only.is_some() {
+            report.print_rows();
+            return;
+        }
+    }
+
     // BENCH_AUTOVACUUM=off: for attributing a figure to autovacuum (never in the published run).
     let autovacuum = format!("autovacuum = {}", std::env::var("BENCH_AUTOVACUUM").unwrap_or_else(|_| "on".into()));
     let cluster = Cluster::start(
@@ -506,7 +521,6 @@ fn main() {
     );
     let mut c = cluster.ready();
     exec(&mut c, REFERENCE_SQL);
-    let mut report = Report { rows: Vec::new(), notes: Vec::new() };
 
     // ---- data set --------------------------------------------------------------------------
     let calls = (n_events / 4).max(100);
@@ -530,7 +544,7 @@ fn main() {
         "Data set: {total} events of {calls} calls (answered, missed, voicemail, outbound; 3-5 events each), \
          {avg_text} bytes of JSON on average ({avg_bin} bytes as jsonb), delivered slightly out of order."
     ));
-    println!("{}", report.notes[0]);
+    println!("{}", report.notes.last().unwrap());
 
     // ---- sanitizer -------------------------------------------------------------------------
     if std::env::var("BENCH_ONLY").as_deref() == Ok("ingest") {

@@ -30,7 +30,7 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
         check_for_interrupts!();
         worker.reload_settings_on_sighup();
         let full = worker.batch_step();
-        worker.maintenance_step();
+        worker.maintenance_step(full);
         if full {
             continue; // more is due: no sleep
         }
@@ -55,6 +55,8 @@ struct Worker {
     said_capped: bool,
     last_error_log: Option<Instant>,
     last_maintenance: Option<Instant>,
+    /// Since when a due maintenance pass has been put off because batches came back full.
+    maintenance_deferred: Option<Instant>,
     /// When the Citus keeper of dialpad.logical_calls last ran (see run_batches).
     last_keeper: Option<Instant>,
 }
@@ -100,6 +102,7 @@ impl Worker {
             said_capped: false,
             last_error_log: None,
             last_maintenance: None,
+            maintenance_deferred: None,
             last_keeper: None,
         })
     }
@@ -268,7 +271,18 @@ impl Worker {
     }
 
     /// The first worker also keeps the partitions (dialpad.run_maintenance()), when due.
-    fn maintenance_step(&mut self) {
+    ///
+    /// Not while a backlog drains (`busy`: the last batch came back full), for at most one
+    /// interval: a pass that finds the backlog in the DEFAULT partition (events received
+    /// before the partitions existed, e.g. while dialpad.enabled was off after CREATE
+    /// EXTENSION) moves every pending event into its day's partition under an ACCESS
+    /// EXCLUSIVE lock, a copy of the whole backlog in WAL and buffer writes, in the middle of
+    /// the drain: on a default-configuration cluster (128 MB shared_buffers) the worker
+    /// drained at half the rate of dialpad.process_events(), which runs no maintenance
+    /// (issue 23). Put off, the pass runs once the backlog is drained (and moves processed
+    /// rows, out of the way), or after one interval at the latest: partitions are created
+    /// days ahead, so the delay never lets new events land in DEFAULT.
+    fn maintenance_step(&mut self, busy: bool) {
         if self.index != 0 || !gucs::enabled() || self.said.is_some() {
             return;
         }
@@ -276,6 +290,12 @@ impl Worker {
         if self.last_maintenance.is_some_and(|t| t.elapsed() < every) {
             return;
         }
+        if !busy {
+            self.maintenance_deferred = None;
+        } else if self.maintenance_deferred.get_or_insert_with(Instant::now).elapsed() < every {
+            return;
+        }
+        self.maintenance_deferred = None;
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"pg_dialpad maintenance");
         let index = self.index;
         let more = match self.batch_transaction(run_maintenance) {
