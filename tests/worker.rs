@@ -192,3 +192,37 @@ fn without_preload_the_functions_work_and_worker_status_says_why() {
     assert_eq!(count(&mut c, "SELECT dialpad.process_events()::int8"), 1);
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls"), 1);
 }
+
+/// Issue 23: the first maintenance pass of a worker moved a whole backlog out of the DEFAULT
+/// partition (under an ACCESS EXCLUSIVE lock, a copy of every row) in the middle of its drain,
+/// halving the drain rate on a default-configuration cluster. The pass now waits until the
+/// backlog is drained (at most one dialpad.maintenance_interval).
+#[test]
+fn a_backlog_is_drained_before_maintenance_moves_it() {
+    let cluster = Cluster::start("backlog-maintenance", &["dialpad.workers = 1", "dialpad.enabled = off"]);
+    let mut c = cluster.ready();
+    c.batch_execute(
+        "INSERT INTO dialpad.webhook_events (payload)
+              SELECT payload FROM pg_temp.dialpad_sample_events(3000, 9000000, 0.7, false)",
+    )
+    .unwrap();
+    let backlog = count(&mut c, "SELECT count(*) FROM dialpad.webhook_events_default");
+    assert!(backlog > 5000, "the backlog is in the DEFAULT partition ({backlog})");
+    c.batch_execute("ALTER SYSTEM SET dialpad.enabled = on").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    drained(&mut c, 120);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let pass_at = loop {
+        let log = cluster.log();
+        if let Some(line) = log.lines().find(|l| l.contains("maintenance: created")) {
+            break line.split(" [").next().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no maintenance pass:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let after_drain: bool = c
+        .query_one("SELECT max(processed_at) <= $1::text::timestamptz FROM dialpad.webhook_events", &[&pass_at])
+        .unwrap()
+        .get(0);
+    assert!(after_drain, "the first maintenance pass ({pass_at}) ran while the backlog drained:\n{}", cluster.log());
+}
