@@ -6,12 +6,14 @@
 //! BENCH_RUNS (runs per figure, default 3), BENCH_BACKLOG (large backlog, default 5000000),
 //! BENCH_MEMORY_EVENTS (events for the worker memory figure, default 2000000),
 //! BENCH_HOLD_SECONDS (how long the held-snapshot benchmark holds it, default 600),
-//! BENCH_ONLY=ingest, backlog, partitions, processing, analysts, citus or held-snapshot (only
+//! BENCH_ONLY=ingest, backlog, partitions, processing, analysts, citus, hostile or held-snapshot (only
 //! those figures, printed and
 //! not written); BENCH_AUTOVACUUM=off (to attribute a figure to autovacuum).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "bench_hostile.rs"]
+mod hostile;
 
 use common::*;
 use postgres::Client;
@@ -563,6 +565,11 @@ fn main() {
         report.print_rows();
         return;
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("hostile") {
+        hostile::hostile_bench(&mut report, runs, n_events, calls);
+        report.print_rows();
+        return;
+    }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("held-snapshot") {
         held_snapshot_bench(&cluster, &mut c, &mut report, total as usize, hold);
         report.print_rows();
@@ -686,6 +693,9 @@ fn main() {
         "≤ 4×",
         Some(peak_mb / size_mb <= 4.0),
     );
+
+    // ---- hostile input: 10 MB events of each shape; the drain rate vs 0.2.0 ----------------------
+    hostile::hostile_bench(&mut report, runs, n_events, calls);
 
     // ---- write the results --------------------------------------------------------------------
     let date = std::process::Command::new("date")

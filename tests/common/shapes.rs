@@ -17,9 +17,15 @@ fn fill(size: usize, item: impl Fn(usize) -> String) -> String {
     out
 }
 
-/// The hostile shapes: (name, event). `size` is the approximate length of the JSON.
-pub fn hostile_events(call_id: i64, size: usize) -> Vec<(&'static str, String)> {
-    let head = |state: &str| format!(r#""call_id": {call_id}, "state": "{state}", "event_timestamp": 1787158716092"#);
+/// The hostile shapes: (name, event). `size` is the approximate length of the JSON; the
+/// i-th shape has call id `first_call_id + i`.
+pub fn hostile_events(first_call_id: i64, size: usize) -> Vec<(&'static str, String)> {
+    let next = std::cell::Cell::new(first_call_id);
+    let head = |state: &str| {
+        let call_id = next.get();
+        next.set(call_id + 1);
+        format!(r#""call_id": {call_id}, "state": "{state}", "event_timestamp": 1787158716092"#)
+    };
     let huge = "1e131071";
     vec![
         (
