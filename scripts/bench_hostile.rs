@@ -129,7 +129,8 @@ pub(crate) fn hostile_bench(report: &mut Report, runs: usize, n_events: usize, c
     let install = PgInstall::copy("bench-0.2.0");
     install.install_pg_dialpad_from(&package);
     let (_old_cluster, mut old) = default_cluster("bench-0.2.0", Some(install.bin()), calls);
-    let version: String = old.query_one("SELECT extversion FROM pg_extension WHERE extname = 'pg_dialpad'", &[]).unwrap().get(0);
+    let version: String =
+        old.query_one("SELECT extversion FROM pg_extension WHERE extname = 'pg_dialpad'", &[]).unwrap().get(0);
     assert_eq!(version, "0.2.0");
     let n = n_events.min(calls * 3);
     let (mut this, mut before) = (Vec::new(), Vec::new());

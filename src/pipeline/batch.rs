@@ -1025,17 +1025,37 @@ pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtSql
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(cxt);
-        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(move || Ok(f())))
-            .catch_others(|e| Err(CaughtSqlError { code: caught_code(&e), message: caught_message(&e) }))
-            .execute();
+        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(move || Ok(f()))).catch_others(Err).execute();
         match result {
             Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
             Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
         }
         pg_sys::MemoryContextSwitchTo(cxt);
         pg_sys::CurrentResourceOwner = owner;
-        result
+        match result {
+            Ok(r) => Ok(r),
+            // A cancel, statement_timeout or shutdown is not the call's fault: it ends the
+            // statement, as it would anywhere else (issue 22), never isolated and skipped.
+            Err(e) if is_interrupt(caught_code(&e)) => e.rethrow(),
+            Err(e) => Err(CaughtSqlError { code: caught_code(&e), message: caught_message(&e) }),
+        }
     }
+}
+
+/// SQLSTATE class 57 (operator intervention): query_canceled (cancel, statement_timeout),
+/// admin_shutdown (terminate) and the like.
+fn is_interrupt(code: pgrx::PgSqlErrorCode) -> bool {
+    use pgrx::PgSqlErrorCode::*;
+    matches!(
+        code,
+        ERRCODE_OPERATOR_INTERVENTION
+            | ERRCODE_QUERY_CANCELED
+            | ERRCODE_ADMIN_SHUTDOWN
+            | ERRCODE_CRASH_SHUTDOWN
+            | ERRCODE_CANNOT_CONNECT_NOW
+            | ERRCODE_DATABASE_DROPPED
+            | ERRCODE_IDLE_SESSION_TIMEOUT
+    )
 }
 
 fn caught_code(e: &pg_sys::panic::CaughtError) -> pgrx::PgSqlErrorCode {

@@ -49,16 +49,16 @@ pub fn hostile_events(first_call_id: i64, size: usize) -> Vec<(&'static str, Str
         (
             // As deep as PostgreSQL's JSON parser takes (its stack), many times over.
             "deep",
-            format!(r#"{{{}, "x": [{}]}}"#, head("ringing"), fill(size, |_| format!("{}{}", "[".repeat(1000), "]".repeat(1000)))),
+            format!(
+                r#"{{{}, "x": [{}]}}"#,
+                head("ringing"),
+                fill(size, |_| format!("{}{}", "[".repeat(1000), "]".repeat(1000)))
+            ),
         ),
         ("wide", format!(r#"{{{}, "x": 0, {}}}"#, head("ringing"), &fill(size, |i| format!(r#""k{i}": {i}"#)))),
         (
             "long keys",
-            format!(
-                r#"{{{}, {}}}"#,
-                head("ringing"),
-                fill(size, |i| format!(r#""{}{i}": 1"#, "k".repeat(size / 8)))
-            ),
+            format!(r#"{{{}, {}}}"#, head("ringing"), fill(size, |i| format!(r#""{}{i}": 1"#, "k".repeat(size / 8)))),
         ),
         (
             "long strings",
