@@ -1054,7 +1054,6 @@ fn is_interrupt(code: pgrx::PgSqlErrorCode) -> bool {
             | ERRCODE_CRASH_SHUTDOWN
             | ERRCODE_CANNOT_CONNECT_NOW
             | ERRCODE_DATABASE_DROPPED
-            | ERRCODE_IDLE_SESSION_TIMEOUT
     )
 }
 
