@@ -1025,7 +1025,9 @@ pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtSql
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(cxt);
-        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(move || Ok(f()))).catch_others(Err).execute();
+        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(move || Ok(f())))
+            .catch_others(|e| Err(Box::new(e)))
+            .execute();
         match result {
             Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
             Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
@@ -1036,7 +1038,7 @@ pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtSql
             Ok(r) => Ok(r),
             // A cancel, statement_timeout or shutdown is not the call's fault: it ends the
             // statement, as it would anywhere else (issue 22), never isolated and skipped.
-            Err(e) if is_interrupt(caught_code(&e)) => e.rethrow(),
+            Err(e) if is_interrupt(caught_code(&e)) => (*e).rethrow(),
             Err(e) => Err(CaughtSqlError { code: caught_code(&e), message: caught_message(&e) }),
         }
     }
