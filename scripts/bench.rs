@@ -6,7 +6,7 @@
 //! BENCH_RUNS (runs per figure, default 3), BENCH_BACKLOG (large backlog, default 5000000),
 //! BENCH_MEMORY_EVENTS (events for the worker memory figure, default 2000000),
 //! BENCH_HOLD_SECONDS (how long the held-snapshot benchmark holds it, default 600),
-//! BENCH_ONLY=drain, ingest, backlog, partitions, processing, analysts, citus or held-snapshot (only
+//! BENCH_ONLY=drain, ingest, backlog, partitions, processing, analysts, citus, hostile or held-snapshot (only
 //! those figures, printed and
 //! not written); BENCH_AUTOVACUUM=off (to attribute a figure to autovacuum).
 
@@ -14,6 +14,8 @@
 mod common;
 #[path = "bench_drain.rs"]
 mod drain;
+#[path = "bench_hostile.rs"]
+mod hostile;
 
 use common::*;
 use postgres::Client;
@@ -524,6 +526,11 @@ fn main() {
 
     // ---- data set --------------------------------------------------------------------------
     let calls = (n_events / 4).max(100);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("hostile") {
+        hostile::hostile_bench(&mut report, runs, n_events, calls);
+        report.print_rows();
+        return;
+    }
     exec(&mut c, &format!(
         "-- Stored as the inbox stores them (lz4, see sql/schema.sql): the backlog is copied from
          -- here, compressed datums as they are.
@@ -700,6 +707,9 @@ fn main() {
         "≤ 4×",
         Some(peak_mb / size_mb <= 4.0),
     );
+
+    // ---- hostile input: 10 MB events of each shape; the drain rate vs 0.2.0 ----------------------
+    hostile::hostile_bench(&mut report, runs, n_events, calls);
 
     // ---- write the results --------------------------------------------------------------------
     let date = std::process::Command::new("date")

@@ -179,7 +179,9 @@ fn verified_json(body: &str, via: Option<&Source>) -> (String, bool) {
             Some("A superuser adds the subscription's secret with dialpad.add_source(name, secret)."),
         ),
         (ingest::Body::Jwt { header, payload, signature }, Some(src)) => {
-            match ingest::verify(header, payload, signature, &src.secrets_at(pg::now())) {
+            match ingest::verify_with(header, payload, signature, &src.secrets_at(pg::now()), &mut || {
+                check_for_interrupts!();
+            }) {
                 Ok((claims, _)) => (claims, true),
                 Err(e @ JwtError::Malformed(_)) => {
                     reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, e.to_string(), None)
@@ -207,7 +209,9 @@ fn legacy_verified_json(body: &str) -> String {
             Some("Run ALTER EXTENSION pg_dialpad UPDATE, then add the secret with dialpad.add_source()."),
         ),
         (ingest::Body::Jwt { header, payload, signature }, Some(secret)) => {
-            match ingest::verify(header, payload, signature, &[secret.as_slice()]) {
+            match ingest::verify_with(header, payload, signature, &[secret.as_slice()], &mut || {
+                check_for_interrupts!();
+            }) {
                 Ok((claims, _)) => claims,
                 Err(e @ JwtError::Malformed(_)) => {
                     reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, e.to_string(), None)

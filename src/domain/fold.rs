@@ -203,7 +203,14 @@ fn merge_fields(row: &mut CallRow, ev: &CallEvent, newer: bool) {
 }
 
 /// Applies `events` (already in event order) to `existing` (None for a new call).
-pub(crate) fn fold_events_by_call(existing: Option<&CallRow>, events: &[&CallEvent], rules: &RuleSet) -> Folded {
+/// `on_event` runs before each event: the backend glue checks for interrupts there (a call's
+/// history is as long as the inbox holds), pure code here calls no PostgreSQL function.
+pub(crate) fn fold_events_by_call(
+    existing: Option<&CallRow>,
+    events: &[&CallEvent],
+    rules: &RuleSet,
+    on_event: &mut dyn FnMut(),
+) -> Folded {
     let mut row = existing.cloned().unwrap_or_else(|| CallRow {
         dialpad_call_id: events.first().map(|e| e.call_id).unwrap_or_default(),
         ..CallRow::default()
@@ -211,6 +218,7 @@ pub(crate) fn fold_events_by_call(existing: Option<&CallRow>, events: &[&CallEve
     let mut status = StatusFold { has_status: existing.is_some(), by_default: false, rejections: Vec::new() };
     let mut raw_payload_from = None;
     for (i, ev) in events.iter().enumerate() {
+        on_event();
         // An event without a timestamp cannot be placed: treat it as the newest.
         let newer = match (row.last_event_at, ev.event_at) {
             (Some(last), Some(at)) => at > last,
@@ -271,7 +279,7 @@ mod tests {
 
     fn fold(existing: Option<&CallRow>, evs: &[CallEvent]) -> Folded {
         let refs: Vec<&CallEvent> = evs.iter().collect();
-        fold_events_by_call(existing, &refs, &rules())
+        fold_events_by_call(existing, &refs, &rules(), &mut || {})
     }
 
     #[test]

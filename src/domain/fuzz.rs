@@ -141,7 +141,7 @@ proptest! {
             prop_assert!(raw.len() <= Limits::default().max_bytes);
         }
         let refs: Vec<&CallEvent> = events.iter().collect();
-        let folded = crate::domain::fold::fold_events_by_call(None, &refs, &rules);
+        let folded = crate::domain::fold::fold_events_by_call(None, &refs, &rules, &mut || {});
         prop_assert!(crate::domain::recordings::parse(folded.row.recordings.as_deref().unwrap_or("[]")).len() <= MAX_RECORDINGS);
     }
 

@@ -59,21 +59,26 @@ impl Default for Limits {
 }
 
 /// Sanitizes the jsonb datum body `input` (varlena header stripped) and returns a complete
-/// jsonb datum. `on_container` runs before each container is entered: the backend glue uses
-/// it for CHECK_FOR_INTERRUPTS and the stack-depth check.
+/// jsonb datum. `on_container` runs before each container is entered, and every
+/// [`ITEMS_PER_CALL`] items of a long one: the backend glue uses it for CHECK_FOR_INTERRUPTS
+/// and the stack-depth check.
 pub(crate) fn sanitize(input: &[u8], limits: &Limits, on_container: &mut dyn FnMut()) -> Result<Vec<u8>, JsonbError> {
     let out = sanitize_values(input, limits, on_container)?;
     if out.len() <= limits.max_bytes.max(MIN_MAX_BYTES) {
         return Ok(out);
     }
-    bound_top_level(&out, limits)
+    bound_top_level(&out, limits, on_container)
 }
+
+/// How many items of one array or object are read between two calls of `on_container`
+/// (well under a millisecond of work).
+const ITEMS_PER_CALL: usize = 4096;
 
 /// Every rule but the size bound.
 fn sanitize_values(input: &[u8], limits: &Limits, on_container: &mut dyn FnMut()) -> Result<Vec<u8>, JsonbError> {
     let root = Container::root(input)?;
     let mut w = Writer::with_capacity(input.len() + 64);
-    let mut s = Sanitizer { limits, on_container };
+    let mut s = Sanitizer { limits, on_container, items: 0 };
     match root {
         Value::Object(c) => {
             s.object(&mut w, c, 0)?;
@@ -104,9 +109,18 @@ pub(crate) fn truncate_transcript(s: &str) -> String {
 struct Sanitizer<'a> {
     limits: &'a Limits,
     on_container: &'a mut dyn FnMut(),
+    /// Items read so far: `on_container` runs every [`ITEMS_PER_CALL`] of them.
+    items: usize,
 }
 
 impl Sanitizer<'_> {
+    fn item(&mut self) {
+        self.items += 1;
+        if self.items.is_multiple_of(ITEMS_PER_CALL) {
+            (self.on_container)();
+        }
+    }
+
     fn value(&mut self, w: &mut Writer, v: Value<'_>, level: usize, transcript: bool) -> Result<u32, JsonbError> {
         if level > self.limits.max_depth {
             return Ok(w.string(DEPTH_MARKER.as_bytes()));
@@ -133,6 +147,7 @@ impl Sanitizer<'_> {
         let mut kept = 0usize;
         let mut last = None;
         for v in c.values()? {
+            self.item();
             let v = v?;
             if !is_binary_value(&v) {
                 kept += 1;
@@ -174,6 +189,7 @@ impl Sanitizer<'_> {
         let mut pairs: Vec<(std::borrow::Cow<'_, [u8]>, Value<'_>)> = Vec::with_capacity(n);
         let mut cut_keys = false;
         for (k, v) in c.keys()?.zip(c.values()?) {
+            self.item();
             let (Value::String(k), v) = (k?, v?) else { return Err(JsonbError::Corrupt) };
             if keep_pair(k, &v) {
                 // Our own markers keep their keys, so that a second pass recognizes them.
@@ -250,14 +266,14 @@ fn encoded_size(v: &Value<'_>) -> usize {
 
 /// The last resort of the size bound, applied to an already sanitized datum whose values
 /// all passed the other rules (see the module doc).
-fn bound_top_level(out: &[u8], limits: &Limits) -> Result<Vec<u8>, JsonbError> {
+fn bound_top_level(out: &[u8], limits: &Limits, on_container: &mut dyn FnMut()) -> Result<Vec<u8>, JsonbError> {
     let max_bytes = limits.max_bytes.max(MIN_MAX_BYTES);
     let root = Container::root(jsonb::datum_body(out)?)?;
     let mut budget = max_bytes;
     loop {
         let raw = match root {
-            Value::Object(c) => bounded_object(&c, limits, budget)?,
-            Value::Array(c) if !c.is_scalar() => bounded_array(&c, limits, budget)?,
+            Value::Object(c) => bounded_object(&c, limits, budget, on_container)?,
+            Value::Array(c) if !c.is_scalar() => bounded_array(&c, budget, on_container)?,
             _ => Owned::Null.encode()?,
         };
         // The markers go through the same rules as everything else (depth, string length),
@@ -271,9 +287,17 @@ fn bound_top_level(out: &[u8], limits: &Limits) -> Result<Vec<u8>, JsonbError> {
     }
 }
 
-fn bounded_object(c: &Container<'_>, limits: &Limits, budget: usize) -> Result<Vec<u8>, JsonbError> {
+fn bounded_object(
+    c: &Container<'_>,
+    limits: &Limits,
+    budget: usize,
+    on_container: &mut dyn FnMut(),
+) -> Result<Vec<u8>, JsonbError> {
     let mut pairs: Vec<(&[u8], Value<'_>)> = Vec::with_capacity(c.len());
-    for (k, v) in c.keys()?.zip(c.values()?) {
+    for (i, (k, v)) in c.keys()?.zip(c.values()?).enumerate() {
+        if i.is_multiple_of(ITEMS_PER_CALL) {
+            on_container();
+        }
         let (Value::String(k), v) = (k?, v?) else { return Err(JsonbError::Corrupt) };
         pairs.push((k, v));
     }
@@ -286,7 +310,10 @@ fn bounded_object(c: &Container<'_>, limits: &Limits, budget: usize) -> Result<V
     let mut used = 32 + 96 + longest;
     let mut kept: Vec<(&[u8], Value<'_>)> = Vec::new();
     let mut omitted: Vec<Owned> = Vec::new();
-    for (k, v) in pairs {
+    for (i, (k, v)) in pairs.into_iter().enumerate() {
+        if i.is_multiple_of(ITEMS_PER_CALL) {
+            on_container();
+        }
         let cost = k.len() + encoded_size(&v) + 8;
         if !MARKER_KEYS[2..].contains(&k) && k != b"_truncated" && used + cost <= budget {
             used += cost;
@@ -328,8 +355,14 @@ fn bounded_object(c: &Container<'_>, limits: &Limits, budget: usize) -> Result<V
     Ok(w.finish())
 }
 
-fn bounded_array(c: &Container<'_>, limits: &Limits, budget: usize) -> Result<Vec<u8>, JsonbError> {
-    let mut items: Vec<Value<'_>> = c.values()?.collect::<Result<_, _>>()?;
+fn bounded_array(c: &Container<'_>, budget: usize, on_container: &mut dyn FnMut()) -> Result<Vec<u8>, JsonbError> {
+    let mut items: Vec<Value<'_>> = Vec::with_capacity(c.len());
+    for (i, v) in c.values()?.enumerate() {
+        if i.is_multiple_of(ITEMS_PER_CALL) {
+            on_container();
+        }
+        items.push(v?);
+    }
     let total = match items.last() {
         Some(Value::Object(m)) if is_array_marker(&items[items.len() - 1]) => {
             let t = m.get(b"total_items")?;
@@ -345,7 +378,6 @@ fn bounded_array(c: &Container<'_>, limits: &Limits, budget: usize) -> Result<Ve
         }
         _ => items.len(),
     };
-    let _ = limits;
     let mut used = 96;
     let mut kept = Vec::new();
     for v in items {

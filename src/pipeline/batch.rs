@@ -389,6 +389,7 @@ impl Batch {
             )
         })?;
         for row in table {
+            check_for_interrupts!();
             let id: i64 = row.get(1)?.unwrap_or_default();
             let at = row.get::<TimestampWithTimeZone>(2)?.map(|t| t.into_inner()).unwrap_or_default();
             let Some(payload) = row.get::<JsonbArg>(3)? else { continue };
@@ -594,6 +595,8 @@ impl Batch {
         })?;
         let mut found: HashMap<i64, i32> = HashMap::new();
         for row in table {
+            // A call's history is as long as whoever inserts into the inbox made it.
+            check_for_interrupts!();
             let id: i64 = row.get(1)?.unwrap_or_default();
             let Some(payload) = row.get::<JsonbArg>(2)? else { continue };
             let event = Claimed::parse(id, payload, row.get(3)?);
@@ -627,7 +630,8 @@ impl Batch {
                 (ev.and_then(|e| e.event_at).unwrap_or(i64::MAX), self.events[i].id)
             });
             let dups = find_redeliveries(&self.events, &idx, n);
-            idx.retain(|i| !dups.iter().any(|(d, _)| d == i));
+            let dup_set: std::collections::HashSet<usize> = dups.iter().map(|&(d, _)| d).collect();
+            idx.retain(|i| !dup_set.contains(i));
             self.duplicates.extend(dups.iter().map(|&(d, orig)| (self.events[d].id, orig)));
             let base = self.rows.get(&call_id);
             if base.is_some() {
@@ -636,7 +640,9 @@ impl Batch {
                 idx.retain(|&i| i < n);
             }
             let events: Vec<&CallEvent> = idx.iter().filter_map(|&i| self.events[i].parsed.as_ref().ok()).collect();
-            let mut folded = fold_events_by_call(base, &events, rules);
+            let mut folded = fold_events_by_call(base, &events, rules, &mut || {
+                check_for_interrupts!();
+            });
             // Rejections of history events were recorded when they were first applied.
             folded.rejections.retain(|r| idx[r.event] < n);
             // The count of applied events moves with every event, so it is always written.
@@ -1020,7 +1026,7 @@ pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtSql
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(cxt);
         let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(move || Ok(f())))
-            .catch_others(|e| Err(CaughtSqlError { code: caught_code(&e), message: caught_message(&e) }))
+            .catch_others(|e| Err(Box::new(e)))
             .execute();
         match result {
             Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
@@ -1028,8 +1034,29 @@ pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtSql
         }
         pg_sys::MemoryContextSwitchTo(cxt);
         pg_sys::CurrentResourceOwner = owner;
-        result
+        match result {
+            Ok(r) => Ok(r),
+            // A cancel, statement_timeout or shutdown is not the call's fault: it ends the
+            // statement, as it would anywhere else (issue 22), never isolated and skipped.
+            Err(e) if is_interrupt(caught_code(&e)) => (*e).rethrow(),
+            Err(e) => Err(CaughtSqlError { code: caught_code(&e), message: caught_message(&e) }),
+        }
     }
+}
+
+/// SQLSTATE class 57 (operator intervention): query_canceled (cancel, statement_timeout),
+/// admin_shutdown (terminate) and the like.
+fn is_interrupt(code: pgrx::PgSqlErrorCode) -> bool {
+    use pgrx::PgSqlErrorCode::*;
+    matches!(
+        code,
+        ERRCODE_OPERATOR_INTERVENTION
+            | ERRCODE_QUERY_CANCELED
+            | ERRCODE_ADMIN_SHUTDOWN
+            | ERRCODE_CRASH_SHUTDOWN
+            | ERRCODE_CANNOT_CONNECT_NOW
+            | ERRCODE_DATABASE_DROPPED
+    )
 }
 
 fn caught_code(e: &pg_sys::panic::CaughtError) -> pgrx::PgSqlErrorCode {

@@ -121,6 +121,7 @@ fn types() -> Vec<pg_sys::Oid> {
 fn ids_of(table: pgrx::spi::SpiTupleTable<'_>) -> Result<BTreeSet<i64>, pgrx::spi::Error> {
     let mut ids = BTreeSet::new();
     for row in table {
+        check_for_interrupts!();
         ids.insert(row.get::<i64>(1)?.unwrap_or_default());
     }
     Ok(ids)
@@ -202,13 +203,18 @@ pub(crate) fn compute_calls(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<V
     let rules = rules::current()?;
     let table = run_kept(client, LEGS_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.to_vec().into()])?;
     let mut legs: Vec<Leg> = Vec::with_capacity(table.len());
+    // A logical call has as many legs as whoever inserts into the inbox gave it.
     for row in table {
+        check_for_interrupts!();
         legs.push(read_leg(&row)?);
     }
     legs.sort_by_key(|l| (l.logical_call_id, l.id));
     Ok(legs
         .chunk_by(|a, b| a.logical_call_id == b.logical_call_id)
-        .map(|g| compute(g, |s| rules.is_terminal(s)))
+        .map(|g| {
+            check_for_interrupts!();
+            compute(g, |s| rules.is_terminal(s))
+        })
         .collect())
 }
 
