@@ -305,3 +305,38 @@ fn one_source_cannot_touch_another_sources_calls() {
         Some("acme ringing")
     );
 }
+
+/// The same shapes drained by the background worker: every event handled (applied or
+/// dead-lettered with a reason) and the worker never lost.
+#[test]
+fn the_worker_drains_every_hostile_shape_and_lives_on() {
+    let cluster = Cluster::start("hostile-worker", &["dialpad.workers = 1"]);
+    let mut c = cluster.ready();
+    wait_until(&mut c, "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", 30);
+    let worker = worker_pids(&mut c);
+    for (name, p) in hostile_payloads(4_000_000) {
+        c.query_one("SELECT dialpad.ingest_webhook($1)", &[&p]).unwrap_or_else(|e| panic!("{name}: {}", db_error(&e)));
+    }
+    c.batch_execute(
+        "INSERT INTO dialpad.webhook_events (payload)
+              SELECT jsonb_build_object('call_id', 900 + g, 'state', 'ringing', 'event_timestamp', 1000 + g)
+                FROM generate_series(1, 50) g",
+    )
+    .unwrap();
+    wait_until(
+        &mut c,
+        "SELECT count(*) = 0 FROM dialpad.webhook_events WHERE processed_at IS NULL AND dead_at IS NULL",
+        120,
+    );
+    assert_eq!(worker_pids(&mut c), worker, "the worker was never restarted");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id BETWEEN 901 AND 950"), 50);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM dialpad.webhook_events WHERE dead_at IS NOT NULL AND coalesce(last_error, '') = ''"
+        ),
+        0
+    );
+    let log = cluster.log();
+    assert!(!log.contains("terminated by signal") && !log.contains("exited with exit code"), "{log}");
+}
