@@ -1,4 +1,4 @@
--- pg_dialpad for analysts (README, "Calls as the caller lived them"): the leg columns of
+-- pg_dialpad for analysts (docs/analysts.md): the leg columns of
 -- dialpad.calls, and dialpad.logical_calls, one row per real call, kept by triggers on
 -- dialpad.calls in the transaction that writes the legs. This file is part of both a fresh
 -- install and the 0.1.0 -> 0.2.0 upgrade script (copied there verbatim).

@@ -1,4 +1,4 @@
--- pg_dialpad on Citus (README, "Scaling out with Citus"). This file is part of both a fresh
+-- pg_dialpad on Citus (docs/citus.md). This file is part of both a fresh
 -- install and the 0.1.0 -> 0.2.0 upgrade script (copied there verbatim). Nothing here runs
 -- unless a DBA calls dialpad.distribute() on a Citus coordinator: one node is unchanged.
 

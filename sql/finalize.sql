@@ -106,7 +106,7 @@ GRANT EXECUTE ON FUNCTION dialpad.worker_stats(), dialpad.ingest_stats(), dialpa
 GRANT EXECUTE ON FUNCTION dialpad.worker_node_stats(), dialpad.worker_node_status(),
     dialpad.worker_node_processed_last_minute() TO dialpad_reader;
 -- Every view a reader may read runs with the reader's rights (security_invoker), so that the
--- row-level security policies of the tables under it apply (README, "Trust model"): a reader
+-- row-level security policies of the tables under it apply (docs/security.md): a reader
 -- reads the columns of the inbox that dead_events, queue_stats and payload_stats show, and
 -- every column of the sources but the secrets (source_list).
 GRANT SELECT (id, event_type, payload, received_at, processed_at, attempts, last_error, next_attempt_at, dead_at)

@@ -1,5 +1,5 @@
--- Time partitions and retention of the inbox and of rejected_transitions (README,
--- "Retention"). Expired data goes by dropping (or detaching) whole partitions, never by a
+-- Time partitions and retention of the inbox and of rejected_transitions (docs/operations.md,
+-- "Retention and partitions"). Expired data goes by dropping (or detaching) whole partitions, never by a
 -- DELETE; rows no partition covers wait in the DEFAULT partition, never refused.
 
 CREATE VIEW dialpad.partitions WITH (security_invoker = true) AS

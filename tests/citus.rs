@@ -1,4 +1,4 @@
-//! pg_dialpad on a real Citus cluster (README, "Scaling out with Citus"): a coordinator and
+//! pg_dialpad on a real Citus cluster (docs/citus.md): a coordinator and
 //! two worker nodes on 127.0.0.1, `shared_preload_libraries = 'citus,pg_dialpad'`. The same
 //! deliveries go to the cluster (through the coordinator) and to one plain node; the calls
 //! must come out the same. Skipped (saying so) where Citus is not installed: scripts/test

@@ -1,6 +1,6 @@
 //! pg_dialpad without its background workers, driven by pg_cron (Debian's
 //! postgresql-15-cron, 1.4: one run a minute at most): `dialpad.process_events()` and
-//! `dialpad.run_maintenance()` scheduled exactly as the README's "Install" section does.
+//! `dialpad.run_maintenance()` scheduled exactly as docs/install.md does.
 
 mod common;
 use common::*;
@@ -26,7 +26,7 @@ fn pg_cron_drains_events_and_keeps_partitions_without_the_worker() {
     c.batch_execute("CREATE EXTENSION pg_cron").unwrap();
     c.batch_execute(AUDIT_SQL).unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'"), 0);
-    // The README's schedules for pg_cron 1.4 (maintenance every minute here, not every 10).
+    // The schedules of docs/install.md for pg_cron 1.4 (maintenance every minute here, not every 10).
     c.batch_execute(
         "SELECT cron.schedule('dialpad-process', '* * * * *', 'SELECT dialpad.process_events(20000)');
          SELECT cron.schedule('dialpad-maintenance', '* * * * *', 'SELECT count(*) FROM dialpad.run_maintenance()');",
