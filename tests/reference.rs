@@ -323,7 +323,7 @@ fn the_reference_lists_every_object_setting_and_sqlstate_as_the_catalog_has_them
          CREATE FUNCTION pg_temp.dialpad_reference_sqlstate(name text) RETURNS text LANGUAGE plpgsql AS $$
          BEGIN
              RAISE EXCEPTION USING ERRCODE = name;
-         EXCEPTION WHEN OTHERS THEN
+         EXCEPTION WHEN OTHERS OR query_canceled THEN  -- OTHERS leaves query_canceled out
              RETURN CASE WHEN SQLERRM LIKE 'unrecognized exception condition%' THEN 'unknown' ELSE SQLSTATE END;
          END $$;",
     )
