@@ -5,22 +5,10 @@
 //! batch. Each case reproduces a defect of 0.2.0.
 
 mod common;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use common::*;
-use hmac::{Hmac, Mac};
 use postgres::Client;
-use sha2::Sha256;
 use std::io::Write;
 use std::time::{Duration, Instant};
-
-fn jwt(claims: &str, secret: &str) -> String {
-    let input =
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#), URL_SAFE_NO_PAD.encode(claims));
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(input.as_bytes());
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
-}
 
 fn text(c: &mut Client, sql: &str) -> Option<String> {
     c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)

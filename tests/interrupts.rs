@@ -10,13 +10,9 @@ mod common;
 #[path = "common/shapes.rs"]
 mod shapes;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use common::*;
-use hmac::{Hmac, Mac};
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
-use sha2::Sha256;
 use std::time::{Duration, Instant};
 
 /// How long a statement may run past its statement_timeout, or past a cancel or terminate.
@@ -26,14 +22,6 @@ const BODY: usize = 9_500_000;
 /// A JWT's claims: base64 makes them 4/3 as long, so the token stays under 10 MiB.
 const CLAIMS: usize = 7_300_000;
 const SECRET: &str = "interrupts-secret-0123456789";
-
-fn jwt(claims: &str, secret: &str) -> String {
-    let input =
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#), URL_SAFE_NO_PAD.encode(claims));
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(input.as_bytes());
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
-}
 
 fn sqlstate(e: &postgres::Error) -> Option<&str> {
     e.as_db_error().map(|d| d.code().code())

@@ -21,10 +21,6 @@ fn jwt_with(header: &str, claims: &str, secret: &str) -> String {
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
 }
 
-fn jwt(claims: &str, secret: &str) -> String {
-    jwt_with(r#"{"alg":"HS256","typ":"JWT"}"#, claims, secret)
-}
-
 fn event(call_id: i64, state: &str, ts: i64) -> String {
     format!(r#"{{"call_id": {call_id}, "state": "{state}", "event_timestamp": {ts}, "direction": "inbound"}}"#)
 }
