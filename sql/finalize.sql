@@ -83,7 +83,9 @@ GRANT SELECT ON dialpad.call_statuses, dialpad.status_transitions, dialpad.state
 
 -- Functions that write or reveal more than their arguments are not for everyone.
 REVOKE EXECUTE ON FUNCTION dialpad.ingest_webhook(text, text), dialpad.process_events(integer),
-    dialpad.retry_event(bigint), dialpad.retry_dead_events(), dialpad.wake_workers(),
+    dialpad.retry_event(bigint), dialpad.retry_dead_events(text, text, text, timestamptz, timestamptz),
+    dialpad.discard_event(bigint, text), dialpad.discard_dead_events(text, text, text, text, timestamptz, timestamptz),
+    dialpad.matching_dead_events(text, text, text, timestamptz, timestamptz), dialpad.wake_workers(),
     dialpad.worker_stats(), dialpad.ingest_stats(), dialpad.processed_last_minute()
     FROM PUBLIC;
 
@@ -100,7 +102,8 @@ REVOKE EXECUTE ON FUNCTION dialpad.add_source(text, text, jsonb), dialpad.rotate
 
 -- dialpad_reader: analysts and dashboards. Calls, rejected transitions, stats, dead letters.
 GRANT SELECT ON dialpad.calls, dialpad.rejected_transitions, dialpad.queue_stats, dialpad.worker_stats,
-    dialpad.payload_stats, dialpad.ingest_stats, dialpad.dead_events, dialpad.source_list TO dialpad_reader;
+    dialpad.payload_stats, dialpad.ingest_stats, dialpad.dead_events, dialpad.dead_event_reasons, dialpad.source_list
+    TO dialpad_reader;
 GRANT EXECUTE ON FUNCTION dialpad.worker_stats(), dialpad.ingest_stats(), dialpad.processed_last_minute()
     TO dialpad_reader;
 GRANT EXECUTE ON FUNCTION dialpad.worker_node_stats(), dialpad.worker_node_status(),
@@ -109,7 +112,8 @@ GRANT EXECUTE ON FUNCTION dialpad.worker_node_stats(), dialpad.worker_node_statu
 -- row-level security policies of the tables under it apply (docs/security.md): a reader
 -- reads the columns of the inbox that dead_events, queue_stats and payload_stats show, and
 -- every column of the sources but the secrets (source_list).
-GRANT SELECT (id, event_type, payload, received_at, processed_at, attempts, last_error, next_attempt_at, dead_at)
+GRANT SELECT (id, event_type, payload, received_at, processed_at, attempts, last_error, next_attempt_at, dead_at,
+              source, discarded_at, discard_reason)
     ON dialpad.webhook_events TO dialpad_reader;
 GRANT SELECT (name, enabled, labels, created_at, rotated_at, previous_valid_until) ON dialpad.sources TO dialpad_reader;
 
@@ -118,10 +122,12 @@ GRANT dialpad_reader TO dialpad_admin;
 GRANT INSERT, UPDATE, DELETE ON dialpad.call_statuses, dialpad.status_transitions, dialpad.state_mapping
     TO dialpad_admin;
 GRANT INSERT, DELETE ON dialpad.deleted_rules TO dialpad_admin;
-GRANT EXECUTE ON FUNCTION dialpad.retry_event(bigint), dialpad.retry_dead_events(), dialpad.wake_workers()
+GRANT EXECUTE ON FUNCTION dialpad.retry_event(bigint), dialpad.retry_dead_events(text, text, text, timestamptz, timestamptz),
+    dialpad.discard_event(bigint, text), dialpad.discard_dead_events(text, text, text, text, timestamptz, timestamptz),
+    dialpad.matching_dead_events(text, text, text, timestamptz, timestamptz), dialpad.wake_workers()
     TO dialpad_admin;
 GRANT SELECT (id, processed_at, dead_at, next_attempt_at, attempts),
-      UPDATE (dead_at, attempts, next_attempt_at) ON dialpad.webhook_events TO dialpad_admin;
+      UPDATE (dead_at, attempts, next_attempt_at, discarded_at, discard_reason) ON dialpad.webhook_events TO dialpad_admin;
 
 -- dialpad_worker: what the background worker (or a pg_cron job calling process_events)
 -- needs when it does not run as a superuser: grant it to the login role named in dialpad.role.
@@ -133,7 +139,8 @@ GRANT USAGE ON SEQUENCE dialpad.rejected_transitions_id_seq TO dialpad_worker;
 GRANT INSERT ON dialpad.rejected_transitions TO dialpad_worker;
 
 -- Maintenance (sql/maintenance.sql): run as the extension's owner, by the workers or an admin.
-REVOKE EXECUTE ON FUNCTION dialpad.run_maintenance(), dialpad.add_partition(regclass, timestamptz, interval) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION dialpad.run_maintenance(), dialpad.add_partition(regclass, timestamptz, interval),
+    dialpad.index_like_default(regclass, text), dialpad.hold_unfinished_events(regclass, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dialpad.run_maintenance() TO dialpad_admin, dialpad_worker;
 GRANT SELECT ON dialpad.partitions TO dialpad_reader;
 

@@ -30,6 +30,83 @@ $$;
 COMMENT ON FUNCTION dialpad.partition_start(timestamptz, interval) IS
     'The start of the partition of the given width that holds time t (multiples of the width from Monday 2000-01-03 00:00 UTC).';
 
+-- Gives a new partition table the indexes of the DEFAULT partition def (named after the
+-- table, with the DEFAULT partition's suffixes), its primary key as a constraint.
+CREATE FUNCTION dialpad.index_like_default(def regclass, partition text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    def_name text := (SELECT relname FROM pg_class WHERE oid = def);
+    idx record;
+    idx_name text;
+BEGIN
+    FOR idx IN SELECT i.indexrelid, i.indisprimary, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                WHERE i.indrelid = def ORDER BY c.relname LOOP
+        idx_name := partition || substr(idx.relname, length(def_name) + 1);
+        EXECUTE regexp_replace(pg_get_indexdef(idx.indexrelid), '^(CREATE (UNIQUE )?INDEX )\S+ ON \S+ ',
+                               format('\1%I ON dialpad.%I ', idx_name, partition));
+        IF idx.indisprimary THEN
+            EXECUTE format('ALTER TABLE dialpad.%I ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I', partition, idx_name, idx_name);
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dialpad.index_like_default(regclass, text) IS
+    'Gives the table dialpad.<partition> the indexes (and primary key) of the DEFAULT partition def; used when pg_dialpad makes a partition.';
+
+-- Retention and unfinished events. An expired partition of the inbox goes whole, whatever it
+-- holds; its pending, retrying and dead-lettered events (few: a day's unreadable deliveries)
+-- first move, unchanged (ids, payloads, audit columns), into the holding partition
+-- dialpad.webhook_events_held, which covers everything before the oldest time partition.
+-- The holding partition is rebuilt each time: a new table gets its own unfinished rows and
+-- the expired partition's, the old one is dropped (what it held that has since been
+-- processed or discarded goes with it, as a partition would), and the new one is attached
+-- for the wider range. Its indexes are the DEFAULT partition's, so the claim and
+-- dialpad.dead_events find held events as they find any other. Runs under run_maintenance's
+-- ACCESS EXCLUSIVE lock on the inbox; detaches the expired partition (the caller drops it,
+-- or keeps it detached) and returns how many of its events were held, NULL when there was
+-- nothing to hold and no holding partition to extend.
+CREATE FUNCTION dialpad.hold_unfinished_events(expired regclass, range_to timestamptz) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO, YMD' AS $$
+DECLARE
+    held regclass := to_regclass('dialpad.webhook_events_held');
+    def regclass := (SELECT p.partition FROM dialpad.partitions p
+                      WHERE p.parent = 'dialpad.webhook_events'::regclass AND p.is_default);
+    cols text := (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
+                   WHERE attrelid = 'dialpad.webhook_events'::regclass AND attnum > 0 AND NOT attisdropped);
+    unfinished constant text := 'processed_at IS NULL AND discarded_at IS NULL';
+    opts text[];
+    n bigint;
+BEGIN
+    -- Counted on the partial indexes of pending and dead events, not by reading the partition.
+    EXECUTE format('SELECT (SELECT count(*) FROM %1$s WHERE processed_at IS NULL AND dead_at IS NULL)
+                         + (SELECT count(*) FROM %1$s WHERE dead_at IS NOT NULL AND processed_at IS NULL AND discarded_at IS NULL)',
+                   expired) INTO n;
+    IF n = 0 AND held IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'CREATE TABLE dialpad.webhook_events_held_next (LIKE dialpad.webhook_events INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)';
+    opts := (SELECT reloptions FROM pg_class WHERE oid = def);
+    IF opts IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE dialpad.webhook_events_held_next SET (%s)', array_to_string(opts, ', '));
+    END IF;
+    IF held IS NOT NULL THEN
+        EXECUTE format('INSERT INTO dialpad.webhook_events_held_next (%s) SELECT %s FROM %s WHERE %s', cols, cols, held, unfinished);
+        EXECUTE format('ALTER TABLE dialpad.webhook_events DETACH PARTITION %s', held);
+        EXECUTE format('DROP TABLE %s', held);
+    END IF;
+    EXECUTE format('INSERT INTO dialpad.webhook_events_held_next (%s) SELECT %s FROM %s WHERE %s', cols, cols, expired, unfinished);
+    EXECUTE format('ALTER TABLE dialpad.webhook_events DETACH PARTITION %s', expired);
+    ALTER TABLE dialpad.webhook_events_held_next RENAME TO webhook_events_held;
+    PERFORM dialpad.index_like_default(def, 'webhook_events_held');
+    EXECUTE format('COMMENT ON TABLE dialpad.webhook_events_held IS %L',
+                   format('Partition of dialpad.webhook_events: the pending and dead-lettered events of partitions retention dropped (received_at before %s). Rebuilt by dialpad.run_maintenance().', range_to));
+    EXECUTE format('ALTER TABLE dialpad.webhook_events ATTACH PARTITION dialpad.webhook_events_held FOR VALUES FROM (MINVALUE) TO (%L)', range_to);
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dialpad.hold_unfinished_events(regclass, timestamptz) IS
+    'Used by dialpad.run_maintenance(): moves the pending and dead-lettered events of an expired partition of dialpad.webhook_events, unchanged, into the holding partition dialpad.webhook_events_held (rebuilt to cover everything before range_to), and detaches the expired partition. Returns how many events it held; NULL when there was nothing to do.';
+
 -- Creates the partition of parent holding time t (the grid cell of t, shortened to the gap
 -- between the existing partitions around t), moving into it the rows the DEFAULT partition
 -- holds for its range. Built as a plain table and attached, so that ingestion (which only
@@ -43,10 +120,7 @@ DECLARE
     col text := CASE parent WHEN 'dialpad.webhook_events'::regclass THEN 'received_at' ELSE 'rejected_at' END;
     base text := (SELECT relname FROM pg_class WHERE oid = parent);
     def regclass;
-    def_name text;
     opts text[];
-    idx record;
-    idx_name text;
     has_rows boolean;
 BEGIN
     IF parent NOT IN ('dialpad.webhook_events'::regclass, 'dialpad.rejected_transitions'::regclass) THEN
@@ -94,7 +168,6 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'pg_dialpad makes partitions after the model of the DEFAULT partition: re-create it with the indexes of sql/schema.sql.';
     END IF;
-    def_name := (SELECT relname FROM pg_class WHERE oid = def);
 
     EXECUTE format('CREATE TABLE dialpad.%I (LIKE %s INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)',
                    partition, parent);
@@ -120,15 +193,7 @@ BEGIN
       USING range_from, range_to;
     GET DIAGNOSTICS moved = ROW_COUNT;
     -- The DEFAULT partition's indexes, built after the rows are in (see sql/schema.sql).
-    FOR idx IN SELECT i.indexrelid, i.indisprimary, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                WHERE i.indrelid = def ORDER BY c.relname LOOP
-        idx_name := partition || substr(idx.relname, length(def_name) + 1);
-        EXECUTE regexp_replace(pg_get_indexdef(idx.indexrelid), '^(CREATE (UNIQUE )?INDEX )\S+ ON \S+ ',
-                               format('\1%I ON dialpad.%I ', idx_name, partition));
-        IF idx.indisprimary THEN
-            EXECUTE format('ALTER TABLE dialpad.%I ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I', partition, idx_name, idx_name);
-        END IF;
-    END LOOP;
+    PERFORM dialpad.index_like_default(def, partition);
     EXECUTE format('COMMENT ON TABLE dialpad.%I IS %L', partition,
                    format('Partition of %s: %s in [%s, %s). Made by dialpad.run_maintenance().',
                           parent, col, range_from, range_to));
@@ -156,7 +221,7 @@ DECLARE
     times timestamptz[];
     p record;
     added record;
-    pending bigint;
+    held bigint;
 BEGIN
     IF dialpad.version_info() NOT LIKE format('pg_dialpad %s %%', (SELECT extversion FROM pg_extension WHERE extname = 'pg_dialpad')) THEN
         RAISE EXCEPTION 'pg_dialpad''s library (%) and SQL (%) versions differ', dialpad.version_info(),
@@ -203,7 +268,7 @@ BEGIN
 
         CONTINUE WHEN keep <= interval '0';
         FOR p IN SELECT q.partition, q.range_from, q.range_to, q.estimated_rows FROM dialpad.partitions q
-                  WHERE q.parent = tbl AND NOT q.is_default AND q.range_to <= now() - keep
+                  WHERE q.parent = tbl AND NOT q.is_default AND q.range_from > '-infinity' AND q.range_to <= now() - keep
                   ORDER BY q.range_from
         LOOP
             action := NULL; partition := p.partition::text; range_from := p.range_from; range_to := p.range_to;
@@ -211,27 +276,29 @@ BEGIN
                 -- The parent first, as every writer locks it: no deadlock with them.
                 EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', tbl);
                 EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p.partition);
-                pending := 0;
+                held := NULL;
                 IF tbl = 'dialpad.webhook_events'::regclass THEN
-                    -- A pending, retrying or dead-lettered event keeps its whole partition
-                    -- (counted on the two partial indexes, not by reading the partition).
-                    EXECUTE format('SELECT (SELECT count(*) FROM %1$s WHERE processed_at IS NULL AND dead_at IS NULL)
-                                         + (SELECT count(*) FROM %1$s WHERE dead_at IS NOT NULL AND processed_at IS NULL)',
-                                   p.partition) INTO pending;
+                    -- Its unfinished events move to the holding partition first (detaches it).
+                    held := dialpad.hold_unfinished_events(p.partition, p.range_to);
                 END IF;
-                IF pending > 0 THEN
-                    action := 'kept'; rows := pending;
-                ELSIF mode = 'detach' THEN
-                    EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', tbl, p.partition);
+                IF mode = 'detach' THEN
+                    IF held IS NULL THEN
+                        EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', tbl, p.partition);
+                    END IF;
                     action := 'detached'; rows := p.estimated_rows;
                 ELSE
                     EXECUTE format('DROP TABLE %s', p.partition);
                     action := 'dropped'; rows := p.estimated_rows;
                 END IF;
             EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
-                action := 'busy'; rows := NULL;
+                action := 'busy'; rows := NULL; held := NULL;
             END;
             RETURN NEXT;
+            IF held IS NOT NULL THEN
+                action := 'held'; partition := 'dialpad.webhook_events_held'; range_from := '-infinity';
+                range_to := p.range_to; rows := held;
+                RETURN NEXT;
+            END IF;
         END LOOP;
     END LOOP;
 
@@ -245,4 +312,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dialpad.run_maintenance() IS
-    'Creates the partitions of dialpad.webhook_events and dialpad.rejected_transitions for the next dialpad.partitions_ahead intervals, moves rows out of the DEFAULT partitions into partitions of their own, and drops (or detaches, per dialpad.retention_mode) partitions older than dialpad.retention, except those holding a pending or dead-lettered event. Returns what it did: created, dropped, detached, kept (rows = its unprocessed events), busy (a lock was not had within 2 s; tried again next time), backfilled (rows = calls whose leg columns were filled from the audit log after an upgrade, 5,000 per run). The workers run it every dialpad.maintenance_interval, and again at once while it backfills.';
+    'Creates the partitions of dialpad.webhook_events and dialpad.rejected_transitions for the next dialpad.partitions_ahead intervals, moves rows out of the DEFAULT partitions into partitions of their own, and drops (or detaches, per dialpad.retention_mode) partitions older than dialpad.retention, whatever they hold: their pending and dead-lettered events first move, unchanged, into the holding partition dialpad.webhook_events_held. Returns what it did: created, dropped, detached, held (rows = the events of the partition just dropped or detached that moved to the holding partition), busy (a lock was not had within 2 s; tried again next time), backfilled (rows = calls whose leg columns were filled from the audit log after an upgrade, 5,000 per run). The workers run it every dialpad.maintenance_interval, and again at once while it backfills.';

@@ -1,2 +1,435 @@
 -- pg_dialpad 0.2.1 -> 0.3.0 (CHANGELOG.md). Only what changed.
 \echo Use "ALTER EXTENSION pg_dialpad UPDATE TO '0.3.0'" to load this file. \quit
+
+-- ---------------------------------------------------------------------------------------------
+-- Retention that a dead event cannot pin (issue 26, part 1): expired partitions go whole;
+-- their unfinished events move to the holding partition dialpad.webhook_events_held.
+-- Dead-event triage (part 2): discarded events, triage by filter, dead events by reason.
+-- ---------------------------------------------------------------------------------------------
+ALTER TABLE dialpad.webhook_events ADD COLUMN discarded_at timestamptz, ADD COLUMN discard_reason text;
+COMMENT ON COLUMN dialpad.webhook_events.discarded_at IS 'Set when a DBA discarded the event (dialpad.discard_event): acknowledged, no longer counted as dead, kept for audit until retention drops its partition.';
+COMMENT ON COLUMN dialpad.webhook_events.discard_reason IS 'Why the event was discarded (the reason given to dialpad.discard_event or dialpad.discard_dead_events).';
+
+CREATE FUNCTION dialpad.index_like_default(def regclass, partition text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    def_name text := (SELECT relname FROM pg_class WHERE oid = def);
+    idx record;
+    idx_name text;
+BEGIN
+    FOR idx IN SELECT i.indexrelid, i.indisprimary, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                WHERE i.indrelid = def ORDER BY c.relname LOOP
+        idx_name := partition || substr(idx.relname, length(def_name) + 1);
+        EXECUTE regexp_replace(pg_get_indexdef(idx.indexrelid), '^(CREATE (UNIQUE )?INDEX )\S+ ON \S+ ',
+                               format('\1%I ON dialpad.%I ', idx_name, partition));
+        IF idx.indisprimary THEN
+            EXECUTE format('ALTER TABLE dialpad.%I ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I', partition, idx_name, idx_name);
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dialpad.index_like_default(regclass, text) IS
+    'Gives the table dialpad.<partition> the indexes (and primary key) of the DEFAULT partition def; used when pg_dialpad makes a partition.';
+
+CREATE FUNCTION dialpad.hold_unfinished_events(expired regclass, range_to timestamptz) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO, YMD' AS $$
+DECLARE
+    held regclass := to_regclass('dialpad.webhook_events_held');
+    def regclass := (SELECT p.partition FROM dialpad.partitions p
+                      WHERE p.parent = 'dialpad.webhook_events'::regclass AND p.is_default);
+    cols text := (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
+                   WHERE attrelid = 'dialpad.webhook_events'::regclass AND attnum > 0 AND NOT attisdropped);
+    unfinished constant text := 'processed_at IS NULL AND discarded_at IS NULL';
+    opts text[];
+    n bigint;
+BEGIN
+    -- Counted on the partial indexes of pending and dead events, not by reading the partition.
+    EXECUTE format('SELECT (SELECT count(*) FROM %1$s WHERE processed_at IS NULL AND dead_at IS NULL)
+                         + (SELECT count(*) FROM %1$s WHERE dead_at IS NOT NULL AND processed_at IS NULL AND discarded_at IS NULL)',
+                   expired) INTO n;
+    IF n = 0 AND held IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'CREATE TABLE dialpad.webhook_events_held_next (LIKE dialpad.webhook_events INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)';
+    opts := (SELECT reloptions FROM pg_class WHERE oid = def);
+    IF opts IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE dialpad.webhook_events_held_next SET (%s)', array_to_string(opts, ', '));
+    END IF;
+    IF held IS NOT NULL THEN
+        EXECUTE format('INSERT INTO dialpad.webhook_events_held_next (%s) SELECT %s FROM %s WHERE %s', cols, cols, held, unfinished);
+        EXECUTE format('ALTER TABLE dialpad.webhook_events DETACH PARTITION %s', held);
+        EXECUTE format('DROP TABLE %s', held);
+    END IF;
+    EXECUTE format('INSERT INTO dialpad.webhook_events_held_next (%s) SELECT %s FROM %s WHERE %s', cols, cols, expired, unfinished);
+    EXECUTE format('ALTER TABLE dialpad.webhook_events DETACH PARTITION %s', expired);
+    ALTER TABLE dialpad.webhook_events_held_next RENAME TO webhook_events_held;
+    PERFORM dialpad.index_like_default(def, 'webhook_events_held');
+    EXECUTE format('COMMENT ON TABLE dialpad.webhook_events_held IS %L',
+                   format('Partition of dialpad.webhook_events: the pending and dead-lettered events of partitions retention dropped (received_at before %s). Rebuilt by dialpad.run_maintenance().', range_to));
+    EXECUTE format('ALTER TABLE dialpad.webhook_events ATTACH PARTITION dialpad.webhook_events_held FOR VALUES FROM (MINVALUE) TO (%L)', range_to);
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dialpad.hold_unfinished_events(regclass, timestamptz) IS
+    'Used by dialpad.run_maintenance(): moves the pending and dead-lettered events of an expired partition of dialpad.webhook_events, unchanged, into the holding partition dialpad.webhook_events_held (rebuilt to cover everything before range_to), and detaches the expired partition. Returns how many events it held; NULL when there was nothing to do.';
+
+CREATE OR REPLACE FUNCTION dialpad.add_partition(parent regclass, t timestamptz, width interval,
+                                      OUT partition text, OUT range_from timestamptz,
+                                      OUT range_to timestamptz, OUT moved bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO, YMD' AS $$
+#variable_conflict use_variable
+DECLARE
+    col text := CASE parent WHEN 'dialpad.webhook_events'::regclass THEN 'received_at' ELSE 'rejected_at' END;
+    base text := (SELECT relname FROM pg_class WHERE oid = parent);
+    def regclass;
+    opts text[];
+    has_rows boolean;
+BEGIN
+    IF parent NOT IN ('dialpad.webhook_events'::regclass, 'dialpad.rejected_transitions'::regclass) THEN
+        RAISE EXCEPTION '% is not partitioned by pg_dialpad', parent USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM dialpad.partitions p WHERE p.parent = add_partition.parent AND NOT p.is_default
+                 AND t >= p.range_from AND t < p.range_to) THEN
+        RETURN;
+    END IF;
+    -- Writers of the table wait until this transaction ends (so do other maintenance runs):
+    -- an INSERT that had already chosen the DEFAULT partition for a row of the new range
+    -- would otherwise fail the partition check once the range is attached. When rows are to
+    -- move out of the DEFAULT partition, readers wait too (see below), and that lock is
+    -- taken at once rather than after the writers' one: a processor holding the table for
+    -- reading and waiting to write would otherwise deadlock with this upgrade.
+    def := (SELECT p.partition FROM dialpad.partitions p WHERE p.parent = add_partition.parent AND p.is_default);
+    IF def IS NOT NULL THEN
+        EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s WHERE %I >= $1 AND %I < $2)', def, col, col)
+           INTO has_rows USING dialpad.partition_start(t, width), dialpad.partition_start(t, width) + width;
+    END IF;
+    EXECUTE format('LOCK TABLE ONLY %s IN %s MODE', parent,
+                   CASE WHEN has_rows THEN 'ACCESS EXCLUSIVE' ELSE 'SHARE ROW EXCLUSIVE' END);
+    IF EXISTS (SELECT 1 FROM dialpad.partitions p WHERE p.parent = add_partition.parent AND NOT p.is_default
+                 AND t >= p.range_from AND t < p.range_to) THEN
+        RETURN;
+    END IF;
+    range_from := GREATEST(dialpad.partition_start(t, width),
+                           (SELECT max(p.range_to) FROM dialpad.partitions p
+                             WHERE p.parent = add_partition.parent AND p.range_to <= t));
+    range_to := LEAST(dialpad.partition_start(t, width) + width,
+                      (SELECT min(p.range_from) FROM dialpad.partitions p
+                        WHERE p.parent = add_partition.parent AND p.range_from > t));
+    partition := format('%s_p%s', base,
+                        CASE WHEN range_from = date_trunc('day', range_from) THEN to_char(range_from, 'YYYYMMDD')
+                             ELSE to_char(range_from, 'YYYYMMDD_HH24MI') END);
+    -- A table detached by retention may still carry the name: take the next free one.
+    WHILE to_regclass(format('dialpad.%I', partition)) IS NOT NULL LOOP
+        partition := partition || '_';
+    END LOOP;
+    SELECT p.partition, c.reloptions INTO def, opts
+      FROM dialpad.partitions p JOIN pg_class c ON c.oid = p.partition
+     WHERE p.parent = add_partition.parent AND p.is_default;
+    IF def IS NULL THEN
+        RAISE EXCEPTION '% has no DEFAULT partition', parent
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'pg_dialpad makes partitions after the model of the DEFAULT partition: re-create it with the indexes of sql/schema.sql.';
+    END IF;
+
+    EXECUTE format('CREATE TABLE dialpad.%I (LIKE %s INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)',
+                   partition, parent);
+    IF opts IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE dialpad.%I SET (%s)', partition, array_to_string(opts, ', '));
+    END IF;
+    -- The range as a CHECK constraint: ATTACH then needs no scan of the new table.
+    EXECUTE format('ALTER TABLE dialpad.%I ADD CONSTRAINT %I CHECK (%I >= %L AND %I < %L)',
+                   partition, partition || '_range', col, range_from, col, range_to);
+    -- Rows to move: readers wait too, until the move commits. A query planned between the
+    -- ATTACH and the commit would read the DEFAULT partition without the new one and, with
+    -- a snapshot taken after the commit, miss the moved rows (the reduced lock of ATTACH
+    -- PARTITION is safe only when no rows move).
+    IF NOT coalesce(has_rows, false) THEN
+        EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s WHERE %I >= $1 AND %I < $2)', def, col, col)
+           INTO has_rows USING range_from, range_to;
+        IF has_rows THEN
+            RETURN;  -- rows arrived before the lock: the next run moves them, under the lock above
+        END IF;
+    END IF;
+    EXECUTE format('WITH m AS (DELETE FROM ONLY %s WHERE %I >= $1 AND %I < $2 RETURNING *) INSERT INTO dialpad.%I SELECT * FROM m',
+                   def, col, col, partition)
+      USING range_from, range_to;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    -- The DEFAULT partition's indexes, built after the rows are in (see sql/schema.sql).
+    PERFORM dialpad.index_like_default(def, partition);
+    EXECUTE format('COMMENT ON TABLE dialpad.%I IS %L', partition,
+                   format('Partition of %s: %s in [%s, %s). Made by dialpad.run_maintenance().',
+                          parent, col, range_from, range_to));
+    EXECUTE format('ALTER TABLE %s ATTACH PARTITION dialpad.%I FOR VALUES FROM (%L) TO (%L)',
+                   parent, partition, range_from, range_to);
+    EXECUTE format('ALTER TABLE dialpad.%I DROP CONSTRAINT %I', partition, partition || '_range');
+END
+$$;
+COMMENT ON FUNCTION dialpad.add_partition(regclass, timestamptz, interval) IS
+    'Creates the partition of dialpad.webhook_events or dialpad.rejected_transitions that holds time t (width wide, shortened to fit between existing partitions) and moves into it the rows of the DEFAULT partition in its range. Does nothing when a partition already holds t.';
+
+CREATE OR REPLACE FUNCTION dialpad.run_maintenance()
+RETURNS TABLE (action text, partition text, range_from timestamptz, range_to timestamptz, rows bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET "TimeZone" = 'UTC' SET "DateStyle" = 'ISO, YMD'
+    SET lock_timeout = '2s' AS $$
+#variable_conflict use_column
+DECLARE
+    width interval;
+    ahead integer;
+    keep interval;
+    mode text;
+    tbl regclass;
+    col text;
+    t timestamptz;
+    times timestamptz[];
+    p record;
+    added record;
+    held bigint;
+BEGIN
+    IF dialpad.version_info() NOT LIKE format('pg_dialpad %s %%', (SELECT extversion FROM pg_extension WHERE extname = 'pg_dialpad')) THEN
+        RAISE EXCEPTION 'pg_dialpad''s library (%) and SQL (%) versions differ', dialpad.version_info(),
+                (SELECT extversion FROM pg_extension WHERE extname = 'pg_dialpad')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run ALTER EXTENSION pg_dialpad UPDATE (or restart PostgreSQL if the new library is not loaded yet).';
+    END IF;
+    width := make_interval(mins => (SELECT setting::int FROM pg_settings WHERE name = 'dialpad.partition_interval'));
+    ahead := (SELECT setting::int FROM pg_settings WHERE name = 'dialpad.partitions_ahead');
+    keep := make_interval(mins => (SELECT setting::int FROM pg_settings WHERE name = 'dialpad.retention'));
+    mode := (SELECT setting FROM pg_settings WHERE name = 'dialpad.retention_mode');
+    -- On a Citus worker node the coordinator keeps the partitions of the distributed tables
+    -- (README, "Scaling out with Citus"): partitions made here would collide with its own.
+    IF EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+        IF (SELECT groupid FROM pg_catalog.pg_dist_local_group) OPERATOR(pg_catalog.<>) 0 THEN
+            RETURN;
+        END IF;
+    END IF;
+
+    FOREACH tbl IN ARRAY ARRAY['dialpad.webhook_events'::regclass, 'dialpad.rejected_transitions'::regclass] LOOP
+        col := CASE tbl WHEN 'dialpad.webhook_events'::regclass THEN 'received_at' ELSE 'rejected_at' END;
+        -- The parent before its DEFAULT partition, in the order DROP EXTENSION and every
+        -- writer lock them: reading the partition first deadlocked with a DROP.
+        EXECUTE format('LOCK TABLE ONLY %s IN ACCESS SHARE MODE', tbl);
+        -- Rows waiting in the DEFAULT partition, oldest first, then the partitions ahead.
+        EXECUTE format('SELECT array_agg(DISTINCT dialpad.partition_start(%I, $1) ORDER BY dialpad.partition_start(%I, $1)) FROM ONLY %s',
+                       col, col, (SELECT q.partition FROM dialpad.partitions q WHERE q.parent = tbl AND q.is_default))
+           INTO times USING width;
+        times := coalesce(times, '{}') || ARRAY(SELECT GREATEST(now(), dialpad.partition_start(now(), width) + width * i)
+                                                   FROM generate_series(0, ahead) AS i ORDER BY i);
+        FOREACH t IN ARRAY times LOOP
+            BEGIN
+                SELECT * INTO added FROM dialpad.add_partition(tbl, t, width);
+                IF added.partition IS NOT NULL THEN
+                    action := 'created'; partition := added.partition; range_from := added.range_from;
+                    range_to := added.range_to; rows := added.moved;
+                    RETURN NEXT;
+                END IF;
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                action := 'busy'; partition := tbl::text; range_from := t; range_to := t + width; rows := NULL;
+                RETURN NEXT;
+            END;
+        END LOOP;
+
+        CONTINUE WHEN keep <= interval '0';
+        FOR p IN SELECT q.partition, q.range_from, q.range_to, q.estimated_rows FROM dialpad.partitions q
+                  WHERE q.parent = tbl AND NOT q.is_default AND q.range_from > '-infinity' AND q.range_to <= now() - keep
+                  ORDER BY q.range_from
+        LOOP
+            action := NULL; partition := p.partition::text; range_from := p.range_from; range_to := p.range_to;
+            BEGIN
+                -- The parent first, as every writer locks it: no deadlock with them.
+                EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', tbl);
+                EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p.partition);
+                held := NULL;
+                IF tbl = 'dialpad.webhook_events'::regclass THEN
+                    -- Its unfinished events move to the holding partition first (detaches it).
+                    held := dialpad.hold_unfinished_events(p.partition, p.range_to);
+                END IF;
+                IF mode = 'detach' THEN
+                    IF held IS NULL THEN
+                        EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', tbl, p.partition);
+                    END IF;
+                    action := 'detached'; rows := p.estimated_rows;
+                ELSE
+                    EXECUTE format('DROP TABLE %s', p.partition);
+                    action := 'dropped'; rows := p.estimated_rows;
+                END IF;
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                action := 'busy'; rows := NULL; held := NULL;
+            END;
+            RETURN NEXT;
+            IF held IS NOT NULL THEN
+                action := 'held'; partition := 'dialpad.webhook_events_held'; range_from := '-infinity';
+                range_to := p.range_to; rows := held;
+                RETURN NEXT;
+            END IF;
+        END LOOP;
+    END LOOP;
+
+    -- Leg columns an upgrade left to fill (sql/analytics.sql): one slice per run; the workers
+    -- run maintenance again at once while this reports work done.
+    rows := dialpad.backfill_legs(5000);
+    IF rows > 0 THEN
+        action := 'backfilled'; partition := 'dialpad.calls'; range_from := NULL; range_to := NULL;
+        RETURN NEXT;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION dialpad.run_maintenance() IS
+    'Creates the partitions of dialpad.webhook_events and dialpad.rejected_transitions for the next dialpad.partitions_ahead intervals, moves rows out of the DEFAULT partitions into partitions of their own, and drops (or detaches, per dialpad.retention_mode) partitions older than dialpad.retention, whatever they hold: their pending and dead-lettered events first move, unchanged, into the holding partition dialpad.webhook_events_held. Returns what it did: created, dropped, detached, held (rows = the events of the partition just dropped or detached that moved to the holding partition), busy (a lock was not had within 2 s; tried again next time), backfilled (rows = calls whose leg columns were filled from the audit log after an upgrade, 5,000 per run). The workers run it every dialpad.maintenance_interval, and again at once while it backfills.';
+
+CREATE FUNCTION dialpad.dead_event_reason(last_error text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN last_error IS NULL THEN NULL
+        WHEN last_error ~ '^field [A-Za-z_.]+: ' THEN substring(last_error FROM '^field [A-Za-z_.]+') || ' is unreadable'
+        WHEN last_error ~ '^call -?[0-9]+ belongs to webhook source ' THEN 'the call belongs to another webhook source'
+        ELSE left(regexp_replace(regexp_replace(last_error, '"[^"]*"|''[^'']*''', '"…"', 'g'), '-?[0-9]+', 'N', 'g'), 120)
+    END
+$$;
+COMMENT ON FUNCTION dialpad.dead_event_reason(text) IS
+    'The kind of failure a dead event''s last_error names, without the values it quotes (field X is unreadable, payload has no call_id, ...): what dialpad.dead_event_reasons groups by.';
+
+CREATE OR REPLACE VIEW dialpad.dead_events WITH (security_invoker = true) AS
+SELECT id, event_type,
+       CASE WHEN pg_catalog.jsonb_typeof(payload) OPERATOR(pg_catalog.=) 'object'
+            THEN payload OPERATOR(pg_catalog.->>) 'call_id' END AS call_id,
+       attempts, last_error, received_at, dead_at, payload,
+       source, dialpad.dead_event_reason(last_error) AS reason
+  FROM dialpad.webhook_events
+ WHERE dead_at IS NOT NULL AND processed_at IS NULL AND discarded_at IS NULL;
+COMMENT ON VIEW dialpad.dead_events IS
+    'Dead-lettered events: they will not be tried again until re-driven (dialpad.retry_event, dialpad.retry_dead_events) or discarded (dialpad.discard_event, dialpad.discard_dead_events).';
+
+CREATE VIEW dialpad.dead_event_reasons WITH (security_invoker = true) AS
+SELECT dialpad.dead_event_reason(last_error) AS reason, source,
+       pg_catalog.count(*) AS events,
+       pg_catalog.min(received_at) AS first_received_at, pg_catalog.max(received_at) AS last_received_at,
+       pg_catalog.max(dead_at) AS last_dead_at,
+       pg_catalog.min(id) AS example_id,
+       (pg_catalog.array_agg(last_error ORDER BY id))[1] AS example_error
+  FROM dialpad.webhook_events
+ WHERE dead_at IS NOT NULL AND processed_at IS NULL AND discarded_at IS NULL
+ GROUP BY 1, 2;
+COMMENT ON VIEW dialpad.dead_event_reasons IS
+    'Dead events grouped by reason (dialpad.dead_event_reason of last_error) and webhook source: how many, received when, the newest dead-lettering, and one example. Retry or discard a group with dialpad.retry_dead_events(source => ..., dead_reason => ...) or dialpad.discard_dead_events(reason, source => ..., dead_reason => ...).';
+
+CREATE FUNCTION dialpad.matching_dead_events(source text, dead_reason text, error_like text,
+                                             received_after timestamptz, received_before timestamptz)
+RETURNS TABLE (id bigint, received_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT e.id, e.received_at FROM dialpad.webhook_events e
+     WHERE e.dead_at IS NOT NULL AND e.processed_at IS NULL AND e.discarded_at IS NULL
+       AND (matching_dead_events.source IS NULL OR e.source = matching_dead_events.source)
+       AND (dead_reason IS NULL OR dialpad.dead_event_reason(e.last_error) = dead_reason)
+       AND (error_like IS NULL OR e.last_error LIKE error_like)
+       AND (received_after IS NULL OR e.received_at >= received_after)
+       AND (received_before IS NULL OR e.received_at < received_before)
+$$;
+COMMENT ON FUNCTION dialpad.matching_dead_events(text, text, text, timestamptz, timestamptz) IS
+    'The dead events (id, received_at) that match every argument given (NULL: any): webhook source, dead_reason (the reason dialpad.dead_event_reasons shows), last_error LIKE pattern, received_at range [after, before). What dialpad.retry_dead_events and dialpad.discard_dead_events act on.';
+
+CREATE OR REPLACE FUNCTION dialpad.retry_event(event_id bigint) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE dialpad.webhook_events
+       SET dead_at = NULL, attempts = 0, next_attempt_at = NULL, discarded_at = NULL, discard_reason = NULL
+     WHERE id = event_id AND processed_at IS NULL
+       AND (dead_at IS NOT NULL OR next_attempt_at IS NOT NULL);
+    IF FOUND THEN
+        PERFORM dialpad.wake_workers();
+        RETURN true;
+    END IF;
+    RETURN false;
+END
+$$;
+COMMENT ON FUNCTION dialpad.retry_event(bigint) IS
+    'Makes a dead-lettered, discarded or waiting-to-retry event due now, with its attempt count reset. False if there is no such event.';
+
+DROP FUNCTION dialpad.retry_dead_events();
+
+CREATE FUNCTION dialpad.retry_dead_events(source text DEFAULT NULL, dead_reason text DEFAULT NULL,
+                                          error_like text DEFAULT NULL,
+                                          received_after timestamptz DEFAULT NULL,
+                                          received_before timestamptz DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE n bigint;
+BEGIN
+    UPDATE dialpad.webhook_events e
+       SET dead_at = NULL, attempts = 0, next_attempt_at = NULL
+      FROM dialpad.matching_dead_events(retry_dead_events.source, dead_reason, error_like, received_after, received_before) m
+     WHERE e.id = m.id AND e.received_at = m.received_at;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM dialpad.wake_workers();
+    END IF;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dialpad.retry_dead_events(text, text, text, timestamptz, timestamptz) IS
+    'Re-drives the dead events that match every argument given (none: all of them): webhook source, dead_reason (the reason dialpad.dead_event_reasons shows), last_error LIKE pattern, received_at in [received_after, received_before). Returns how many.';
+
+CREATE FUNCTION dialpad.discard_event(event_id bigint, reason text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF coalesce(btrim(reason), '') = '' THEN
+        RAISE EXCEPTION 'a discarded event needs a reason' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Say why the event will never be applied, e.g. ''test request from the Dialpad console''.';
+    END IF;
+    UPDATE dialpad.webhook_events
+       SET dead_at = coalesce(dead_at, now()), next_attempt_at = NULL, discarded_at = now(),
+           discard_reason = left(discard_event.reason, 1000)
+     WHERE id = event_id AND processed_at IS NULL AND discarded_at IS NULL;
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION dialpad.discard_event(bigint, text) IS
+    'Acknowledges an unprocessed (usually dead-lettered) event that will never be applied: it is no longer dead or pending, keeps its row for audit until retention drops its partition, and records reason (at most 1,000 characters). False if there is no such event. dialpad.retry_event() takes it back. Errors: 22023 no reason.';
+
+CREATE FUNCTION dialpad.discard_dead_events(reason text, source text DEFAULT NULL, dead_reason text DEFAULT NULL,
+                                            error_like text DEFAULT NULL,
+                                            received_after timestamptz DEFAULT NULL,
+                                            received_before timestamptz DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE n bigint;
+BEGIN
+    IF coalesce(btrim(discard_dead_events.reason), '') = '' THEN
+        RAISE EXCEPTION 'discarded events need a reason' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Say why the events will never be applied, e.g. ''not a call event''.';
+    END IF;
+    UPDATE dialpad.webhook_events e
+       SET discarded_at = now(), discard_reason = left(discard_dead_events.reason, 1000)
+      FROM dialpad.matching_dead_events(discard_dead_events.source, dead_reason, error_like, received_after, received_before) m
+     WHERE e.id = m.id AND e.received_at = m.received_at;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dialpad.discard_dead_events(text, text, text, text, timestamptz, timestamptz) IS
+    'Discards (see dialpad.discard_event) the dead events that match every filter given (none: all of them): webhook source, dead_reason (the reason dialpad.dead_event_reasons shows), last_error LIKE pattern, received_at in [received_after, received_before). reason says why they are discarded; returns how many. Errors: 22023 no reason.';
+
+CREATE OR REPLACE VIEW dialpad.queue_stats WITH (security_invoker = true) AS
+SELECT q.pending, q.due, q.retrying,
+       (SELECT pg_catalog.count(*) FROM dialpad.webhook_events d
+         WHERE d.dead_at IS NOT NULL AND d.processed_at IS NULL AND d.discarded_at IS NULL) AS dead,
+       pg_catalog.now() OPERATOR(pg_catalog.-) q.oldest_received_at AS oldest_pending_age,
+       dialpad.processed_last_minute() AS processed_last_minute
+  FROM (SELECT pg_catalog.count(*) AS pending,
+               pg_catalog.count(*) FILTER (WHERE e.next_attempt_at IS NULL
+                   OR e.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()) AS due,
+               pg_catalog.count(*) FILTER (WHERE e.attempts OPERATOR(pg_catalog.>) 0) AS retrying,
+               pg_catalog.min(e.received_at) AS oldest_received_at
+          FROM dialpad.webhook_events e
+         WHERE e.processed_at IS NULL AND e.dead_at IS NULL) q;
+COMMENT ON VIEW dialpad.queue_stats IS
+    'The inbox at a glance: pending events, how many are due now, retrying after a failure, dead-lettered, the age of the oldest pending one, and events processed in the last minute (NULL without shared_preload_libraries).';
+
+REVOKE EXECUTE ON FUNCTION dialpad.retry_dead_events(text, text, text, timestamptz, timestamptz),
+    dialpad.discard_event(bigint, text), dialpad.discard_dead_events(text, text, text, text, timestamptz, timestamptz),
+    dialpad.matching_dead_events(text, text, text, timestamptz, timestamptz),
+    dialpad.index_like_default(regclass, text), dialpad.hold_unfinished_events(regclass, timestamptz) FROM PUBLIC;
+GRANT SELECT ON dialpad.dead_event_reasons TO dialpad_reader;
+GRANT SELECT (source, discarded_at, discard_reason) ON dialpad.webhook_events TO dialpad_reader;
+GRANT EXECUTE ON FUNCTION dialpad.retry_dead_events(text, text, text, timestamptz, timestamptz),
+    dialpad.discard_event(bigint, text), dialpad.discard_dead_events(text, text, text, text, timestamptz, timestamptz),
+    dialpad.matching_dead_events(text, text, text, timestamptz, timestamptz)
+    TO dialpad_admin;
+GRANT UPDATE (discarded_at, discard_reason) ON dialpad.webhook_events TO dialpad_admin;

@@ -219,7 +219,9 @@ CREATE TABLE dialpad.webhook_events (
     next_attempt_at timestamptz,
     dead_at         timestamptz,
     duplicate_of    bigint,
-    source          text
+    source          text,
+    discarded_at    timestamptz,
+    discard_reason  text
 ) PARTITION BY RANGE (received_at);
 COMMENT ON TABLE dialpad.webhook_events IS
     'Inbox and immutable audit log of Dialpad webhook deliveries, partitioned by received_at (see dialpad.run_maintenance()). Pending: processed_at and dead_at NULL; due when next_attempt_at is NULL or past.';
@@ -240,6 +242,8 @@ COMMENT ON COLUMN dialpad.webhook_events.attempts IS 'How many times applying th
 COMMENT ON COLUMN dialpad.webhook_events.last_error IS 'The error of the last failed attempt.';
 COMMENT ON COLUMN dialpad.webhook_events.next_attempt_at IS 'Earliest time of the next attempt after a failure (exponential backoff).';
 COMMENT ON COLUMN dialpad.webhook_events.dead_at IS 'Set when the event was dead-lettered: it will not be tried again unless re-driven.';
+COMMENT ON COLUMN dialpad.webhook_events.discarded_at IS 'Set when a DBA discarded the event (dialpad.discard_event): acknowledged, no longer counted as dead, kept for audit until retention drops its partition.';
+COMMENT ON COLUMN dialpad.webhook_events.discard_reason IS 'Why the event was discarded (the reason given to dialpad.discard_event or dialpad.discard_dead_events).';
 
 -- Indexes are per partition, not on the partitioned table: dialpad.add_partition() gives
 -- every partition it makes the indexes of the DEFAULT partition below (a DBA who adds one

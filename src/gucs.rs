@@ -194,7 +194,7 @@ fn define_retention_settings() {
     GucRegistry::define_int_guc(
         c"dialpad.retention",
         c"How long events and rejected transitions are kept (0 = forever).",
-        c"dialpad.run_maintenance() drops (or detaches) the partitions whose whole range is older than this; a partition holding a pending or dead-lettered event is kept.",
+        c"dialpad.run_maintenance() drops (or detaches) the partitions whose whole range is older than this; their pending and dead-lettered events move to the holding partition dialpad.webhook_events_held first.",
         &RETENTION_MIN,
         0,
         i32::MAX,

@@ -51,3 +51,32 @@ SELECT dialpad.retry_dead_events();
 SELECT pending, due, dead FROM dialpad.queue_stats;
 SELECT dialpad.process_events();
 SELECT dead FROM dialpad.queue_stats;
+
+-- Triage (docs/troubleshooting.md, "Dead events"): dead events grouped by reason, retried
+-- and discarded by filter, one discarded with a reason.
+INSERT INTO dialpad.webhook_events (payload, source) VALUES
+  ('{"state": "hangup"}', 'acme'),
+  ('{"call_id": 30, "state": "hangup", "duration": "long"}', 'acme'),
+  ('{"call_id": 31, "state": "hangup", "duration": "short"}', 'globex');
+SELECT dialpad.process_events();
+SELECT reason, source, events, example_error FROM dialpad.dead_event_reasons ORDER BY reason, source;
+SELECT dialpad.retry_dead_events(source => 'acme', dead_reason => 'field duration is unreadable');
+SELECT pending, dead FROM dialpad.queue_stats;
+SELECT dialpad.process_events();
+SELECT dialpad.retry_dead_events(received_after => now() + interval '1 hour');
+SELECT dialpad.retry_dead_events(error_like => 'field duration:%', received_before => now() + interval '1 hour');
+SELECT dialpad.process_events();
+SELECT dialpad.discard_event((SELECT min(id) FROM dialpad.dead_events WHERE source = 'acme' AND reason = 'payload has no call_id'), 'a test request');
+SELECT dialpad.discard_event(-1, 'nothing to discard');
+SELECT dialpad.discard_event((SELECT min(id) FROM dialpad.dead_events), ' ');
+SELECT dialpad.discard_dead_events('not call events', error_like => 'payload is not%');
+SELECT dialpad.discard_dead_events(NULL, source => 'acme');
+SELECT reason, source, events FROM dialpad.dead_event_reasons ORDER BY reason, source;
+SELECT dead FROM dialpad.queue_stats;
+SELECT source, discard_reason, dead_at IS NOT NULL AS was_dead, processed_at IS NULL AS unprocessed
+  FROM dialpad.webhook_events WHERE discarded_at IS NOT NULL ORDER BY id;
+-- A discarded event is not re-driven with the dead ones; retry_event takes it back.
+SELECT dialpad.retry_dead_events(dead_reason => 'payload is not a JSON object');
+SELECT dialpad.retry_event((SELECT min(id) FROM dialpad.webhook_events WHERE discarded_at IS NOT NULL));
+SELECT pending, dead FROM dialpad.queue_stats;
+SELECT count(*) AS discarded FROM dialpad.webhook_events WHERE discarded_at IS NOT NULL;

@@ -34,14 +34,16 @@ SELECT tableoid::regclass AS stored_in FROM dialpad.webhook_events WHERE call_id
 SELECT c.relname AS index, i.indisprimary AS primary_key FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
  WHERE i.indrelid = 'dialpad.webhook_events_p20200229'::regclass ORDER BY 1;
 
--- retention: the 2020 event is pending, so its partition is kept
+-- retention: the 2020 event is pending, yet its partition is dropped whole: the event moves
+-- first, unchanged, to the holding partition, which covers everything before the oldest
+-- time partition, and is claimed from there
 SET dialpad.retention = '30d';
 SELECT action, partition, rows FROM dialpad.run_maintenance();
--- processed: its partition is dropped whole; the call stays
+SELECT partition, range_from, range_to FROM dialpad.partitions WHERE range_from = '-infinity';
+SELECT tableoid::regclass AS stored_in, processed_at IS NULL AS pending FROM dialpad.webhook_events WHERE call_id = 1;
 SELECT dialpad.process_events();
-SELECT action, partition FROM dialpad.run_maintenance();
 SELECT count(*) AS events, (SELECT status FROM dialpad.calls WHERE dialpad_call_id = 1) AS call_status
-  FROM dialpad.webhook_events WHERE call_id = 1;
+  FROM dialpad.webhook_events WHERE call_id = 1 AND processed_at IS NOT NULL;
 RESET dialpad.retention;
 
 -- the settings
