@@ -97,58 +97,115 @@ fn retention_holds_the_inbox_at_a_bounded_number_of_partitions() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE dialpad_call_id >= 9200000"), 400);
 }
 
+/// The actions of one maintenance run other than 'created', as "action rows" in run order.
+fn retention_actions(c: &mut postgres::Client) -> Vec<String> {
+    c.query(
+        "SELECT concat_ws(' ', action, partition, rows) FROM dialpad.run_maintenance() WHERE action <> 'created'",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Issue 26, part 1: a day of 400 processed events and one dead event (a payload without
+/// call_id), retention 7 days, run on day 10. 0.2.0 reported the partition `kept`, and all
+/// 400 stayed: with a few such events a day no partition was ever dropped.
 #[test]
-fn pending_and_dead_events_keep_their_partition_and_detach_keeps_the_table() {
-    let cluster = Cluster::start("retention-pending", &["dialpad.workers = 1", "dialpad.maintenance_interval = 0"]);
+fn a_dead_event_cannot_pin_its_partition() {
+    let cluster = Cluster::start(
+        "retention-held",
+        &["dialpad.workers = 1", "dialpad.maintenance_interval = 0", "dialpad.enabled = off"],
+    );
     let mut c = cluster.ready();
-    c.batch_execute("ALTER SYSTEM SET dialpad.enabled = off").unwrap();
-    c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    backdated_call(&mut c, 9_300_001, 10);
+    for k in 0..133 {
+        backdated_call(&mut c, 9_300_000 + k, 10);
+    }
     c.batch_execute(
-        "INSERT INTO dialpad.webhook_events (payload, received_at) VALUES ('\"junk\"', now() - interval '20 days');
-         SELECT count(*) FROM dialpad.process_events(100);
-         SET dialpad.retention = '2d';",
+        "INSERT INTO dialpad.webhook_events (payload, received_at)
+         VALUES ('{\"call_id\": 9300999, \"state\": \"hangup\", \"event_timestamp\": 1700000009000}', now() - interval '10 days'),
+                ('{\"state\": \"hangup\", \"note\": \"a test request\"}', now() - interval '10 days');
+         SELECT count(*) FROM dialpad.process_events(1000);",
     )
     .unwrap();
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.dead_events"), 1);
-    // Both partitions are past retention: the dead event's partition is kept, the processed
-    // call's is dropped (made out of the DEFAULT partition by the same run).
-    let done: Vec<(String, i64)> = c
-        .query("SELECT action, rows FROM dialpad.run_maintenance() WHERE action <> 'created' ORDER BY range_from", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get::<_, Option<i64>>(1).unwrap_or(-1)))
-        .collect();
-    assert_eq!(done.first(), Some(&("kept".to_string(), 1)), "{done:?}");
-    assert_eq!(done.get(1).map(|d| d.0.as_str()), Some("dropped"), "{done:?}");
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.dead_events"), 1);
-    // Pending events too: with the worker off, a new old event waits, and keeps its partition.
-    backdated_call(&mut c, 9_300_002, 8);
-    c.batch_execute("SELECT count(*) FROM dialpad.run_maintenance()").unwrap();
-    let kept = count(&mut c, "SELECT count(*) FROM dialpad.run_maintenance() WHERE action = 'kept'");
-    assert_eq!(kept, 2);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NOT NULL"), 400);
+    let dead_before = text(&mut c, "SELECT concat_ws(' ', id, payload, received_at, attempts, last_error) FROM dialpad.dead_events");
+    assert!(dead_before.contains("payload has no call_id"), "{dead_before}");
+    c.batch_execute("SET dialpad.retention = '7d'").unwrap();
+    let done = retention_actions(&mut c);
+    // The day goes whole; the dead event first moves, unchanged, to the holding partition.
+    assert!(done.iter().any(|d| d.starts_with("dropped dialpad.webhook_events_p")), "{done:?}");
+    assert!(done.contains(&"held dialpad.webhook_events_held 1".to_string()), "{done:?}");
+    assert!(!done.iter().any(|d| d.starts_with("kept")), "{done:?}");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events"), 1, "the 400 processed events are gone");
+    assert_eq!(
+        text(&mut c, "SELECT concat_ws(' ', id, payload, received_at, attempts, last_error) FROM dialpad.dead_events"),
+        dead_before,
+        "the dead event is still listed, unchanged"
+    );
+    assert_eq!(
+        text(&mut c, "SELECT tableoid::regclass::text FROM dialpad.webhook_events"),
+        "dialpad.webhook_events_held"
+    );
+    assert_eq!(count(&mut c, "SELECT dead FROM dialpad.queue_stats"), 1);
+
+    // Pending events of an expiring day are held too, and still claimed from there.
+    backdated_call(&mut c, 9_300_500, 9);
+    c.batch_execute("SET dialpad.retention = '8d'").unwrap();
+    let done = retention_actions(&mut c);
+    assert!(done.contains(&"held dialpad.webhook_events_held 3".to_string()), "{done:?}");
     assert_eq!(count(&mut c, "SELECT pending FROM dialpad.queue_stats"), 3);
-    // Once processed, and with retention_mode = detach, the partition leaves as a table.
-    c.batch_execute("SELECT count(*) FROM dialpad.process_events(100); SET dialpad.retention_mode = detach").unwrap();
-    let done: Vec<String> = c
-        .query(
-            "SELECT concat_ws(' ', action, partition, rows) FROM dialpad.run_maintenance() WHERE action <> 'created'",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events"), 4, "the dead event is still held");
+    assert_eq!(count(&mut c, "SELECT dialpad.process_events(100)::bigint"), 3);
+    assert_eq!(text(&mut c, "SELECT status FROM dialpad.calls WHERE dialpad_call_id = 9300500"), "ended");
+    // Re-drivable where it is held: retried, it fails again (it has no call id).
+    let id = count(&mut c, "SELECT id FROM dialpad.dead_events");
+    c.batch_execute(&format!("SELECT dialpad.retry_event({id}); SELECT count(*) FROM dialpad.process_events(10);"))
+        .unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.dead_events"), 1);
+    // Discarded, it is no longer dead; the next expiry rebuilds the holding partition with
+    // what is still unfinished only: the processed and the discarded events go with the old one.
+    c.batch_execute(&format!("SELECT dialpad.discard_event({id}, 'a test request from the console')")).unwrap();
+    assert_eq!(count(&mut c, "SELECT dead FROM dialpad.queue_stats"), 0);
+    backdated_call(&mut c, 9_300_600, 7);
+    c.batch_execute("SELECT count(*) FROM dialpad.process_events(100); SET dialpad.retention = '6d';").unwrap();
+    let done = retention_actions(&mut c);
+    assert!(done.contains(&"held dialpad.webhook_events_held 0".to_string()), "{done:?}");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events"), 0);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM dialpad.partitions WHERE parent = 'dialpad.webhook_events'::regclass
+              AND range_from = '-infinity' AND range_to = dialpad.partition_start(now() - interval '6 days', '1 day')"
+        ),
+        1,
+        "the holding partition covers everything before the oldest time partition"
+    );
+}
+
+#[test]
+fn detach_keeps_the_expired_table_whole_and_holds_its_unfinished_events() {
+    let cluster = Cluster::start(
+        "retention-detach",
+        &["dialpad.workers = 1", "dialpad.maintenance_interval = 0", "dialpad.enabled = off"],
+    );
+    let mut c = cluster.ready();
+    backdated_call(&mut c, 9_310_001, 10);
+    backdated_call(&mut c, 9_310_002, 10);
+    c.batch_execute(
+        "SELECT count(*) FROM dialpad.process_events(3);
+         SET dialpad.retention = '2d'; SET dialpad.retention_mode = detach;",
+    )
+    .unwrap();
+    let done = retention_actions(&mut c);
     let detached = done.iter().find_map(|d| d.strip_prefix("detached ")).unwrap_or_else(|| panic!("{done:?}"));
     let detached = detached.split(' ').next().unwrap_or_default().to_string();
-    assert_eq!(
-        count(&mut c, &format!("SELECT count(*) FROM {detached} WHERE call_id = 9300002 AND processed_at IS NOT NULL")),
-        3,
-        "the detached table keeps its rows"
-    );
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE call_id = 9300002"), 0);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.dead_events"), 1);
+    assert!(done.contains(&"held dialpad.webhook_events_held 3".to_string()), "{done:?}");
+    assert_eq!(count(&mut c, &format!("SELECT count(*) FROM {detached}")), 6, "the detached table keeps every row");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events"), 3);
+    assert_eq!(count(&mut c, "SELECT dialpad.process_events(100)::bigint"), 3);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE status = 'ended'"), 2);
 }
 
 #[test]
