@@ -38,6 +38,8 @@ COMMENT ON FUNCTION dialpad.enable_source(text) IS 'Accepts deliveries through a
 COMMENT ON FUNCTION dialpad.drop_source(text) IS 'Removes a webhook source; events and calls keep its name.';
 COMMENT ON FUNCTION dialpad.ingest_stats() IS
     'Deliveries accepted, duplicate and rejected by dialpad.ingest_webhook since the server started (behind the dialpad.ingest_stats view).';
+COMMENT ON FUNCTION dialpad.rederive_step(integer) IS
+    'Re-derives up to max_calls of the calls dialpad.rederive_calls() listed (the workers call it; without workers, a dialpad_worker session may), in the caller''s transaction; returns how many left the list, 0 when none is left. Calls another processor holds stay listed. Errors: 22023 negative max_calls, 55000 library and SQL versions differ.';
 COMMENT ON FUNCTION dialpad.rules_changed() IS
     'Trigger on the rule tables: makes every session reload the rules from its next statement.';
 
@@ -147,3 +149,19 @@ GRANT SELECT ON dialpad.partitions TO dialpad_reader;
 -- Analysts (sql/analytics.sql).
 GRANT SELECT ON dialpad.logical_calls, dialpad.logical_calls_from_legs TO dialpad_reader;
 GRANT EXECUTE ON FUNCTION dialpad.rebuild_logical_calls() TO dialpad_admin;
+
+-- Re-deriving calls (sql/rederive.sql): an admin lists calls; the processing role (the
+-- workers, or a session as dialpad_worker calling rederive_step) re-derives them and
+-- replaces the processor's rejections of their events; readers follow the progress.
+REVOKE EXECUTE ON FUNCTION dialpad.rederive_calls(timestamptz, timestamptz, text, bigint[]),
+    dialpad.rederive_step(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dialpad.rederive_calls(timestamptz, timestamptz, text, bigint[]) TO dialpad_admin;
+GRANT EXECUTE ON FUNCTION dialpad.rederive_step(integer) TO dialpad_worker;
+GRANT SELECT ON dialpad.rederive_jobs, dialpad.rederive_queue, dialpad.rederive_progress TO dialpad_reader;
+GRANT INSERT, UPDATE ON dialpad.rederive_jobs TO dialpad_admin;
+GRANT USAGE ON SEQUENCE dialpad.rederive_jobs_id_seq TO dialpad_admin;
+GRANT INSERT ON dialpad.rederive_queue TO dialpad_admin;
+GRANT SELECT (call_id, duplicate_of, source) ON dialpad.webhook_events TO dialpad_admin;
+GRANT SELECT, UPDATE ON dialpad.rederive_jobs TO dialpad_worker;
+GRANT SELECT, UPDATE, DELETE ON dialpad.rederive_queue TO dialpad_worker;
+GRANT SELECT (dialpad_call_id, event_id, rejected_at), DELETE ON dialpad.rejected_transitions TO dialpad_worker;

@@ -52,6 +52,7 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["processing", api::version_info]);
 extension_sql_file!("../sql/analytics.sql", name = "analytics", requires = ["maintenance"]);
+extension_sql_file!("../sql/rederive.sql", name = "rederive", requires = ["analytics"]);
 extension_sql_file!("../sql/citus.sql", name = "citus", requires = ["analytics", citus::routing_call_id]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

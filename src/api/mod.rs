@@ -58,6 +58,23 @@ fn process_events(max_events: default!(i32, 500)) -> i32 {
     handled.min(i32::MAX as i64) as i32
 }
 
+/// Re-derives up to `max_calls` of the calls dialpad.rederive_calls() listed, in the
+/// caller's transaction; returns how many left the list (0: nothing is left).
+#[pg_extern(volatile, parallel_unsafe)]
+fn rederive_step(max_calls: default!(i32, 200)) -> i64 {
+    if max_calls < 0 {
+        error::raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("max_calls must be zero or more, not {max_calls}"),
+            None,
+            None,
+        );
+    }
+    version::require_current();
+    let rules = rules::current_or_raise();
+    with_default_lock_timeout(|| crate::pipeline::rederive::step(max_calls, &rules))
+}
+
 /// Runs `f` with lock_timeout = dialpad.lock_timeout unless the caller set a lock_timeout
 /// of their own (a caller may choose to wait; the default never stalls). Scoped like a
 /// function's SET clause: restored here, or by the transaction's abort.

@@ -31,7 +31,8 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
         worker.reload_settings_on_sighup();
         let full = worker.batch_step();
         worker.maintenance_step(full);
-        if full {
+        let rederiving = worker.rederive_step(full);
+        if full || rederiving {
             continue; // more is due: no sleep
         }
         // Flush what the last batches left pending before sleeping (rate-limited above).
@@ -59,6 +60,8 @@ struct Worker {
     maintenance_deferred: Option<Instant>,
     /// When the Citus keeper of dialpad.logical_calls last ran (see run_batches).
     last_keeper: Option<Instant>,
+    /// When this worker last looked for calls to re-derive, and whether it found some.
+    last_rederive: Option<(Instant, bool)>,
 }
 
 /// How often the Citus keeper of dialpad.logical_calls runs at least while batches keep
@@ -104,6 +107,7 @@ impl Worker {
             last_maintenance: None,
             maintenance_deferred: None,
             last_keeper: None,
+            last_rederive: None,
         })
     }
 
@@ -268,6 +272,42 @@ impl Worker {
             warning!("pg_dialpad worker {}: batch failed and was rolled back: {msg}", self.index);
             self.last_error_log = Some(Instant::now());
         }
+    }
+
+    /// A slice of the calls dialpad.rederive_calls() listed (pipeline/rederive.rs); true
+    /// when it re-derived some (more may be waiting: no sleep).
+    ///
+    /// The queue is looked at once a second at most, so that an idle or lightly loaded
+    /// worker pays one probe a second for it. While there is work: back to back when the
+    /// inbox is drained (`busy` false), one slice a second while a backlog drains, so that
+    /// re-derivation goes on under any load without slowing the drain much.
+    fn rederive_step(&mut self, busy: bool) -> bool {
+        if !gucs::enabled() || self.said.is_some() {
+            return false;
+        }
+        let found_last = self.last_rederive.is_some_and(|(_, found)| found);
+        let recent = self.last_rederive.is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(1));
+        if recent && (busy || !found_last) {
+            return false;
+        }
+        report_activity(pg_sys::BackendState::STATE_RUNNING, c"pg_dialpad: re-deriving calls");
+        let result = self.batch_transaction(|| {
+            if writable().is_some() || !crate::pipeline::rederive::pending() {
+                return 0;
+            }
+            let rules = rules::current_or_raise();
+            crate::pipeline::rederive::step(crate::pipeline::rederive::SLICE, &rules)
+        });
+        report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook events");
+        let done = match result {
+            Ok(n) => n.unwrap_or(0),
+            Err(msg) => {
+                self.failed(&format!("re-deriving calls: {msg}"));
+                0
+            }
+        };
+        self.last_rederive = Some((Instant::now(), done > 0));
+        done > 0
     }
 
     /// The first worker also keeps the partitions (dialpad.run_maintenance()), when due.

@@ -306,6 +306,74 @@ fn process_batch_in(
     Ok(batch.out)
 }
 
+/// What re-deriving a slice of calls came to (see pipeline/rederive.rs).
+#[derive(Default, Debug)]
+pub(crate) struct Rederived {
+    /// Re-derived from their whole history with the current rules.
+    pub done: Vec<i64>,
+    /// Left as they are: retention dropped part of their history, or none of it is left.
+    pub partial: Vec<i64>,
+    /// Another processor holds them: to be tried again.
+    pub busy: Vec<i64>,
+    /// Their write failed (the error): left as they were.
+    pub failed: Vec<(i64, String)>,
+}
+
+/// Re-applies the current rules to `calls` from their whole applied history in the audit
+/// log, in the current transaction: each call is folded from its first event as if it were
+/// new, its row rewritten, and the rejected transitions the processor recorded for its events
+/// replaced by those of the new fold. A call another processor holds is `busy`; one whose
+/// history retention has partly dropped is left as it is (`partial`): re-deriving from what
+/// is left would lose what was dropped.
+pub(crate) fn rederive(calls: &[i64], rules: &RuleSet) -> Rederived {
+    Spi::connect_mut(|client| rederive_in(client, calls, rules)).unwrap_or_else(|e| {
+        crate::pg::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("pg_dialpad re-derivation failed: {e}"),
+            None,
+            None,
+        )
+    })
+}
+
+/// Deletes the processor's rejections of calls recorded before this transaction (the fold
+/// just recorded their replacements).
+const OLD_REJECTIONS_SQL: &str = "\
+DELETE FROM dialpad.rejected_transitions
+ WHERE dialpad_call_id OPERATOR(pg_catalog.=) ANY ($1) AND event_id IS NOT NULL
+   AND rejected_at OPERATOR(pg_catalog.<) pg_catalog.now()";
+
+fn rederive_in(client: &mut SpiClient<'_>, calls: &[i64], rules: &RuleSet) -> Result<Rederived, pgrx::spi::Error> {
+    let mut out = Rederived::default();
+    let mut batch = Batch::without_events(&Tables::whole());
+    for &call_id in calls {
+        if try_lock_call(call_id) {
+            batch.calls.push(call_id);
+            batch.by_call.insert(call_id, Vec::new());
+        } else {
+            out.busy.push(call_id);
+        }
+    }
+    batch.read_calls(client)?;
+    batch.late = batch.calls.clone();
+    batch.read_history(client)?;
+    let (keep, left): (Vec<i64>, Vec<i64>) = batch
+        .calls
+        .iter()
+        .partition(|c| !batch.partial.contains(c) && batch.by_call.get(c).is_some_and(|e| !e.is_empty()));
+    out.partial = left;
+    batch.calls = keep;
+    batch.fold_calls(rules);
+    batch.write_calls(client);
+    let failed: std::collections::HashSet<i64> = batch.failed_calls.iter().map(|(c, _)| *c).collect();
+    out.done = batch.calls.iter().copied().filter(|c| !failed.contains(c)).collect();
+    out.failed = std::mem::take(&mut batch.failed_calls);
+    if !out.done.is_empty() {
+        run_kept(client, OLD_REJECTIONS_SQL, &[pg_sys::INT8ARRAYOID], None, &[out.done.clone().into()])?;
+    }
+    Ok(out)
+}
+
 /// An event that could not be applied: retried later, or dead-lettered when `permanent`.
 struct Failure {
     id: i64,
@@ -360,6 +428,10 @@ struct Batch {
     lock_waits: Vec<i64>,
     /// (redelivery, first delivery) found while folding.
     duplicates: Vec<(i64, i64)>,
+    /// Calls whose write failed, with the error (a re-derivation reports them).
+    failed_calls: Vec<(i64, String)>,
+    /// Re-deriving calls from their history (no claimed events): every rejection is recorded.
+    rederiving: bool,
     out: BatchOutcome,
 }
 
@@ -435,8 +507,33 @@ impl Batch {
             deferred: Vec::new(),
             lock_waits: Vec::new(),
             duplicates: Vec::new(),
+            failed_calls: Vec::new(),
+            rederiving: false,
             out,
         }))
+    }
+
+    /// A batch of no claimed events, for re-deriving calls from their history.
+    fn without_events(tables: &Tables) -> Batch {
+        Batch {
+            tables: tables.clone(),
+            received: Received { from: 0, to: 0 },
+            events: Vec::new(),
+            n_claimed: 0,
+            by_call: HashMap::new(),
+            calls: Vec::new(),
+            rows: HashMap::new(),
+            late: Vec::new(),
+            partial: Default::default(),
+            folds: Vec::new(),
+            failures: Vec::new(),
+            deferred: Vec::new(),
+            lock_waits: Vec::new(),
+            duplicates: Vec::new(),
+            failed_calls: Vec::new(),
+            rederiving: true,
+            out: BatchOutcome::default(),
+        }
     }
 
     /// Groups the events by call; an event that cannot be read fails for good.
@@ -579,6 +676,13 @@ impl Batch {
                 })
             })
             .collect();
+        self.read_history(client)
+    }
+
+    /// Reads the applied history of the calls in `late` into the batch. A call whose history
+    /// holds fewer events than it counts applied (retention dropped some) is `partial`: its
+    /// row stays the base of its fold; the others are folded from their history alone.
+    fn read_history(&mut self, client: &mut SpiClient<'_>) -> Result<(), pgrx::spi::Error> {
         if self.late.is_empty() {
             return Ok(());
         }
@@ -643,8 +747,11 @@ impl Batch {
             let mut folded = fold_events_by_call(base, &events, rules, &mut || {
                 check_for_interrupts!();
             });
-            // Rejections of history events were recorded when they were first applied.
-            folded.rejections.retain(|r| idx[r.event] < n);
+            // Rejections of history events were recorded when they were first applied (a
+            // re-derivation records them all again, see `rederive`).
+            if !self.rederiving {
+                folded.rejections.retain(|r| idx[r.event] < n);
+            }
             // The count of applied events moves with every event, so it is always written.
             let own = idx.iter().filter(|&&i| i < n).count() as i32;
             let history = idx.len() as i32 - own;
@@ -676,6 +783,9 @@ impl Batch {
                 .filter(|&e| e < self.n_claimed)
                 .map(|e| self.events[e].id)
                 .collect();
+            if !e.is_lock_conflict() {
+                self.failed_calls.push((self.folds[i].call_id, e.message.clone()));
+            }
             if e.is_lock_conflict() {
                 self.deferred.extend(&own);
                 self.lock_waits.extend(own);

@@ -7,5 +7,6 @@ pub(crate) mod call_row;
 pub(crate) mod dedupe;
 pub(crate) mod inflight;
 pub(crate) mod logical;
+pub(crate) mod rederive;
 pub(crate) mod rules;
 pub(crate) mod sources;
