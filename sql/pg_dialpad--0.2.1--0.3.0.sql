@@ -252,3 +252,73 @@ UPDATE dialpad.calls
                 AND pg_catalog.length(raw_payload -> 'transferred_from' ->> 'id') <= 2000
            THEN raw_payload -> 'transferred_from' ->> 'id' END
  WHERE is_transferred;
+
+-- ---------------------------------------------------------------------------------------------
+-- Ingest counters by source and reason, kept across restarts (issue 26, part 4).
+-- ---------------------------------------------------------------------------------------------
+CREATE FUNCTION dialpad."ingest_counters_unflushed"() RETURNS TABLE (
+	"source" TEXT,
+	"outcome" TEXT,
+	"reason" TEXT,
+	"count" bigint
+)
+VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'ingest_counters_unflushed_wrapper';
+CREATE FUNCTION dialpad."flush_ingest_counters"() RETURNS bigint
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'flush_ingest_counters_wrapper';
+ALTER FUNCTION dialpad.ingest_counters_unflushed() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION dialpad.flush_ingest_counters() SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION dialpad.ingest_stats() IS
+    'Deliveries accepted, duplicate and rejected by dialpad.ingest_webhook in this database: those counted in dialpad.ingest_counters plus those not flushed there yet (behind the dialpad.ingest_stats view).';
+COMMENT ON FUNCTION dialpad.ingest_counters_unflushed() IS
+    'The deliveries of this database counted in shared memory and not yet written to dialpad.ingest_counters, by source, outcome and reason; empty without shared_preload_libraries.';
+COMMENT ON FUNCTION dialpad.flush_ingest_counters() IS
+    'Writes the ingest counts of shared memory to dialpad.ingest_counters now (the first background worker does it every 5 seconds and when it stops); returns how many deliveries it wrote, 0 when another session is flushing. Errors: 25006 on a hot standby.';
+COMMENT ON VIEW dialpad.ingest_stats IS
+    'Deliveries accepted, duplicate (stored once already) and rejected by dialpad.ingest_webhook in this database, persisted across restarts (dialpad.ingest_stats_by_source has them by source and reason).';
+
+-- ---------------------------------------------------------------------------------------------
+-- Ingest counters (docs/operations.md, "Monitoring and alerts"): dialpad.ingest_webhook counts
+-- every delivery in shared memory by source, outcome and reason (src/pg/counters.rs); the
+-- first worker adds those counts to this table every few seconds and when it stops, so they
+-- survive restarts. The views add what is not flushed yet.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE dialpad.ingest_counters (
+    source     text NOT NULL,
+    outcome    text NOT NULL CHECK (outcome IN ('accepted', 'duplicate', 'rejected')),
+    reason     text NOT NULL DEFAULT '' CHECK ((outcome = 'rejected') = (reason <> '')),
+    count      bigint NOT NULL CHECK (count >= 0),
+    since      timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, outcome, reason)
+);
+COMMENT ON TABLE dialpad.ingest_counters IS
+    'Deliveries dialpad.ingest_webhook accepted, stored as duplicates and rejected in this database, by webhook source and rejection reason, as flushed from shared memory (every 5 seconds and when the first worker stops).';
+COMMENT ON COLUMN dialpad.ingest_counters.source IS
+    'The webhook source the deliveries came through (dialpad.sources); (none): no source named and none to tell; (unknown): a source name that is not configured; (overflow): counted while the shared-memory table of counters was full.';
+COMMENT ON COLUMN dialpad.ingest_counters.outcome IS 'accepted (a new event), duplicate (a redelivery, stored marked duplicate_of) or rejected.';
+COMMENT ON COLUMN dialpad.ingest_counters.reason IS
+    'Why deliveries were rejected ('''' otherwise): the DETAIL of a 28000 refusal (bad signature, expired, not yet valid, unsupported crit, unsupported algorithm, unknown source, disabled source, unsigned body), or malformed (22P02), stale event or no source named (22023), too large (54000), null body (22004), internal error (XX000).';
+COMMENT ON COLUMN dialpad.ingest_counters.count IS 'Deliveries counted.';
+COMMENT ON COLUMN dialpad.ingest_counters.since IS 'When this row was first written.';
+COMMENT ON COLUMN dialpad.ingest_counters.updated_at IS 'When counts were last added.';
+SELECT pg_catalog.pg_extension_config_dump('dialpad.ingest_counters', '');
+
+CREATE VIEW dialpad.ingest_stats_by_source WITH (security_invoker = true) AS
+SELECT source, outcome, reason, sum(count)::bigint AS count, min(since) AS since, max(updated_at) AS updated_at
+  FROM (SELECT source, outcome, reason, count, since, updated_at FROM dialpad.ingest_counters
+        UNION ALL
+        SELECT source, outcome, reason, count, NULL, NULL FROM dialpad.ingest_counters_unflushed()) c
+ GROUP BY source, outcome, reason;
+COMMENT ON VIEW dialpad.ingest_stats_by_source IS
+    'Deliveries accepted, duplicate and rejected by dialpad.ingest_webhook in this database, by webhook source, outcome and rejection reason: dialpad.ingest_counters plus the counts not flushed yet (since is NULL for a row not flushed yet).';
+
+-- Ingest counters: readers read them; the first worker (dialpad_worker) and admins flush them.
+REVOKE EXECUTE ON FUNCTION dialpad.ingest_counters_unflushed(), dialpad.flush_ingest_counters() FROM PUBLIC;
+GRANT SELECT ON dialpad.ingest_counters, dialpad.ingest_stats_by_source TO dialpad_reader;
+GRANT EXECUTE ON FUNCTION dialpad.ingest_counters_unflushed() TO dialpad_reader;
+GRANT EXECUTE ON FUNCTION dialpad.flush_ingest_counters() TO dialpad_admin, dialpad_worker;
+GRANT INSERT, UPDATE ON dialpad.ingest_counters TO dialpad_admin, dialpad_worker;
