@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 const UPSERT_SQL: &str = "\
 INSERT INTO dialpad.ingest_counters AS c (source, outcome, reason, count)
-SELECT * FROM pg_catalog.unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[], $4::pg_catalog.int8[])
+SELECT * FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[]),
+                        pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.int8[]))
 ON CONFLICT (source, outcome, reason) DO UPDATE
    SET count = c.count OPERATOR(pg_catalog.+) EXCLUDED.count, updated_at = pg_catalog.now()";
 
