@@ -36,6 +36,9 @@ COMMENT ON COLUMN dialpad.calls.recording_url IS 'The call recording: the first 
 COMMENT ON COLUMN dialpad.calls.voicemail_recording_url IS 'The voicemail''s audio: the first recording of type voicemail.';
 COMMENT ON COLUMN dialpad.calls.end_state IS 'The Dialpad state of the event that gave the leg its terminal status (hangup, missed, voicemail, blocked, ...).';
 COMMENT ON COLUMN dialpad.calls.logical_call_id IS 'The real call this leg belongs to: master_call_id, else entry_point_call_id, else the leg''s own id (generated). dialpad.logical_calls has one row per value.';
+-- Added in 0.3.0 (after logical_call_id, where the upgrade adds it too).
+ALTER TABLE dialpad.calls ADD COLUMN transferred_from_id text;
+COMMENT ON COLUMN dialpad.calls.transferred_from_id IS 'transferred_from.id: set only on the leg a transfer created (Dialpad marks is_transferred on the leg transferred away too). dialpad.logical_calls.transfers counts these legs.';
 
 -- Finds the legs of a logical call (the triggers below read them on every write).
 CREATE INDEX calls_logical_call_id ON dialpad.calls (logical_call_id);
@@ -77,7 +80,7 @@ COMMENT ON COLUMN dialpad.logical_calls.wait_seconds IS 'From started_at to answ
 COMMENT ON COLUMN dialpad.logical_calls.talk_seconds IS 'The conversation: the talk time of the answering legs, each moment once: without a root leg that carried the caller to the agents (department, office, call center), and without legs that joined a person''s root leg and ended within it (conference); the legs of a transfer add up.';
 COMMENT ON COLUMN dialpad.logical_calls.hold_seconds IS 'Hold time of the same legs as talk_seconds.';
 COMMENT ON COLUMN dialpad.logical_calls.legs IS 'How many legs (rows of dialpad.calls) the call has.';
-COMMENT ON COLUMN dialpad.logical_calls.transfers IS 'How many of its legs are marked is_transferred.';
+COMMENT ON COLUMN dialpad.logical_calls.transfers IS 'How many transfers the call went through: its legs that a transfer created (transferred_from_id set). Dialpad marks is_transferred on both legs of a transfer; counting that would count each transfer twice.';
 COMMENT ON COLUMN dialpad.logical_calls.answered_by_target_id IS 'target.id of the leg that answered (see answered_at).';
 
 CREATE INDEX logical_calls_started_at ON dialpad.logical_calls (started_at);
@@ -137,7 +140,7 @@ WITH leg0 AS (
 ), g AS (
     SELECT logical_call_id,
            count(*) AS legs,
-           count(*) FILTER (WHERE is_transferred) AS transfers,
+           count(*) FILTER (WHERE transferred_from_id IS NOT NULL) AS transfers,
            bool_and(terminal) AS ended,
            bool_or(answered) AS answered,
            bool_or(end_state = 'blocked') AS blocked,
@@ -319,7 +322,7 @@ BEGIN
         SELECT DISTINCT ON (ev.call_id, k.key) ev.call_id, k.key, k.value
           FROM ev, pg_catalog.jsonb_each(ev.payload) k
          WHERE k.key IN ('talk_time', 'hold_time', 'total_duration', 'date_rang', 'date_first_rang',
-                         'date_queued', 'is_transferred', 'group_id', 'labels', 'csat_score')
+                         'date_queued', 'is_transferred', 'transferred_from', 'group_id', 'labels', 'csat_score')
            AND pg_catalog.jsonb_typeof(k.value) <> 'null'
          ORDER BY ev.call_id, k.key, ev.ts DESC NULLS FIRST, ev.id DESC
     ), num AS (
@@ -340,6 +343,9 @@ BEGIN
                max(pg_catalog.to_timestamp(n / 1000)) FILTER (WHERE key = 'date_queued' AND n BETWEEN 0 AND 253402300799999) AS queued,
                bool_or(CASE WHEN value IN ('true', '"true"', '1') THEN true WHEN value IN ('false', '"false"', '0') THEN false END)
                    FILTER (WHERE key = 'is_transferred') AS transferred,
+               max(value ->> 'id') FILTER (WHERE key = 'transferred_from' AND pg_catalog.jsonb_typeof(value) = 'object'
+                                             AND pg_catalog.jsonb_typeof(value -> 'id') IN ('string', 'number')
+                                             AND pg_catalog.length(value ->> 'id') <= 2000) AS transferred_from_id,
                max(value #>> '{}') FILTER (WHERE key = 'group_id' AND pg_catalog.jsonb_typeof(value) IN ('string', 'number')) AS group_id,
                (max(CASE pg_catalog.jsonb_typeof(value)
                         WHEN 'array' THEN (SELECT pg_catalog.jsonb_agg(x #>> '{}') FROM pg_catalog.jsonb_array_elements(value) x
@@ -388,6 +394,7 @@ BEGIN
     UPDATE dialpad.calls c
        SET talk_seconds = f.talk, hold_seconds = f.hold, total_duration_seconds = f.total,
            rang_at = COALESCE(f.rang, f.first_rang), queued_at = f.queued, is_transferred = f.transferred,
+           transferred_from_id = f.transferred_from_id,
            group_id = f.group_id, labels = f.labels, csat_score = f.csat,
            recordings = recs.list,
            recording_url = CASE WHEN recs.list IS NULL THEN c.recording_url ELSE recs.call_url END,

@@ -36,10 +36,14 @@ COMMENT ON FUNCTION dialpad.rotate_secret(text, text, interval) IS
 COMMENT ON FUNCTION dialpad.disable_source(text) IS 'Refuses deliveries through a webhook source (28000) until dialpad.enable_source().';
 COMMENT ON FUNCTION dialpad.enable_source(text) IS 'Accepts deliveries through a disabled webhook source again.';
 COMMENT ON FUNCTION dialpad.drop_source(text) IS 'Removes a webhook source; events and calls keep its name.';
-COMMENT ON FUNCTION dialpad.ingest_stats() IS
-    'Deliveries accepted, duplicate and rejected by dialpad.ingest_webhook since the server started (behind the dialpad.ingest_stats view).';
 COMMENT ON FUNCTION dialpad.rederive_step(integer) IS
     'Re-derives up to max_calls of the calls dialpad.rederive_calls() listed (the workers call it; without workers, a dialpad_worker session may), in the caller''s transaction; returns how many left the list, 0 when none is left. Calls another processor holds stay listed. Errors: 22023 negative max_calls, 55000 library and SQL versions differ.';
+COMMENT ON FUNCTION dialpad.ingest_stats() IS
+    'Deliveries accepted, duplicate and rejected by dialpad.ingest_webhook in this database: those counted in dialpad.ingest_counters plus those not flushed there yet (behind the dialpad.ingest_stats view).';
+COMMENT ON FUNCTION dialpad.ingest_counters_unflushed() IS
+    'The deliveries of this database counted in shared memory and not yet written to dialpad.ingest_counters, by source, outcome and reason; empty without shared_preload_libraries.';
+COMMENT ON FUNCTION dialpad.flush_ingest_counters() IS
+    'Writes the ingest counts of shared memory to dialpad.ingest_counters now (the first background worker does it every 5 seconds and when it stops); returns how many deliveries it wrote, 0 when another session is flushing. Errors: 25006 on a hot standby.';
 COMMENT ON FUNCTION dialpad.rules_changed() IS
     'Trigger on the rule tables: makes every session reload the rules from its next statement.';
 
@@ -60,7 +64,43 @@ $$;
 
 CREATE VIEW dialpad.ingest_stats WITH (security_invoker = true) AS SELECT * FROM dialpad.ingest_stats();
 COMMENT ON VIEW dialpad.ingest_stats IS
-    'Deliveries accepted, duplicate (stored once already) and rejected by dialpad.ingest_webhook since the server started.';
+    'Deliveries accepted, duplicate (stored once already) and rejected by dialpad.ingest_webhook in this database, persisted across restarts (dialpad.ingest_stats_by_source has them by source and reason).';
+
+-- ---------------------------------------------------------------------------------------------
+-- Ingest counters (docs/operations.md, "Monitoring and alerts"): dialpad.ingest_webhook counts
+-- every delivery in shared memory by source, outcome and reason (src/pg/counters.rs); the
+-- first worker adds those counts to this table every few seconds and when it stops, so they
+-- survive restarts. The views add what is not flushed yet.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE dialpad.ingest_counters (
+    source     text NOT NULL,
+    outcome    text NOT NULL CHECK (outcome IN ('accepted', 'duplicate', 'rejected')),
+    reason     text NOT NULL DEFAULT '' CHECK ((outcome = 'rejected') = (reason <> '')),
+    count      bigint NOT NULL CHECK (count >= 0),
+    since      timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, outcome, reason)
+);
+COMMENT ON TABLE dialpad.ingest_counters IS
+    'Deliveries dialpad.ingest_webhook accepted, stored as duplicates and rejected in this database, by webhook source and rejection reason, as flushed from shared memory (every 5 seconds and when the first worker stops).';
+COMMENT ON COLUMN dialpad.ingest_counters.source IS
+    'The webhook source the deliveries came through (dialpad.sources); (none): no source named and none to tell; (unknown): a source name that is not configured; (overflow): counted while the shared-memory table of counters was full.';
+COMMENT ON COLUMN dialpad.ingest_counters.outcome IS 'accepted (a new event), duplicate (a redelivery, stored marked duplicate_of) or rejected.';
+COMMENT ON COLUMN dialpad.ingest_counters.reason IS
+    'Why deliveries were rejected ('''' otherwise): the DETAIL of a 28000 refusal (bad signature, expired, not yet valid, unsupported crit, unsupported algorithm, unknown source, disabled source, unsigned body), or malformed (22P02), stale event or no source named (22023), too large (54000), null body (22004), internal error (XX000).';
+COMMENT ON COLUMN dialpad.ingest_counters.count IS 'Deliveries counted.';
+COMMENT ON COLUMN dialpad.ingest_counters.since IS 'When this row was first written.';
+COMMENT ON COLUMN dialpad.ingest_counters.updated_at IS 'When counts were last added.';
+SELECT pg_catalog.pg_extension_config_dump('dialpad.ingest_counters', '');
+
+CREATE VIEW dialpad.ingest_stats_by_source WITH (security_invoker = true) AS
+SELECT source, outcome, reason, sum(count)::bigint AS count, min(since) AS since, max(updated_at) AS updated_at
+  FROM (SELECT source, outcome, reason, count, since, updated_at FROM dialpad.ingest_counters
+        UNION ALL
+        SELECT source, outcome, reason, count, NULL, NULL FROM dialpad.ingest_counters_unflushed()) c
+ GROUP BY source, outcome, reason;
+COMMENT ON VIEW dialpad.ingest_stats_by_source IS
+    'Deliveries accepted, duplicate and rejected by dialpad.ingest_webhook in this database, by webhook source, outcome and rejection reason: dialpad.ingest_counters plus the counts not flushed yet (since is NULL for a row not flushed yet).';
 
 -- ---------------------------------------------------------------------------------------------
 -- Privileges. The tables belong to the extension's owner (a superuser); applications get
@@ -165,3 +205,9 @@ GRANT SELECT (call_id, duplicate_of, source) ON dialpad.webhook_events TO dialpa
 GRANT SELECT, UPDATE ON dialpad.rederive_jobs TO dialpad_worker;
 GRANT SELECT, UPDATE, DELETE ON dialpad.rederive_queue TO dialpad_worker;
 GRANT SELECT (dialpad_call_id, event_id, rejected_at), DELETE ON dialpad.rejected_transitions TO dialpad_worker;
+-- Ingest counters: readers read them; the first worker (dialpad_worker) and admins flush them.
+REVOKE EXECUTE ON FUNCTION dialpad.ingest_counters_unflushed(), dialpad.flush_ingest_counters() FROM PUBLIC;
+GRANT SELECT ON dialpad.ingest_counters, dialpad.ingest_stats_by_source TO dialpad_reader;
+GRANT EXECUTE ON FUNCTION dialpad.ingest_counters_unflushed() TO dialpad_reader;
+GRANT EXECUTE ON FUNCTION dialpad.flush_ingest_counters() TO dialpad_admin, dialpad_worker;
+GRANT INSERT, UPDATE ON dialpad.ingest_counters TO dialpad_admin, dialpad_worker;

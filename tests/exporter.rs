@@ -1,6 +1,7 @@
 //! Monitoring where DBAs look: Debian's Prometheus postgres exporter runs against a cluster
 //! with pg_dialpad, with scripts/monitoring/postgres_exporter.yaml, and its /metrics (read
-//! over loopback) carries the queue, the workers and ingestion with the right values. The
+//! over loopback) carries the queue, the workers and ingestion (in all and by source, outcome
+//! and reason) with the right values. The
 //! example alert rules are unit-tested with promtool.
 
 mod common;
@@ -132,6 +133,10 @@ fn the_exporter_serves_the_queue_the_workers_and_ingestion() {
     assert_eq!(value(&m, "pg_dialpad_ingest_accepted"), 4.0);
     assert_eq!(value(&m, "pg_dialpad_ingest_duplicates"), 1.0);
     assert_eq!(value(&m, "pg_dialpad_ingest_rejected"), 1.0);
+    let by = |labels: &str| value(&m, &format!("pg_dialpad_ingest_deliveries_total{{{labels}}}"));
+    assert_eq!(by(r#"source="(none)",outcome="accepted""#), 4.0);
+    assert_eq!(by(r#"source="(none)",outcome="duplicate""#), 1.0);
+    assert_eq!(by(r#"source="(none)",outcome="rejected",reason="malformed""#), 1.0);
     assert_eq!(value(&m, "pg_dialpad_worker_running{worker=\"0\"}"), 1.0);
     assert_eq!(value(&m, "pg_dialpad_launcher_running"), 1.0);
     assert_eq!(value(&m, "pg_dialpad_worker_events_handled{worker=\"0\"}"), 0.0);

@@ -4,27 +4,51 @@
 use crate::codec::jsonb;
 use crate::domain::webhook::{self as ingest, JwtError};
 use crate::gucs;
-use crate::pg::{self, datum, error, shmem};
+use crate::pg::counters::{self, Outcome};
+use crate::pg::{self, datum, error};
 use crate::pipeline::sources::{self, Source, Sources};
 use crate::pipeline::{batch, dedupe};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-fn reject(code: PgSqlErrorCode, message: String, hint: Option<&str>) -> ! {
-    reject_with(code, message, None, hint)
+thread_local! {
+    /// The source the delivery being ingested is counted under (see [`count_label`]): set
+    /// once per call, read wherever the delivery is refused.
+    static LABEL: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
-/// Counts the refusal, then raises it.
-fn reject_with(code: PgSqlErrorCode, message: String, detail: Option<&str>, hint: Option<&str>) -> ! {
-    if let Some(s) = shmem::get() {
-        s.ingest_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    error::raise(code, message, detail.map(str::to_owned), hint)
+/// Counts the delivery being ingested under its source.
+fn count(outcome: Outcome) {
+    LABEL.with(|l| counters::record(&l.borrow(), outcome));
 }
 
-/// A refusal to trust a delivery: SQLSTATE 28000, the reason in the DETAIL.
+fn reject(outcome: Outcome, code: PgSqlErrorCode, message: String, hint: Option<&str>) -> ! {
+    count(outcome);
+    error::raise(code, message, None, hint)
+}
+
+/// A refusal to trust a delivery: SQLSTATE 28000, the reason in the DETAIL; counted by it.
 fn refuse(message: String, reason: &str, hint: Option<&str>) -> ! {
-    reject_with(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, message, Some(reason), hint)
+    count(Outcome::of_refusal(reason));
+    error::raise(
+        PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+        message,
+        Some(reason.to_owned()),
+        hint,
+    )
+}
+
+/// The source a delivery is counted under: a configured source's name, `(none)` when it
+/// names none (and one cannot be told), `(unknown)` for a name not configured. Never a name
+/// the sender made up: the counters' table must not grow with what senders send.
+fn count_label(sources: Option<&Sources>, name: Option<&str>) -> String {
+    let label = match (sources, name) {
+        (Some(Sources::Table(all)), Some(n)) => all.iter().find(|s| s.name == n).map(|s| s.name.as_str()),
+        (Some(Sources::Table(all)), None) if all.len() == 1 => Some(all[0].name.as_str()),
+        (_, None) | (Some(Sources::Legacy), _) => Some(counters::NO_SOURCE),
+        (None, Some(_)) => None,
+    };
+    label.unwrap_or(counters::UNKNOWN_SOURCE).to_string()
 }
 
 /// Seconds since the Unix epoch (GetCurrentTimestamp counts microseconds since 2000-01-01).
@@ -91,21 +115,24 @@ pub unsafe extern "C-unwind" fn ingest_webhook_wrapper(fcinfo: pg_sys::FunctionC
 }
 
 fn ingest_webhook(body: Option<&str>, source: Option<&str>) -> i64 {
-    use std::sync::atomic::Ordering;
+    // The sources first (cached per session): every outcome is counted under its source.
+    let sources = sources::current();
+    LABEL.with(|l| *l.borrow_mut() = count_label(sources.as_ref().ok().map(|s| s.as_ref()), source));
+    let sources = sources.unwrap_or_else(|e| {
+        reject(Outcome::InternalError, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read dialpad.sources: {e}"), None)
+    });
     let Some(body) = body else {
-        reject(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "webhook body is NULL".into(), None)
+        reject(Outcome::NullBody, PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "webhook body is NULL".into(), None)
     };
     let max = gucs::max_body_size();
     if body.len() > max {
         reject(
+            Outcome::TooLarge,
             PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             format!("webhook body of {} bytes exceeds dialpad.max_body_size ({max} bytes)", body.len()),
             None,
         );
     }
-    let sources = sources::current().unwrap_or_else(|e| {
-        error::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read dialpad.sources: {e}"), None, None)
-    });
     let (json, via, signed) = match sources.as_ref() {
         Sources::Legacy => (legacy_verified_json(body), None, false),
         Sources::Table(all) => {
@@ -120,21 +147,19 @@ fn ingest_webhook(body: Option<&str>, source: Option<&str>) -> i64 {
         refuse(e.to_string(), e.reason(), None);
     }
     if let Some(err) = root.and_then(|r| ingest::freshness_error(r, gucs::max_event_age(), unix_now_ms())) {
-        reject(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, err, Some("See dialpad.max_event_age."));
+        reject(Outcome::Stale, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, err, Some("See dialpad.max_event_age."));
     }
     let key = root.and_then(|r| ingest::dedupe_key(r, via));
     let stored = crate::api::triggers::with_source(via, || store(payload, key));
     match stored {
         Ok((id, duplicate)) => {
-            if let Some(s) = shmem::get() {
-                if duplicate { &s.ingest_duplicate } else { &s.ingest_accepted }.fetch_add(1, Ordering::Relaxed);
-            }
+            count(if duplicate { Outcome::Duplicate } else { Outcome::Accepted });
             id
         }
-        Err(e) => error::raise(
+        Err(e) => reject(
+            Outcome::InternalError,
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("could not store the webhook: {e}"),
-            None,
             None,
         ),
     }
@@ -154,6 +179,7 @@ fn resolve_source<'a>(all: &'a [Source], name: Option<&str>) -> Option<&'a Sourc
         },
         None if all.len() <= 1 => all.first(),
         None => reject(
+            Outcome::NoSourceNamed,
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("{} webhook sources are configured: say which one this delivery came through", all.len()),
             Some("Call dialpad.ingest_webhook(body, source => 'name'), e.g. with the name in the webhook URL."),
@@ -184,7 +210,7 @@ fn verified_json(body: &str, via: Option<&Source>) -> (String, bool) {
             }) {
                 Ok((claims, _)) => (claims, true),
                 Err(e @ JwtError::Malformed(_)) => {
-                    reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, e.to_string(), None)
+                    reject(Outcome::Malformed, PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, e.to_string(), None)
                 }
                 Err(e) => refuse(format!("{e} (source \"{}\")", src.name), e.reason(), None),
             }
@@ -214,7 +240,7 @@ fn legacy_verified_json(body: &str) -> String {
             }) {
                 Ok((claims, _)) => claims,
                 Err(e @ JwtError::Malformed(_)) => {
-                    reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, e.to_string(), None)
+                    reject(Outcome::Malformed, PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, e.to_string(), None)
                 }
                 Err(e) => refuse(e.to_string(), e.reason(), None),
             }
@@ -230,12 +256,16 @@ fn legacy_verified_json(body: &str) -> String {
 
 /// The JSON parsed by PostgreSQL's own parser into a jsonb datum.
 fn parse_payload(json: String) -> datum::JsonbArg {
-    use std::sync::atomic::Ordering;
     if json.trim().is_empty() {
-        reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, "webhook body is empty".into(), None);
+        reject(Outcome::Malformed, PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, "webhook body is empty".into(), None);
     }
     let Ok(cjson) = std::ffi::CString::new(json) else {
-        reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, "webhook body contains a NUL byte".into(), None)
+        reject(
+            Outcome::Malformed,
+            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+            "webhook body contains a NUL byte".into(),
+            None,
+        )
     };
     // PostgreSQL's own JSON parser: exact numbers, its limits, its error messages (22P02).
     // SAFETY: jsonb_in takes a NUL-terminated C string (cjson outlives the call) and returns
@@ -244,15 +274,13 @@ fn parse_payload(json: String) -> datum::JsonbArg {
         pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(cjson.as_ptr()))])
     })
     .catch_others(|e| {
-        if let Some(s) = shmem::get() {
-            s.ingest_rejected.fetch_add(1, Ordering::Relaxed);
-        }
+        count(Outcome::Malformed);
         e.rethrow()
     })
     .execute();
     // SAFETY: the datum is the jsonb jsonb_in just returned, valid in this memory context.
     let Some(payload) = datum.map(|d| unsafe { datum::JsonbArg::from_raw(d) }) else {
-        reject(PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, "webhook body is not JSON".into(), None)
+        reject(Outcome::Malformed, PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, "webhook body is not JSON".into(), None)
     };
     payload
 }

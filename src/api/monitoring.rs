@@ -1,7 +1,7 @@
 //! Monitoring functions over shared memory, behind the dialpad.worker_stats and
 //! dialpad.queue_stats views, and dialpad.worker_status() for "is it running, and if not why".
 
-use crate::{gucs, pg::shmem};
+use crate::{gucs, pg::shmem, pipeline};
 use pgrx::prelude::*;
 use std::sync::atomic::Ordering;
 
@@ -222,17 +222,78 @@ fn local_worker_status() -> Vec<StatusRow> {
     rows
 }
 
+/// Deliveries accepted, duplicate and rejected in this database: those flushed to
+/// dialpad.ingest_counters plus those still in shared memory.
 #[pg_extern(volatile, parallel_safe)]
 fn ingest_stats(
 ) -> TableIterator<'static, (name!(accepted, Option<i64>), name!(duplicates, Option<i64>), name!(rejected, Option<i64>))>
 {
-    let row = match shmem::get() {
-        Some(s) => (
-            Some(s.ingest_accepted.load(Ordering::Relaxed) as i64),
-            Some(s.ingest_duplicate.load(Ordering::Relaxed) as i64),
-            Some(s.ingest_rejected.load(Ordering::Relaxed) as i64),
-        ),
-        None => (None, None, None),
+    let mut totals = [0i64; 3];
+    let mut add = |outcome: &str, n: i64| {
+        let i = match outcome {
+            "accepted" => 0,
+            "duplicate" => 1,
+            _ => 2,
+        };
+        totals[i] += n;
     };
-    TableIterator::new(vec![row])
+    for (_, outcome, _, n) in pipeline::counters::unflushed() {
+        add(&outcome, n);
+    }
+    // Before ALTER EXTENSION ... UPDATE to 0.3.0 there is no table: memory only.
+    if crate::pg::dialpad_relation(c"ingest_counters") != pg_sys::InvalidOid {
+        let flushed = Spi::connect(|client| -> Result<Vec<(String, i64)>, pgrx::spi::Error> {
+            let mut rows = Vec::new();
+            for r in client.select(
+                "SELECT outcome, pg_catalog.sum(count)::pg_catalog.int8 FROM dialpad.ingest_counters GROUP BY outcome",
+                None,
+                &[],
+            )? {
+                rows.push((r.get(1)?.unwrap_or_default(), r.get(2)?.unwrap_or_default()));
+            }
+            Ok(rows)
+        });
+        match flushed {
+            Ok(rows) => rows.into_iter().for_each(|(o, n)| add(&o, n)),
+            Err(e) => crate::pg::error::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("could not read dialpad.ingest_counters: {e}"),
+                None,
+                None,
+            ),
+        }
+    }
+    TableIterator::new(vec![(Some(totals[0]), Some(totals[1]), Some(totals[2]))])
+}
+
+/// The ingest counts of this database not yet flushed to dialpad.ingest_counters.
+#[pg_extern(volatile, parallel_safe)]
+fn ingest_counters_unflushed() -> TableIterator<
+    'static,
+    (name!(source, String), name!(outcome, String), name!(reason, String), name!(count, i64)),
+> {
+    TableIterator::new(pipeline::counters::unflushed())
+}
+
+/// Writes this database's ingest counts to dialpad.ingest_counters now (the first worker
+/// does it every few seconds); returns how many deliveries it wrote.
+#[pg_extern(volatile, parallel_unsafe)]
+fn flush_ingest_counters() -> i64 {
+    use pipeline::counters::NotFlushed;
+    match pipeline::counters::flush() {
+        Ok(n) => n,
+        Err(NotFlushed::Busy | NotFlushed::NoSharedMemory) => 0,
+        Err(NotFlushed::Recovery) => crate::pg::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "cannot flush the ingest counters on a hot standby".into(),
+            None,
+            Some("A standby counts its own deliveries in memory only (dialpad.ingest_counters_unflushed())."),
+        ),
+        Err(NotFlushed::NoTable) => crate::pg::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            "dialpad.ingest_counters does not exist".into(),
+            None,
+            Some("Run ALTER EXTENSION pg_dialpad UPDATE."),
+        ),
+    }
 }

@@ -3,7 +3,7 @@
 
 use super::report_activity;
 use crate::citus::{self, Tables};
-use crate::{gucs, pg::shmem, pipeline::batch, pipeline::rules};
+use crate::{gucs, pg::shmem, pipeline::batch, pipeline::counters, pipeline::rules};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::sync::atomic::Ordering;
@@ -22,6 +22,40 @@ unsafe extern "C-unwind" fn release_slot(_code: i32, arg: pg_sys::Datum) {
     }
 }
 
+/// Whether this database has ingest counts to flush (read without a transaction).
+fn counters_pending() -> bool {
+    shmem::get().is_some_and(|s| !s.ingest.snapshot(crate::pg::my_database().into()).is_empty())
+}
+
+/// The last flush of the ingest counters, when the first worker stops (a fast or smart
+/// shutdown, pg_terminate_backend): a clean stop loses no count. Not on postmaster death,
+/// nor on a standby.
+///
+/// # Safety
+/// Called only by PostgreSQL at process exit (before_shmem_exit), registered after the
+/// connection so that it runs before InitPostgres's ShutdownPostgres.
+#[pg_guard]
+unsafe extern "C-unwind" fn flush_counters_at_exit(_code: i32, _arg: pg_sys::Datum) {
+    // SAFETY: plain reads of process state, then what RemoveTempRelationsCallback does in
+    // the same place: end whatever transaction the exit interrupted, run a new one, commit.
+    // An ERROR inside becomes FATAL during exit, and the exit goes on without this flush.
+    unsafe {
+        if !crate::pg::process_alive(pg_sys::PostmasterPid) || counters::in_recovery() || !counters_pending() {
+            return;
+        }
+        pg_sys::AbortOutOfAnyTransaction();
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let flushed = if writable().is_none() { counters::flush().ok() } else { None };
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommitTransactionCommand();
+        if let Some(n) = flushed.filter(|n| *n > 0) {
+            log!("pg_dialpad worker 0: flushed {n} ingest count(s) at exit");
+        }
+    }
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
@@ -31,6 +65,7 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
         worker.reload_settings_on_sighup();
         let full = worker.batch_step();
         worker.maintenance_step(full);
+        worker.counters_step();
         let rederiving = worker.rederive_step(full);
         if full || rederiving {
             continue; // more is due: no sleep
@@ -38,7 +73,7 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
         // Flush what the last batches left pending before sleeping (rate-limited above).
         // SAFETY: outside a transaction.
         unsafe { pg_sys::pgstat_report_stat(true) };
-        if !BackgroundWorker::wait_latch(Some(gucs::poll_interval())) {
+        if !BackgroundWorker::wait_latch(Some(gucs::poll_interval().min(COUNTERS_INTERVAL))) {
             break; // postmaster death
         }
     }
@@ -62,7 +97,13 @@ struct Worker {
     last_keeper: Option<Instant>,
     /// When this worker last looked for calls to re-derive, and whether it found some.
     last_rederive: Option<(Instant, bool)>,
+    /// When the ingest counters were last flushed (worker 0).
+    last_counters: Option<Instant>,
 }
+
+/// How often the first worker writes the ingest counters of shared memory to
+/// dialpad.ingest_counters: what a crash (or an immediate shutdown) can lose.
+const COUNTERS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often the Citus keeper of dialpad.logical_calls runs at least while batches keep
 /// coming back full.
@@ -95,6 +136,12 @@ impl Worker {
         set_session_settings();
         citus::allow_shard_writes();
         apply_lock_timeout();
+        if index == 0 {
+            // After InitPostgres's own exit callback, so that this one runs first, while the
+            // backend can still run a transaction (as RemoveTempRelationsCallback does).
+            // SAFETY: registers a static callback without argument, run once at exit.
+            unsafe { pg_sys::before_shmem_exit(Some(flush_counters_at_exit), pg_sys::Datum::from(0)) };
+        }
         log!("pg_dialpad worker {index} started in database \"{database}\"");
         Some(Worker {
             index,
@@ -108,7 +155,25 @@ impl Worker {
             maintenance_deferred: None,
             last_keeper: None,
             last_rederive: None,
+            last_counters: None,
         })
+    }
+
+    /// The first worker writes the ingest counters to their table every few seconds (not
+    /// on a hot standby, where nothing may be written: the counts stay in memory).
+    fn counters_step(&mut self) {
+        if self.index != 0 || self.last_counters.is_some_and(|t| t.elapsed() < COUNTERS_INTERVAL) {
+            return;
+        }
+        self.last_counters = Some(Instant::now());
+        if self.said.is_some() || counters::in_recovery() || !counters_pending() {
+            return;
+        }
+        report_activity(pg_sys::BackendState::STATE_RUNNING, c"pg_dialpad: flushing ingest counters");
+        if let Err(msg) = self.batch_transaction(|| counters::flush().ok()) {
+            warning!("pg_dialpad worker {}: flushing the ingest counters failed and was rolled back: {msg}", self.index);
+        }
+        report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook events");
     }
 
     fn reload_settings_on_sighup(&self) {

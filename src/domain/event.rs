@@ -91,6 +91,9 @@ pub(crate) struct CallEvent {
     pub rang_at: Option<i64>,
     pub queued_at: Option<i64>,
     pub is_transferred: Option<bool>,
+    /// `transferred_from.id`: the party the call was transferred from, present only on the
+    /// leg a transfer created (Dialpad flags `is_transferred` on both legs of a transfer).
+    pub transferred_from_id: Option<String>,
     pub group_id: Option<String>,
     /// `labels` as a JSON array of strings, printed as jsonb prints it.
     pub labels: Option<String>,
@@ -399,6 +402,16 @@ impl CallEvent {
                 b"date_first_rang" => first_rang = epoch_ms(v, "date_first_rang")?,
                 b"date_queued" => e.queued_at = epoch_ms(v, "date_queued")?,
                 b"is_transferred" => e.is_transferred = boolean(v, "is_transferred")?,
+                b"transferred_from" => {
+                    if let Some(t) = object(v, "transferred_from")? {
+                        for_each_pair(&t, |k, v| {
+                            if k == b"id" {
+                                e.transferred_from_id = text(v, "transferred_from.id")?;
+                            }
+                            Ok(())
+                        })?;
+                    }
+                }
                 b"group_id" => e.group_id = text(v, "group_id")?,
                 b"labels" => e.labels = labels(v)?,
                 b"csat_score" => e.csat_score = score(v)?,
@@ -510,6 +523,19 @@ mod tests {
         let long = "w".repeat(900);
         let e = parse(&format!(r#"{{"call_id": 7, "transcription_text": "{long}"}}"#)).unwrap();
         assert_eq!(e.transcript.unwrap().chars().count(), 515);
+    }
+
+    #[test]
+    fn the_leg_a_transfer_created_names_where_it_came_from() {
+        let e = parse(r#"{"call_id": 7, "is_transferred": true, "transferred_from": {"id": 5001, "name": "Ada"}}"#).unwrap();
+        assert_eq!((e.is_transferred, e.transferred_from_id.as_deref()), (Some(true), Some("5001")));
+        let e = parse(r#"{"call_id": 7, "is_transferred": true, "transferred_from": null}"#).unwrap();
+        assert_eq!(e.transferred_from_id, None);
+        let e = parse(r#"{"call_id": 7, "transferred_from": "5001"}"#).unwrap_err();
+        assert!(matches!(e, EventError::BadField { field: "transferred_from", .. }), "{e}");
+        let long = "9".repeat(MAX_TEXT_BYTES + 1);
+        let e = parse(&format!(r#"{{"call_id": 7, "transferred_from": {{"id": "{long}"}}}}"#)).unwrap_err();
+        assert!(matches!(e, EventError::BadField { field: "transferred_from.id", .. }), "{e}");
     }
 
     /// Issue 22: a 674-byte event became 5,243,040 bytes of `labels` in 0.2.0's processor.

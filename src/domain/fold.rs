@@ -175,6 +175,7 @@ fn merge_fields(row: &mut CallRow, ev: &CallEvent, newer: bool) {
         rang_at,
         queued_at,
         is_transferred,
+        transferred_from_id,
         group_id,
         labels,
         csat_score
@@ -324,6 +325,18 @@ mod tests {
         assert_eq!(second.raw_payload_from, None);
         assert_eq!(second.rejections.len(), 1);
         assert_eq!((second.rejections[0].from.as_str(), second.rejections[0].to.as_str()), ("ended", "ringing"));
+    }
+
+    #[test]
+    fn transferred_from_is_kept_like_the_other_leg_columns() {
+        let mut ringing = ev("ringing", 1);
+        ringing.transferred_from_id = Some("5001".into());
+        let hangup = ev("hangup", 2);
+        // the newer event without it erases nothing
+        assert_eq!(fold(None, &[ringing.clone(), hangup.clone()]).row.transferred_from_id.as_deref(), Some("5001"));
+        // an older event fills it when empty, whatever the arrival order
+        let done = fold(None, &[hangup]);
+        assert_eq!(fold(Some(&done.row), &[ringing]).row.transferred_from_id.as_deref(), Some("5001"));
     }
 
     #[test]

@@ -41,6 +41,7 @@ const FIELDS: &[&str] = &[
     "date_first_rang",
     "date_queued",
     "is_transferred",
+    "transferred_from",
     "group_id",
     "labels",
     "csat_score",

@@ -25,6 +25,8 @@ pub(crate) struct Leg {
     pub talk_seconds: Option<f64>,
     pub hold_seconds: Option<f64>,
     pub is_transferred: Option<bool>,
+    /// Set on the leg a transfer created: each such leg is one transfer.
+    pub transferred_from_id: Option<String>,
     pub target_id: Option<String>,
     pub target_type: Option<String>,
     pub target_name: Option<String>,
@@ -213,7 +215,9 @@ pub(crate) fn compute(legs: &[Leg], is_terminal: impl Fn(&str) -> bool) -> Logic
         talk_seconds: sum(|l| l.talk_seconds),
         hold_seconds: sum(|l| l.hold_seconds),
         legs: legs.len() as i32,
-        transfers: legs.iter().filter(|l| l.is_transferred == Some(true)).count() as i32,
+        // One per leg a transfer created: Dialpad flags is_transferred on the leg transferred
+        // away and on the new leg both, so counting that flag counts each transfer twice.
+        transfers: legs.iter().filter(|l| l.transferred_from_id.is_some()).count() as i32,
         answered_by_target_id: agent.and_then(|l| l.target_id.clone()),
         answered_by_name: agent.and_then(|l| l.target_name.clone()),
         external_number: root_else_first(legs, &roles, |l| l.external_number.as_ref()),
@@ -275,6 +279,21 @@ mod tests {
         ada.talk_seconds = Some(97.0);
         let merged = answered(leg(2, 1, "ended"), 32, 90, 58.0, "user", "Ada");
         assert_eq!(compute(&[ada, merged], terminal).talk_seconds, Some(97.0));
+    }
+
+    #[test]
+    fn a_transfer_counts_once_though_dialpad_flags_both_legs() {
+        let mut ada = answered(leg(1, 1, "ended"), 3, 33, 30.0, "user", "Ada");
+        ada.is_transferred = Some(true);
+        let mut bob = answered(leg(2, 1, "ended"), 35, 95, 60.0, "user", "Bob");
+        bob.is_transferred = Some(true);
+        bob.transferred_from_id = Some("5001".into());
+        assert_eq!(compute(&[ada.clone(), bob.clone()], terminal).transfers, 1);
+        let mut cid = answered(leg(3, 1, "ended"), 96, 120, 24.0, "user", "Cid");
+        cid.is_transferred = Some(true);
+        cid.transferred_from_id = Some("5002".into());
+        assert_eq!(compute(&[ada.clone(), bob, cid], terminal).transfers, 2);
+        assert_eq!(compute(&[ada], terminal).transfers, 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Safe wrappers for the PostgreSQL globals and calls used all over the extension, so that
 //! each `unsafe` contract is stated once, here.
 
+pub(crate) mod counters;
 pub(crate) mod datum;
 pub(crate) mod error;
 pub(crate) mod shmem;

@@ -46,9 +46,8 @@ pub(crate) struct Shared {
     pub slots: [WorkerSlot; MAX_WORKERS],
     ring_second: [AtomicI64; RING],
     ring_count: [AtomicU64; RING],
-    pub ingest_accepted: AtomicU64,
-    pub ingest_duplicate: AtomicU64,
-    pub ingest_rejected: AtomicU64,
+    /// Deliveries by database, source and outcome, until flushed (pg/counters.rs).
+    pub ingest: super::counters::IngestCounters,
     /// pid of a backend running DROP EXTENSION pg_dialpad (0: none); the workers start no
     /// batch while it is set and that backend lives.
     drop_pid: AtomicI32,

@@ -247,6 +247,8 @@ call_row! {
     voicemail_recording_url: Option<String> => text,
     /// The Dialpad state of the event that gave the leg its terminal status.
     end_state: Option<String> => text,
+    /// `transferred_from.id`: set on the leg a transfer created (domain::event).
+    transferred_from_id: Option<String> => text,
 }
 
 /// The columns of `dialpad.calls` the processor never writes.

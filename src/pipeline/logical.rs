@@ -42,7 +42,7 @@ const LEGS_SQL: &str = "SELECT dialpad_call_id, logical_call_id, direction, stat
        internal_number, started_at, queued_at, rang_at, connected_at, ended_at, last_event_at, created_at,
        talk_seconds::pg_catalog.float8, hold_seconds::pg_catalog.float8, is_transferred, target_id,
        target_type, target_name, contact_id, contact_name, recording_url, voicemail_link,
-       voicemail_recording_url, source
+       voicemail_recording_url, source, transferred_from_id
   FROM dialpad.calls WHERE logical_call_id OPERATOR(pg_catalog.=) ANY ($1)";
 
 /// The columns of dialpad.logical_calls as the refresh writes them, in [`args`]'s order:
@@ -195,6 +195,7 @@ fn read_leg(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<Leg, pgrx::spi::Err
         voicemail_link: row.get(24)?,
         voicemail_recording_url: row.get(25)?,
         source: row.get(26)?,
+        transferred_from_id: row.get(27)?,
     })
 }
 

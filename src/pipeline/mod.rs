@@ -1,9 +1,10 @@
 //! The batch: claim due events, fold them per call, write the calls, mark the events, all
 //! in the caller's transaction; with what it needs around it (the rules cache, the call-row
-//! codec, the redelivery lookup of the insert trigger).
+//! codec, the redelivery lookup of the insert trigger); and the flush of the ingest counters.
 
 pub(crate) mod batch;
 pub(crate) mod call_row;
+pub(crate) mod counters;
 pub(crate) mod dedupe;
 pub(crate) mod inflight;
 pub(crate) mod logical;

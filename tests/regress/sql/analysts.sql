@@ -85,14 +85,15 @@ SELECT add('inbound_answered', ARRAY[
                  "date_started": 1787158700000, "master_call_id": 1001, "entry_point_call_id": 1001,
                  "target": {"id": "5001", "type": "user", "name": "Ada"}}'::jsonb AS l) x;
 
--- 2. Answered by Ada, transferred to Bob (a second leg, master_call_id the first).
+-- 2. Answered by Ada, transferred to Bob (a second leg, master_call_id the first, with
+--    transferred_from). Dialpad marks both legs is_transferred: one transfer, counted once.
 SELECT add('transferred', ARRAY[
     ev(a, 'ringing', 500, jsonb_build_object('date_rang', ms(500))),
     ev(a, 'connected', 3000, jsonb_build_object('date_connected', ms(3000))),
     ev(a, 'hangup', 33000, jsonb_build_object('date_connected', ms(3000), 'date_ended', ms(33000), 'talk_time', 30000, 'is_transferred', true)),
     ev(b, 'ringing', 33200, jsonb_build_object('date_rang', ms(33200))),
     ev(b, 'connected', 35000, jsonb_build_object('date_rang', ms(33200), 'date_connected', ms(35000))),
-    ev(b, 'hangup', 95000, jsonb_build_object('date_rang', ms(33200), 'date_connected', ms(35000), 'date_ended', ms(95000), 'talk_time', 60000, 'hold_time', 4000))])
+    ev(b, 'hangup', 95000, jsonb_build_object('date_rang', ms(33200), 'date_connected', ms(35000), 'date_ended', ms(95000), 'talk_time', 60000, 'hold_time', 4000, 'is_transferred', true))])
   FROM (SELECT '{"call_id": 2001, "direction": "inbound", "external_number": "+14155550102", "date_started": 1787158700000,
                  "master_call_id": 2001, "entry_point_call_id": 2001, "target": {"id": "5001", "type": "user", "name": "Ada"}}'::jsonb AS a,
                '{"call_id": 2002, "direction": "inbound", "external_number": "+14155550102", "date_started": 1787158733000,
