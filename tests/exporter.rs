@@ -151,7 +151,11 @@ fn the_exporter_serves_the_queue_the_workers_and_ingestion() {
     assert_eq!(value(&m, "pg_dialpad_worker_events_handled{worker=\"0\"}"), 5.0);
     assert_eq!(value(&m, "pg_dialpad_worker_dead_lettered{worker=\"0\"}"), 1.0);
     // How many, and why: the dead events by reason and source (dialpad.dead_event_reasons).
-    assert_eq!(value(&m, "pg_dialpad_dead_events_events{reason=\"payload is not a JSON object\",source=\"\"}"), 1.0, "{m:?}");
+    assert_eq!(
+        value(&m, "pg_dialpad_dead_events_events{reason=\"payload is not a JSON object\",source=\"\"}"),
+        1.0,
+        "{m:?}"
+    );
     let age = value(&m, "pg_dialpad_worker_last_batch_age_seconds{worker=\"0\"}");
     assert!((0.0..60.0).contains(&age), "last batch age {age}");
 }

@@ -152,6 +152,9 @@ fn a_flood_of_made_up_source_names_adds_one_row() {
     }
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.ingest_counters_unflushed()"), 1);
     assert_eq!(count(&mut c, "SELECT dialpad.flush_ingest_counters()"), 3000);
-    assert_eq!(counts(&mut c, "dialpad.ingest_counters"), Counts::from([(key("(unknown)", "rejected", "unknown source"), 3000)]));
+    assert_eq!(
+        counts(&mut c, "dialpad.ingest_counters"),
+        Counts::from([(key("(unknown)", "rejected", "unknown source"), 3000)])
+    );
     assert_eq!(totals(&mut c), (0, 0, 3000));
 }

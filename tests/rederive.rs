@@ -8,7 +8,10 @@ use common::*;
 use postgres::Client;
 
 fn text(c: &mut Client, sql: &str) -> String {
-    c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", db_error(&e))).get::<_, Option<String>>(0).unwrap_or_default()
+    c.query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {}", db_error(&e)))
+        .get::<_, Option<String>>(0)
+        .unwrap_or_default()
 }
 
 /// Everything a re-derivation may change, as one digest: the calls (but their updated_at),
@@ -57,15 +60,18 @@ fn a_rule_change_reaches_old_calls_online_and_unchanged_rules_change_nothing() {
 
     // A rule that was wrong: Dialpad's "missed" state said 'rejected'. Re-derived while new
     // deliveries arrive and are applied beside it.
-    c.batch_execute("UPDATE dialpad.state_mapping SET status = 'rejected' WHERE state = 'missed'")
-        .unwrap();
+    c.batch_execute("UPDATE dialpad.state_mapping SET status = 'rejected' WHERE state = 'missed'").unwrap();
     let job = count(&mut c, "SELECT dialpad.rederive_calls(now() - interval '1 hour')");
     let mut other = cluster.connect();
     other.batch_execute(SAMPLE_EVENTS_SQL).unwrap();
     let delivering = std::thread::spawn(move || {
         deliver(&mut other, 300, 9_900_000, 30);
     });
-    wait_until(&mut c, &format!("SELECT finished_at IS NOT NULL FROM dialpad.rederive_progress WHERE job_id = {job}"), 120);
+    wait_until(
+        &mut c,
+        &format!("SELECT finished_at IS NOT NULL FROM dialpad.rederive_progress WHERE job_id = {job}"),
+        120,
+    );
     delivering.join().unwrap();
     drained(&mut c, 120);
     assert_eq!(
@@ -87,8 +93,7 @@ fn a_rule_change_reaches_old_calls_online_and_unchanged_rules_change_nothing() {
 
     // The rule put back and re-derived again: every call is as the sample says, and as it
     // was at first.
-    c.batch_execute("UPDATE dialpad.state_mapping SET status = 'missed' WHERE state = 'missed'")
-        .unwrap();
+    c.batch_execute("UPDATE dialpad.state_mapping SET status = 'missed' WHERE state = 'missed'").unwrap();
     rederive_last_hour(&mut c, 120);
     assert_calls_as_expected(&mut c);
     c.batch_execute("DELETE FROM dialpad.calls WHERE dialpad_call_id >= 9900000").unwrap();
@@ -161,7 +166,10 @@ fn filters_partial_histories_and_a_restart_midway() {
     // Call 1's history is partly gone: left as it is, and counted so.
     assert_eq!(progress(&mut c, job), "2 1 1 0 0");
     assert_eq!(
-        text(&mut c, "SELECT concat_ws(' ', status, events_applied) FROM dialpad.calls WHERE dialpad_call_id = 9820001"),
+        text(
+            &mut c,
+            "SELECT concat_ws(' ', status, events_applied) FROM dialpad.calls WHERE dialpad_call_id = 9820001"
+        ),
         "missed 2"
     );
     let err = c.batch_execute("SELECT dialpad.rederive_calls(now(), now() - interval '1 day')").unwrap_err();
@@ -179,6 +187,10 @@ fn filters_partial_histories_and_a_restart_midway() {
     assert_eq!(progress(&mut c, job), "500 200 0 0 300", "the job survives the restart");
     c.batch_execute("ALTER SYSTEM SET dialpad.enabled = on").unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    wait_until(&mut c, &format!("SELECT finished_at IS NOT NULL FROM dialpad.rederive_progress WHERE job_id = {job}"), 60);
+    wait_until(
+        &mut c,
+        &format!("SELECT finished_at IS NOT NULL FROM dialpad.rederive_progress WHERE job_id = {job}"),
+        60,
+    );
     assert_eq!(progress(&mut c, job), "500 500 0 0 0");
 }

@@ -130,7 +130,8 @@ fn a_dead_event_cannot_pin_its_partition() {
     )
     .unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NOT NULL"), 400);
-    let dead_before = text(&mut c, "SELECT concat_ws(' ', id, payload, received_at, attempts, last_error) FROM dialpad.dead_events");
+    let dead_before =
+        text(&mut c, "SELECT concat_ws(' ', id, payload, received_at, attempts, last_error) FROM dialpad.dead_events");
     assert!(dead_before.contains("payload has no call_id"), "{dead_before}");
     c.batch_execute("SET dialpad.retention = '7d'").unwrap();
     let done = retention_actions(&mut c);

@@ -30,12 +30,7 @@ fn reject(outcome: Outcome, code: PgSqlErrorCode, message: String, hint: Option<
 /// A refusal to trust a delivery: SQLSTATE 28000, the reason in the DETAIL; counted by it.
 fn refuse(message: String, reason: &str, hint: Option<&str>) -> ! {
     count(Outcome::of_refusal(reason));
-    error::raise(
-        PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
-        message,
-        Some(reason.to_owned()),
-        hint,
-    )
+    error::raise(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, message, Some(reason.to_owned()), hint)
 }
 
 /// The source a delivery is counted under: a configured source's name, `(none)` when it
@@ -119,7 +114,12 @@ fn ingest_webhook(body: Option<&str>, source: Option<&str>) -> i64 {
     let sources = sources::current();
     LABEL.with(|l| *l.borrow_mut() = count_label(sources.as_ref().ok().map(|s| s.as_ref()), source));
     let sources = sources.unwrap_or_else(|e| {
-        reject(Outcome::InternalError, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("could not read dialpad.sources: {e}"), None)
+        reject(
+            Outcome::InternalError,
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("could not read dialpad.sources: {e}"),
+            None,
+        )
     });
     let Some(body) = body else {
         reject(Outcome::NullBody, PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "webhook body is NULL".into(), None)
@@ -147,7 +147,12 @@ fn ingest_webhook(body: Option<&str>, source: Option<&str>) -> i64 {
         refuse(e.to_string(), e.reason(), None);
     }
     if let Some(err) = root.and_then(|r| ingest::freshness_error(r, gucs::max_event_age(), unix_now_ms())) {
-        reject(Outcome::Stale, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, err, Some("See dialpad.max_event_age."));
+        reject(
+            Outcome::Stale,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            err,
+            Some("See dialpad.max_event_age."),
+        );
     }
     let key = root.and_then(|r| ingest::dedupe_key(r, via));
     let stored = crate::api::triggers::with_source(via, || store(payload, key));
@@ -257,7 +262,12 @@ fn legacy_verified_json(body: &str) -> String {
 /// The JSON parsed by PostgreSQL's own parser into a jsonb datum.
 fn parse_payload(json: String) -> datum::JsonbArg {
     if json.trim().is_empty() {
-        reject(Outcome::Malformed, PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, "webhook body is empty".into(), None);
+        reject(
+            Outcome::Malformed,
+            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+            "webhook body is empty".into(),
+            None,
+        );
     }
     let Ok(cjson) = std::ffi::CString::new(json) else {
         reject(
@@ -280,7 +290,12 @@ fn parse_payload(json: String) -> datum::JsonbArg {
     .execute();
     // SAFETY: the datum is the jsonb jsonb_in just returned, valid in this memory context.
     let Some(payload) = datum.map(|d| unsafe { datum::JsonbArg::from_raw(d) }) else {
-        reject(Outcome::Malformed, PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, "webhook body is not JSON".into(), None)
+        reject(
+            Outcome::Malformed,
+            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+            "webhook body is not JSON".into(),
+            None,
+        )
     };
     payload
 }

@@ -268,10 +268,8 @@ fn ingest_stats(
 
 /// The ingest counts of this database not yet flushed to dialpad.ingest_counters.
 #[pg_extern(volatile, parallel_safe)]
-fn ingest_counters_unflushed() -> TableIterator<
-    'static,
-    (name!(source, String), name!(outcome, String), name!(reason, String), name!(count, i64)),
-> {
+fn ingest_counters_unflushed(
+) -> TableIterator<'static, (name!(source, String), name!(outcome, String), name!(reason, String), name!(count, i64))> {
     TableIterator::new(pipeline::counters::unflushed())
 }
 

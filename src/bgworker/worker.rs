@@ -171,7 +171,10 @@ impl Worker {
         }
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"pg_dialpad: flushing ingest counters");
         if let Err(msg) = self.batch_transaction(|| counters::flush().ok()) {
-            warning!("pg_dialpad worker {}: flushing the ingest counters failed and was rolled back: {msg}", self.index);
+            warning!(
+                "pg_dialpad worker {}: flushing the ingest counters failed and was rolled back: {msg}",
+                self.index
+            );
         }
         report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook events");
     }

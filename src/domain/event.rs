@@ -527,7 +527,8 @@ mod tests {
 
     #[test]
     fn the_leg_a_transfer_created_names_where_it_came_from() {
-        let e = parse(r#"{"call_id": 7, "is_transferred": true, "transferred_from": {"id": 5001, "name": "Ada"}}"#).unwrap();
+        let e = parse(r#"{"call_id": 7, "is_transferred": true, "transferred_from": {"id": 5001, "name": "Ada"}}"#)
+            .unwrap();
         assert_eq!((e.is_transferred, e.transferred_from_id.as_deref()), (Some(true), Some("5001")));
         let e = parse(r#"{"call_id": 7, "is_transferred": true, "transferred_from": null}"#).unwrap();
         assert_eq!(e.transferred_from_id, None);

@@ -109,7 +109,13 @@ fn step_in(client: &mut pgrx::spi::SpiClient<'_>, max_calls: i32, rules: &RuleSe
         return Ok(0);
     }
     let (jobs, calls) = gone;
-    batch::run_kept(client, DONE_SQL, &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID], None, &[jobs.into(), calls.into()])?;
+    batch::run_kept(
+        client,
+        DONE_SQL,
+        &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+        None,
+        &[jobs.into(), calls.into()],
+    )?;
     let ids: Vec<i64> = counts.keys().copied().collect();
     let mut args: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<String>>) = Default::default();
     for c in counts.values() {
