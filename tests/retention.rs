@@ -477,5 +477,8 @@ fn a_year_of_dead_events_never_stops_retention() {
     assert_eq!(count(&mut c, "SELECT dialpad.discard_dead_events('SMS events sent to the call URL', error_like => 'payload has no call_id')"), 720);
     c.batch_execute("SET dialpad.retention = '20d'; SELECT count(*) FROM dialpad.run_maintenance();").unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events_held"), 0);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE received_at < now() - interval '22 days'"), 0);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE received_at < now() - interval '22 days'"),
+        0
+    );
 }
