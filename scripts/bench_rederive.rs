@@ -51,11 +51,11 @@ fn forget_second(c: &mut Client) {
         c,
         &format!(
             "DELETE FROM dialpad.webhook_events WHERE call_id >= {SECOND};
-             DELETE FROM dialpad.calls WHERE dialpad_call_id >= {SECOND};
-             VACUUM ANALYZE dialpad.webhook_events;
-             VACUUM ANALYZE dialpad.calls;"
+             DELETE FROM dialpad.calls WHERE dialpad_call_id >= {SECOND};"
         ),
     );
+    exec(c, "VACUUM ANALYZE dialpad.webhook_events");
+    exec(c, "VACUUM ANALYZE dialpad.calls");
 }
 
 pub(crate) fn rederive_bench(report: &mut Report, runs: usize) {
