@@ -101,7 +101,11 @@ pub(crate) fn rederive_bench(report: &mut Report, runs: usize) {
         let job = count(&mut c, &format!("SELECT dialpad.rederive_calls('-infinity', call_ids => (SELECT array_agg(dialpad_call_id) FROM dialpad.calls WHERE dialpad_call_id < {SECOND}))"));
         let t_beside = drain(&mut c);
         set_worker_enabled(&mut c, true);
-        until(&mut c, &format!("SELECT finished_at IS NOT NULL FROM dialpad.rederive_progress WHERE job_id = {job}"), "the re-derivation");
+        until(
+            &mut c,
+            &format!("SELECT finished_at IS NOT NULL FROM dialpad.rederive_progress WHERE job_id = {job}"),
+            "the re-derivation",
+        );
         set_worker_enabled(&mut c, false);
         forget_second(&mut c);
         println!(
