@@ -42,6 +42,8 @@ pub(crate) static METRICS_LISTEN: GucSetting<Option<CString>> = GucSetting::<Opt
 pub(crate) static HTTP_MAX_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(256);
 pub(crate) static HTTP_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub(crate) static HTTP_READ_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub(crate) static HTTP_TLS_CERT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub(crate) static HTTP_TLS_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// What dialpad.run_maintenance() does with a partition older than dialpad.retention.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -171,6 +173,22 @@ fn define_ingest_settings() {
         3_600_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_string_guc(
+        c"dialpad.http_tls_cert",
+        c"PEM file of the certificate chain the pg_dialpad HTTP listener serves HTTPS with (empty: plain HTTP).",
+        c"Set with dialpad.http_tls_key. Read again on reload: new connections use the new files; if they do not load, the old ones stay.",
+        &HTTP_TLS_CERT,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"dialpad.http_tls_key",
+        c"PEM file of the private key of dialpad.http_tls_cert.",
+        c"Readable by the server's operating system user only. Read again on reload.",
+        &HTTP_TLS_KEY,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
     );
     GucRegistry::define_string_guc(
         c"dialpad.webhook_secret",
@@ -387,6 +405,16 @@ pub(crate) fn http_max_connections() -> usize {
 
 pub(crate) fn http_queue_size() -> usize {
     HTTP_QUEUE_SIZE.get().max(1) as usize
+}
+
+/// (certificate, key) files of HTTPS: both or neither, or which one is missing.
+pub(crate) fn http_tls() -> Result<Option<(String, String)>, &'static str> {
+    match (non_empty(&HTTP_TLS_CERT), non_empty(&HTTP_TLS_KEY)) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err("dialpad.http_tls_cert is set but dialpad.http_tls_key is not"),
+        (None, Some(_)) => Err("dialpad.http_tls_key is set but dialpad.http_tls_cert is not"),
+    }
 }
 
 pub(crate) fn http_read_timeout_ms() -> u64 {

@@ -36,14 +36,23 @@ fn http_cluster(name: &str, conf: &[(&str, &str)]) -> (Cluster, u16) {
     drop(c);
     cluster.pg_ctl_stop("fast");
     cluster.pg_ctl_start();
-    wait_healthy(port, 30);
+    if conf.iter().any(|(name, _)| *name == "dialpad.http_tls_cert") {
+        wait_until_ok(30, || curl(&["-k", &format!("https://127.0.0.1:{port}/healthz")], None));
+    } else {
+        wait_healthy(port, 30);
+    }
     (cluster, port)
 }
 
 fn wait_healthy(port: u16, secs: u64) {
+    wait_until_ok(secs, || curl(&[&format!("http://127.0.0.1:{port}/healthz")], None));
+}
+
+/// Repeats an exchange until it is answered 200.
+fn wait_until_ok(secs: u64, exchange: impl Fn() -> (u16, String, String)) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let (status, body) = get(port, "/healthz");
+        let (status, _, body) = exchange();
         if status == 200 {
             return;
         }
@@ -406,4 +415,99 @@ fn a_superuser_role_is_refused() {
     assert_eq!(get(port, "/healthz").0, 0, "nothing listens");
     let mut c = cluster.connect();
     assert_eq!(listener_pid(&mut c), None);
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A test CA `name` in `dir`, and a certificate it signs for 127.0.0.1 written to
+/// `cert`/`key` (overwritten in place, as a DBA renewing a certificate does).
+fn ca_and_server_cert(dir: &std::path::Path, name: &str, cert: &std::path::Path, key: &std::path::Path) -> String {
+    let p = |f: &str| dir.join(format!("{name}-{f}")).to_string_lossy().into_owned();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", &p("ca.key"), "-out", &p("ca.pem"), "-days", "2", "-subj", &format!("/CN={name} test CA")],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[&["req"][..], &ec, &["-keyout", &p("server.key"), "-out", &p("server.csr"), "-subj", "/CN=127.0.0.1"]]
+            .concat(),
+    );
+    std::fs::write(p("ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("server.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext"),
+    ]);
+    std::fs::copy(p("server.pem"), cert).unwrap();
+    std::fs::copy(p("server.key"), key).unwrap();
+    p("ca.pem")
+}
+
+/// POSTs a delivery over HTTPS, trusting only `ca`.
+fn post_https(port: u16, ca: &str, body: &str) -> u16 {
+    curl(&["--cacert", ca, "-X", "POST", &format!("https://127.0.0.1:{port}/webhooks/acme")], Some(body)).0
+}
+
+#[test]
+fn https_with_a_test_ca_and_a_certificate_renewed_by_reload() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(format!("it-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let first_ca = ca_and_server_cert(&dir, "first", &cert, &key);
+    // The server runs as another OS user in these tests: let it read the key.
+    Command::new("chmod").args(["-R", "a+rX"]).arg(&dir).status().unwrap();
+    let (cert_s, key_s) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
+    let (cluster, port) =
+        http_cluster("http-tls", &[("dialpad.http_tls_cert", &cert_s), ("dialpad.http_tls_key", &key_s)]);
+    let mut c = cluster.connect();
+    assert_eq!(post_https(port, &first_ca, &jwt(&event(1, "ringing"), ACME)), 200);
+    // Plain HTTP on the HTTPS port gets no answer, and stores nothing.
+    assert_ne!(post(port, "/webhooks/acme", &jwt(&event(2, "ringing"), ACME), None).0, 200);
+    assert_eq!(rows(&mut c), 1);
+
+    // A new certificate from another CA, put in place of the old files, then a reload.
+    let second_ca = ca_and_server_cert(&dir, "second", &cert, &key);
+    Command::new("chmod").args(["-R", "a+rX"]).arg(&dir).status().unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(post_https(port, &second_ca, &jwt(&event(3, "ringing"), ACME)), 200);
+    assert_eq!(
+        post_https(port, &first_ca, &jwt(&event(4, "ringing"), ACME)),
+        0,
+        "the old certificate is no longer served"
+    );
+
+    // Files that do not load at a reload: the configuration in use stays, and says why.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(post_https(port, &second_ca, &jwt(&event(5, "ringing"), ACME)), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.log().contains("the TLS configuration in use stays") {
+        assert!(Instant::now() < deadline, "no warning:\n{}", cluster.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(rows(&mut c), 3);
+    let _ = std::fs::remove_dir_all(&dir);
 }

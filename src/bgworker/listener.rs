@@ -116,12 +116,20 @@ impl Listener {
         };
         let (shared, wait) =
             http::Shared::new(limits).unwrap_or_else(|e| fail(&format!("cannot create a socket pair: {e}")));
+        match tls_from_settings() {
+            Ok(acceptor) => shared.tls.set(acceptor),
+            Err(why) => fail(&why),
+        }
+        let scheme = if shared.tls.get().is_some() { "https" } else { "http" };
         let addrs: Vec<String> =
             listeners.iter().map(|(l, _)| l.local_addr().map(|a| a.to_string()).unwrap_or_default()).collect();
         if let Err(e) = http::spawn(listeners, shared.clone()) {
             fail(&format!("cannot start the network thread: {e}"));
         }
-        log!("pg_dialpad http listener on {} for database \"{database}\" as role \"{role}\"", addrs.join(" and "));
+        log!(
+            "pg_dialpad http listener ({scheme}) on {} for database \"{database}\" as role \"{role}\"",
+            addrs.join(" and ")
+        );
         Some(Listener {
             shared,
             wait,
@@ -140,6 +148,7 @@ impl Listener {
             self.shared.limits.max_body.store(gucs::max_body_size(), Ordering::Relaxed);
             self.shared.limits.read_timeout_ms.store(gucs::http_read_timeout_ms(), Ordering::Relaxed);
             worker::apply_lock_timeout();
+            self.reload_tls();
         }
         let group = self.shared.take(GROUP_MAX);
         if !group.is_empty() {
@@ -152,6 +161,20 @@ impl Listener {
         self.log_refusals();
         report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook deliveries");
         self.wait();
+    }
+
+    /// Reads the certificate and key again (after a reload): new connections use them.
+    fn reload_tls(&self) {
+        match tls_from_settings() {
+            Ok(acceptor) => {
+                if acceptor.is_some() {
+                    log!("pg_dialpad http listener: TLS certificate and key read again");
+                }
+                self.shared.tls.set(acceptor);
+            }
+            // LOG, as PostgreSQL reports a configuration file it cannot apply on reload.
+            Err(why) => log!("pg_dialpad http listener: {why}; the TLS configuration in use stays"),
+        }
     }
 
     /// Sleeps until the latch is set (signal), a delivery is queued, or WAIT_MS passed;
@@ -249,6 +272,16 @@ fn fail(why: &str) -> ! {
     log!("pg_dialpad http listener: {why}; trying again in {} s", RESTART_AFTER.as_secs());
     // SAFETY: ends the process through PostgreSQL's exit path.
     unsafe { pg_sys::proc_exit(1) }
+}
+
+/// The TLS acceptor dialpad.http_tls_cert and dialpad.http_tls_key ask for (None: plain
+/// HTTP), the files read now; or why they cannot be used.
+fn tls_from_settings() -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    match gucs::http_tls() {
+        Ok(None) => Ok(None),
+        Ok(Some((cert, key))) => http::tls::load(cert.as_ref(), key.as_ref()).map(Some),
+        Err(why) => Err(why.to_string()),
+    }
 }
 
 /// `host:port` (or `[v6]:port`) as a socket address.

@@ -33,6 +33,8 @@ pub(crate) struct Metrics {
     pub refused_connections: AtomicU64,
     /// Requests that asked a delivery to be stored (whatever came of it).
     pub deliveries: AtomicU64,
+    /// TLS handshakes that failed or did not end within the read timeout.
+    pub failed_handshakes: AtomicU64,
 }
 
 fn status_index(status: u16) -> usize {
@@ -110,6 +112,13 @@ impl Metrics {
             out,
             "dialpad_http_refused_connections_total {}",
             self.refused_connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP dialpad_http_failed_tls_handshakes_total TLS handshakes that failed or did not end within dialpad.http_read_timeout.");
+        let _ = writeln!(out, "# TYPE dialpad_http_failed_tls_handshakes_total counter");
+        let _ = writeln!(
+            out,
+            "dialpad_http_failed_tls_handshakes_total {}",
+            self.failed_handshakes.load(Ordering::Relaxed)
         );
         out
     }

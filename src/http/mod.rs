@@ -8,6 +8,7 @@
 pub(crate) mod metrics;
 mod server;
 pub(crate) mod status;
+pub(crate) mod tls;
 
 pub(crate) use server::{spawn, Kind};
 
@@ -75,6 +76,8 @@ pub(crate) struct Shared {
     /// What the main thread last computed for /metrics (the ingest counters of shared memory).
     database_metrics: Mutex<String>,
     pub metrics: metrics::Metrics,
+    /// The TLS configuration of new connections on dialpad.http_listen (None: plain HTTP).
+    pub tls: tls::TlsSlot,
 }
 
 /// How long a health verdict stays true without the main thread renewing it: longer means
@@ -95,6 +98,7 @@ impl Shared {
             health: Mutex::new((starting, Instant::now())),
             database_metrics: Mutex::new(String::new()),
             metrics: metrics::Metrics::default(),
+            tls: tls::TlsSlot::default(),
         };
         Ok((Arc::new(shared), wait))
     }

@@ -97,9 +97,22 @@ async fn accept_loop(listener: tokio::net::TcpListener, kind: Kind, shared: Arc<
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        // The metrics listener always speaks plain HTTP (keep it on loopback or a private network).
+        let tls = if kind == Kind::Webhooks { shared.tls.get() } else { None };
         tokio::spawn(async move {
             shared.metrics.open_connections.fetch_add(1, Ordering::Relaxed);
-            serve_io(stream, peer, kind, &shared).await;
+            match tls {
+                None => serve_io(stream, peer, kind, &shared).await,
+                // The handshake too must end within the read timeout.
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(shared.limits.read_timeout(), acceptor.accept(stream)).await;
+                    if let Ok(Ok(stream)) = handshake {
+                        serve_io(stream, peer, kind, &shared).await;
+                    } else {
+                        shared.metrics.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             shared.metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
