@@ -511,3 +511,112 @@ fn https_with_a_test_ca_and_a_certificate_renewed_by_reload() {
     assert_eq!(rows(&mut c), 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// scripts/nginx/dialpad.conf with the test's ports and files in place of the examples.
+fn nginx_site(listener: u16, port: u16, cert: &str, key: &str) -> String {
+    let shipped = include_str!("../scripts/nginx/dialpad.conf");
+    let mut site = shipped.to_string();
+    for (from, to) in [
+        ("server 127.0.0.1:8080;", format!("server 127.0.0.1:{listener};")),
+        ("listen 443 ssl;", format!("listen 127.0.0.1:{port} ssl;")),
+        ("listen [::]:443 ssl;", String::new()),
+        ("/etc/letsencrypt/live/db.example.com/fullchain.pem", cert.to_string()),
+        ("/etc/letsencrypt/live/db.example.com/privkey.pem", key.to_string()),
+    ] {
+        assert!(site.contains(from), "scripts/nginx/dialpad.conf no longer has {from}");
+        site = site.replace(from, &to);
+    }
+    site
+}
+
+#[test]
+fn nginx_terminates_tls_in_front_of_the_plain_listener() {
+    let nginx = std::path::Path::new("/usr/sbin/nginx");
+    if !nginx.exists() {
+        eprintln!("nginx is not installed (apt-get install nginx-light): test skipped");
+        return;
+    }
+    let (cluster, listener) = http_cluster("http-nginx", &[]);
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(format!("it-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let ca = ca_and_server_cert(&dir, "nginx", &cert, &key);
+    let port = free_port();
+    std::fs::write(
+        dir.join("dialpad.conf"),
+        nginx_site(listener, port, &cert.to_string_lossy(), &key.to_string_lossy()),
+    )
+    .unwrap();
+    let temp = dir.to_string_lossy();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "pid {temp}/nginx.pid;\nerror_log {temp}/logs/error.log;\nevents {{}}\nhttp {{\n access_log off;\n client_body_temp_path {temp}/body;\n proxy_temp_path {temp}/proxy;\n include {temp}/dialpad.conf;\n}}\n"
+        ),
+    )
+    .unwrap();
+    Command::new("chmod").args(["-R", "a+rwX"]).arg(&dir).status().unwrap();
+    let conf = dir.join("nginx.conf");
+    // In the foreground, as the test's child: stopped (and reaped) however the test ends.
+    let child =
+        Command::new(nginx).arg("-p").arg(&dir).arg("-c").arg(&conf).args(["-g", "daemon off;"]).spawn().unwrap();
+    let _stop = Nginx { child, dir: dir.clone() };
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    wait_until_ok(10, || curl(&["--cacert", &ca, &url("/healthz")], None));
+
+    let mut c = cluster.connect();
+    let (status, _, answer) = curl(
+        &["--cacert", &ca, "-X", "POST", "-H", "Content-Type: application/jwt", &url("/webhooks/acme")],
+        Some(&jwt(&event(1, "ringing"), ACME)),
+    );
+    assert_eq!((status, rows(&mut c)), (200, 1), "{answer}");
+    // The listener's refusals pass through as they are.
+    let post_nginx = |body: &str| curl(&["--cacert", &ca, "-X", "POST", &url("/webhooks/acme")], Some(body));
+    assert_eq!(post_nginx(&jwt(&event(2, "ringing"), "wrong")).0, 401);
+    // /metrics stays off the public side (the listener would serve it to nginx, a loopback client).
+    assert_eq!(curl(&["--cacert", &ca, &url("/metrics")], None).0, 404);
+    // nginx itself refuses a request with both framings.
+    let (status, _, _) = curl(
+        &[
+            "--cacert",
+            &ca,
+            "-X",
+            "POST",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Content-Length: 5",
+            &url("/webhooks/acme"),
+        ],
+        Some("hello"),
+    );
+    assert_eq!(status, 400);
+    // The upgrade window: the listener's 503 and its Retry-After reach Dialpad.
+    c.batch_execute("UPDATE pg_extension SET extversion = '0.2.1' WHERE extname = 'pg_dialpad'").unwrap();
+    let (status, head, _) = post_nginx(&jwt(&event(3, "ringing"), ACME));
+    assert_eq!(status, 503);
+    assert!(head.contains("retry-after: 5"), "{head}");
+    c.batch_execute("UPDATE pg_extension SET extversion = '0.3.0' WHERE extname = 'pg_dialpad'").unwrap();
+    // The listener down: nginx answers 502, a 5xx, so Dialpad retries.
+    cluster.pg_ctl_stop("fast");
+    assert_eq!(post_nginx(&jwt(&event(4, "ringing"), ACME)).0, 502);
+}
+
+/// Stops the test's nginx however the test ends.
+struct Nginx {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: nginx's fast shutdown, its workers with it.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
