@@ -234,8 +234,18 @@ fn the_upgrade_window_and_a_full_queue_answer_503() {
 
 #[test]
 fn slow_and_broken_clients_are_dropped() {
-    let (cluster, port) = http_cluster("http-slow", &[("dialpad.http_read_timeout", "1s")]);
+    let (cluster, port) =
+        http_cluster("http-slow", &[("dialpad.http_read_timeout", "1s"), ("dialpad.http_max_connections", "3")]);
     let mut c = cluster.connect();
+    // dialpad.http_max_connections open (idle): one more is answered 503 and closed at once;
+    // once the idle ones are dropped (read timeout), connections are served again.
+    let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let answer = raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(2));
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("Retry-After"), "{answer}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get(port, "/healthz").0, 200);
+    drop(idle);
     // Slowloris: a header line a byte at a time. Dropped once the read timeout passes.
     let started = Instant::now();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
