@@ -630,3 +630,25 @@ impl Drop for Nginx {
         }
     }
 }
+
+#[test]
+fn healthz_stays_up_under_continuous_load() {
+    let (cluster, port) = http_cluster("http-load", &[]);
+    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/http_client.py");
+    let url = format!("http://127.0.0.1:{port}/webhooks/acme");
+    let mut load = Command::new("python3")
+        .args([client, &url, ACME, "1000", "100000", "8"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut c = cluster.connect();
+    wait_until(&mut c, "SELECT count(*) > 100 FROM dialpad.webhook_events", 30);
+    // Longer than a health verdict stays fresh (10 s) without being renewed.
+    std::thread::sleep(Duration::from_secs(12));
+    let before = rows(&mut c);
+    let (status, body) = get(port, "/healthz");
+    let _ = load.kill();
+    let _ = load.wait();
+    assert_eq!(status, 200, "{body}");
+    assert!(before > 1000, "the load did not keep the listener busy: {before} rows");
+}

@@ -150,15 +150,16 @@ impl Listener {
             worker::apply_lock_timeout();
             self.reload_tls();
         }
+        // Under load too: /healthz must not go stale while groups keep coming.
+        if self.last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_INTERVAL) {
+            self.refresh();
+        }
+        self.log_refusals();
         let group = self.shared.take(GROUP_MAX);
         if !group.is_empty() {
             self.serve(group);
             return;
         }
-        if self.last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_INTERVAL) {
-            self.refresh();
-        }
-        self.log_refusals();
         report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook deliveries");
         self.wait();
     }
