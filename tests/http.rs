@@ -138,6 +138,9 @@ fn deliveries_are_stored_once_and_refusals_store_nothing() {
     }
     assert_eq!(rows(&mut c), 6);
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE source = 'acme'"), 6);
+    // The listener's commits wake the workers, which apply the events at once.
+    drained(&mut c, 10);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls"), 5);
 
     let refusals: [(&str, String, u16, &str); 7] = [
         ("/webhooks/acme", jwt(&event(2, "ringing"), "wrong-secret"), 401, "bad signature"),
