@@ -301,6 +301,14 @@ fn slow_and_broken_clients_are_dropped() {
     assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(rows(&mut c), 2, "the half-sent body is not stored");
+    // The slowloris, the oversized head and the half-sent body were counted.
+    let (_, metrics) = get(port, "/metrics");
+    let broken: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dialpad_http_connection_errors_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(broken >= 2, "{metrics}");
     wait_healthy(port, 5);
 }
 

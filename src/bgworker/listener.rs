@@ -72,7 +72,8 @@ struct Listener {
     wait: UnixDatagram,
     last_refresh: Option<Instant>,
     last_refusal_log: Instant,
-    /// Refused requests (by status) and connections counted at the last summary.
+    /// Refused requests (by status) and refused, broken or timed-out connections counted at
+    /// the last summary.
     refusals_logged: (Vec<(u16, u64)>, u64),
 }
 
@@ -246,7 +247,10 @@ impl Listener {
         }
         self.last_refusal_log = Instant::now();
         let now = self.shared.metrics.refused();
-        let connections = self.shared.metrics.refused_connections.load(Ordering::Relaxed);
+        let m = &self.shared.metrics;
+        let connections = m.refused_connections.load(Ordering::Relaxed)
+            + m.connection_errors.load(Ordering::Relaxed)
+            + m.failed_handshakes.load(Ordering::Relaxed);
         let (before, before_connections) = &self.refusals_logged;
         let mut parts: Vec<String> = now
             .iter()
@@ -255,7 +259,10 @@ impl Listener {
             .map(|(status, n)| if status == 0 { format!("{n} other") } else { format!("{n} × {status}") })
             .collect();
         if connections > *before_connections {
-            parts.push(format!("{} connection(s) over dialpad.http_max_connections", connections - before_connections));
+            parts.push(format!(
+                "{} connection(s) over dialpad.http_max_connections, broken or timed out",
+                connections - before_connections
+            ));
         }
         if !parts.is_empty() {
             log!(

@@ -35,6 +35,8 @@ pub(crate) struct Metrics {
     pub deliveries: AtomicU64,
     /// TLS handshakes that failed or did not end within the read timeout.
     pub failed_handshakes: AtomicU64,
+    /// Connections ended by a protocol error, a read timeout or a client gone mid-request.
+    pub connection_errors: AtomicU64,
 }
 
 fn status_index(status: u16) -> usize {
@@ -113,6 +115,10 @@ impl Metrics {
             "dialpad_http_refused_connections_total {}",
             self.refused_connections.load(Ordering::Relaxed)
         );
+        let _ = writeln!(out, "# HELP dialpad_http_connection_errors_total Connections ended by a malformed or oversized request head, a read timeout, or a client gone mid-request.");
+        let _ = writeln!(out, "# TYPE dialpad_http_connection_errors_total counter");
+        let _ =
+            writeln!(out, "dialpad_http_connection_errors_total {}", self.connection_errors.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP dialpad_http_failed_tls_handshakes_total TLS handshakes that failed or did not end within dialpad.http_read_timeout.");
         let _ = writeln!(out, "# TYPE dialpad_http_failed_tls_handshakes_total counter");
         let _ = writeln!(

@@ -135,8 +135,13 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(shared.limits.read_timeout())
         .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
-    let _ = builder.serve_connection(TokioIo::new(io), service).await;
+    if builder.serve_connection(TokioIo::new(io), service).await.is_err() {
+        // Malformed or oversized heads, read timeouts, clients gone mid-request: hyper ends
+        // the connection (with 400, 408 or 431 when it can); counted, never logged one by one.
+        shared.metrics.connection_errors.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 async fn handle(req: Request<Incoming>, peer: SocketAddr, kind: Kind, shared: &Shared) -> Response<Full<Bytes>> {
