@@ -72,9 +72,8 @@ struct Listener {
     wait: UnixDatagram,
     last_refresh: Option<Instant>,
     last_refusal_log: Instant,
-    /// Refused requests (by status) and refused, broken or timed-out connections counted at
-    /// the last summary.
-    refusals_logged: (Vec<(u16, u64)>, u64),
+    /// What was refused up to the last summary.
+    refusals_logged: http::metrics::Refusals,
 }
 
 impl Listener {
@@ -136,7 +135,7 @@ impl Listener {
             wait,
             last_refresh: None,
             last_refusal_log: Instant::now(),
-            refusals_logged: (Vec::new(), 0),
+            refusals_logged: http::metrics::Refusals::default(),
         })
     }
 
@@ -246,32 +245,14 @@ impl Listener {
             return;
         }
         self.last_refusal_log = Instant::now();
-        let now = self.shared.metrics.refused();
-        let m = &self.shared.metrics;
-        let connections = m.refused_connections.load(Ordering::Relaxed)
-            + m.connection_errors.load(Ordering::Relaxed)
-            + m.failed_handshakes.load(Ordering::Relaxed);
-        let (before, before_connections) = &self.refusals_logged;
-        let mut parts: Vec<String> = now
-            .iter()
-            .map(|(status, n)| (*status, n - before.iter().find(|(s, _)| s == status).map_or(0, |b| b.1)))
-            .filter(|(_, n)| *n > 0)
-            .map(|(status, n)| if status == 0 { format!("{n} other") } else { format!("{n} × {status}") })
-            .collect();
-        if connections > *before_connections {
-            parts.push(format!(
-                "{} connection(s) over dialpad.http_max_connections, broken or timed out",
-                connections - before_connections
-            ));
-        }
-        if !parts.is_empty() {
+        let now = self.shared.metrics.refusals();
+        if let Some(summary) = now.since(&self.refusals_logged) {
             log!(
-                "pg_dialpad http listener: refused in the last {} s: {} (see GET /metrics)",
-                REFUSALS_LOG_INTERVAL.as_secs(),
-                parts.join(", ")
+                "pg_dialpad http listener: refused in the last {} s: {summary} (see GET /metrics)",
+                REFUSALS_LOG_INTERVAL.as_secs()
             );
         }
-        self.refusals_logged = (now, connections);
+        self.refusals_logged = now;
     }
 }
 

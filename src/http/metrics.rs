@@ -57,14 +57,20 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Requests answered with each status other than 2xx so far ("other" as 0).
-    pub(crate) fn refused(&self) -> Vec<(u16, u64)> {
-        STATUSES
-            .iter()
-            .zip(&self.by_status)
-            .filter(|(s, _)| **s != 200)
-            .map(|(s, c)| (*s, c.load(Ordering::Relaxed)))
-            .collect()
+    /// What was refused so far: requests by status (other than 200), and connections
+    /// refused, broken or timed out.
+    pub(crate) fn refusals(&self) -> Refusals {
+        Refusals {
+            by_status: STATUSES
+                .iter()
+                .zip(&self.by_status)
+                .filter(|(s, _)| **s != 200)
+                .map(|(s, c)| (*s, c.load(Ordering::Relaxed)))
+                .collect(),
+            connections: self.refused_connections.load(Ordering::Relaxed)
+                + self.connection_errors.load(Ordering::Relaxed)
+                + self.failed_handshakes.load(Ordering::Relaxed),
+        }
     }
 
     /// The listener's figures in Prometheus' text format.
@@ -130,6 +136,32 @@ impl Metrics {
     }
 }
 
+/// Refusal counts at one moment, for the log's periodic summary.
+#[derive(Default, Debug, Clone)]
+pub(crate) struct Refusals {
+    by_status: Vec<(u16, u64)>,
+    connections: u64,
+}
+
+impl Refusals {
+    /// What was refused since `before`, in a few words; None when nothing was.
+    pub(crate) fn since(&self, before: &Refusals) -> Option<String> {
+        let earlier = |status: u16| before.by_status.iter().find(|(s, _)| *s == status).map_or(0, |b| b.1);
+        let mut parts: Vec<String> = self
+            .by_status
+            .iter()
+            .map(|(status, n)| (*status, n.saturating_sub(earlier(*status))))
+            .filter(|(_, n)| *n > 0)
+            .map(|(status, n)| if status == 0 { format!("{n} other") } else { format!("{n} × {status}") })
+            .collect();
+        let connections = self.connections.saturating_sub(before.connections);
+        if connections > 0 {
+            parts.push(format!("{connections} connection(s) over dialpad.http_max_connections, broken or timed out"));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
 fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} gauge");
@@ -160,7 +192,26 @@ mod tests {
         assert!(text.contains("dialpad_http_request_duration_seconds_bucket{le=\"0.05\"} 2\n"));
         assert!(text.contains("dialpad_http_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("dialpad_http_queue_length 3\n"));
-        assert_eq!(m.refused().iter().find(|(s, _)| *s == 503).map(|x| x.1), Some(1));
+    }
+
+    #[test]
+    fn the_log_summary_says_only_what_is_new() {
+        let m = Metrics::default();
+        let start = m.refusals();
+        assert_eq!(m.refusals().since(&start), None);
+        m.observe(200, Duration::ZERO);
+        assert_eq!(m.refusals().since(&start), None, "a 200 is no refusal");
+        m.observe(401, Duration::ZERO);
+        m.observe(401, Duration::ZERO);
+        m.observe(503, Duration::ZERO);
+        m.refused_connections.fetch_add(1, Ordering::Relaxed);
+        let first = m.refusals();
+        assert_eq!(
+            first.since(&start).as_deref(),
+            Some("2 × 401, 1 × 503, 1 connection(s) over dialpad.http_max_connections, broken or timed out")
+        );
+        m.observe(413, Duration::ZERO);
+        assert_eq!(m.refusals().since(&first).as_deref(), Some("1 × 413"));
     }
 
     #[test]
