@@ -411,6 +411,22 @@ fn metrics_count_requests_and_deliveries_without_reading_tables() {
         assert!(text.lines().any(|l| l == line), "missing {line} in:\n{text}");
     }
     assert!(text.contains("dialpad_http_request_duration_seconds_bucket{le=\"+Inf\"}"));
+    // Well-formed for Prometheus (promtool: Debian's prometheus package, scripts/lib.sh).
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // With a listener of its own, /metrics is served there, and no longer on the webhooks'.
     let mut c = cluster.connect();
     c.batch_execute(&format!("ALTER SYSTEM SET dialpad.metrics_listen = '{listen}'")).unwrap();
