@@ -5,6 +5,7 @@
 //! stores the queued bodies in one transaction and answers each through its channel once
 //! that transaction has committed.
 
+mod framing;
 pub(crate) mod metrics;
 mod server;
 pub(crate) mod status;

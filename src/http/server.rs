@@ -3,6 +3,7 @@
 //! delivery's body within dialpad.max_body_size, queue it for the main thread and answer
 //! with what the main thread says once its transaction has committed.
 
+use super::framing;
 use super::metrics::Exposure;
 use super::status::{self, Route};
 use super::{Answer, Delivery, Shared};
@@ -125,10 +126,12 @@ pub(super) async fn serve_io<I>(io: I, peer: SocketAddr, kind: Kind, shared: &Ar
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (io, first) = framing::Watched::new(io, MAX_HEAD_BYTES);
     let for_service = shared.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = for_service.clone();
-        async move { Ok::<_, Infallible>(handle(req, peer, kind, &shared).await) }
+        let smuggling = first.take_both_framings();
+        async move { Ok::<_, Infallible>(handle(req, peer, kind, smuggling, &shared).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -144,9 +147,21 @@ where
     }
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr, kind: Kind, shared: &Shared) -> Response<Full<Bytes>> {
+/// One request; `smuggling` when its head carried both Content-Length and Transfer-Encoding.
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    kind: Kind,
+    smuggling: bool,
+    shared: &Shared,
+) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let response = match status::route(req.method().as_str(), req.uri().path()) {
+        // Two framings at once is how requests are smuggled past proxies (RFC 9112 6.1).
+        _ if smuggling => closing(text(
+            StatusCode::BAD_REQUEST,
+            "a request may not carry both Content-Length and Transfer-Encoding\n",
+        )),
         Route::Deliver(source) if kind == Kind::Webhooks => deliver(req, source, shared).await,
         Route::Health => health(shared),
         Route::Metrics if metrics_allowed(kind, peer, shared) => metrics(shared),
@@ -174,9 +189,9 @@ fn metrics_allowed(kind: Kind, peer: SocketAddr, shared: &Shared) -> bool {
 /// Reads a delivery's body, queues it, and answers once the main thread has.
 async fn deliver(req: Request<Incoming>, source: Option<String>, shared: &Shared) -> Response<Full<Bytes>> {
     shared.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
-    // A request with both Content-Length and Transfer-Encoding never gets here as such:
-    // hyper reads it as chunked, drops Content-Length and closes the connection after the
-    // answer (RFC 9112 6.3), so nothing after the chunked body is read as another request.
+    // Both Content-Length and Transfer-Encoding: refused above for the first request of a
+    // connection (framing.rs); hyper reads a later one as chunked, hides its Content-Length
+    // and closes the connection after the answer (RFC 9112 6.3).
     let headers = req.headers();
     let max = shared.limits.max_body();
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
