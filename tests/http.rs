@@ -199,6 +199,14 @@ fn deliveries_are_stored_once_and_refusals_store_nothing() {
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "{answer}");
     assert!(answer.contains("HTTP/1.1 401"), "the chunked (empty) body was answered: {answer}");
     assert_eq!(rows(&mut c), 6);
+    // A lock not obtained within dialpad.lock_timeout (100 ms): 503, so Dialpad retries.
+    c.batch_execute("BEGIN; LOCK TABLE dialpad.webhook_events IN ACCESS EXCLUSIVE MODE").unwrap();
+    let (status, head, answer) = post(port, "/webhooks/acme", &jwt(&event(40, "ringing"), ACME), None);
+    c.batch_execute("COMMIT").unwrap();
+    assert_eq!(status, 503, "{answer}");
+    assert!(head.contains("retry-after:") && answer.contains("55P03"), "{answer}");
+    assert_eq!(rows(&mut c), 6);
+    assert_eq!(post(port, "/webhooks/acme", &jwt(&event(40, "ringing"), ACME), None).0, 200);
     // The refusals were counted where ingest counts them.
     assert!(count(&mut c, "SELECT count(*) FROM dialpad.ingest_stats_by_source WHERE reason = 'bad signature'") >= 1);
 }
@@ -688,4 +696,35 @@ fn healthz_stays_up_under_continuous_load() {
     let _ = load.wait();
     assert_eq!(status, 200, "{body}");
     assert!(before > 1000, "the load did not keep the listener busy: {before} rows");
+}
+
+#[test]
+fn the_listener_leaves_within_a_second_of_the_postmasters_death() {
+    let (cluster, _port) = http_cluster("http-pmdeath", &[]);
+    let mut c = cluster.connect();
+    let pid = listener_pid(&mut c).expect("listener running");
+    let pidfile = std::fs::read_to_string(cluster.data().join("postmaster.pid")).unwrap();
+    let postmaster = pidfile.lines().next().unwrap().trim().to_string();
+    let started = Instant::now();
+    Command::new("kill").args(["-9", &postmaster]).status().unwrap();
+    // Gone, not a zombie: the process entry goes once init reaps it, so read its state.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(false)
+    };
+    while alive() && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the listener outlived the postmaster by {:?}",
+        started.elapsed()
+    );
+    // The dead server's System V segment (its id is on line 7 of postmaster.pid): nobody
+    // is attached to it any more, and a zombie postmaster here keeps a restart from
+    // reclaiming it.
+    if let Some(id) = pidfile.lines().nth(6).and_then(|l| l.split_whitespace().nth(1)) {
+        let _ = Command::new("ipcrm").args(["-m", id]).status();
+    }
 }
