@@ -59,7 +59,8 @@ struct Report {
 }
 
 impl Report {
-    /// The rows and notes as plain lines (the BENCH_ONLY runs, which write no file).
+    /// The rows and notes as plain lines, and into their section of docs/benchmarks.md (the
+    /// BENCH_ONLY runs, which write no results file).
     fn print_rows(&self) {
         for r in &self.rows {
             println!("{} | {} | {} | {} | {}", r.name, r.value, r.reference, r.ratio, r.target);
@@ -67,6 +68,39 @@ impl Report {
         for n in &self.notes {
             println!("- {n}");
         }
+        if let Ok(only) = std::env::var("BENCH_ONLY") {
+            write_docs_section(
+                &only,
+                &format!("Measured {} by `BENCH_ONLY={only} ./scripts/bench`.\n\n{}", now_utc(), self.markdown()),
+            );
+        }
+    }
+
+    /// The table and its notes, in Markdown.
+    fn markdown(&self) -> String {
+        let mut md = String::from(
+            "| figure | pg_dialpad | reference (same run) | ratio | target | |\n|---|---|---|---|---|---|\n",
+        );
+        for r in &self.rows {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                r.name,
+                r.value,
+                r.reference,
+                r.ratio,
+                r.target,
+                match r.pass {
+                    Some(true) => "met",
+                    Some(false) => "**missed**",
+                    None => "",
+                }
+            ));
+        }
+        md.push('\n');
+        for n in &self.notes {
+            md.push_str(&format!("- {n}\n"));
+        }
+        md
     }
 
     fn add(&mut self, name: &str, value: String, reference: String, ratio: String, target: &str, pass: Option<bool>) {
@@ -730,33 +764,9 @@ fn main() {
     hostile::hostile_bench(&mut report, runs, n_events, calls);
 
     // ---- write the results --------------------------------------------------------------------
-    let date = std::process::Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d %H:%M UTC")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let date = now_utc();
     let mut md = format!("## Benchmark results\n\nMeasured {date} on {machine} by `./scripts/bench` (medians of {runs} runs; {n_events} events per processing run).\n\n");
-    md.push_str("| figure | pg_dialpad | reference (same run) | ratio | target | |\n|---|---|---|---|---|---|\n");
-    for r in &report.rows {
-        md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            r.name,
-            r.value,
-            r.reference,
-            r.ratio,
-            r.target,
-            match r.pass {
-                Some(true) => "met",
-                Some(false) => "**missed**",
-                None => "",
-            }
-        ));
-    }
-    md.push('\n');
-    for n in &report.notes {
-        md.push_str(&format!("- {n}\n"));
-    }
+    md.push_str(&report.markdown());
     let json_rows: Vec<String> = report.rows.iter().map(|r| format!(
         "    {{\"figure\": {:?}, \"value\": {:?}, \"reference\": {:?}, \"ratio\": {:?}, \"target\": {:?}, \"met\": {}}}",
         r.name, r.value, r.reference, r.ratio, r.target, match r.pass { Some(b) => b.to_string(), None => "null".into() })).collect();
@@ -764,7 +774,38 @@ fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
     std::fs::write(dir.join("bench-results.md"), &md).unwrap();
     std::fs::write(dir.join("bench-results.json"), &json).unwrap();
+    write_docs_section(
+        "full",
+        &format!("Measured {date} on {machine} by `./scripts/bench` (medians of {runs} runs; {n_events} events per processing run).\n\n{}", report.markdown()),
+    );
     println!("\n{md}");
+}
+
+fn now_utc() -> String {
+    std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Replaces what docs/benchmarks.md holds between `<!-- bench:KEY -->` and
+/// `<!-- /bench:KEY -->` with `body`: the user documentation quotes the figures of the last
+/// run as `./scripts/bench` wrote them (history stays in git). Nothing when the markers are
+/// not there.
+fn write_docs_section(key: &str, body: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join("benchmarks.md");
+    let Ok(doc) = std::fs::read_to_string(&path) else { return };
+    let (open, close) = (format!("<!-- bench:{key} -->\n"), format!("<!-- /bench:{key} -->"));
+    let (Some(a), Some(b)) = (doc.find(&open), doc.find(&close)) else { return };
+    if b < a {
+        return;
+    }
+    let updated = format!("{}{open}{body}{}", &doc[..a], &doc[b..]);
+    if std::fs::write(&path, updated).is_ok() {
+        println!("docs/benchmarks.md: section {key} updated");
+    }
 }
 
 /// Drain rate with a large backlog against a small one, and the worker's memory over

@@ -5,7 +5,8 @@
 --   an inbound call answered by Ada, recorded and transcribed;
 --   a call Ada answers and transfers to Bob;
 --   a call center: the caller queues, the operator's phone rings unanswered, Cid answers;
---   a call nobody answered; a voicemail; an outbound call Ada makes.
+--   a call nobody answered; a voicemail; an outbound call Ada makes; a ring group (Sales)
+--   whose three phones ring at once, Dan answering.
 -- Loaded into pg_temp by scripts/demo; the tests and benchmarks use scripts/sample_events.sql.
 
 -- ms after the start of call number `n` (a minute apart, the first ten minutes ago).
@@ -113,5 +114,31 @@ BEGIN
         pg_temp.demo_ev(l, 5, 'hangup', 65000, jsonb_build_object('date_connected', pg_temp.demo_ms(5, 5000), 'date_ended', pg_temp.demo_ms(5, 65000),
             'talk_time', 60000))];
     FOR i IN 1 .. cardinality(evs) LOOP call := 'outbound answered'; seq := i; payload := evs[i]; RETURN NEXT; END LOOP;
+
+    -- 7. Ring group: the Sales department's leg rings Dan, Eve and Fay at once; Dan
+    -- answers, the other two phones stop ringing unanswered.
+    g := jsonb_build_object('call_id', 8001, 'direction', 'inbound', 'external_number', '+14155550108',
+                            'master_call_id', 8001, 'entry_point_call_id', 8001,
+                            'target', '{"id": "d-7", "type": "department", "name": "Sales"}'::jsonb);
+    evs := ARRAY[
+        pg_temp.demo_ev(g, 6, 'ringing', 300, jsonb_build_object('date_rang', pg_temp.demo_ms(6, 300)))];
+    FOR i IN 0 .. 2 LOOP
+        l := jsonb_build_object('call_id', 8002 + i, 'direction', 'inbound', 'external_number', '+14155550108',
+                                'starts_at', 500, 'master_call_id', 8001, 'entry_point_call_id', 8001,
+                                'target', jsonb_build_object('id', (5004 + i)::text, 'type', 'user',
+                                                             'name', (ARRAY['Dan', 'Eve', 'Fay'])[i + 1]));
+        evs := evs || pg_temp.demo_ev(l, 6, 'ringing', 600 + i, jsonb_build_object('date_rang', pg_temp.demo_ms(6, 600)));
+        IF i = 0 THEN
+            evs := evs || pg_temp.demo_ev(l, 6, 'connected', 7000, jsonb_build_object('date_rang', pg_temp.demo_ms(6, 600), 'date_connected', pg_temp.demo_ms(6, 7000)))
+                       || pg_temp.demo_ev(l, 6, 'hangup', 97000, jsonb_build_object('date_rang', pg_temp.demo_ms(6, 600), 'date_connected', pg_temp.demo_ms(6, 7000),
+                              'date_ended', pg_temp.demo_ms(6, 97000), 'duration', 90000, 'talk_time', 90000, 'hold_time', 0));
+        ELSE
+            evs := evs || pg_temp.demo_ev(l, 6, 'hangup', 7050 + i, jsonb_build_object('date_rang', pg_temp.demo_ms(6, 600), 'date_ended', pg_temp.demo_ms(6, 7050 + i), 'talk_time', 0));
+        END IF;
+    END LOOP;
+    evs := evs || pg_temp.demo_ev(g, 6, 'connected', 7001, jsonb_build_object('date_rang', pg_temp.demo_ms(6, 300), 'date_connected', pg_temp.demo_ms(6, 7000)))
+               || pg_temp.demo_ev(g, 6, 'hangup', 97001, jsonb_build_object('date_rang', pg_temp.demo_ms(6, 300), 'date_connected', pg_temp.demo_ms(6, 7000),
+                      'date_ended', pg_temp.demo_ms(6, 97000), 'duration', 90000, 'talk_time', 90000));
+    FOR i IN 1 .. cardinality(evs) LOOP call := 'ring group'; seq := i; payload := evs[i]; RETURN NEXT; END LOOP;
 END
 $$;

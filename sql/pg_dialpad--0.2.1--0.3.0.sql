@@ -693,11 +693,11 @@ CREATE FUNCTION dialpad."ingest_counters_unflushed"() RETURNS TABLE (
 	"reason" TEXT,
 	"count" bigint
 )
-VOLATILE PARALLEL SAFE
+STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'ingest_counters_unflushed_wrapper';
 CREATE FUNCTION dialpad."flush_ingest_counters"() RETURNS bigint
-VOLATILE PARALLEL UNSAFE
+STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'flush_ingest_counters_wrapper';
 ALTER FUNCTION dialpad.ingest_counters_unflushed() SET search_path = pg_catalog, pg_temp;

@@ -391,7 +391,7 @@ mod tests {
             // registered; the time partitions run_maintenance() makes are not members, so
             // pg_dump keeps them (and their rows) as it keeps any table. logical_calls is
             // derived: a restore's COPY of the calls rebuilds it (tests/install.rs).
-            Some("call_statuses,calls,deleted_rules,leg_backfill,rejected_transitions_default,sources,state_mapping,status_transitions,webhook_events_default")
+            Some("call_statuses,calls,deleted_rules,ingest_counters,leg_backfill,rederive_jobs,rederive_queue,rejected_transitions_default,sources,state_mapping,status_transitions,webhook_events_default")
         );
     }
 

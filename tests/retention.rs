@@ -431,3 +431,54 @@ fn readers_never_miss_rows_moved_out_of_the_default_partition() {
     let wrong: Vec<_> = seen.iter().filter(|&&n| n != 200_000).collect();
     assert!(wrong.is_empty(), "counts while rows moved ({} reads): {wrong:?}", seen.len());
 }
+
+/// Issue 26, part 1, over a year: twelve months of daily traffic with two unreadable
+/// deliveries a day (another event type sent to the same URL), retention 30 days, maintenance
+/// after each month. The inbox stays at about 30 daily partitions, every dead event stays
+/// listed and re-drivable, and once discarded they go with the next expiry.
+#[test]
+fn a_year_of_dead_events_never_stops_retention() {
+    let cluster = Cluster::start("retention-year", &["dialpad.workers = 1", "dialpad.maintenance_interval = 0"]);
+    let mut c = cluster.ready();
+    c.batch_execute("SET dialpad.retention = '30d'").unwrap();
+    let mut most = 0;
+    for month in 0..12 {
+        let first_day = 365 - 30 * month;
+        c.batch_execute(&format!(
+            "INSERT INTO dialpad.webhook_events (payload, received_at)
+             SELECT CASE WHEN k < 20
+                         THEN jsonb_build_object('call_id', 9600000000 + d * 100 + k / 2, 'state', (ARRAY['ringing', 'hangup'])[k % 2 + 1],
+                                                 'direction', 'inbound', 'event_timestamp', 1700000000000 + k)
+                         ELSE jsonb_build_object('event', 'sms', 'day', d) END,
+                    now() - make_interval(days => d) + make_interval(secs => k)
+               FROM generate_series({}, {first_day}) d, generate_series(0, 21) k",
+            first_day - 29
+        ))
+        .unwrap();
+        drained(&mut c, 120);
+        c.batch_execute("SELECT count(*) FROM dialpad.run_maintenance()").unwrap();
+        most = most.max(count(&mut c, RANGE_PARTITIONS));
+    }
+    // About 30 days kept, 3 ahead, and the holding partition; never a year of partitions.
+    assert!(most <= 40, "at most {most} partitions at any time");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM ONLY dialpad.webhook_events_default"), 0);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NOT NULL AND received_at < now() - interval '32 days'"),
+        0,
+        "no processed event outlives retention"
+    );
+    // Every dead event of the year is still there, listed and grouped.
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.dead_events"), 12 * 30 * 2);
+    assert_eq!(
+        text(&mut c, "SELECT concat_ws(' ', reason, events) FROM dialpad.dead_event_reasons"),
+        "payload has no call_id 720"
+    );
+    // Acknowledged, they leave with the next expiry; the holding partition is empty again.
+    assert_eq!(count(&mut c, "SELECT dialpad.discard_dead_events('SMS events sent to the call URL', error_like => 'payload has no call_id')"), 720);
+    c.batch_execute("SET dialpad.retention = '20d'; SELECT count(*) FROM dialpad.run_maintenance();").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events_held"), 0);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE received_at < now() - interval '22 days'"),
+        0
+    );
+}

@@ -270,7 +270,20 @@ fn ingest_stats(
 #[pg_extern(volatile, parallel_safe)]
 fn ingest_counters_unflushed(
 ) -> TableIterator<'static, (name!(source, String), name!(outcome, String), name!(reason, String), name!(count, i64))> {
-    TableIterator::new(pipeline::counters::unflushed())
+    let rows = pipeline::counters::unflushed();
+    // Under row-level security on dialpad.ingest_counters (docs/security.md), the caller sees
+    // the unflushed counts of the sources it may see there, and no other company's.
+    const RLS_SQL: &str = "SELECT c.relrowsecurity FROM pg_catalog.pg_class c
+                            WHERE c.oid OPERATOR(pg_catalog.=) 'dialpad.ingest_counters'::pg_catalog.regclass";
+    const VISIBLE_SQL: &str = "SELECT DISTINCT source FROM dialpad.ingest_counters";
+    if !Spi::get_one::<bool>(RLS_SQL).ok().flatten().unwrap_or(false) {
+        return TableIterator::new(rows);
+    }
+    let visible: std::collections::HashSet<String> =
+        Spi::connect(|c| c.select(VISIBLE_SQL, None, &[])?.map(|r| r.get::<String>(1)).collect::<Result<Vec<_>, _>>())
+            .map(|v| v.into_iter().flatten().collect())
+            .unwrap_or_default();
+    TableIterator::new(rows.into_iter().filter(move |r| visible.contains(&r.0)).collect::<Vec<_>>())
 }
 
 /// Writes this database's ingest counts to dialpad.ingest_counters now (the first worker
