@@ -63,6 +63,10 @@ ensure_packages() {
         || [ -x /usr/bin/prometheus-postgres-exporter ] || missing+=(prometheus-postgres-exporter)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+    # the HTTP listener's test (tests/http.rs): clients, a test CA, nginx in front
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

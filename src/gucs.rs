@@ -1,8 +1,9 @@
 //! Every `dialpad.*` setting, defined in one place with typed accessors.
 //!
-//! Read at server start (PGC_POSTMASTER): database, role, workers. Changed by a reload
-//! (PGC_SIGHUP), which the worker applies in its loop: batch_size, poll_interval,
-//! max_attempts, enabled, lock_timeout. Per session: invalid_transition.
+//! Read at server start (PGC_POSTMASTER): database, role, workers, and the HTTP listener's
+//! http_listen, http_role, metrics_listen, http_max_connections, http_queue_size. Changed by
+//! a reload (PGC_SIGHUP), which the worker applies in its loop: batch_size, poll_interval,
+//! max_attempts, enabled, lock_timeout, http_read_timeout. Per session: invalid_transition.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::CString;
@@ -35,6 +36,14 @@ pub(crate) static RETENTION_MODE: GucSetting<RetentionMode> = GucSetting::<Reten
 pub(crate) static PARTITION_INTERVAL_MIN: GucSetting<i32> = GucSetting::<i32>::new(24 * 60);
 pub(crate) static PARTITIONS_AHEAD: GucSetting<i32> = GucSetting::<i32>::new(3);
 pub(crate) static MAINTENANCE_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(600);
+pub(crate) static HTTP_LISTEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub(crate) static HTTP_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub(crate) static METRICS_LISTEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub(crate) static HTTP_MAX_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(256);
+pub(crate) static HTTP_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024);
+pub(crate) static HTTP_READ_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub(crate) static HTTP_TLS_CERT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub(crate) static HTTP_TLS_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// What dialpad.run_maintenance() does with a partition older than dialpad.retention.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -96,6 +105,55 @@ fn define_startup_settings() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+    define_http_startup_settings();
+}
+
+/// The HTTP listener (docs/http.md): where it listens, as whom, and its bounds.
+fn define_http_startup_settings() {
+    GucRegistry::define_string_guc(
+        c"dialpad.http_listen",
+        c"Address and port the pg_dialpad HTTP listener accepts webhook deliveries on, e.g. 127.0.0.1:8080 (empty: no listener).",
+        c"A background worker serves POST /webhooks/{source} and GET /healthz there. Restart the server to change it.",
+        &HTTP_LISTEN,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"dialpad.http_role",
+        c"Role the pg_dialpad HTTP listener connects as: a member of dialpad_ingest, never a superuser.",
+        c"The listener does not start while it is empty or names a superuser. Restart the server to change it.",
+        &HTTP_ROLE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"dialpad.metrics_listen",
+        c"Address and port of a listener serving only GET /metrics and GET /healthz (empty: /metrics on dialpad.http_listen, to loopback clients only).",
+        c"Restart the server to change it.",
+        &METRICS_LISTEN,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"dialpad.http_max_connections",
+        c"Client connections the pg_dialpad HTTP listener keeps open at once; more are answered 503 and closed.",
+        c"Restart the server to change it.",
+        &HTTP_MAX_CONNECTIONS,
+        1,
+        100_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"dialpad.http_queue_size",
+        c"Deliveries the pg_dialpad HTTP listener holds waiting for its transaction; more are answered 503.",
+        c"Restart the server to change it.",
+        &HTTP_QUEUE_SIZE,
+        1,
+        100_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
 }
 
 fn define_reloadable_settings() {
@@ -104,8 +162,34 @@ fn define_reloadable_settings() {
     define_retention_settings();
 }
 
-/// dialpad.ingest_webhook's limits (and 0.1.0's retired secret).
+/// dialpad.ingest_webhook's limits (and 0.1.0's retired secret), the HTTP listener's timeout.
 fn define_ingest_settings() {
+    GucRegistry::define_int_guc(
+        c"dialpad.http_read_timeout",
+        c"Longest the pg_dialpad HTTP listener waits for a request's headers, its body, or the next request on an idle connection.",
+        c"A client slower than this is answered 408 or disconnected.",
+        &HTTP_READ_TIMEOUT_MS,
+        100,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_string_guc(
+        c"dialpad.http_tls_cert",
+        c"PEM file of the certificate chain the pg_dialpad HTTP listener serves HTTPS with (empty: plain HTTP).",
+        c"Set with dialpad.http_tls_key. Read again on reload: new connections use the new files; if they do not load, the old ones stay.",
+        &HTTP_TLS_CERT,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"dialpad.http_tls_key",
+        c"PEM file of the private key of dialpad.http_tls_cert.",
+        c"Readable by the server's operating system user only. Read again on reload.",
+        &HTTP_TLS_KEY,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     GucRegistry::define_string_guc(
         c"dialpad.webhook_secret",
         c"Retired in 0.2.0: the secret of 0.1.0's single webhook subscription.",
@@ -296,4 +380,43 @@ pub(crate) fn max_event_age() -> i64 {
 pub(crate) fn maintenance_interval() -> Option<std::time::Duration> {
     let s = MAINTENANCE_INTERVAL_S.get();
     (s > 0).then(|| std::time::Duration::from_secs(s as u64))
+}
+
+fn non_empty(s: &GucSetting<Option<CString>>) -> Option<String> {
+    s.get().map(|c| c.to_string_lossy().trim().to_string()).filter(|v| !v.is_empty())
+}
+
+/// dialpad.http_listen; None when no listener is wanted.
+pub(crate) fn http_listen() -> Option<String> {
+    non_empty(&HTTP_LISTEN)
+}
+
+pub(crate) fn http_role() -> Option<String> {
+    non_empty(&HTTP_ROLE)
+}
+
+pub(crate) fn metrics_listen() -> Option<String> {
+    non_empty(&METRICS_LISTEN)
+}
+
+pub(crate) fn http_max_connections() -> usize {
+    HTTP_MAX_CONNECTIONS.get().max(1) as usize
+}
+
+pub(crate) fn http_queue_size() -> usize {
+    HTTP_QUEUE_SIZE.get().max(1) as usize
+}
+
+/// (certificate, key) files of HTTPS: both or neither, or which one is missing.
+pub(crate) fn http_tls() -> Result<Option<(String, String)>, &'static str> {
+    match (non_empty(&HTTP_TLS_CERT), non_empty(&HTTP_TLS_KEY)) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err("dialpad.http_tls_cert is set but dialpad.http_tls_key is not"),
+        (None, Some(_)) => Err("dialpad.http_tls_key is set but dialpad.http_tls_cert is not"),
+    }
+}
+
+pub(crate) fn http_read_timeout_ms() -> u64 {
+    HTTP_READ_TIMEOUT_MS.get().max(1) as u64
 }

@@ -8,7 +8,9 @@
 //! - `pipeline`: the batch that claims events and writes calls, with the rules cache, the
 //!   call-row codec and the redelivery lookup;
 //! - `api`: the SQL surface (functions, triggers, monitoring, the drop guard);
-//! - `bgworker`: the launcher and the workers;
+//! - `bgworker`: the launcher, the workers and the HTTP listener's main thread;
+//! - `http`: the HTTP listener's network threads (hyper on tokio), which never call into
+//!   PostgreSQL;
 //! - `pg`: safe wrappers over PostgreSQL calls used across modules, shared memory, errors;
 //! - `gucs` and `version`: the settings, and the library's version against the SQL's.
 
@@ -22,6 +24,7 @@ mod citus;
 mod codec;
 mod domain;
 mod gucs;
+mod http;
 mod pg;
 mod pipeline;
 mod version;
@@ -72,6 +75,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     pg::shmem::init();
     bgworker::register_launcher();
+    bgworker::register_listener();
     citus::routing::install();
 }
 

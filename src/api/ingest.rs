@@ -109,7 +109,9 @@ pub unsafe extern "C-unwind" fn ingest_webhook_wrapper(fcinfo: pg_sys::FunctionC
     pg_sys::Datum::from(ingest_webhook(body, None))
 }
 
-fn ingest_webhook(body: Option<&str>, source: Option<&str>) -> i64 {
+/// The delivery stored (or refused, by raising) in the current transaction: the SQL
+/// function's body, also called by the HTTP listener (bgworker/listener.rs).
+pub(crate) fn ingest_webhook(body: Option<&str>, source: Option<&str>) -> i64 {
     // The sources first (cached per session): every outcome is counted under its source.
     let sources = sources::current();
     LABEL.with(|l| *l.borrow_mut() = count_label(sources.as_ref().ok().map(|s| s.as_ref()), source));

@@ -19,16 +19,21 @@
 //! - It writes nothing while its library and the extension's SQL objects disagree on the
 //!   version (new library loaded, `ALTER EXTENSION pg_dialpad UPDATE` not run yet), nor
 //!   while a `DROP EXTENSION pg_dialpad` is waiting for it to get out of the way.
+//! - The HTTP *listener* (listener.rs, docs/http.md), registered at server start when
+//!   `dialpad.http_listen` is set, stores webhook deliveries received over HTTP(S).
 
 mod launcher;
+mod listener;
 mod worker;
 
 pub(crate) use launcher::register_launcher;
+pub(crate) use listener::register_listener;
 
 use pgrx::pg_sys;
 
 pub(crate) const LAUNCHER_TYPE: &str = "pg_dialpad launcher";
 pub(crate) const WORKER_TYPE: &str = "pg_dialpad worker";
+pub(crate) const LISTENER_TYPE: &str = "pg_dialpad http listener";
 
 /// Shows what this process does in pg_stat_activity (state and query text).
 fn report_activity(state: pg_sys::BackendState::Type, what: &std::ffi::CStr) {

@@ -452,12 +452,12 @@ unsafe extern "C-unwind" {
     /// PostgreSQL's SIGTERM handler for backends (tcop/postgres.c), the raw C symbol: the
     /// binding pgrx generates is a Rust wrapper, which cannot be a signal handler.
     #[link_name = "die"]
-    fn postgres_die(postgres_signal_arg: std::ffi::c_int);
+    pub(super) fn postgres_die(postgres_signal_arg: std::ffi::c_int);
 }
 
 /// Sets the session's lock_timeout to dialpad.lock_timeout: no statement of the worker ever
 /// waits on a lock for longer (PostgreSQL's default, 0, would wait forever).
-fn apply_lock_timeout() {
+pub(super) fn apply_lock_timeout() {
     let value = std::ffi::CString::new(gucs::lock_timeout_ms().to_string()).unwrap_or_default();
     // SAFETY: a plain GUC assignment with valid C strings, outside any transaction.
     unsafe {
@@ -551,7 +551,9 @@ fn targets(index: usize) -> Step {
 
 /// `f` in its own transaction; an ERROR is caught, the transaction rolled back and the
 /// message returned.
-fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe) -> Result<R, String> {
+pub(super) fn in_transaction<R>(
+    f: impl FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
+) -> Result<R, String> {
     let result: Result<R, String> = PgTryBuilder::new(move || Ok(BackgroundWorker::transaction(f)))
         .catch_others(|e| Err(batch::caught_message(&e)))
         .execute();

@@ -128,6 +128,9 @@ struct Slot {
     /// The source label, little-endian bytes, zero-padded.
     name: [AtomicU64; NAME_WORDS],
     count: AtomicU64,
+    /// Everything counted since the server started (never taken away by a flush): what
+    /// the HTTP listener's /metrics reports.
+    total: AtomicU64,
 }
 
 #[repr(C)]
@@ -135,6 +138,7 @@ pub(crate) struct IngestCounters {
     slots: [Slot; SLOTS],
     /// By outcome: deliveries counted while the table was full (any database).
     overflow: [AtomicU64; Outcome::ALL.len()],
+    overflow_total: [AtomicU64; Outcome::ALL.len()],
     /// pid of the backend flushing now (0: none).
     flushing: AtomicI32,
 }
@@ -205,6 +209,7 @@ impl IngestCounters {
     pub(crate) fn record(&self, database: u32, source: &str, outcome: Outcome) {
         let Some(words) = name_words(source) else {
             self.overflow[outcome as usize].fetch_add(1, Ordering::Relaxed);
+            self.overflow_total[outcome as usize].fetch_add(1, Ordering::Relaxed);
             return;
         };
         let start = key_hash(database, outcome, &words);
@@ -221,6 +226,7 @@ impl IngestCounters {
                             a.store(*w, Ordering::Relaxed);
                         }
                         slot.count.fetch_add(1, Ordering::Relaxed);
+                        slot.total.fetch_add(1, Ordering::Relaxed);
                         // Release: whoever sees READY sees the key written above.
                         slot.state.store(READY, Ordering::Release);
                         return;
@@ -233,10 +239,33 @@ impl IngestCounters {
             }
             if slot.holds(database, outcome, source.len(), &words) {
                 slot.count.fetch_add(1, Ordering::Relaxed);
+                slot.total.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }
         self.overflow[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.overflow_total[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every delivery of `database` counted since the server started, by source and
+    /// outcome (the overflow counters included, as in [`IngestCounters::snapshot`]).
+    pub(crate) fn totals(&self, database: u32) -> Vec<(String, Outcome, u64)> {
+        let mut out = Vec::new();
+        for slot in &self.slots {
+            if slot.state.load(Ordering::Acquire) != READY || slot.database.load(Ordering::Relaxed) != database {
+                continue;
+            }
+            if let Some(outcome) = Outcome::from_index(slot.outcome.load(Ordering::Relaxed)) {
+                out.push((slot.name(), outcome, slot.total.load(Ordering::Relaxed)));
+            }
+        }
+        for (outcome, c) in Outcome::ALL.into_iter().zip(&self.overflow_total) {
+            let total = c.load(Ordering::Relaxed);
+            if total > 0 {
+                out.push((OVERFLOW_SOURCE.to_string(), outcome, total));
+            }
+        }
+        out
     }
 
     /// Every non-zero counter of `database`, and the overflow counters (which belong to no
@@ -397,6 +426,8 @@ mod tests {
         c.record(1, "a", Outcome::Duplicate); // while the flush writes
         c.subtract(&snap);
         assert_eq!(total(c, 1, "a", Outcome::Duplicate), 1);
+        // The totals since start are never taken away.
+        assert_eq!(c.totals(1), vec![("a".to_string(), Outcome::Duplicate, 3)]);
     }
 
     #[test]

@@ -1113,6 +1113,8 @@ fn try_lock_call(call_id: i64) -> bool {
 pub(crate) struct CaughtSqlError {
     pub code: pgrx::PgSqlErrorCode,
     pub message: String,
+    /// The error's DETAIL (also in `message`, in parentheses).
+    pub detail: Option<String>,
 }
 
 impl CaughtSqlError {
@@ -1149,7 +1151,9 @@ pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtSql
             // A cancel, statement_timeout or shutdown is not the call's fault: it ends the
             // statement, as it would anywhere else (issue 22), never isolated and skipped.
             Err(e) if is_interrupt(caught_code(&e)) => (*e).rethrow(),
-            Err(e) => Err(CaughtSqlError { code: caught_code(&e), message: caught_message(&e) }),
+            Err(e) => {
+                Err(CaughtSqlError { code: caught_code(&e), message: caught_message(&e), detail: caught_detail(&e) })
+            }
         }
     }
 }
@@ -1174,6 +1178,14 @@ fn caught_code(e: &pg_sys::panic::CaughtError) -> pgrx::PgSqlErrorCode {
         pg_sys::panic::CaughtError::PostgresError(r)
         | pg_sys::panic::CaughtError::ErrorReport(r)
         | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.sql_error_code(),
+    }
+}
+
+fn caught_detail(e: &pg_sys::panic::CaughtError) -> Option<String> {
+    match e {
+        pg_sys::panic::CaughtError::PostgresError(r)
+        | pg_sys::panic::CaughtError::ErrorReport(r)
+        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.detail().map(str::to_string),
     }
 }
 

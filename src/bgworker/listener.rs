@@ -1,0 +1,429 @@
+//! The HTTP listener's main thread (docs/http.md). It connects to `dialpad.database` as
+//! `dialpad.http_role` (never a superuser), starts the network threads (src/http), and
+//! loops: obey signals, take what the network threads queued, store it as one group commit —
+//! one transaction, each delivery in its own subtransaction so that one bad delivery never
+//! fails the others — and only after the commit answer each request. Between groups it
+//! waits on its latch, the network threads' wake-up socket and the postmaster's death, and
+//! refreshes what /healthz and /metrics report. Only this thread calls into PostgreSQL.
+
+use super::{report_activity, worker, LISTENER_TYPE};
+use crate::http::{self, Answer, Delivery, Health};
+use crate::{gucs, pg::shmem, pipeline::batch};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Deliveries stored in one transaction at most.
+const GROUP_MAX: usize = 256;
+/// Longest wait between two looks at signals, health and counters.
+const WAIT_MS: i64 = 500;
+/// How often /healthz's verdict and /metrics' database figures are renewed when idle.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Refused requests are logged at most this often (a summary), never one line each.
+const REFUSALS_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// After a crash or a failure to listen, the postmaster starts the listener again after this.
+const RESTART_AFTER: Duration = Duration::from_secs(5);
+
+/// Registers the listener when dialpad.http_listen is set; called from `_PG_init`.
+pub(crate) fn register_listener() {
+    if gucs::http_listen().is_none() {
+        return;
+    }
+    BackgroundWorkerBuilder::new(LISTENER_TYPE)
+        .set_type(LISTENER_TYPE)
+        .set_library("pg_dialpad")
+        .set_function("dialpad_http_main")
+        .enable_spi_access()
+        // From consistency on, so that a standby answers 503 (recovery) instead of nothing.
+        .set_start_time(BgWorkerStartTime::ConsistentState)
+        .set_restart_time(Some(RESTART_AFTER))
+        .load();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn dialpad_http_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SAFETY: PostgreSQL's own SIGTERM handler, as in the workers (worker.rs): die() sets
+    // ProcDiePending and the latch; CHECK_FOR_INTERRUPTS leaves from wherever we are.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(worker::postgres_die));
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(worker::postgres_die));
+    }
+    let Some(mut listener) = Listener::start() else {
+        // Exit code 0: a static worker that exits with 0 is not started again (a setting
+        // must change first, which takes a restart).
+        // SAFETY: ends the process through PostgreSQL's exit path.
+        unsafe { pg_sys::proc_exit(0) };
+    };
+    loop {
+        listener.step();
+    }
+}
+
+struct Listener {
+    shared: Arc<http::Shared>,
+    wait: UnixDatagram,
+    last_refresh: Option<Instant>,
+    last_refusal_log: Instant,
+    /// What was refused up to the last summary.
+    refusals_logged: http::metrics::Refusals,
+}
+
+impl Listener {
+    /// Settings checked, connected, listening; None (logged) when it must not run.
+    fn start() -> Option<Listener> {
+        let listen = gucs::http_listen()?;
+        let Some(role) = gucs::http_role() else {
+            log!("pg_dialpad http listener not started: dialpad.http_role is not set (a role in dialpad_ingest that is not a superuser, see docs/http.md)");
+            return None;
+        };
+        let addresses = [("dialpad.http_listen", Some(listen)), ("dialpad.metrics_listen", gucs::metrics_listen())];
+        let mut sockets = Vec::new();
+        for (setting, value) in addresses {
+            let Some(value) = value else { continue };
+            let Some(addr) = resolve(&value) else {
+                log!("pg_dialpad http listener not started: {setting} = '{value}' is not an address and port such as 127.0.0.1:8080");
+                return None;
+            };
+            sockets.push((setting, addr));
+        }
+        let database = gucs::database();
+        BackgroundWorker::connect_worker_to_spi(Some(&database), Some(&role));
+        // SAFETY: superuser() looks the role up in the syscache, inside the transaction.
+        if BackgroundWorker::transaction(|| unsafe { pg_sys::superuser() }) {
+            log!("pg_dialpad http listener not started: dialpad.http_role \"{role}\" is a superuser; use a role with dialpad_ingest's rights only (CREATE ROLE dialpad_http LOGIN IN ROLE dialpad_ingest)");
+            return None;
+        }
+        set_session_settings();
+        let listeners = sockets.into_iter().map(|(setting, addr)| bind(setting, addr)).collect::<Vec<_>>();
+        let limits = http::Limits {
+            max_body: gucs::max_body_size().into(),
+            read_timeout_ms: gucs::http_read_timeout_ms().into(),
+            max_connections: gucs::http_max_connections(),
+            queue_size: gucs::http_queue_size(),
+            metrics: if gucs::metrics_listen().is_some() {
+                http::metrics::Exposure::Elsewhere
+            } else {
+                http::metrics::Exposure::Loopback
+            },
+        };
+        let (shared, wait) =
+            http::Shared::new(limits).unwrap_or_else(|e| fail(&format!("cannot create a socket pair: {e}")));
+        match tls_from_settings() {
+            Ok(acceptor) => shared.tls.set(acceptor),
+            Err(why) => fail(&why),
+        }
+        let scheme = if shared.tls.get().is_some() { "https" } else { "http" };
+        let addrs: Vec<String> =
+            listeners.iter().map(|(l, _)| l.local_addr().map(|a| a.to_string()).unwrap_or_default()).collect();
+        if let Err(e) = http::spawn(listeners, shared.clone()) {
+            fail(&format!("cannot start the network thread: {e}"));
+        }
+        log!(
+            "pg_dialpad http listener ({scheme}) on {} for database \"{database}\" as role \"{role}\"",
+            addrs.join(" and ")
+        );
+        Some(Listener {
+            shared,
+            wait,
+            last_refresh: None,
+            last_refusal_log: Instant::now(),
+            refusals_logged: http::metrics::Refusals::default(),
+        })
+    }
+
+    /// One pass of the loop: signals, then a group if one is queued, else a wait.
+    fn step(&mut self) {
+        check_for_interrupts!();
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: outside any transaction, as in the workers' loop.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            self.shared.limits.max_body.store(gucs::max_body_size(), Ordering::Relaxed);
+            self.shared.limits.read_timeout_ms.store(gucs::http_read_timeout_ms(), Ordering::Relaxed);
+            worker::apply_lock_timeout();
+            self.reload_tls();
+        }
+        // Under load too: /healthz must not go stale while groups keep coming.
+        if self.last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_INTERVAL) {
+            self.refresh();
+        }
+        self.log_refusals();
+        let group = self.shared.take(GROUP_MAX);
+        if !group.is_empty() {
+            self.serve(group);
+            return;
+        }
+        report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook deliveries");
+        self.wait();
+    }
+
+    /// Reads the certificate and key again (after a reload): new connections use them.
+    fn reload_tls(&self) {
+        match tls_from_settings() {
+            Ok(acceptor) => {
+                if acceptor.is_some() {
+                    log!("pg_dialpad http listener: TLS certificate and key read again");
+                }
+                self.shared.tls.set(acceptor);
+            }
+            // LOG, as PostgreSQL reports a configuration file it cannot apply on reload.
+            Err(why) => log!("pg_dialpad http listener: {why}; the TLS configuration in use stays"),
+        }
+    }
+
+    /// Sleeps until the latch is set (signal), a delivery is queued, or WAIT_MS passed;
+    /// exits at once if the postmaster dies.
+    fn wait(&self) {
+        let events =
+            pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
+        // SAFETY: MyLatch is this process's latch; the socket is ours and open for the
+        // process's life; WaitLatchOrSocket is called outside any critical section.
+        unsafe {
+            let rc = pg_sys::WaitLatchOrSocket(
+                pg_sys::MyLatch,
+                events as i32,
+                self.wait.as_raw_fd(),
+                WAIT_MS as _,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
+                pg_sys::ResetLatch(pg_sys::MyLatch);
+            }
+        }
+        http::drain_wakeups(&self.wait);
+    }
+
+    /// Stores a group in one transaction and answers each request after the commit.
+    fn serve(&mut self, group: Vec<Delivery>) {
+        // A client that gave up before its turn (disconnected, timed out) is not stored.
+        let group: Vec<Delivery> = group.into_iter().filter(|d| !d.reply.is_closed()).collect();
+        if group.is_empty() {
+            return;
+        }
+        report_activity(pg_sys::BackendState::STATE_RUNNING, c"storing webhook deliveries");
+        let items: Vec<(Option<String>, bytes::Bytes)> =
+            group.iter().map(|d| (d.source.clone(), d.body.clone())).collect();
+        let answers = in_own_transaction(std::panic::AssertUnwindSafe(|| store_group(&items)));
+        let answers = match answers {
+            Ok(Ok(answers)) => answers,
+            Ok(Err(reason)) | Err(reason) => {
+                self.shared.set_health(Health { ok: false, detail: reason.clone() });
+                vec![Answer::Unavailable(reason); group.len()]
+            }
+        };
+        for (d, answer) in group.into_iter().zip(answers) {
+            let _ = d.reply.send(answer);
+        }
+    }
+
+    /// Renews the health verdict and the database figures of /metrics.
+    fn refresh(&mut self) {
+        self.last_refresh = Some(Instant::now());
+        let verdict = match in_own_transaction(readiness) {
+            Ok(None) => workers_running(),
+            Ok(Some(reason)) => Err(reason),
+            Err(e) => Err(format!("cannot check the database: {e}")),
+        };
+        let ready = verdict.is_ok();
+        self.shared.set_health(match verdict {
+            Ok(detail) => Health { ok: true, detail },
+            Err(detail) => Health { ok: false, detail },
+        });
+        self.shared.set_database_metrics(database_metrics(ready));
+    }
+
+    /// At most once an interval, one line summing up the requests refused since the last.
+    fn log_refusals(&mut self) {
+        if self.last_refusal_log.elapsed() < REFUSALS_LOG_INTERVAL {
+            return;
+        }
+        self.last_refusal_log = Instant::now();
+        let now = self.shared.metrics.refusals();
+        if let Some(summary) = now.since(&self.refusals_logged) {
+            log!(
+                "pg_dialpad http listener: refused in the last {} s: {summary} (see GET /metrics)",
+                REFUSALS_LOG_INTERVAL.as_secs()
+            );
+        }
+        self.refusals_logged = now;
+    }
+}
+
+/// Logs why the listener cannot go on and exits with 1: started again after RESTART_AFTER.
+fn fail(why: &str) -> ! {
+    log!("pg_dialpad http listener: {why}; trying again in {} s", RESTART_AFTER.as_secs());
+    // SAFETY: ends the process through PostgreSQL's exit path.
+    unsafe { pg_sys::proc_exit(1) }
+}
+
+/// The TLS acceptor dialpad.http_tls_cert and dialpad.http_tls_key ask for (None: plain
+/// HTTP), the files read now; or why they cannot be used.
+fn tls_from_settings() -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    match gucs::http_tls() {
+        Ok(None) => Ok(None),
+        Ok(Some((cert, key))) => http::tls::load(cert.as_ref(), key.as_ref()).map(Some),
+        Err(why) => Err(why.to_string()),
+    }
+}
+
+/// `host:port` (or `[v6]:port`) as a socket address.
+fn resolve(value: &str) -> Option<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    value.to_socket_addrs().ok()?.next()
+}
+
+fn bind(setting: &str, addr: std::net::SocketAddr) -> (std::net::TcpListener, http::Kind) {
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|_| l))
+        .unwrap_or_else(|e| fail(&format!("cannot listen on {addr} ({setting}): {e}")));
+    let kind = if setting == "dialpad.http_listen" { http::Kind::Webhooks } else { http::Kind::Metrics };
+    (listener, kind)
+}
+
+/// search_path pinned as in the workers; lock_timeout bounded (a delivery whose key another
+/// session holds is answered 503 rather than waited for). synchronous_commit is left as
+/// the cluster has it: a 2xx means the delivery is as durable as the cluster promises.
+fn set_session_settings() {
+    // SAFETY: a plain GUC assignment with valid C strings, outside any transaction.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+    worker::apply_lock_timeout();
+}
+
+/// `f` in a transaction of its own (statement time renewed, so received_at is now), then
+/// the table statistics reported as every worker does.
+fn in_own_transaction<R>(
+    f: impl FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
+) -> Result<R, String> {
+    // SAFETY: outside any transaction: sets the timestamp the next transaction starts with.
+    unsafe { pg_sys::SetCurrentStatementStartTimestamp() };
+    let result = worker::in_transaction(f);
+    // SAFETY: called outside a transaction, as PostgreSQL requires.
+    unsafe { pg_sys::pgstat_report_stat(false) };
+    result
+}
+
+/// The group, in the current transaction: an answer for each, or why none can be stored now.
+fn store_group(items: &[(Option<String>, bytes::Bytes)]) -> Result<Vec<Answer>, String> {
+    if let Some(reason) = readiness() {
+        return Err(reason);
+    }
+    Ok(items.iter().map(|(source, body)| store_one(source.as_deref(), body)).collect())
+}
+
+/// One delivery in its own subtransaction, exactly as dialpad.ingest_webhook(body, source).
+fn store_one(source: Option<&str>, body: &[u8]) -> Answer {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Answer::Refused { status: 400, message: "the body is not valid UTF-8".into() };
+    };
+    match batch::in_subtransaction(|| crate::api::ingest::ingest_webhook(Some(text), source)) {
+        Ok(id) => Answer::Stored(id),
+        Err(e) => {
+            let sqlstate = http::status::unpack_sqlstate(e.code as i32);
+            match http::status::refusal_status(&sqlstate, e.detail.as_deref()) {
+                Some(status) => Answer::Refused { status, message: e.message },
+                None => Answer::Unavailable(format!("cannot store the delivery now ({sqlstate}: {})", e.message)),
+            }
+        }
+    }
+}
+
+const READINESS_SQL: &str = "SELECT e.extversion, COALESCE(pg_catalog.has_function_privilege(\
+ pg_catalog.to_regprocedure('dialpad.ingest_webhook(text,text)'), 'EXECUTE'), false)
+ FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'pg_dialpad'";
+
+/// Why deliveries cannot be stored now (in the current transaction), or None.
+fn readiness() -> Option<String> {
+    // SAFETY: a plain read of the shared recovery state, inside a transaction.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Some("the server is in recovery (a standby): deliveries go to the primary".into());
+    }
+    let row = Spi::get_two::<String, bool>(READINESS_SQL);
+    let (version, may_ingest) = match row {
+        Ok((Some(v), Some(p))) => (v, p),
+        Ok(_) | Err(pgrx::spi::Error::InvalidPosition) => {
+            return Some(format!("extension pg_dialpad is not installed in database \"{}\"", gucs::database()))
+        }
+        Err(e) => return Some(format!("cannot read pg_extension: {e}")),
+    };
+    if version != crate::version::LIBRARY {
+        return Some(format!(
+            "pg_dialpad's library is version {} but its SQL objects are version {version}: run ALTER EXTENSION pg_dialpad UPDATE",
+            crate::version::LIBRARY
+        ));
+    }
+    if !may_ingest {
+        return Some("dialpad.http_role may not call dialpad.ingest_webhook: GRANT dialpad_ingest to it".into());
+    }
+    None
+}
+
+/// Whether the workers that apply stored deliveries run (from shared memory).
+fn workers_running() -> Result<String, String> {
+    let n = gucs::workers();
+    if n == 0 {
+        return Ok("deliveries are stored; dialpad.workers is 0, so something else must process them".into());
+    }
+    let Some(s) = shmem::get() else { return Err("pg_dialpad's shared memory is missing".into()) };
+    let running = s.slots.iter().take(n).filter(|w| w.pid.load(Ordering::Acquire) != 0).count();
+    if running == 0 {
+        return Err(format!("no pg_dialpad worker runs (0 of {n}): see SELECT * FROM dialpad.worker_status()"));
+    }
+    Ok(format!("ok: deliveries are stored, {running} of {n} worker(s) run"))
+}
+
+/// The database's figures for /metrics, from shared memory only (no table is read): the
+/// ingest counters of this database since the server started, the workers, readiness.
+fn database_metrics(ready: bool) -> String {
+    use http::metrics::label_value;
+    use std::fmt::Write;
+    let mut out = String::new();
+    let Some(s) = shmem::get() else { return out };
+    let _ = writeln!(out, "# HELP dialpad_ingest_deliveries_total Deliveries dialpad.ingest_webhook handled in this database since the server started (over HTTP and SQL), by source, outcome and rejection reason.");
+    let _ = writeln!(out, "# TYPE dialpad_ingest_deliveries_total counter");
+    let mut totals = s.ingest.totals(crate::pg::my_database().into());
+    totals.sort_by(|a, b| (&a.0, a.1.labels()).cmp(&(&b.0, b.1.labels())));
+    for (source, outcome, n) in totals {
+        let (outcome, reason) = outcome.labels();
+        let _ = writeln!(
+            out,
+            "dialpad_ingest_deliveries_total{{source=\"{}\",outcome=\"{outcome}\",reason=\"{reason}\"}} {n}",
+            label_value(&source)
+        );
+    }
+    let n = gucs::workers().min(shmem::MAX_WORKERS);
+    let running = s.slots.iter().take(n).filter(|w| w.pid.load(Ordering::Acquire) != 0).count();
+    let events: u64 = s.slots.iter().take(n).map(|w| w.events.load(Ordering::Relaxed)).sum();
+    let gauges = [
+        ("dialpad_workers_configured", "dialpad.workers.", n as u64),
+        ("dialpad_workers_running", "pg_dialpad workers running now.", running as u64),
+        (
+            "dialpad_events_processed_last_minute",
+            "Events the workers handled in the last minute.",
+            s.processed_last_minute(),
+        ),
+        (
+            "dialpad_http_ready",
+            "1 when deliveries can be committed and the workers run (as GET /healthz says).",
+            ready as u64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
+    let _ = writeln!(out, "# HELP dialpad_worker_events_total Events handled by the running workers since each started.\n# TYPE dialpad_worker_events_total counter\ndialpad_worker_events_total {events}");
+    out
+}
