@@ -80,8 +80,7 @@ pub extern "C-unwind" fn dialpad_launcher_main(_arg: pg_sys::Datum) {
     }
     // Exit code 1: restarted after bgw_restart_time unless the server is shutting down
     // (so pg_terminate_backend on the launcher does not stop pg_dialpad for good).
-    // SAFETY: ends the process through PostgreSQL's exit path (shmem exit callbacks run).
-    unsafe { pg_sys::proc_exit(1) };
+    crate::pg::proc_exit(1);
 }
 
 fn slot_alive(i: usize) -> bool {

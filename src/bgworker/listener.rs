@@ -59,8 +59,7 @@ pub extern "C-unwind" fn dialpad_http_main(_arg: pg_sys::Datum) {
     let Some(mut listener) = Listener::start() else {
         // Exit code 0: a static worker that exits with 0 is not started again (a setting
         // must change first, which takes a restart).
-        // SAFETY: ends the process through PostgreSQL's exit path.
-        unsafe { pg_sys::proc_exit(0) };
+        crate::pg::proc_exit(0);
     };
     loop {
         listener.step();
@@ -259,8 +258,7 @@ impl Listener {
 /// Logs why the listener cannot go on and exits with 1: started again after RESTART_AFTER.
 fn fail(why: &str) -> ! {
     log!("pg_dialpad http listener: {why}; trying again in {} s", RESTART_AFTER.as_secs());
-    // SAFETY: ends the process through PostgreSQL's exit path.
-    unsafe { pg_sys::proc_exit(1) }
+    crate::pg::proc_exit(1)
 }
 
 /// The TLS acceptor dialpad.http_tls_cert and dialpad.http_tls_key ask for (None: plain

@@ -225,3 +225,11 @@ pub(crate) fn relcache_generation(rels: &[pg_sys::Oid]) -> u64 {
     });
     g
 }
+
+/// Ends this process through PostgreSQL's exit path (the shared-memory exit callbacks run).
+#[allow(unreachable_code)] // proc_exit is `!` in the bindings of some versions only
+pub(crate) fn proc_exit(code: i32) -> ! {
+    // SAFETY: called from a background worker's main loop, outside any critical section.
+    unsafe { pg_sys::proc_exit(code) };
+    unreachable!("proc_exit returned")
+}
