@@ -728,3 +728,66 @@ fn the_listener_leaves_within_a_second_of_the_postmasters_death() {
         let _ = Command::new("ipcrm").args(["-m", id]).status();
     }
 }
+
+/// The attacker's review of issue 27: a body sent in 1-byte chunks cost a list entry (and a
+/// read buffer) per chunk, and nothing bounded the bodies all connections held at once. Now
+/// a body is read into one buffer, comes in at most 65,536 chunks, and all bodies share one
+/// byte budget (four times dialpad.max_body_size, at least 64 MB): past it, 503.
+#[test]
+fn chunk_floods_and_many_large_bodies_cost_bounded_memory() {
+    let (cluster, port) = http_cluster(
+        "http-memory",
+        &[
+            ("dialpad.max_body_size", "4MB"),
+            ("dialpad.http_read_timeout", "20s"),
+            ("dialpad.http_max_connections", "64"),
+        ],
+    );
+    let mut c = cluster.connect();
+    let pid = listener_pid(&mut c).expect("listener running");
+    let rss = || -> i64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()?.parse().ok()))
+            .unwrap_or(0)
+    };
+    let before = rss();
+    // 100,000 one-byte chunks: refused after 65,536, nothing stored.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"POST /webhooks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+    let chunks = b"1\r\nA\r\n".repeat(100_000);
+    let _ = s.write_all(&chunks);
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("too many chunks"), "{answer}");
+    // 24 connections each sending 3.5 MB and holding back the last byte: 84 MB wanted, the
+    // budget is 64 MB: the ones past it are answered 503 at once, the others wait.
+    let body_len = 3_500_000usize;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..24 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let head = format!("POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: {body_len}\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(&vec![b' '; body_len - 1]);
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 && String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 503") => refused += 1,
+            _ => held.push(s),
+        }
+    }
+    assert!(refused >= 4, "past the byte budget bodies are refused with 503 ({refused} of 24)");
+    assert!(held.len() >= 16, "within it they are read ({} held)", held.len());
+    let grown_mb = (rss() - before) / 1024;
+    assert!(grown_mb < 160, "the listener grew by {grown_mb} MB");
+    drop(held);
+    // Served again once those connections are gone; nothing of them was stored.
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _, answer) =
+        post(port, "/webhooks/acme", &jwt(&event(9_900_001, "ringing"), ACME), Some("application/jwt"));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(rows(&mut c), 1);
+}

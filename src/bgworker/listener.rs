@@ -141,6 +141,12 @@ impl Listener {
     /// One pass of the loop: signals, then a group if one is queued, else a wait.
     fn step(&mut self) {
         check_for_interrupts!();
+        // Under load the loop never waits (where WL_EXIT_ON_PM_DEATH would see it): an
+        // orphaned listener must not go on acknowledging deliveries.
+        // SAFETY: getppid has no preconditions; PostmasterPid is set before any worker starts.
+        if unsafe { libc::getppid() != pg_sys::PostmasterPid } {
+            crate::pg::proc_exit(1);
+        }
         if BackgroundWorker::sighup_received() {
             // SAFETY: outside any transaction, as in the workers' loop.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -210,7 +216,15 @@ impl Listener {
         let items: Vec<(Option<String>, bytes::Bytes)> =
             group.iter().map(|d| (d.source.clone(), d.body.clone())).collect();
         let answers = in_own_transaction(std::panic::AssertUnwindSafe(|| store_group(&items)));
+        // SAFETY: a flag set by the SIGTERM handler, read on the main thread.
+        let dying = unsafe { pg_sys::ProcDiePending } != 0;
         let answers = match answers {
+            // Terminated while the commit waited for a synchronous standby: PostgreSQL
+            // committed locally and tells no client (the standby may not have it). Neither do
+            // we: 503, and Dialpad's retry is recognized as a redelivery.
+            Ok(Ok(_)) if dying => {
+                vec![Answer::Unavailable("the server is shutting down: retry".into()); group.len()]
+            }
             Ok(Ok(answers)) => answers,
             Ok(Err(reason)) | Err(reason) => {
                 self.shared.set_health(Health { ok: false, detail: reason.clone() });

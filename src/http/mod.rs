@@ -79,6 +79,16 @@ pub(crate) struct Shared {
     pub metrics: metrics::Metrics,
     /// The TLS configuration of new connections on dialpad.http_listen (None: plain HTTP).
     pub tls: tls::TlsSlot,
+    /// Bytes that the bodies being read or queued may hold at once, all connections together
+    /// (a permit per byte, given back when the delivery is answered): see [`body_budget`].
+    pub body_budget: Arc<tokio::sync::Semaphore>,
+}
+
+/// The byte budget of the bodies in memory at once: four bodies of dialpad.max_body_size
+/// (as set at start), at least 64 MB, at most 1 GB. A body that would pass it is answered
+/// 503, so that however many connections send at once, the listener's memory stays bounded.
+pub(crate) fn body_budget(max_body: usize) -> usize {
+    max_body.saturating_mul(4).clamp(64 << 20, 1 << 30)
 }
 
 /// How long a health verdict stays true without the main thread renewing it: longer means
@@ -92,6 +102,7 @@ impl Shared {
         wake.set_nonblocking(true)?;
         wait.set_nonblocking(true)?;
         let starting = Health { ok: false, detail: "the listener is starting".into() };
+        let budget = body_budget(limits.max_body());
         let shared = Shared {
             queue: Mutex::new(VecDeque::with_capacity(limits.queue_size)),
             wake,
@@ -100,6 +111,7 @@ impl Shared {
             database_metrics: Mutex::new(String::new()),
             metrics: metrics::Metrics::default(),
             tls: tls::TlsSlot::default(),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(budget)),
         };
         Ok((Arc::new(shared), wait))
     }

@@ -8,7 +8,8 @@ use super::metrics::Exposure;
 use super::status::{self, Route};
 use super::{Answer, Delivery, Shared};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use bytes::BytesMut;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -25,8 +26,11 @@ use tokio::sync::{oneshot, Semaphore};
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// Longest a delivery waits for the main thread's answer before it is answered 503 (the
-/// delivery may still be stored: Dialpad's retry is then recognized as a redelivery).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// delivery may still be stored: Dialpad's retry is then recognized as a redelivery). Below
+/// Dialpad's own 5-second timeout, so that the 503 reaches it.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(4);
+/// Most frames a body may come in: 10 MB in 1-byte chunks would cost a frame each.
+const MAX_BODY_FRAMES: usize = 65_536;
 /// Seconds a 503 asks the client to wait.
 const RETRY_AFTER: &str = "5";
 /// Connections the /metrics listener (dialpad.metrics_listen) keeps open at once.
@@ -182,7 +186,7 @@ async fn handle(
 fn metrics_allowed(kind: Kind, peer: SocketAddr, shared: &Shared) -> bool {
     match kind {
         Kind::Metrics => true,
-        Kind::Webhooks => shared.limits.metrics == Exposure::Loopback && peer.ip().is_loopback(),
+        Kind::Webhooks => shared.limits.metrics == Exposure::Loopback && peer.ip().to_canonical().is_loopback(),
     }
 }
 
@@ -198,17 +202,26 @@ async fn deliver(req: Request<Incoming>, source: Option<String>, shared: &Shared
     if let Some(n) = declared.filter(|n| *n > max as u64) {
         return closing(too_large(Some(n), max));
     }
-    let read = tokio::time::timeout(shared.limits.read_timeout(), Limited::new(req.into_body(), max).collect()).await;
-    let body = match read {
+    let read =
+        tokio::time::timeout(shared.limits.read_timeout(), read_body(req.into_body(), max, declared, shared)).await;
+    let (body, _budget) = match read {
         Err(_) => {
             return closing(text(
                 StatusCode::REQUEST_TIMEOUT,
                 "the body did not arrive within dialpad.http_read_timeout\n",
             ))
         }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return closing(too_large(None, max)),
-        Ok(Err(_)) => return closing(text(StatusCode::BAD_REQUEST, "the body could not be read\n")),
-        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(BodyError::TooLarge)) => return closing(too_large(None, max)),
+        Ok(Err(BodyError::TooManyFrames)) => {
+            return closing(text(StatusCode::BAD_REQUEST, "the body came in too many chunks\n"))
+        }
+        Ok(Err(BodyError::Budget)) => {
+            return closing(unavailable("the listener holds as many bodies as it may at once: retry later"))
+        }
+        Ok(Err(BodyError::Unreadable)) => {
+            return closing(text(StatusCode::BAD_REQUEST, "the body could not be read\n"))
+        }
+        Ok(Ok(read)) => read,
     };
     let (reply, answer) = oneshot::channel();
     if shared.push(Delivery { source, body, reply }).is_err() {
@@ -218,6 +231,51 @@ async fn deliver(req: Request<Incoming>, source: Option<String>, shared: &Shared
         Ok(Ok(answer)) => answered(answer),
         _ => unavailable("the listener's database session did not answer in time"),
     }
+}
+
+/// Why a body was not read whole.
+enum BodyError {
+    TooLarge,
+    TooManyFrames,
+    /// The listener's byte budget for bodies in memory is spent (see `super::body_budget`).
+    Budget,
+    Unreadable,
+}
+
+/// Reads a body of at most `max` bytes into one buffer, frame by frame: a chunked body costs
+/// its bytes, not a list of frames each holding a read buffer. Every byte is taken from the
+/// listener's budget first; the permit returned holds it until the delivery is answered.
+async fn read_body(
+    mut body: Incoming,
+    max: usize,
+    declared: Option<u64>,
+    shared: &Shared,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), BodyError> {
+    let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize).min(max).min(1 << 20));
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut frames = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Unreadable)?;
+        let Ok(data) = frame.into_data() else { continue }; // trailers
+        frames += 1;
+        if frames > MAX_BODY_FRAMES {
+            return Err(BodyError::TooManyFrames);
+        }
+        if buf.len() + data.len() > max {
+            return Err(BodyError::TooLarge);
+        }
+        if data.is_empty() {
+            continue;
+        }
+        let n = u32::try_from(data.len()).map_err(|_| BodyError::TooLarge)?;
+        let permit = shared.body_budget.clone().try_acquire_many_owned(n).map_err(|_| BodyError::Budget)?;
+        match held.as_mut() {
+            Some(h) => h.merge(permit),
+            None => held = Some(permit),
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), held))
 }
 
 fn too_large(declared: Option<u64>, max: usize) -> Response<Full<Bytes>> {

@@ -42,17 +42,22 @@ pub(crate) fn route(method: &str, path: &str) -> Route {
 pub(crate) fn refusal_status(sqlstate: &str, detail: Option<&str>) -> Option<u16> {
     match sqlstate {
         // A refusal to trust the delivery: which source, and why.
-        "28000" => Some(match detail {
-            Some("unknown source") => 404,
-            Some("disabled source") => 403,
-            _ => 401,
-        }),
-        // Not JSON, not a well-formed token, an empty or NULL body.
-        "22P02" | "22004" => Some(400),
-        // Older than dialpad.max_event_age (or from the future), or no source named while
-        // several are configured: the same body would be refused again.
-        "22023" => Some(400),
+        "28000" => match detail {
+            Some("unknown source") => Some(404),
+            Some("disabled source") => Some(403),
+            // A token whose nbf is a few seconds ahead of this server's clock becomes valid:
+            // a retry (2, 4, 8 s later) may succeed.
+            Some("not yet valid") => None,
+            _ => Some(401),
+        },
+        // Every data exception (class 22): not JSON, not a well-formed token, an empty or
+        // NULL body, a \u0000 escape, a number out of range, older than
+        // dialpad.max_event_age, or no source named while several are configured: the same
+        // body is refused again, however often it is sent.
+        s if s.starts_with("22") => Some(400),
         "54000" => Some(413),
+        // Nested deeper than the server's stack allows: the same body fails again.
+        "54001" => Some(400),
         // Everything else — 55000 (library and SQL versions differ), 25006 (read-only),
         // 55P03 (lock timeout), 40P01 (deadlock), 42501 (the listener's role lacks a
         // privilege), 57xxx (shutting down), XX000 — may succeed later.
@@ -95,6 +100,10 @@ mod tests {
         assert_eq!(refusal_status("22004", None), Some(400));
         assert_eq!(refusal_status("22023", None), Some(400));
         assert_eq!(refusal_status("54000", None), Some(413));
+        for never in ["22P05", "22003", "54001"] {
+            assert_eq!(refusal_status(never, None), Some(400), "{never}");
+        }
+        assert_eq!(refusal_status("28000", Some("not yet valid")), None, "a clock a few seconds ahead");
         for now in ["55000", "25006", "55P03", "40P01", "40001", "42501", "57P01", "53100", "XX000"] {
             assert_eq!(refusal_status(now, None), None, "{now}");
         }
