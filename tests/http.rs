@@ -791,3 +791,49 @@ fn chunk_floods_and_many_large_bodies_cost_bounded_memory() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(rows(&mut c), 1);
 }
+
+/// Issue 27's upgrade window, for real: the released version's database under the new
+/// library (installed, server restarted, ALTER EXTENSION not run yet) answers 503 with
+/// Retry-After and stores nothing, and the same delivery is stored once the update has run.
+#[test]
+fn a_real_upgrade_window_answers_503_then_the_update_lets_deliveries_in() {
+    let (old, _) = released_versions().last().cloned().expect("a released version");
+    let install = PgInstall::copy("http-upgrade");
+    install.remove_pg_dialpad_sql();
+    install.install_pg_dialpad_from(&released_package(&old));
+    let port = free_port();
+    let listen = format!("dialpad.http_listen = '127.0.0.1:{port}'");
+    let cluster = Cluster::start_with(
+        "http-upgrade",
+        install.bin(),
+        &["dialpad.workers = 1", &listen, "dialpad.http_role = 'dialpad_http'"],
+    );
+    let mut c = cluster.ready();
+    assert_eq!(count(&mut c, &format!("SELECT count(*) FROM pg_extension WHERE extversion = '{old}'")), 1);
+    c.batch_execute("CREATE ROLE dialpad_http LOGIN IN ROLE dialpad_ingest").unwrap();
+    drop(c);
+    // New binaries, restart: the listener runs the new library against the old SQL objects.
+    cluster.pg_ctl_stop("fast");
+    install.install_pg_dialpad_from(std::path::Path::new("/"));
+    cluster.pg_ctl_start();
+    let mut c = cluster.connect();
+    let body = event(9_700_001, "ringing");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, head, answer) = loop {
+        let answer = post(port, "/webhooks", &body, Some("application/json"));
+        if answer.0 != 0 || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status, 503, "{answer}");
+    assert!(head.contains("retry-after:"), "{head}");
+    assert!(answer.contains("ALTER EXTENSION pg_dialpad UPDATE"), "{answer}");
+    assert_eq!(get(port, "/healthz").0, 503);
+    assert_eq!(rows(&mut c), 0, "nothing stored in the window");
+    c.batch_execute("ALTER EXTENSION pg_dialpad UPDATE").unwrap();
+    wait_healthy(port, 30);
+    let (status, _, answer) = post(port, "/webhooks", &body, Some("application/json"));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(rows(&mut c), 1);
+}
