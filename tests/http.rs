@@ -427,6 +427,22 @@ fn metrics_count_requests_and_deliveries_without_reading_tables() {
         assert!(text.lines().any(|l| l == line), "missing {line} in:\n{text}");
     }
     assert!(text.contains("dialpad_http_request_duration_seconds_bucket{le=\"+Inf\"}"));
+    // The inbox's queue, counted by the first worker (every 5 s), so that the exporter's
+    // query file is not needed: a delivery without a call id is stored, then dead-lettered.
+    let dead = jwt(r#"{"state": "ringing", "event_timestamp": 1000}"#, ACME);
+    assert_eq!(post(port, "/webhooks/acme", &dead, None).0, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let (_, text) = get(port, "/metrics");
+        if text.lines().any(|l| l == "dialpad_queue_dead 1") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    for line in ["dialpad_queue_dead 1", "dialpad_queue_pending 0"] {
+        assert!(text.lines().any(|l| l == line), "missing {line} in:\n{text}");
+    }
+    assert!(text.contains("dialpad_queue_oldest_pending_age_seconds "), "{text}");
     // Well-formed for Prometheus (promtool: Debian's prometheus package, scripts/lib.sh).
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])

@@ -436,6 +436,29 @@ fn database_metrics(ready: bool) -> String {
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
+    // The inbox's queue, as the first worker last counted it (every 5 s; every minute while a
+    // backlog drains): dialpad.queue_stats without a query here.
+    if let Some(age) = s.queue.age_seconds() {
+        let q = &s.queue;
+        let queue = [
+            (
+                "dialpad_queue_pending",
+                "Events stored and not yet applied or dead-lettered.",
+                q.pending.load(Ordering::Relaxed),
+            ),
+            ("dialpad_queue_due", "Pending events that may be processed now.", q.due.load(Ordering::Relaxed)),
+            ("dialpad_queue_dead", "Dead-lettered events (dialpad.dead_events).", q.dead.load(Ordering::Relaxed)),
+            (
+                "dialpad_queue_oldest_pending_age_seconds",
+                "Age of the oldest pending event.",
+                q.oldest_pending_age_seconds.load(Ordering::Relaxed),
+            ),
+            ("dialpad_queue_counted_seconds_ago", "How old the dialpad_queue_* figures are.", age),
+        ];
+        for (name, help, value) in queue {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+    }
     let _ = writeln!(out, "# HELP dialpad_worker_events_total Events handled by the running workers since each started.\n# TYPE dialpad_worker_events_total counter\ndialpad_worker_events_total {events}");
     out
 }

@@ -66,6 +66,7 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
         let full = worker.batch_step();
         worker.maintenance_step(full);
         worker.counters_step();
+        worker.queue_step(full);
         let rederiving = worker.rederive_step(full);
         if full || rederiving {
             continue; // more is due: no sleep
@@ -99,11 +100,19 @@ struct Worker {
     last_rederive: Option<(Instant, bool)>,
     /// When the ingest counters were last flushed (worker 0).
     last_counters: Option<Instant>,
+    /// When the queue figures were last counted (worker 0).
+    last_queue: Option<Instant>,
 }
 
 /// How often the first worker writes the ingest counters of shared memory to
 /// dialpad.ingest_counters: what a crash (or an immediate shutdown) can lose.
 const COUNTERS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often the first worker counts the queue for /metrics (see queue_step).
+const QUEUE_INTERVAL: Duration = Duration::from_secs(5);
+const QUEUE_INTERVAL_BUSY: Duration = Duration::from_secs(60);
+const QUEUE_SQL: &str = "SELECT pending, due, dead,
+       COALESCE(EXTRACT(epoch FROM oldest_pending_age), 0)::pg_catalog.int8 FROM dialpad.queue_stats";
 
 /// How often the Citus keeper of dialpad.logical_calls runs at least while batches keep
 /// coming back full.
@@ -156,6 +165,7 @@ impl Worker {
             last_keeper: None,
             last_rederive: None,
             last_counters: None,
+            last_queue: None,
         })
     }
 
@@ -177,6 +187,33 @@ impl Worker {
             );
         }
         report_activity(pg_sys::BackendState::STATE_IDLE, c"waiting for webhook events");
+    }
+
+    /// The first worker counts dialpad.queue_stats into shared memory for the HTTP
+    /// listener's /metrics: every QUEUE_INTERVAL, every minute while a backlog drains (the
+    /// count reads the partial indexes of pending and dead events, as large as the backlog).
+    fn queue_step(&mut self, busy: bool) {
+        let every = if busy { QUEUE_INTERVAL_BUSY } else { QUEUE_INTERVAL };
+        if self.index != 0 || self.said.is_some() || self.last_queue.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.last_queue = Some(Instant::now());
+        if gucs::http_listen().is_none() {
+            return; // nobody reads them
+        }
+        let shared = self.shared;
+        let counted = self.batch_transaction(move || {
+            Spi::connect(|c| {
+                let row = c.select(QUEUE_SQL, Some(1), &[])?.first();
+                let get = |i| row.get::<i64>(i).map(Option::unwrap_or_default);
+                Ok::<_, pgrx::spi::Error>((get(1)?, get(2)?, get(3)?, get(4)?))
+            })
+            .map(|(pending, due, dead, age)| shared.queue.set(pending, due, dead, age))
+            .map_err(|e| e.to_string())
+        });
+        if let Err(msg) | Ok(Some(Err(msg))) = counted {
+            warning!("pg_dialpad worker {}: counting the queue failed: {msg}", self.index);
+        }
     }
 
     fn reload_settings_on_sighup(&self) {

@@ -59,6 +59,35 @@ pub(crate) struct Shared {
     pub inflight_recovery: AtomicI32,
     /// The databases (OIDs) with nothing left to recover in this server lifetime.
     pub inflight_clean: [std::sync::atomic::AtomicU32; 16],
+    /// The inbox's queue of dialpad.database as the first worker last counted it.
+    pub queue: QueueFigures,
+}
+
+/// dialpad.queue_stats of dialpad.database, counted by the first worker every few seconds
+/// (bgworker/worker.rs) so that the HTTP listener's /metrics reads them without a query.
+pub(crate) struct QueueFigures {
+    pub pending: AtomicI64,
+    pub due: AtomicI64,
+    pub dead: AtomicI64,
+    pub oldest_pending_age_seconds: AtomicI64,
+    /// When they were counted (seconds since 2000-01-01; 0: never).
+    counted_at: AtomicI64,
+}
+
+impl QueueFigures {
+    pub(crate) fn set(&self, pending: i64, due: i64, dead: i64, oldest_pending_age_seconds: i64) {
+        self.pending.store(pending, Ordering::Relaxed);
+        self.due.store(due, Ordering::Relaxed);
+        self.dead.store(dead, Ordering::Relaxed);
+        self.oldest_pending_age_seconds.store(oldest_pending_age_seconds, Ordering::Relaxed);
+        self.counted_at.store(now_seconds(), Ordering::Release);
+    }
+
+    /// Seconds since the figures were counted; None if they never were.
+    pub(crate) fn age_seconds(&self) -> Option<i64> {
+        let at = self.counted_at.load(Ordering::Acquire);
+        (at != 0).then(|| (now_seconds() - at).max(0))
+    }
 }
 
 static mut SHARED: *mut Shared = std::ptr::null_mut();
