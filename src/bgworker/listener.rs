@@ -303,15 +303,7 @@ fn bind(setting: &str, addr: std::net::SocketAddr) -> (std::net::TcpListener, ht
 /// session holds is answered 503 rather than waited for). synchronous_commit is left as
 /// the cluster has it: a 2xx means the delivery is as durable as the cluster promises.
 fn set_session_settings() {
-    // SAFETY: a plain GUC assignment with valid C strings, outside any transaction.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
-    }
+    crate::pg::set_session_setting(c"search_path", c"pg_catalog, pg_temp");
     worker::apply_lock_timeout();
 }
 

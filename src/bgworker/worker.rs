@@ -468,21 +468,8 @@ impl Worker {
 /// marks, so a crash can only lose whole batches, which are simply claimed again. Whatever the
 /// database's default search_path, the worker resolves nothing through it.
 fn set_session_settings() {
-    // SAFETY: plain GUC assignments with valid C strings, outside any transaction.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
-        pg_sys::SetConfigOption(
-            c"synchronous_commit".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
-    }
+    crate::pg::set_session_setting(c"search_path", c"pg_catalog, pg_temp");
+    crate::pg::set_session_setting(c"synchronous_commit", c"off");
 }
 
 unsafe extern "C-unwind" {
@@ -496,15 +483,7 @@ unsafe extern "C-unwind" {
 /// waits on a lock for longer (PostgreSQL's default, 0, would wait forever).
 pub(super) fn apply_lock_timeout() {
     let value = std::ffi::CString::new(gucs::lock_timeout_ms().to_string()).unwrap_or_default();
-    // SAFETY: a plain GUC assignment with valid C strings, outside any transaction.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"lock_timeout".as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
-    }
+    crate::pg::set_session_setting(c"lock_timeout", &value);
 }
 
 /// What a pass of the worker loop found.

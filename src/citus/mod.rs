@@ -221,15 +221,7 @@ pub(crate) fn allow_shard_writes() {
     if !has_setting(name) {
         return;
     }
-    // SAFETY: a plain GUC assignment with valid C strings, outside any transaction.
-    unsafe {
-        pg_sys::SetConfigOption(
-            name.as_ptr(),
-            c"on".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
-    }
+    crate::pg::set_session_setting(name, c"on");
 }
 
 /// Runs `f` with Citus's shards visible in pg_class (Citus hides them from sessions that

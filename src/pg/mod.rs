@@ -233,3 +233,18 @@ pub(crate) fn proc_exit(code: i32) -> ! {
     unsafe { pg_sys::proc_exit(code) };
     unreachable!("proc_exit returned")
 }
+
+/// Sets a setting for the rest of this session (as the superuser's SET would, but above
+/// any later SET: PGC_S_OVERRIDE), outside any transaction: the background workers' own
+/// session settings.
+pub(crate) fn set_session_setting(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    // SAFETY: a plain GUC assignment with valid C strings.
+    unsafe {
+        pg_sys::SetConfigOption(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+}

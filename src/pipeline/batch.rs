@@ -345,7 +345,7 @@ DELETE FROM dialpad.rejected_transitions
 
 fn rederive_in(client: &mut SpiClient<'_>, calls: &[i64], rules: &RuleSet) -> Result<Rederived, pgrx::spi::Error> {
     let mut out = Rederived::default();
-    let mut batch = Batch::without_events(&Tables::whole());
+    let mut batch = Batch::new(&Tables::whole(), true);
     for &call_id in calls {
         if try_lock_call(call_id) {
             batch.calls.push(call_id);
@@ -492,29 +492,12 @@ impl Batch {
             )
         })?;
         let out = BatchOutcome { full: events.len() as i64 >= max_events as i64, ..BatchOutcome::default() };
-        Ok(Some(Batch {
-            tables: tables.clone(),
-            received,
-            n_claimed: events.len(),
-            events,
-            by_call: HashMap::new(),
-            calls: Vec::new(),
-            rows: HashMap::new(),
-            late: Vec::new(),
-            partial: Default::default(),
-            folds: Vec::new(),
-            failures: Vec::new(),
-            deferred: Vec::new(),
-            lock_waits: Vec::new(),
-            duplicates: Vec::new(),
-            failed_calls: Vec::new(),
-            rederiving: false,
-            out,
-        }))
+        Ok(Some(Batch { n_claimed: events.len(), events, received, out, ..Batch::new(tables, false) }))
     }
 
-    /// A batch of no claimed events, for re-deriving calls from their history.
-    fn without_events(tables: &Tables) -> Batch {
+    /// A batch of no events yet: [`Batch::claim`] fills in what it claimed; a re-derivation
+    /// (`rederiving`) reads only calls' histories.
+    fn new(tables: &Tables, rederiving: bool) -> Batch {
         Batch {
             tables: tables.clone(),
             received: Received { from: 0, to: 0 },
@@ -531,7 +514,7 @@ impl Batch {
             lock_waits: Vec::new(),
             duplicates: Vec::new(),
             failed_calls: Vec::new(),
-            rederiving: true,
+            rederiving,
             out: BatchOutcome::default(),
         }
     }
