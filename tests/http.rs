@@ -192,12 +192,28 @@ fn deliveries_are_stored_once_and_refusals_store_nothing() {
         answer.starts_with("HTTP/1.1 400") && answer.contains("both Content-Length and Transfer-Encoding"),
         "{answer}"
     );
-    // The same as the second request of a kept-alive connection: read as chunked
-    // (Transfer-Encoding wins, RFC 9112 6.3), answered, the connection closed after it.
-    let first = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n{outer}");
-    let answer = raw(port, first.as_bytes(), Duration::from_secs(5));
-    assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "{answer}");
-    assert!(answer.contains("HTTP/1.1 401"), "the chunked (empty) body was answered: {answer}");
+    // The same as the third request of a kept-alive connection (after one with no body and
+    // one with a Content-Length body): 400 as well, and nothing after it read.
+    let second = jwt(&event(5, "ringing"), "wrong secret");
+    let kept = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nPOST /webhooks/acme HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{second}{outer}",
+        second.len()
+    );
+    let answer = raw(port, kept.as_bytes(), Duration::from_secs(5));
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 3, "{answer}");
+    assert!(answer.contains("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.contains("HTTP/1.1 400") && answer.contains("both Content-Length and Transfer-Encoding"),
+        "{answer}"
+    );
+    // A chunked request is answered and its connection closed: what follows is not read.
+    let chunked = format!(
+        "POST /webhooks/acme HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{second}\r\n0\r\n\r\n{inner}",
+        second.len()
+    );
+    let answer = raw(port, chunked.as_bytes(), Duration::from_secs(5));
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 401") && answer.contains("connection: close"), "{answer}");
     assert_eq!(rows(&mut c), 6);
     // A lock not obtained within dialpad.lock_timeout (100 ms): 503, so Dialpad retries.
     c.batch_execute("BEGIN; LOCK TABLE dialpad.webhook_events IN ACCESS EXCLUSIVE MODE").unwrap();

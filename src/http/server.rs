@@ -3,7 +3,7 @@
 //! delivery's body within dialpad.max_body_size, queue it for the main thread and answer
 //! with what the main thread says once its transaction has committed.
 
-use super::framing;
+use super::framing::{self, Framing};
 use super::metrics::Exposure;
 use super::status::{self, Route};
 use super::{Answer, Delivery, Shared};
@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 /// Largest request head (request line and headers) read: a larger one gets 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-const MAX_HEADERS: usize = 64;
+pub(super) const MAX_HEADERS: usize = 64;
 /// Longest a delivery waits for the main thread's answer before it is answered 503 (the
 /// delivery may still be stored: Dialpad's retry is then recognized as a redelivery). Below
 /// Dialpad's own 5-second timeout, so that the 503 reaches it.
@@ -130,12 +130,12 @@ pub(super) async fn serve_io<I>(io: I, peer: SocketAddr, kind: Kind, shared: &Ar
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, first) = framing::Watched::new(io, MAX_HEAD_BYTES);
+    let (io, heads) = framing::Watched::new(io, MAX_HEAD_BYTES);
     let for_service = shared.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = for_service.clone();
-        let smuggling = first.take_both_framings();
-        async move { Ok::<_, Infallible>(handle(req, peer, kind, smuggling, &shared).await) }
+        let framing = heads.next();
+        async move { Ok::<_, Infallible>(handle(req, peer, kind, framing, &shared).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -151,18 +151,18 @@ where
     }
 }
 
-/// One request; `smuggling` when its head carried both Content-Length and Transfer-Encoding.
+/// One request; `framing` is what framing.rs read in its head.
 async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     kind: Kind,
-    smuggling: bool,
+    framing: Framing,
     shared: &Shared,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let response = match status::route(req.method().as_str(), req.uri().path()) {
+    let mut response = match status::route(req.method().as_str(), req.uri().path()) {
         // Two framings at once is how requests are smuggled past proxies (RFC 9112 6.1).
-        _ if smuggling => closing(text(
+        _ if framing == Framing::Both => closing(text(
             StatusCode::BAD_REQUEST,
             "a request may not carry both Content-Length and Transfer-Encoding\n",
         )),
@@ -179,6 +179,10 @@ async fn handle(
         }
         _ => text(StatusCode::NOT_FOUND, "not found: deliveries go to POST /webhooks/{source}\n"),
     };
+    // The watcher cannot follow the connection past this request: it ends with the answer.
+    if matches!(framing, Framing::Chunked | Framing::Unknown) {
+        response = closing(response);
+    }
     shared.metrics.observe(response.status().as_u16(), started.elapsed());
     response
 }
@@ -193,9 +197,7 @@ fn metrics_allowed(kind: Kind, peer: SocketAddr, shared: &Shared) -> bool {
 /// Reads a delivery's body, queues it, and answers once the main thread has.
 async fn deliver(req: Request<Incoming>, source: Option<String>, shared: &Shared) -> Response<Full<Bytes>> {
     shared.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
-    // Both Content-Length and Transfer-Encoding: refused above for the first request of a
-    // connection (framing.rs); hyper reads a later one as chunked, hides its Content-Length
-    // and closes the connection after the answer (RFC 9112 6.3).
+    // Both Content-Length and Transfer-Encoding: refused above (framing.rs).
     let headers = req.headers();
     let max = shared.limits.max_body();
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
