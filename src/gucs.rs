@@ -120,8 +120,8 @@ fn define_http_startup_settings() {
     );
     GucRegistry::define_string_guc(
         c"dialpad.http_role",
-        c"Role the pg_dialpad HTTP listener connects as: a member of dialpad_ingest, never a superuser.",
-        c"The listener does not start while it is empty or names a superuser. Restart the server to change it.",
+        c"Role the pg_dialpad HTTP listener connects as: a member of dialpad_ingest with no more rights than it.",
+        c"The listener does not start while it is empty or names a superuser or a role with CREATEROLE, BYPASSRLS, REPLICATION or the server file and program roles. Restart the server to change it.",
         &HTTP_ROLE,
         GucContext::Postmaster,
         GucFlags::default(),

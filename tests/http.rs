@@ -489,19 +489,55 @@ fn metrics_count_requests_and_deliveries_without_reading_tables() {
     assert_eq!(post(metrics_port, "/webhooks/acme", &jwt(&event(2, "ringing"), ACME), None).0, 404);
 }
 
-#[test]
-fn a_superuser_role_is_refused() {
-    let port = free_port();
-    let listen = format!("dialpad.http_listen = '127.0.0.1:{port}'");
-    let cluster = Cluster::start("http-superuser", &[&listen, "dialpad.http_role = 'postgres'"]);
+/// Restarts the cluster and waits for the listener's refusal `says` in the log.
+fn refused_after_restart(cluster: &Cluster, port: u16, says: &str) {
+    cluster.pg_ctl_stop("fast");
+    cluster.pg_ctl_start();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !cluster.log().contains("is a superuser") {
-        assert!(Instant::now() < deadline, "no refusal in the log:\n{}", cluster.log());
+    while !cluster.log().contains(says) {
+        assert!(Instant::now() < deadline, "no refusal \"{says}\" in the log:\n{}", cluster.log());
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(get(port, "/healthz").0, 0, "nothing listens");
-    let mut c = cluster.connect();
+    let mut c = cluster.ready();
     assert_eq!(listener_pid(&mut c), None);
+}
+
+#[test]
+fn roles_with_more_rights_and_other_encodings_are_refused() {
+    let port = free_port();
+    let listen = format!("dialpad.http_listen = '127.0.0.1:{port}'");
+    let cluster = Cluster::start("http-refusals", &[&listen, "dialpad.http_role = 'postgres'"]);
+    refused_after_restart(&cluster, port, "\"postgres\" has more rights than dialpad_ingest (SUPERUSER)");
+    let mut c = cluster.ready();
+    c.batch_execute("CREATE ROLE h LOGIN CREATEROLE BYPASSRLS IN ROLE dialpad_ingest").unwrap();
+    c.batch_execute("ALTER SYSTEM SET dialpad.http_role = 'h'").unwrap();
+    refused_after_restart(&cluster, port, "\"h\" has more rights than dialpad_ingest (CREATEROLE, BYPASSRLS)");
+    let mut c = cluster.ready();
+    c.batch_execute(
+        "ALTER ROLE h NOCREATEROLE NOBYPASSRLS; CREATE ROLE files IN ROLE pg_write_server_files; GRANT files TO h",
+    )
+    .unwrap();
+    refused_after_restart(&cluster, port, "(member of pg_write_server_files)");
+    // A database whose encoding is not UTF-8 would store UTF-8 bodies as they are.
+    let mut c = cluster.ready();
+    c.batch_execute("REVOKE files FROM h").unwrap();
+    c.batch_execute("CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").unwrap();
+    c.batch_execute("ALTER SYSTEM SET dialpad.database = 'latin'").unwrap();
+    refused_after_restart(&cluster, port, "database \"latin\" has encoding LATIN1");
+    // The same role, with dialpad_ingest's rights only, in a UTF-8 database: it listens, and
+    // a source's name is taken percent-decoded from the path.
+    let mut c = cluster.ready();
+    c.batch_execute("ALTER SYSTEM RESET dialpad.database").unwrap();
+    c.execute("SELECT dialpad.add_source('acme:eu', $1)", &[&ACME]).unwrap();
+    drop(c);
+    cluster.pg_ctl_stop("fast");
+    cluster.pg_ctl_start();
+    wait_healthy(port, 30);
+    let (status, _, answer) = post(port, "/webhooks/acme%3Aeu", &jwt(&event(1, "ringing"), ACME), None);
+    assert_eq!(status, 200, "{answer}");
+    let mut c = cluster.connect();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE source = 'acme:eu'"), 1);
 }
 
 fn openssl(args: &[&str]) {

@@ -101,9 +101,8 @@ impl Listener {
         }
         let database = gucs::database();
         BackgroundWorker::connect_worker_to_spi(Some(&database), Some(&role));
-        // SAFETY: superuser() looks the role up in the syscache, inside the transaction.
-        if BackgroundWorker::transaction(|| unsafe { pg_sys::superuser() }) {
-            log!("pg_dialpad http listener not started: dialpad.http_role \"{role}\" is a superuser; use a role with dialpad_ingest's rights only (CREATE ROLE dialpad_http LOGIN IN ROLE dialpad_ingest)");
+        if let Some(why) = BackgroundWorker::transaction(refusal) {
+            log!("pg_dialpad http listener not started: {why}");
             return None;
         }
         set_session_settings();
@@ -370,6 +369,36 @@ fn store_one(source: Option<&str>, body: &[u8]) -> Answer {
             }
         }
     }
+}
+
+/// What the role has beyond dialpad_ingest's rights, by name: anything a delivery's sender
+/// could reach through a flaw in the listener must be no more than a member of
+/// dialpad_ingest may do.
+const ROLE_RIGHTS_SQL: &str = "SELECT CASE WHEN r.rolsuper THEN 'SUPERUSER' ELSE pg_catalog.concat_ws(', ',
+   CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END,
+   CASE WHEN r.rolreplication THEN 'REPLICATION' END,
+   (SELECT pg_catalog.string_agg('member of ' OPERATOR(pg_catalog.||) g, ', ')
+      FROM pg_catalog.unnest(ARRAY['pg_read_server_files', 'pg_write_server_files',
+                                   'pg_execute_server_program']) AS g
+     WHERE pg_catalog.pg_has_role(r.oid, g, 'MEMBER'))) END
+ FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER";
+
+/// Why the listener must not run as this role in this database, or None.
+fn refusal() -> Option<String> {
+    let role = gucs::http_role().unwrap_or_default();
+    match Spi::get_one::<String>(ROLE_RIGHTS_SQL) {
+        Ok(Some(rights)) if !rights.is_empty() => {
+            return Some(format!("dialpad.http_role \"{role}\" has more rights than dialpad_ingest ({rights}); use a role with dialpad_ingest's rights only (CREATE ROLE dialpad_http LOGIN IN ROLE dialpad_ingest)"));
+        }
+        Ok(_) => {}
+        Err(e) => return Some(format!("cannot read dialpad.http_role's rights: {e}")),
+    }
+    // Bodies arrive as UTF-8 and are stored as they are (as a client with client_encoding
+    // UTF8 would, without the conversion): only a UTF-8 (or SQL_ASCII) database keeps them.
+    let encoding = crate::pg::setting(c"server_encoding").unwrap_or_default();
+    (encoding != "UTF8" && encoding != "SQL_ASCII").then(|| {
+        format!("database \"{}\" has encoding {encoding}; deliveries arrive as UTF-8 and the listener stores them only in a UTF8 database", gucs::database())
+    })
 }
 
 const READINESS_SQL: &str = "SELECT e.extversion, COALESCE(pg_catalog.has_function_privilege(\

@@ -22,7 +22,14 @@ pub(crate) fn route(method: &str, path: &str) -> Route {
         "/healthz" => (Route::Health, "GET, HEAD"),
         "/metrics" => (Route::Metrics, "GET, HEAD"),
         _ => match path.strip_prefix("/webhooks/") {
-            Some(source) if !source.contains('/') => (Route::Deliver(Some(source.to_string())), "POST"),
+            // The name as Dialpad was given it: percent-decoded (`acme%3Aeu` is "acme:eu").
+            Some(source) if !source.contains('/') => {
+                match percent_encoding::percent_decode_str(source).decode_utf8() {
+                    Ok(name) => (Route::Deliver(Some(name.into_owned())), "POST"),
+                    // Not UTF-8 once decoded: no source can have that name.
+                    Err(_) => return Route::NotFound,
+                }
+            }
             _ => return Route::NotFound,
         },
     };
@@ -80,6 +87,9 @@ mod tests {
         assert_eq!(route("POST", "/webhooks/"), Route::Deliver(None));
         assert_eq!(route("POST", "/webhooks/acme"), Route::Deliver(Some("acme".into())));
         assert_eq!(route("POST", "/webhooks/acme/x"), Route::NotFound);
+        assert_eq!(route("POST", "/webhooks/acme%20corp"), Route::Deliver(Some("acme corp".into())));
+        assert_eq!(route("POST", "/webhooks/caf%C3%A9"), Route::Deliver(Some("café".into())));
+        assert_eq!(route("POST", "/webhooks/%FF"), Route::NotFound);
         assert_eq!(route("GET", "/webhooks/acme"), Route::WrongMethod("POST"));
         assert_eq!(route("PUT", "/webhooks"), Route::WrongMethod("POST"));
         assert_eq!(route("GET", "/healthz"), Route::Health);
