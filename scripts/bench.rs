@@ -6,7 +6,7 @@
 //! BENCH_RUNS (runs per figure, default 3), BENCH_BACKLOG (large backlog, default 5000000),
 //! BENCH_MEMORY_EVENTS (events for the worker memory figure, default 2000000),
 //! BENCH_HOLD_SECONDS (how long the held-snapshot benchmark holds it, default 600),
-//! BENCH_ONLY=drain, http, rederive, ingest, backlog, partitions, processing, analysts, citus, hostile or held-snapshot (only
+//! BENCH_ONLY=drain, steady, http, rederive, ingest, backlog, partitions, processing, analysts, citus, hostile or held-snapshot (only
 //! those figures, printed and
 //! not written); BENCH_AUTOVACUUM=off (to attribute a figure to autovacuum).
 
@@ -20,6 +20,8 @@ mod hostile;
 mod http_bench;
 #[path = "bench_rederive.rs"]
 mod rederive;
+#[path = "bench_steady.rs"]
+mod steady;
 
 use common::*;
 use postgres::Client;
@@ -540,6 +542,13 @@ fn main() {
     }
     if only.is_none() || only.as_deref() == Some("http") {
         http_bench::http_bench(&mut report, runs);
+        if only.is_some() {
+            report.print_rows();
+            return;
+        }
+    }
+    if only.is_none() || only.as_deref() == Some("steady") {
+        steady::steady_bench(&mut report, runs);
         if only.is_some() {
             report.print_rows();
             return;

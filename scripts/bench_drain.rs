@@ -11,6 +11,8 @@
 //!
 //! BENCH_ONLY=drain runs only this. BENCH_DRAIN_CALLS (default 20000: 84,000 events),
 //! BENCH_DRAIN_RELEASE_PACKAGE (the 0.1.0 release package; scripts/bench builds it),
+//! BENCH_DRAIN_LAST_RELEASE=version=dir (the last released version's package, release build;
+//! scripts/bench builds it: a drain below it is a regression the README says out loud),
 //! BENCH_DRAIN_PACKAGES=name=dir,... (more builds measured beside them, e.g. to bisect),
 //! BENCH_DRAIN_THIS=0 (only the packages), BENCH_DRAIN_DEBUG=1 (log_min_messages = debug1:
 //! the worker's per-step timings in the server log, kept).
@@ -148,6 +150,13 @@ pub(crate) fn drain_bench(report: &mut Report, runs: usize) {
     if let Some(p) = &release {
         builds.push(("0.1.0".into(), Some(p.clone())));
     }
+    let last = std::env::var("BENCH_DRAIN_LAST_RELEASE").ok().and_then(|s| {
+        let (version, dir) = s.split_once('=')?;
+        Some((version.trim().to_string(), PathBuf::from(dir.trim())))
+    });
+    if let Some((version, dir)) = &last {
+        builds.push((version.clone(), Some(dir.clone())));
+    }
     builds.extend(extra_packages().into_iter().map(|(n, p)| (n, Some(p))));
     // One cluster at a time (two idle clusters would only share the machine's memory), each
     // build measured `runs` times; the builds in turn, so that a slow spell of the machine
@@ -186,6 +195,17 @@ pub(crate) fn drain_bench(report: &mut Report, runs: usize) {
             format!("{:.2}×", w[i] / f[i]),
             if Some(i) == this { "≥ 1.0×" } else { "" },
             (Some(i) == this).then_some(w[i] / f[i] >= 1.0),
+        );
+    }
+    let last_at = last.as_ref().and_then(|(v, _)| builds.iter().position(|(n, _)| n == v));
+    if let (Some(t), Some(l), Some((version, _))) = (this, last_at, &last) {
+        report.add(
+            &format!("default config: 1 worker drain vs the last release's worker ({version})"),
+            eps(w[t]),
+            format!("{version} worker {}", eps(w[l])),
+            format!("{:.2}×", w[t] / w[l]),
+            "≥ 0.95×",
+            Some(w[t] / w[l] >= 0.95),
         );
     }
     if let (Some(t), Some(o)) = (this, old) {

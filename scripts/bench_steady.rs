@@ -1,0 +1,168 @@
+//! Steady state on a default-configuration cluster (issue 23, part 3): deliveries received
+//! through `dialpad.ingest_webhook`, one per transaction, by 4 sessions as fast as they go,
+//! with the worker off (receiving alone: the reference) and on (receiving while processing);
+//! and the latency from a delivery to its call row's commit at 1,000 deliveries/s offered.
+//!
+//! The cluster has PostgreSQL's defaults (shared_buffers 128 MB, autovacuum on, fsync on) and
+//! `track_commit_timestamp = on`, which the latency figure reads (the commit of the
+//! processing transaction). The payloads are the data set's, sent as JSON text; each pass
+//! over them shifts every call id, so that no delivery is a redelivery of another.
+//!
+//! BENCH_ONLY=steady runs only this. BENCH_STEADY_SECONDS (default 20) per figure,
+//! BENCH_STEADY_CALLS (default 5000: about 20,000 distinct payloads).
+
+use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+const SESSIONS: usize = 4;
+/// The data set's call ids start at 66123456789_00000 (the 5 last digits are the call's
+/// number): a pass over the payloads replaces that prefix, in every place it occurs.
+const PREFIX: u64 = 66_123_456_789;
+
+/// The `k`th delivery: payload k modulo the set, its call ids shifted by the pass.
+fn body(bodies: &[String], k: usize) -> String {
+    let pass = (k / bodies.len()) as u64;
+    bodies[k % bodies.len()].replace(&PREFIX.to_string(), &(PREFIX + 1 + pass).to_string())
+}
+
+/// Deliveries per second from SESSIONS sessions over `secs`, as fast as they are answered,
+/// each in its own transaction; `next` numbers the deliveries across calls.
+fn receive_rate(cluster: &Cluster, bodies: &Arc<Vec<String>>, secs: f64, next: &Arc<AtomicUsize>) -> f64 {
+    let t = Instant::now();
+    let done: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..SESSIONS)
+            .map(|_| {
+                let conninfo = cluster.conninfo("postgres");
+                let (bodies, next) = (bodies.clone(), next.clone());
+                scope.spawn(move || {
+                    let mut s = Client::connect(&conninfo, postgres::NoTls).unwrap();
+                    let stmt = s.prepare("SELECT dialpad.ingest_webhook($1)").unwrap();
+                    let mut n = 0;
+                    while t.elapsed().as_secs_f64() < secs {
+                        let b = body(&bodies, next.fetch_add(1, Ordering::Relaxed));
+                        s.execute(&stmt, &[&b]).unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    done as f64 / t.elapsed().as_secs_f64()
+}
+
+/// `rate` deliveries a second for `secs` from SESSIONS paced sessions; returns the rate achieved.
+fn offer(cluster: &Cluster, bodies: &Arc<Vec<String>>, rate: f64, secs: f64, next: &Arc<AtomicUsize>) -> f64 {
+    let interval = Duration::from_secs_f64(SESSIONS as f64 / rate);
+    let per = (rate * secs) as usize / SESSIONS;
+    let t = Instant::now();
+    std::thread::scope(|scope| {
+        for p in 0..SESSIONS {
+            let conninfo = cluster.conninfo("postgres");
+            let (bodies, next) = (bodies.clone(), next.clone());
+            scope.spawn(move || {
+                let mut s = Client::connect(&conninfo, postgres::NoTls).unwrap();
+                let stmt = s.prepare("SELECT dialpad.ingest_webhook($1)").unwrap();
+                let begin = Instant::now() + interval.mul_f64(p as f64 / SESSIONS as f64);
+                for i in 0..per {
+                    if let Some(d) = (begin + interval * i as u32).checked_duration_since(Instant::now()) {
+                        std::thread::sleep(d);
+                    }
+                    let b = body(&bodies, next.fetch_add(1, Ordering::Relaxed));
+                    s.execute(&stmt, &[&b]).unwrap();
+                }
+            });
+        }
+    });
+    (per * SESSIONS) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The inbox and calls emptied, the worker off (or on), before a measurement.
+fn fresh(c: &mut Client, worker: bool) {
+    set_worker_enabled(c, false);
+    std::thread::sleep(Duration::from_millis(300));
+    exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
+    exec(c, "VACUUM ANALYZE dialpad.webhook_events");
+    exec(c, "CHECKPOINT");
+    if worker {
+        set_worker_enabled(c, true);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+pub(crate) fn steady_bench(report: &mut Report, runs: usize) {
+    let secs = env_usize("BENCH_STEADY_SECONDS", 20) as f64;
+    let calls = env_usize("BENCH_STEADY_CALLS", 5000);
+    let cluster = Cluster::start(
+        "steady",
+        &["fsync = on", "track_commit_timestamp = on", "dialpad.workers = 1", "dialpad.enabled = off"],
+    );
+    let mut c = cluster.ready();
+    let bodies: Vec<String> = c
+        .query(
+            &format!(
+                "SELECT payload::text FROM pg_temp.dialpad_sample_events({calls}, {PREFIX}00000, 0.42, true)
+                  ORDER BY (payload->>'event_timestamp')::bigint"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicUsize::new(0));
+    let (mut alone, mut beside) = (Vec::new(), Vec::new());
+    for round in 0..runs {
+        fresh(&mut c, false);
+        let a = receive_rate(&cluster, &bodies, secs, &next);
+        fresh(&mut c, true);
+        let b = receive_rate(&cluster, &bodies, secs, &next);
+        let left = count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NULL AND dead_at IS NULL");
+        println!("steady round {round}: receiving alone {a:.0}/s, while processing {b:.0}/s ({:.2}×), {left} pending at the end", b / a);
+        alone.push(a);
+        beside.push(b);
+    }
+    let (a, b) = (median(alone), median(beside));
+    report.add(
+        "default config: receiving while processing vs receiving alone",
+        eps(b),
+        format!("alone {}", eps(a)),
+        format!("{:.2}×", b / a),
+        "≥ 0.85×",
+        Some(b / a >= 0.85),
+    );
+
+    // Latency: every delivery of the paced run, from its ingest (received_at, the start of
+    // its one-statement transaction) to the commit of the transaction that processed it.
+    fresh(&mut c, true);
+    let achieved = offer(&cluster, &bodies, 1000.0, secs, &next);
+    wait_until(&mut c, "SELECT NOT EXISTS (SELECT 1 FROM dialpad.webhook_events WHERE processed_at IS NULL AND dead_at IS NULL)", 120);
+    let r = c
+        .query_one(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY l), percentile_cont(0.99) WITHIN GROUP (ORDER BY l), max(l)
+               FROM (SELECT (extract(epoch FROM pg_xact_commit_timestamp(xmin) - received_at) * 1000)::float8 AS l
+                       FROM dialpad.webhook_events WHERE processed_at IS NOT NULL) x",
+            &[],
+        )
+        .unwrap();
+    let (p50, p99, max): (f64, f64, f64) = (r.get(0), r.get(1), r.get(2));
+    set_worker_enabled(&mut c, false);
+    report.add(
+        "default config: delivery → call row commit at 1,000/s (p50 / p99)",
+        format!("{p50:.2} / {p99:.2} ms"),
+        format!("offered {achieved:.0}/s, max {max:.1} ms"),
+        String::new(),
+        "p50 ≤ 5 ms, p99 ≤ 20 ms",
+        Some(p50 <= 5.0 && p99 <= 20.0),
+    );
+    report.notes.push(format!(
+        "Steady state on a default-configuration cluster (shared_buffers 128 MB, autovacuum on, fsync on, \
+         track_commit_timestamp on for the latency; dialpad.workers = 1): {SESSIONS} sessions each calling \
+         dialpad.ingest_webhook with one JSON delivery per transaction as fast as answered, {secs:.0} s with the worker \
+         off and {secs:.0} s with it on, alternating, medians of {runs} rounds; then {SESSIONS} paced sessions offering \
+         1,000 deliveries/s for {secs:.0} s with the worker on."
+    ));
+}
