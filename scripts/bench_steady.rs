@@ -119,9 +119,22 @@ pub(crate) fn steady_bench(report: &mut Report, runs: usize) {
         fresh(&mut c, false);
         let a = receive_rate(&cluster, &bodies, secs, &next);
         fresh(&mut c, true);
+        let batches = |c: &mut Client| -> (i64, i64) {
+            let r = c
+                .query_one("SELECT sum(events_handled)::int8, sum(batches)::int8 FROM dialpad.worker_stats()", &[])
+                .unwrap();
+            (r.get::<_, Option<i64>>(0).unwrap_or(0), r.get::<_, Option<i64>>(1).unwrap_or(0))
+        };
+        let (e0, b0) = batches(&mut c);
         let b = receive_rate(&cluster, &bodies, secs, &next);
-        let left = count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NULL AND dead_at IS NULL");
-        println!("steady round {round}: receiving alone {a:.0}/s, while processing {b:.0}/s ({:.2}×), {left} pending at the end", b / a);
+        let (e1, b1) = batches(&mut c);
+        let left =
+            count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NULL AND dead_at IS NULL");
+        println!(
+            "steady round {round}: receiving alone {a:.0}/s, while processing {b:.0}/s ({:.2}×), {:.1} events per batch, {left} pending at the end",
+            b / a,
+            (e1 - e0) as f64 / (b1 - b0).max(1) as f64
+        );
         alone.push(a);
         beside.push(b);
     }
@@ -139,7 +152,11 @@ pub(crate) fn steady_bench(report: &mut Report, runs: usize) {
     // its one-statement transaction) to the commit of the transaction that processed it.
     fresh(&mut c, true);
     let achieved = offer(&cluster, &bodies, 1000.0, secs, &next);
-    wait_until(&mut c, "SELECT NOT EXISTS (SELECT 1 FROM dialpad.webhook_events WHERE processed_at IS NULL AND dead_at IS NULL)", 120);
+    wait_until(
+        &mut c,
+        "SELECT NOT EXISTS (SELECT 1 FROM dialpad.webhook_events WHERE processed_at IS NULL AND dead_at IS NULL)",
+        120,
+    );
     let r = c
         .query_one(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY l), percentile_cont(0.99) WITHIN GROUP (ORDER BY l), max(l)

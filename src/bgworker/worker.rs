@@ -68,13 +68,20 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
         worker.counters_step();
         worker.queue_step(full);
         let rederiving = worker.rederive_step(full);
+        // The statistics the batches left pending (autovacuum reads them), as a backend
+        // flushes them: at most once a second (PGSTAT_MIN_INTERVAL), busy or not; the
+        // answer is how long until the rest may be flushed (0: nothing left).
+        // SAFETY: outside a transaction.
+        let flush_in = unsafe { pg_sys::pgstat_report_stat(false) };
         if full || rederiving {
             continue; // more is due: no sleep
         }
-        // Flush what the last batches left pending before sleeping (rate-limited above).
-        // SAFETY: outside a transaction.
-        unsafe { pg_sys::pgstat_report_stat(true) };
-        if !BackgroundWorker::wait_latch(Some(gucs::poll_interval().min(COUNTERS_INTERVAL))) {
+        // Idle: the wait ends when the statistics left pending may be flushed.
+        let mut wait = gucs::poll_interval().min(COUNTERS_INTERVAL);
+        if flush_in > 0 {
+            wait = wait.min(Duration::from_millis(flush_in as u64));
+        }
+        if !BackgroundWorker::wait_latch(Some(wait)) {
             break; // postmaster death
         }
     }
