@@ -328,7 +328,7 @@ fn store(payload: datum::JsonbArg, key: Option<String>) -> Result<(i64, bool), p
             return Ok((id, false));
         }
         let call_id = key.as_deref().and_then(|k| k.split('/').next()).and_then(|c| c.parse::<i64>().ok());
-        let id = batch::by_index(|| {
+        let id = batch::replanned(|| {
             batch::run_kept(
                 client,
                 FIND_DUPLICATE_0_1_SQL,
