@@ -121,7 +121,7 @@ fn define_http_startup_settings() {
     GucRegistry::define_string_guc(
         c"dialpad.http_role",
         c"Role the pg_dialpad HTTP listener connects as: a member of dialpad_ingest with no more rights than it.",
-        c"The listener does not start while it is empty or names a superuser or a role with CREATEROLE, BYPASSRLS, REPLICATION or the server file and program roles. Restart the server to change it.",
+        c"The listener does not start while it is empty or names a role with more: SUPERUSER, CREATEROLE, BYPASSRLS or REPLICATION (its own or a role it is in), a predefined role reaching outside the extension (server files and programs, all data, signals, subscriptions, maintain), or ownership of the database or the extension objects. Restart the server to change it.",
         &HTTP_ROLE,
         GucContext::Postmaster,
         GucFlags::default(),

@@ -214,6 +214,12 @@ fn deliveries_are_stored_once_and_refusals_store_nothing() {
     let answer = raw(port, chunked.as_bytes(), Duration::from_secs(5));
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     assert!(answer.starts_with("HTTP/1.1 401") && answer.contains("connection: close"), "{answer}");
+    // So is a request the watcher cannot follow (an upgrade, which hyper answers without
+    // upgrading and would keep the connection after).
+    let upgrade = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\n\r\n{outer}");
+    let answer = raw(port, upgrade.as_bytes(), Duration::from_secs(5));
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
     assert_eq!(rows(&mut c), 6);
     // A lock not obtained within dialpad.lock_timeout (100 ms): 503, so Dialpad retries.
     c.batch_execute("BEGIN; LOCK TABLE dialpad.webhook_events IN ACCESS EXCLUSIVE MODE").unwrap();
@@ -512,16 +518,23 @@ fn roles_with_more_rights_and_other_encodings_are_refused() {
     let mut c = cluster.ready();
     c.batch_execute("CREATE ROLE h LOGIN CREATEROLE BYPASSRLS IN ROLE dialpad_ingest").unwrap();
     c.batch_execute("ALTER SYSTEM SET dialpad.http_role = 'h'").unwrap();
-    refused_after_restart(&cluster, port, "\"h\" has more rights than dialpad_ingest (CREATEROLE, BYPASSRLS)");
+    refused_after_restart(&cluster, port, "\"h\" has more rights than dialpad_ingest (BYPASSRLS, CREATEROLE)");
     let mut c = cluster.ready();
     c.batch_execute(
         "ALTER ROLE h NOCREATEROLE NOBYPASSRLS; CREATE ROLE files IN ROLE pg_write_server_files; GRANT files TO h",
     )
     .unwrap();
     refused_after_restart(&cluster, port, "(member of pg_write_server_files)");
+    // Rights held through another role, and ownership of the extension's objects.
+    let mut c = cluster.ready();
+    c.batch_execute("REVOKE files FROM h; CREATE ROLE admin CREATEROLE; GRANT admin TO h").unwrap();
+    refused_after_restart(&cluster, port, "(member of admin (CREATEROLE))");
+    let mut c = cluster.ready();
+    c.batch_execute("REVOKE admin FROM h; ALTER TABLE dialpad.sources OWNER TO h").unwrap();
+    refused_after_restart(&cluster, port, "(owner of schema dialpad or of objects in it)");
     // A database whose encoding is not UTF-8 would store UTF-8 bodies as they are.
     let mut c = cluster.ready();
-    c.batch_execute("REVOKE files FROM h").unwrap();
+    c.batch_execute("ALTER TABLE dialpad.sources OWNER TO postgres").unwrap();
     c.batch_execute("CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").unwrap();
     c.batch_execute("ALTER SYSTEM SET dialpad.database = 'latin'").unwrap();
     refused_after_restart(&cluster, port, "database \"latin\" has encoding LATIN1");

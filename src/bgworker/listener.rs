@@ -373,14 +373,35 @@ fn store_one(source: Option<&str>, body: &[u8]) -> Answer {
 
 /// What the role has beyond dialpad_ingest's rights, by name: anything a delivery's sender
 /// could reach through a flaw in the listener must be no more than a member of
-/// dialpad_ingest may do.
-const ROLE_RIGHTS_SQL: &str = "SELECT CASE WHEN r.rolsuper THEN 'SUPERUSER' ELSE pg_catalog.concat_ws(', ',
-   CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END,
-   CASE WHEN r.rolreplication THEN 'REPLICATION' END,
-   (SELECT pg_catalog.string_agg('member of ' OPERATOR(pg_catalog.||) g, ', ')
-      FROM pg_catalog.unnest(ARRAY['pg_read_server_files', 'pg_write_server_files',
-                                   'pg_execute_server_program']) AS g
-     WHERE pg_catalog.pg_has_role(r.oid, g, 'MEMBER'))) END
+/// dialpad_ingest may do. Its own attributes and those of every role it is a member of
+/// (directly or not), the predefined roles that reach outside the extension's tables, and
+/// ownership of the database or of the extension's schema or objects. NULL or empty: none.
+const ROLE_RIGHTS_SQL: &str = "SELECT CASE WHEN r.rolsuper THEN 'SUPERUSER' ELSE (
+  SELECT pg_catalog.string_agg(w.what, ', ' ORDER BY w.what) FROM (
+    SELECT CASE WHEN m.oid OPERATOR(pg_catalog.=) r.oid THEN v.a
+                WHEN v.a IS NULL THEN 'member of ' OPERATOR(pg_catalog.||) m.rolname
+                ELSE 'member of ' OPERATOR(pg_catalog.||) m.rolname OPERATOR(pg_catalog.||) ' ('
+                     OPERATOR(pg_catalog.||) v.a OPERATOR(pg_catalog.||) ')' END AS what
+      FROM pg_catalog.pg_roles m,
+           LATERAL (VALUES (m.rolsuper, 'SUPERUSER'), (m.rolcreaterole, 'CREATEROLE'),
+                           (m.rolbypassrls, 'BYPASSRLS'), (m.rolreplication, 'REPLICATION'),
+                           (m.rolname OPERATOR(pg_catalog.=) ANY (ARRAY['pg_read_server_files',
+                               'pg_write_server_files', 'pg_execute_server_program', 'pg_read_all_data',
+                               'pg_write_all_data', 'pg_signal_backend', 'pg_create_subscription',
+                               'pg_maintain']), NULL)) AS v(has, a)
+     WHERE v.has AND pg_catalog.pg_has_role(r.oid, m.oid, 'MEMBER')
+    UNION
+    SELECT 'owner of database ' OPERATOR(pg_catalog.||) d.datname FROM pg_catalog.pg_database d
+     WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()
+       AND pg_catalog.pg_has_role(r.oid, d.datdba, 'MEMBER')
+    UNION
+    SELECT 'owner of schema dialpad or of objects in it' FROM pg_catalog.pg_namespace n
+     WHERE n.nspname OPERATOR(pg_catalog.=) 'dialpad'
+       AND (pg_catalog.pg_has_role(r.oid, n.nspowner, 'MEMBER')
+            OR EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) n.oid
+                          AND pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER'))
+            OR EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.=) n.oid
+                          AND pg_catalog.pg_has_role(r.oid, p.proowner, 'MEMBER')))) AS w) END
  FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER";
 
 /// Why the listener must not run as this role in this database, or None.

@@ -79,11 +79,13 @@ fn read_head(head: &[u8]) -> Result<Option<(usize, Next)>, ()> {
     let next = match (chunked, lengths.next()) {
         (true, Some(_)) => Next::Lost(Framing::Both),
         (true, None) => Next::Lost(Framing::Chunked),
-        _ if req.method == Some("CONNECT") || named("upgrade").next().is_some() => Next::Lost(Framing::Plain),
+        // hyper answers them (no upgrade is offered) and may keep the connection: it is
+        // closed after the answer instead.
+        _ if req.method == Some("CONNECT") || named("upgrade").next().is_some() => Next::Lost(Framing::Unknown),
         (false, None) => Next::After(0),
         (false, Some(Some(n))) if lengths.all(|l| l == Some(n)) => Next::After(n),
         // Unreadable or differing lengths: hyper answers 400 and closes.
-        (false, Some(_)) => Next::Lost(Framing::Plain),
+        (false, Some(_)) => Next::Lost(Framing::Unknown),
     };
     Ok(Some((len, next)))
 }
@@ -112,6 +114,24 @@ impl<I> Watched<I> {
         (Watched { inner, watch: Watch::Head(Vec::new()), limit, heads: heads.clone() }, heads)
     }
 
+    /// What follows a complete head, its verdict recorded.
+    fn after(&self, next: Next) -> Watch {
+        match next {
+            Next::After(n) if self.heads.push(Framing::Plain) => {
+                if n == 0 {
+                    Watch::Head(Vec::new())
+                } else {
+                    Watch::Body(n)
+                }
+            }
+            Next::After(_) => Watch::Off,
+            Next::Lost(f) => {
+                self.heads.push(f);
+                Watch::Off
+            }
+        }
+    }
+
     fn saw(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             match &mut self.watch {
@@ -124,32 +144,38 @@ impl<I> Watched<I> {
                         self.watch = Watch::Head(Vec::new());
                     }
                 }
+                // A head that starts in these bytes is read where it lies (pipelined heads
+                // are not copied); only an incomplete one is kept.
+                Watch::Head(head) if head.is_empty() => match read_head(bytes) {
+                    Ok(Some((len, next))) => {
+                        bytes = &bytes[len.min(bytes.len())..];
+                        self.watch = self.after(next);
+                    }
+                    Ok(None) if bytes.len() <= self.limit => {
+                        head.extend_from_slice(bytes);
+                        return;
+                    }
+                    // Too long (hyper answers 431) or refused (hyper answers 400).
+                    Ok(None) | Err(()) => self.watch = Watch::Off,
+                },
                 Watch::Head(head) => {
                     let before = head.len();
                     head.extend_from_slice(bytes);
-                    self.watch = match read_head(head) {
+                    // A head ends with an empty line: it is parsed again only when the new
+                    // bytes (with the three before them) may hold one, so a head trickling in
+                    // byte by byte costs one parse, not one per byte.
+                    let ended = head[before.saturating_sub(3)..].windows(2).any(|w| w == b"\n\n")
+                        || head[before.saturating_sub(3)..].windows(3).any(|w| w == b"\n\r\n");
+                    let parsed = if ended { read_head(head) } else { Ok(None) };
+                    match parsed {
                         Ok(None) if head.len() <= self.limit => return,
-                        // Too long (hyper answers 431) or refused (hyper answers 400).
-                        Ok(None) | Err(()) => Watch::Off,
+                        Ok(None) | Err(()) => self.watch = Watch::Off,
                         Ok(Some((len, next))) => {
                             // The head ends in the new bytes (it was incomplete before them).
                             bytes = &bytes[len.saturating_sub(before).min(bytes.len())..];
-                            match next {
-                                Next::After(n) if self.heads.push(Framing::Plain) => {
-                                    if n == 0 {
-                                        Watch::Head(Vec::new())
-                                    } else {
-                                        Watch::Body(n)
-                                    }
-                                }
-                                Next::After(_) => Watch::Off,
-                                Next::Lost(f) => {
-                                    self.heads.push(f);
-                                    Watch::Off
-                                }
-                            }
+                            self.watch = self.after(next);
                         }
-                    };
+                    }
                 }
             }
         }
@@ -236,15 +262,23 @@ mod tests {
             let (_, heads) = watch(&[&all[..cut], &all[cut..]]);
             assert_eq!(verdicts(&heads), [Framing::Plain, Framing::Plain, Framing::Both], "cut at {cut}");
         }
+        // Byte by byte, and with heads ended by bare line feeds (httparse takes both).
+        let bytes: Vec<&[u8]> = all.chunks(1).collect();
+        let (_, heads) = watch(&bytes);
+        assert_eq!(verdicts(&heads), [Framing::Plain, Framing::Plain, Framing::Both]);
+        let bare = b"GET /healthz HTTP/1.1\n\nPOST /x HTTP/1.1\nContent-Length: 2\nTransfer-Encoding: chunked\n\n";
+        let bytes: Vec<&[u8]> = bare.chunks(1).collect();
+        let (_, heads) = watch(&bytes);
+        assert_eq!(verdicts(&heads), [Framing::Plain, Framing::Both]);
     }
 
     #[test]
     fn what_cannot_be_followed_stops_the_watcher() {
         for (head, want) in [
             (&b"POST /webhooks HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..], vec![Framing::Chunked]),
-            (b"POST /x HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n", vec![Framing::Plain]),
-            (b"POST /x HTTP/1.1\r\nContent-Length: four\r\n\r\n", vec![Framing::Plain]),
-            (b"GET /x HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", vec![Framing::Plain]),
+            (b"POST /x HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n", vec![]),
+            (b"POST /x HTTP/1.1\r\nContent-Length: four\r\n\r\n", vec![]),
+            (b"GET /x HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", vec![]),
             (b"\x00garbage\r\n\r\n", vec![]),
         ] {
             let (w, heads) = watch(&[head, b"GET /healthz HTTP/1.1\r\n\r\n"]);
