@@ -6,7 +6,8 @@
 //!
 //! BENCH_ONLY=http runs only this. BENCH_HTTP_SECONDS (default 10) per throughput figure.
 //! The clients send plain JSON with distinct call ids (no source configured), one request at
-//! a time per keep-alive connection; the load generator is in this file (std threads).
+//! a time per keep-alive connection. The throughput figures are driven by wrk (Debian's
+//! package, which ./scripts/bench installs); the paced latency by the client in this file.
 
 use super::*;
 use std::io::{Read, Write};
@@ -49,27 +50,42 @@ fn deliver(s: &mut TcpStream, call_id: i64) -> bool {
     head.starts_with("http/1.1 200")
 }
 
-/// Deliveries per second over `secs` with `clients` HTTP clients as fast as answers come.
+/// Deliveries per second over `secs` with `clients` keep-alive connections driven by wrk
+/// (Debian's package), each sending its next delivery as soon as the last is answered.
+/// Every delivery has a call id of its own; any answer but a 2xx fails the figure.
 fn http_rate(port: u16, clients: usize, secs: f64, next: &Arc<AtomicI64>) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let handles: Vec<_> = (0..clients)
-        .map(|_| {
-            let next = next.clone();
-            std::thread::spawn(move || {
-                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                s.set_nodelay(true).unwrap();
-                let mut ok = 0u64;
-                while Instant::now() < deadline {
-                    assert!(deliver(&mut s, next.fetch_add(1, Ordering::Relaxed)), "a delivery was not acknowledged");
-                    ok += 1;
-                }
-                ok
-            })
-        })
-        .collect();
-    let t = Instant::now();
-    let n: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    n as f64 / t.elapsed().as_secs_f64().max(secs)
+    let first = next.fetch_add(1_000_000_000, Ordering::Relaxed);
+    let script = std::env::temp_dir().join(format!("dialpad-bench-wrk-{}.lua", std::process::id()));
+    let lua = format!(
+        r#"local threads = 0
+function setup(thread) thread:set("first", {first} + threads * 100000000); threads = threads + 1 end
+local n = 0
+function request()
+  n = n + 1
+  local body = string.format('{{"call_id": %.0f, "state": "ringing", "direction": "inbound", "event_timestamp": 1000}}', first + n)
+  return wrk.format("POST", "/webhooks", nil, body)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("dialpad-wrk: %.0f %.0f\n", summary.requests, e.status + e.connect + e.read + e.write + e.timeout))
+end
+"#
+    );
+    std::fs::write(&script, lua).expect("write the wrk script");
+    let out = std::process::Command::new("wrk")
+        .args(["-t", "1", "-c", &clients.to_string(), "-d", &format!("{}s", secs as u64)])
+        .args(["--timeout", "10s", "-s", script.to_str().unwrap(), &format!("http://127.0.0.1:{port}/webhooks")])
+        .output()
+        .expect("wrk (Debian's package wrk; ./scripts/bench installs it)");
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse::<f64>().ok());
+    let errors = text
+        .lines()
+        .find_map(|l| l.strip_prefix("dialpad-wrk: "))
+        .and_then(|v| v.split(' ').nth(1)?.parse::<f64>().ok());
+    assert_eq!(errors, Some(0.0), "wrk saw deliveries that were not acknowledged:\n{text}");
+    rate.unwrap_or_else(|| panic!("no rate in wrk's output:\n{text}"))
 }
 
 /// The reference: `sessions` libpq sessions, each calling ingest_webhook once per transaction.
