@@ -11,7 +11,7 @@ use pgrx::PgSqlErrorCode;
 /// This library's version (the crate's).
 pub(crate) const LIBRARY: &str = env!("CARGO_PKG_VERSION");
 
-const INSTALLED_SQL: &str =
+pub(crate) const INSTALLED_SQL: &str =
     "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_dialpad'";
 
 /// `pg_extension.extversion` of pg_dialpad in this database, if it is installed.

@@ -27,6 +27,9 @@ const GATHER_POLL: Duration = Duration::from_micros(50);
 const WAIT_MS: i64 = 500;
 /// How often /healthz's verdict and /metrics' database figures are renewed when idle.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a group may reuse the last group's readiness verdict when no catalog change has
+/// reached this backend since (see [`Readiness`]).
+const READINESS_TTL: Duration = Duration::from_secs(1);
 /// Refused requests are logged at most this often (a summary), never one line each.
 const REFUSALS_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// After a crash or a failure to listen, the postmaster starts the listener again after this.
@@ -76,6 +79,8 @@ struct Listener {
     last_refresh: Option<Instant>,
     /// Deliveries in the last group stored.
     last_group: usize,
+    /// The verdict the last group was stored under, reused while valid.
+    readiness: Option<Readiness>,
     last_refusal_log: Instant,
     /// What was refused up to the last summary.
     refusals_logged: http::metrics::Refusals,
@@ -139,6 +144,7 @@ impl Listener {
             wait,
             last_refresh: None,
             last_group: 0,
+            readiness: None,
             last_refusal_log: Instant::now(),
             refusals_logged: http::metrics::Refusals::default(),
         })
@@ -241,7 +247,19 @@ impl Listener {
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"storing webhook deliveries");
         let items: Vec<(Option<String>, bytes::Bytes)> =
             group.iter().map(|d| (d.source.clone(), d.body.clone())).collect();
-        let answers = in_own_transaction(std::panic::AssertUnwindSafe(|| store_group(&items)));
+        let last = self.readiness.take();
+        let checked = in_own_transaction(std::panic::AssertUnwindSafe(|| {
+            let verdict = Readiness::check(last);
+            let answers = match &verdict.reason {
+                Some(reason) => Err(reason.clone()),
+                None => Ok(store_group(&items)),
+            };
+            (verdict, answers)
+        }));
+        let answers = checked.map(|(verdict, answers)| {
+            self.readiness = Some(verdict);
+            answers
+        });
         // SAFETY: a flag set by the SIGTERM handler, read on the main thread.
         let dying = unsafe { pg_sys::ProcDiePending } != 0;
         let answers = match answers {
@@ -346,12 +364,52 @@ fn in_own_transaction<R>(
     result
 }
 
-/// The group, in the current transaction: an answer for each, or why none can be stored now.
-fn store_group(items: &[(Option<String>, bytes::Bytes)]) -> Result<Vec<Answer>, String> {
-    if let Some(reason) = readiness() {
-        return Err(reason);
+/// The group, in the current transaction (found ready): an answer for each.
+fn store_group(items: &[(Option<String>, bytes::Bytes)]) -> Vec<Answer> {
+    items.iter().map(|(source, body)| store_one(source.as_deref(), body)).collect()
+}
+
+/// The readiness verdict a group was stored under ([`readiness`]).
+///
+/// The full check is catalog queries parsed and planned each time, a seventh of the
+/// listener's work per group under load. A group checks recovery (shared memory) and the
+/// installed version (a kept plan) every time, and reuses the rest of the last verdict (the
+/// role's privilege on ingest_webhook) while no invalidation message has reached this
+/// backend since it was taken (a GRANT, a REVOKE or a DROP sends some, and every
+/// transaction start reads them), for at most [`READINESS_TTL`].
+#[derive(Clone)]
+struct Readiness {
+    taken: Instant,
+    /// `SharedInvalidMessageCounter` when the verdict was taken.
+    invalidations: u64,
+    reason: Option<String>,
+}
+
+impl Readiness {
+    /// The verdict for a group, in the current transaction: `last`'s if still valid, else new.
+    fn check(last: Option<Readiness>) -> Readiness {
+        // Read before the queries: a change they see is checked again next time.
+        // SAFETY: a plain read of a backend-local counter, on the main thread.
+        let invalidations = unsafe { pg_sys::SharedInvalidMessageCounter };
+        let fresh = || Readiness { taken: Instant::now(), invalidations, reason: readiness() };
+        let Some(last) = last.filter(|v| {
+            v.reason.is_none() && v.invalidations == invalidations && v.taken.elapsed() < READINESS_TTL
+        }) else {
+            return fresh();
+        };
+        // SAFETY: a plain read of the shared recovery state, inside a transaction.
+        if unsafe { pg_sys::RecoveryInProgress() } {
+            return fresh();
+        }
+        let version = Spi::connect_mut(|client| {
+            let table = batch::run_kept(client, crate::version::INSTALLED_SQL, &[], None, &[])?;
+            table.first().get_one::<String>()
+        });
+        match version {
+            Ok(Some(v)) if v == crate::version::LIBRARY => last,
+            _ => fresh(),
+        }
     }
-    Ok(items.iter().map(|(source, body)| store_one(source.as_deref(), body)).collect())
 }
 
 /// One delivery in its own subtransaction, exactly as dialpad.ingest_webhook(body, source).
