@@ -21,13 +21,15 @@ use pgrx::prelude::*;
 mod api;
 mod bgworker;
 mod citus;
-mod codec;
-mod domain;
+mod flags;
 mod gucs;
 mod http;
 mod pg;
 mod pipeline;
 mod version;
+
+/// The pure core (crates/dialpad-core), under the names the rest of the crate uses.
+use dialpad_core::{codec, domain};
 
 ::pgrx::pg_module_magic!();
 

@@ -397,7 +397,7 @@ mod tests {
 
     #[pg_test]
     fn the_call_row_definition_matches_the_table() {
-        use crate::pipeline::call_row::{read_sql, CallRow, NOT_WRITTEN};
+        use crate::pipeline::call_row::{read_sql, CallRow, CallRowSql, NOT_WRITTEN};
         let defined: Vec<&str> = CallRow::COLUMNS.iter().map(|(c, _)| *c).collect();
         let table: Vec<String> = Spi::connect(|c| {
             c.select(

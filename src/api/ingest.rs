@@ -157,7 +157,7 @@ pub(crate) fn ingest_webhook(body: Option<&str>, source: Option<&str>) -> i64 {
         );
     }
     let key = root.and_then(|r| ingest::dedupe_key(r, via));
-    let stored = crate::api::triggers::with_source(via, || store(payload, key));
+    let stored = crate::flags::with_source(via, || store(payload, key));
     match stored {
         Ok((id, duplicate)) => {
             count(if duplicate { Outcome::Duplicate } else { Outcome::Accepted });

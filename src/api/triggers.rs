@@ -31,47 +31,6 @@ pub(crate) fn warn_unknown_direction(raw: &str) {
     );
 }
 
-thread_local! {
-    /// Set only by the processor (Rust code, not reachable from SQL) while it writes calls
-    /// whose transitions it has already checked in event order, possibly re-deriving a
-    /// status from the whole history after a late event (see pipeline/batch.rs).
-    static PROCESSOR_WRITING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-thread_local! {
-    /// The verified source of the delivery dialpad.ingest_webhook is storing (Rust code, not
-    /// reachable from SQL): the inbox's insert trigger writes it into the row. Plain INSERTs
-    /// cannot name a source unless their role may write the column (dialpad_ingest may not),
-    /// so a source in the inbox is one a secret vouched for, or one a restore brought back.
-    static INGEST_SOURCE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `f` (an insert into the inbox) with `source` as the verified source of its rows.
-pub(crate) fn with_source<R>(source: Option<&str>, f: impl FnOnce() -> R) -> R {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            INGEST_SOURCE.with(|s| s.borrow_mut().take());
-        }
-    }
-    INGEST_SOURCE.with(|s| *s.borrow_mut() = source.map(str::to_owned));
-    let _reset = Reset;
-    f()
-}
-
-/// Runs `f` with the transition check of `calls_before_write` delegated to the processor.
-pub(crate) fn as_processor<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            PROCESSOR_WRITING.with(|w| w.set(false));
-        }
-    }
-    PROCESSOR_WRITING.with(|w| w.set(true));
-    let _reset = Reset;
-    f()
-}
-
 /// The logical call of a leg (what the generated column `logical_call_id` holds once the
 /// row is written): master_call_id, else entry_point_call_id, else the leg's own id.
 fn logical_call_of<A: pgrx::WhoAllocated>(leg: &PgHeapTuple<'_, A>) -> Result<Option<i64>, TriggerError> {
@@ -113,7 +72,7 @@ fn calls_before_write<'a>(
         }
     }
 
-    if let Some(old) = trigger.old().filter(|_| !PROCESSOR_WRITING.with(|w| w.get())) {
+    if let Some(old) = trigger.old().filter(|_| !crate::flags::processor_writing()) {
         let from: Option<String> = old.get_by_name("status").map_err(err)?;
         let to: Option<String> = new.get_by_name("status").map_err(err)?;
         if from != to {
@@ -159,7 +118,7 @@ fn calls_after_write<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
     let relid = trigger.relid().map_err(err)?;
-    if relid != crate::pg::dialpad_relation(c"calls") && crate::pg::shell_of(relid) != relid {
+    if relid != crate::pg::dialpad_relation(c"calls") && crate::citus::shell_of(relid) != relid {
         // A Citus shard (dialpad.distribute()): the other legs of its logical calls may be
         // in shards on other nodes; the keeper of each call's row recomputes it
         // (citus/logical.rs).
@@ -190,7 +149,7 @@ pub(crate) fn record_rejection(
 fn rules_changed<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TriggerError> {
     // On a Citus shard of a rule table, the sessions of this node watch the table it is a
     // shard of: that is the one invalidated.
-    rules::invalidate(crate::pg::shell_of(trigger.relid().map_err(err)?));
+    rules::invalidate(crate::citus::shell_of(trigger.relid().map_err(err)?));
     Ok(None)
 }
 
@@ -217,7 +176,7 @@ fn webhook_events_before_insert<'a>(
     // point into the tuple, which set_by_name replaces.
     // The source the delivery came through (dialpad.ingest_webhook's verified one, or what
     // the inserter wrote): part of the redelivery key, since sources are tenants.
-    let source: Option<String> = match INGEST_SOURCE.with(|s| s.borrow().clone()) {
+    let source: Option<String> = match crate::flags::ingest_source() {
         Some(s) => Some(s),
         None if new.get_attribute_by_name("source").is_some() => new.get_by_name("source").map_err(err)?,
         None => None,
@@ -262,7 +221,7 @@ fn webhook_events_before_insert<'a>(
         }
         _ => None,
     };
-    if let Some(source) = INGEST_SOURCE.with(|s| s.borrow().clone()) {
+    if let Some(source) = crate::flags::ingest_source() {
         new.set_by_name("source", source).map_err(err)?;
     }
     new.set_by_name("dedupe_key", key).map_err(err)?;

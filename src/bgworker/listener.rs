@@ -392,9 +392,9 @@ impl Readiness {
         // SAFETY: a plain read of a backend-local counter, on the main thread.
         let invalidations = unsafe { pg_sys::SharedInvalidMessageCounter };
         let fresh = || Readiness { taken: Instant::now(), invalidations, reason: readiness() };
-        let Some(last) = last.filter(|v| {
-            v.reason.is_none() && v.invalidations == invalidations && v.taken.elapsed() < READINESS_TTL
-        }) else {
+        let Some(last) = last
+            .filter(|v| v.reason.is_none() && v.invalidations == invalidations && v.taken.elapsed() < READINESS_TTL)
+        else {
             return fresh();
         };
         // SAFETY: a plain read of the shared recovery state, inside a transaction.

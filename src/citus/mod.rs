@@ -11,6 +11,8 @@
 
 use pgrx::prelude::*;
 
+pub(crate) use crate::pipeline::tables::Tables;
+
 pub(crate) mod logical;
 pub(crate) mod routing;
 
@@ -34,82 +36,28 @@ pub(crate) fn shard_base_name(name: &str) -> Option<&str> {
     (!base.is_empty() && !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then_some(base)
 }
 
-/// The tables one processor works on: the extension's tables (one node, or Citus before
-/// `dialpad.distribute()`), or one colocated group of their shards on a Citus node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Tables {
-    /// The shard id of the group's `calls` shard; 0 for the tables themselves.
-    pub shard: i64,
-    pub inbox: String,
-    pub calls: String,
-    pub rejected: String,
-    /// The group's shards of `logical_calls` and `logical_calls_stale` (their ids), when the
-    /// group has them.
-    pub logical: Option<(i64, i64)>,
-}
-
-impl Tables {
-    /// The extension's own tables.
-    pub(crate) fn whole() -> Tables {
-        Tables {
-            shard: 0,
-            inbox: "dialpad.webhook_events".into(),
-            calls: "dialpad.calls".into(),
-            rejected: "dialpad.rejected_transitions".into(),
-            logical: None,
+/// The table a Citus shard belongs to (`dialpad.calls` for `dialpad.calls_102008`): the
+/// relation whose name is this one's without the `_<shard id>` suffix, in the same schema,
+/// when Citus is loaded and such a relation exists; otherwise `rel` itself.
+pub(crate) fn shell_of(rel: pg_sys::Oid) -> pg_sys::Oid {
+    if !loaded() {
+        return rel;
+    }
+    // SAFETY: syscache lookups of an existing relation's name and schema; the name is copied
+    // out before the next lookup.
+    unsafe {
+        let name = pg_sys::get_rel_name(rel);
+        if name.is_null() {
+            return rel;
+        }
+        let name = std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned();
+        let Some(base) = shard_base_name(&name) else { return rel };
+        let Ok(base) = std::ffi::CString::new(base) else { return rel };
+        match pg_sys::get_relname_relid(base.as_ptr(), pg_sys::get_rel_namespace(rel)) {
+            pg_sys::InvalidOid => rel,
+            shell => shell,
         }
     }
-
-    /// The colocated shards with these ids.
-    pub(crate) fn shards(calls: i64, inbox: i64, rejected: i64, logical: Option<(i64, i64)>) -> Tables {
-        Tables {
-            shard: calls,
-            inbox: format!("dialpad.webhook_events_{inbox}"),
-            calls: format!("dialpad.calls_{calls}"),
-            rejected: format!("dialpad.rejected_transitions_{rejected}"),
-            logical,
-        }
-    }
-
-    /// `sql` (a statement naming the extension's tables) for these tables.
-    pub(crate) fn sql(&self, sql: &str) -> String {
-        if self.shard == 0 {
-            return sql.to_string();
-        }
-        let s = replace_table(sql, "dialpad.webhook_events", &self.inbox);
-        let s = replace_table(&s, "dialpad.calls", &self.calls);
-        let s = replace_table(&s, "dialpad.rejected_transitions", &self.rejected);
-        match self.logical {
-            Some((logical, stale)) => {
-                let s = replace_table(&s, "dialpad.logical_calls", &format!("dialpad.logical_calls_{logical}"));
-                replace_table(&s, "dialpad.logical_calls_stale", &format!("dialpad.logical_calls_stale_{stale}"))
-            }
-            None => s,
-        }
-    }
-
-    /// The group's `logical_calls` and `logical_calls_stale` shards, every other table as
-    /// itself (the legs of a logical call are read from the distributed `dialpad.calls`).
-    pub(crate) fn logical_only(&self) -> Option<Tables> {
-        let (logical, _) = self.logical?;
-        Some(Tables { shard: logical, logical: self.logical, ..Tables::whole() })
-    }
-}
-
-/// `sql` with every reference to table `from` (not to a longer name it is the start of)
-/// replaced by `to`.
-fn replace_table(sql: &str, from: &str, to: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut rest = sql;
-    while let Some(at) = rest.find(from) {
-        let after = &rest[at + from.len()..];
-        let whole = !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
-        out.push_str(&rest[..at]);
-        out.push_str(if whole { to } else { from });
-        rest = after;
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Whether `dialpad.calls` is a Citus distributed table in this database (`dialpad.distribute()`
@@ -301,20 +249,5 @@ mod tests {
         assert_eq!(shard_base_name("webhook_events_p20261122"), None);
         assert_eq!(shard_base_name("calls"), None);
         assert_eq!(shard_base_name("_12"), None);
-    }
-
-    #[test]
-    fn statements_name_the_shards_of_a_group() {
-        let t = Tables::shards(102008, 102040, 102072, Some((102100, 102132)));
-        assert_eq!(
-            t.sql("UPDATE dialpad.webhook_events SET x = 1 FROM dialpad.calls c, dialpad.calls_x WHERE dialpad.rejected_transitions.id = 1"),
-            "UPDATE dialpad.webhook_events_102040 SET x = 1 FROM dialpad.calls_102008 c, dialpad.calls_x WHERE dialpad.rejected_transitions_102072.id = 1"
-        );
-        assert_eq!(Tables::whole().sql("SELECT 1 FROM dialpad.calls"), "SELECT 1 FROM dialpad.calls");
-        let l = t.logical_only().unwrap();
-        assert_eq!(
-            l.sql("DELETE FROM dialpad.logical_calls_stale; SELECT * FROM dialpad.calls, dialpad.logical_calls; SELECT 1 FROM dialpad.logical_calls_touched"),
-            "DELETE FROM dialpad.logical_calls_stale_102132; SELECT * FROM dialpad.calls, dialpad.logical_calls_102100; SELECT 1 FROM dialpad.logical_calls_touched"
-        );
     }
 }

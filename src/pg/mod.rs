@@ -156,30 +156,6 @@ pub(crate) fn dialpad_relation(name: &std::ffi::CStr) -> pg_sys::Oid {
     }
 }
 
-/// The table a Citus shard belongs to (`dialpad.calls` for `dialpad.calls_102008`): the
-/// relation whose name is this one's without the `_<shard id>` suffix, in the same schema,
-/// when Citus is loaded and such a relation exists; otherwise `rel` itself.
-pub(crate) fn shell_of(rel: pg_sys::Oid) -> pg_sys::Oid {
-    if !crate::citus::loaded() {
-        return rel;
-    }
-    // SAFETY: syscache lookups of an existing relation's name and schema; the name is copied
-    // out before the next lookup.
-    unsafe {
-        let name = pg_sys::get_rel_name(rel);
-        if name.is_null() {
-            return rel;
-        }
-        let name = std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned();
-        let Some(base) = crate::citus::shard_base_name(&name) else { return rel };
-        let Ok(base) = std::ffi::CString::new(base) else { return rel };
-        match pg_sys::get_relname_relid(base.as_ptr(), pg_sys::get_rel_namespace(rel)) {
-            pg_sys::InvalidOid => rel,
-            shell => shell,
-        }
-    }
-}
-
 thread_local! {
     /// Relcache invalidations seen per watched relation, and for "every relation".
     static RELCACHE_SEEN: std::cell::RefCell<std::collections::HashMap<pg_sys::Oid, u64>> =

@@ -8,7 +8,6 @@
 //! two processors off the same call. Only if the upsert fails does the batch fall back to
 //! one subtransaction per call, to isolate the bad one; a clean batch pays nothing for that.
 
-use crate::citus::Tables;
 use crate::codec::jsonb::Container;
 use crate::domain::event::{CallEvent, EventError};
 use crate::domain::fold::{fold_events_by_call, Folded};
@@ -16,7 +15,8 @@ use crate::domain::sanitize::{self, Limits};
 use crate::domain::scan_floor::ScanFloor;
 use crate::domain::transitions::RuleSet;
 use crate::pg::datum::JsonbArg;
-use crate::pipeline::call_row::{self, CallColumns, CallRow};
+use crate::pipeline::call_row::{self, CallColumns, CallRow, CallRowSql};
+use crate::pipeline::tables::Tables;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
@@ -915,7 +915,7 @@ fn write_calls_or_raise(
     folds: &[CallFold],
     which: &[usize],
 ) {
-    if let Err(e) = crate::api::triggers::as_processor(|| write_calls(client, tables, claimed, folds, which)) {
+    if let Err(e) = crate::flags::as_processor(|| write_calls(client, tables, claimed, folds, which)) {
         crate::pg::error::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("could not write calls: {e}"),

@@ -1,12 +1,11 @@
-//! One `dialpad.calls` row as the processor reads and writes it, defined once.
-//!
-//! The table below is the only list of the row's columns: the struct, the SELECT that reads
-//! rows back, the upsert that writes them, its argument arrays and their types are all
-//! generated from it, by column name, never by position. Adding a column is one line here
-//! (plus its `ALTER TABLE` in the upgrade script); a pg_test checks that every column named
-//! here exists in `dialpad.calls` and that every other column of the table is one the
-//! processor leaves alone.
+//! How a `dialpad.calls` row travels between Rust and SQL: the SELECT that reads rows
+//! back, the upsert that writes them, its argument arrays and their types, all generated
+//! from the one list of the row's columns (`dialpad_core::call_row_columns!`, next to the
+//! plain [`CallRow`] the rules fold), by column name, never by position. A pg_test checks
+//! that every column named there exists in `dialpad.calls` and that every other column of
+//! the table is one the processor leaves alone.
 
+pub(crate) use crate::domain::call_row::CallRow;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys;
 use std::sync::OnceLock;
@@ -147,25 +146,26 @@ impl Kind<Option<String>> for kind::jsonb {
     }
 }
 
-macro_rules! call_row {
-    ($( $(#[$doc:meta])* $field:ident : $ty:ty => $kind:ident ),* $(,)?) => {
-        /// One `dialpad.calls` row, as the processor reads and writes it.
-        #[derive(Debug, Clone, Default, PartialEq)]
-        pub(crate) struct CallRow {
-            $( $(#[$doc])* pub(crate) $field: $ty, )*
-        }
+/// The SQL side of [`CallRow`]: its columns' SQL types and how a row is read back.
+pub(crate) trait CallRowSql: Sized {
+    /// (column, SQL type) of every column, in one order used everywhere.
+    const COLUMNS: &'static [(&'static str, &'static str)];
+    /// (column, the SQL type it is read as), in [`CallRowSql::COLUMNS`] order.
+    const READS: &'static [(&'static str, &'static str)];
+    /// Reads a row selected by [`read_sql`] (its columns in [`CallRowSql::COLUMNS`] order).
+    fn read(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<Self, pgrx::spi::Error>;
+}
 
-        impl CallRow {
-            /// (column, SQL type) of every column, in one order used everywhere.
-            pub(crate) const COLUMNS: &'static [(&'static str, &'static str)] =
+macro_rules! call_row_sql {
+    ($( $(#[$doc:meta])* $field:ident : $ty:ty => $kind:ident ),* $(,)?) => {
+        impl CallRowSql for CallRow {
+            const COLUMNS: &'static [(&'static str, &'static str)] =
                 &[ $( (stringify!($field), <kind::$kind as Kind<$ty>>::SQL) ),* ];
 
-            /// (column, the SQL type it is read as), in [`CallRow::COLUMNS`] order.
-            pub(crate) const READS: &'static [(&'static str, &'static str)] =
+            const READS: &'static [(&'static str, &'static str)] =
                 &[ $( (stringify!($field), <kind::$kind as Kind<$ty>>::READ) ),* ];
 
-            /// Reads a row selected by [`read_sql`] (its columns in [`CallRow::COLUMNS`] order).
-            pub(crate) fn read(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<CallRow, pgrx::spi::Error> {
+            fn read(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<CallRow, pgrx::spi::Error> {
                 let mut ordinal = 0;
                 Ok(CallRow {
                     $( $field: { ordinal += 1; <kind::$kind as Kind<$ty>>::read(row, ordinal)? }, )*
@@ -204,52 +204,7 @@ macro_rules! call_row {
     };
 }
 
-call_row! {
-    dialpad_call_id: i64 => int8,
-    direction: Option<String> => text,
-    status: String => text,
-    last_state: Option<String> => text,
-    external_number: Option<String> => text,
-    internal_number: Option<String> => text,
-    /// Microseconds since 2000-01-01 UTC, as every timestamp here.
-    started_at: Option<i64> => timestamptz,
-    connected_at: Option<i64> => timestamptz,
-    ended_at: Option<i64> => timestamptz,
-    duration_seconds: Option<f64> => float8,
-    target_id: Option<String> => text,
-    target_type: Option<String> => text,
-    target_name: Option<String> => text,
-    contact_id: Option<String> => text,
-    contact_name: Option<String> => text,
-    master_call_id: Option<i64> => int8,
-    entry_point_call_id: Option<i64> => int8,
-    operator_call_id: Option<i64> => int8,
-    recording_url: Option<String> => text,
-    voicemail_link: Option<String> => text,
-    transcript: Option<String> => text,
-    last_event_at: Option<i64> => timestamptz,
-    /// Events applied to the row (redeliveries not counted); the processor compares it with
-    /// the history the inbox still holds (retention drops old partitions).
-    events_applied: i32 => int4,
-    /// The webhook source of the call's first event (dialpad.sources), for row-level security.
-    source: Option<String> => text,
-    talk_seconds: Option<f64> => float8,
-    hold_seconds: Option<f64> => float8,
-    total_duration_seconds: Option<f64> => float8,
-    rang_at: Option<i64> => timestamptz,
-    queued_at: Option<i64> => timestamptz,
-    is_transferred: Option<bool> => bool,
-    group_id: Option<String> => text,
-    labels: Option<String> => jsonb,
-    csat_score: Option<f64> => float8,
-    /// Every recording of the leg (domain::recordings), as JSON text.
-    recordings: Option<String> => jsonb,
-    voicemail_recording_url: Option<String> => text,
-    /// The Dialpad state of the event that gave the leg its terminal status.
-    end_state: Option<String> => text,
-    /// `transferred_from.id`: set on the leg a transfer created (domain::event).
-    transferred_from_id: Option<String> => text,
-}
+dialpad_core::call_row_columns!(call_row_sql);
 
 /// The columns of `dialpad.calls` the processor never writes.
 #[cfg(any(test, feature = "pg_test"))]

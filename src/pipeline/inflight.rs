@@ -31,9 +31,9 @@
 //! dead event is skipped). Everything here is skipped without shared memory (the library not
 //! in shared_preload_libraries): no generation, no recovery.
 
-use crate::citus::Tables;
 use crate::pg::shmem;
 use crate::pipeline::batch::BatchOutcome;
+use crate::pipeline::tables::Tables;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::cell::{Cell, RefCell};

@@ -9,10 +9,10 @@
 //! CONFLICT DO NOTHING, which waits for a concurrent inserter of the same call; a call whose
 //! insert found a row that way is done again, locked, from a snapshot taken after.
 
-use crate::citus::Tables;
 use crate::domain::logical::{compute, Leg, LogicalCall};
 use crate::pipeline::batch::{run_kept, run_kept_on};
 use crate::pipeline::rules;
+use crate::pipeline::tables::Tables;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;

@@ -13,24 +13,24 @@
 
 use crate::codec::varlena;
 
-pub(crate) const JB_CMASK: u32 = 0x0FFF_FFFF;
-pub(crate) const JB_FSCALAR: u32 = 0x1000_0000;
-pub(crate) const JB_FOBJECT: u32 = 0x2000_0000;
-pub(crate) const JB_FARRAY: u32 = 0x4000_0000;
+pub const JB_CMASK: u32 = 0x0FFF_FFFF;
+pub const JB_FSCALAR: u32 = 0x1000_0000;
+pub const JB_FOBJECT: u32 = 0x2000_0000;
+pub const JB_FARRAY: u32 = 0x4000_0000;
 
 const JENTRY_OFFLENMASK: u32 = 0x0FFF_FFFF;
 const JENTRY_TYPEMASK: u32 = 0x7000_0000;
 const JENTRY_HAS_OFF: u32 = 0x8000_0000;
-pub(crate) const JENTRY_ISSTRING: u32 = 0x0000_0000;
-pub(crate) const JENTRY_ISNUMERIC: u32 = 0x1000_0000;
-pub(crate) const JENTRY_ISBOOL_FALSE: u32 = 0x2000_0000;
-pub(crate) const JENTRY_ISBOOL_TRUE: u32 = 0x3000_0000;
-pub(crate) const JENTRY_ISNULL: u32 = 0x4000_0000;
-pub(crate) const JENTRY_ISCONTAINER: u32 = 0x5000_0000;
+pub const JENTRY_ISSTRING: u32 = 0x0000_0000;
+pub const JENTRY_ISNUMERIC: u32 = 0x1000_0000;
+pub const JENTRY_ISBOOL_FALSE: u32 = 0x2000_0000;
+pub const JENTRY_ISBOOL_TRUE: u32 = 0x3000_0000;
+pub const JENTRY_ISNULL: u32 = 0x4000_0000;
+pub const JENTRY_ISCONTAINER: u32 = 0x5000_0000;
 const JB_OFFSET_STRIDE: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum JsonbError {
+pub enum JsonbError {
     /// The bytes do not follow the jsonb format.
     Corrupt,
     /// A container would exceed jsonb's 256 MB limit.
@@ -49,7 +49,7 @@ impl std::fmt::Display for JsonbError {
 type Result<T> = std::result::Result<T, JsonbError>;
 
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Value<'a> {
+pub enum Value<'a> {
     Null,
     Bool(bool),
     /// UTF-8 (database encoding) bytes, not NUL-terminated.
@@ -62,7 +62,7 @@ pub(crate) enum Value<'a> {
 
 /// A borrowed array or object.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Container<'a> {
+pub struct Container<'a> {
     bytes: &'a [u8],
     header: u32,
 }
@@ -79,7 +79,7 @@ fn read_u32(bytes: &[u8], at: usize) -> Result<u32> {
 
 impl<'a> Container<'a> {
     /// `bytes` starts at the container header and covers at least the whole container.
-    pub(crate) fn parse(bytes: &'a [u8]) -> Result<Container<'a>> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Container<'a>> {
         let header = read_u32(bytes, 0)?;
         let c = Container { bytes, header };
         let needed =
@@ -91,7 +91,7 @@ impl<'a> Container<'a> {
     }
 
     /// The root value of a jsonb datum whose varlena header has been stripped.
-    pub(crate) fn root(bytes: &'a [u8]) -> Result<Value<'a>> {
+    pub fn root(bytes: &'a [u8]) -> Result<Value<'a>> {
         let c = Container::parse(bytes)?;
         if c.is_scalar() {
             if c.len() != 1 {
@@ -105,20 +105,25 @@ impl<'a> Container<'a> {
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
+    /// Elements of an array, pairs of an object.
+    pub fn len(&self) -> usize {
         (self.header & JB_CMASK) as usize
     }
 
-    pub(crate) fn is_object(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn is_object(&self) -> bool {
         self.header & JB_FOBJECT != 0
     }
 
-    pub(crate) fn is_scalar(&self) -> bool {
+    pub fn is_scalar(&self) -> bool {
         self.header & JB_FSCALAR != 0
     }
 
     /// The container's own bytes (header to end of data).
-    pub(crate) fn raw(&self) -> &'a [u8] {
+    pub fn raw(&self) -> &'a [u8] {
         self.bytes
     }
 
@@ -159,7 +164,7 @@ impl<'a> Container<'a> {
     }
 
     /// Array elements, or object values.
-    pub(crate) fn values(&self) -> Result<Children<'a>> {
+    pub fn values(&self) -> Result<Children<'a>> {
         if self.is_object() {
             self.iter_range(self.len(), self.entries())
         } else {
@@ -168,7 +173,7 @@ impl<'a> Container<'a> {
     }
 
     /// Object keys, as strings, in storage order.
-    pub(crate) fn keys(&self) -> Result<Children<'a>> {
+    pub fn keys(&self) -> Result<Children<'a>> {
         if self.is_object() {
             self.iter_range(0, self.len())
         } else {
@@ -177,7 +182,7 @@ impl<'a> Container<'a> {
     }
 
     /// Child `i` (entry index) by random access.
-    pub(crate) fn child(&self, i: usize) -> Result<Value<'a>> {
+    pub fn child(&self, i: usize) -> Result<Value<'a>> {
         let start = self.offset_of(i)?;
         let je = self.jentry(i)?;
         let end = if je & JENTRY_HAS_OFF != 0 {
@@ -218,7 +223,7 @@ impl<'a> Container<'a> {
     }
 
     /// Looks a key up in an object (binary search over jsonb's key order).
-    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Value<'a>>> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Value<'a>>> {
         if !self.is_object() {
             return Ok(None);
         }
@@ -240,11 +245,11 @@ impl<'a> Container<'a> {
 }
 
 /// jsonb's key order: shorter keys first, then bytewise.
-pub(crate) fn compare_keys(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+pub fn compare_keys(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
-pub(crate) struct Children<'a> {
+pub struct Children<'a> {
     c: Container<'a>,
     next: usize,
     end: usize,
@@ -280,7 +285,7 @@ impl<'a> Iterator for Children<'a> {
 }
 
 /// An open container in a [`Writer`].
-pub(crate) struct Frame {
+pub struct Frame {
     jentries: usize,
     data_start: usize,
     start: usize,
@@ -289,12 +294,12 @@ pub(crate) struct Frame {
 }
 
 /// Builds a jsonb datum (varlena header included) in one pass.
-pub(crate) struct Writer {
+pub struct Writer {
     buf: Vec<u8>,
 }
 
 impl Writer {
-    pub(crate) fn with_capacity(capacity: usize) -> Writer {
+    pub fn with_capacity(capacity: usize) -> Writer {
         let mut buf = Vec::with_capacity(capacity.max(16));
         buf.extend_from_slice(&[0u8; varlena::VARHDRSZ]);
         Writer { buf }
@@ -308,12 +313,12 @@ impl Writer {
 
     /// Where the next child starts: pass it to [`Writer::end_child`].
     #[inline]
-    pub(crate) fn mark(&self) -> usize {
+    pub fn mark(&self) -> usize {
         self.buf.len()
     }
 
     /// Opens a container of `count` elements (or key/value pairs for an object).
-    pub(crate) fn begin(&mut self, flags: u32, count: usize) -> Result<Frame> {
+    pub fn begin(&mut self, flags: u32, count: usize) -> Result<Frame> {
         if count > JB_CMASK as usize {
             return Err(JsonbError::TooLarge);
         }
@@ -329,7 +334,7 @@ impl Writer {
 
     /// Records the child written since `mark` with type bits `ty`.
     #[inline]
-    pub(crate) fn end_child(&mut self, f: &mut Frame, mark: usize, ty: u32) -> Result<()> {
+    pub fn end_child(&mut self, f: &mut Frame, mark: usize, ty: u32) -> Result<()> {
         let idx = f.next;
         if idx >= f.entries {
             return Err(JsonbError::Corrupt);
@@ -350,7 +355,7 @@ impl Writer {
     }
 
     /// Closes a container; returns its type bits for the parent's JEntry.
-    pub(crate) fn end(&mut self, f: Frame) -> Result<u32> {
+    pub fn end(&mut self, f: Frame) -> Result<u32> {
         if f.next != f.entries {
             return Err(JsonbError::Corrupt);
         }
@@ -361,20 +366,20 @@ impl Writer {
     }
 
     #[inline]
-    pub(crate) fn string(&mut self, s: &[u8]) -> u32 {
+    pub fn string(&mut self, s: &[u8]) -> u32 {
         self.buf.extend_from_slice(s);
         JENTRY_ISSTRING
     }
 
     #[inline]
-    pub(crate) fn string_parts(&mut self, head: &[u8], tail: &[u8]) -> u32 {
+    pub fn string_parts(&mut self, head: &[u8], tail: &[u8]) -> u32 {
         self.buf.extend_from_slice(head);
         self.buf.extend_from_slice(tail);
         JENTRY_ISSTRING
     }
 
     #[inline]
-    pub(crate) fn numeric(&mut self, datum: &[u8]) -> u32 {
+    pub fn numeric(&mut self, datum: &[u8]) -> u32 {
         self.pad4();
         self.buf.extend_from_slice(datum);
         JENTRY_ISNUMERIC
@@ -382,14 +387,14 @@ impl Writer {
 
     /// Copies a whole container verbatim (valid because offsets inside are relative and
     /// the copy lands on a 4-byte boundary, as the original did).
-    pub(crate) fn container_verbatim(&mut self, c: &Container<'_>) -> u32 {
+    pub fn container_verbatim(&mut self, c: &Container<'_>) -> u32 {
         self.pad4();
         self.buf.extend_from_slice(c.raw());
         JENTRY_ISCONTAINER
     }
 
     /// Writes any value unchanged.
-    pub(crate) fn value(&mut self, v: &Value<'_>) -> u32 {
+    pub fn value(&mut self, v: &Value<'_>) -> u32 {
         match v {
             Value::Null => JENTRY_ISNULL,
             Value::Bool(false) => JENTRY_ISBOOL_FALSE,
@@ -401,7 +406,7 @@ impl Writer {
     }
 
     /// The finished datum, varlena header set.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
+    pub fn finish(mut self) -> Vec<u8> {
         let len = self.buf.len();
         self.buf[..4].copy_from_slice(&varlena::header_4b(len));
         self.buf
@@ -411,7 +416,7 @@ impl Writer {
 /// An owned JSON value, encoded to jsonb by [`Owned::encode`]: used for the small objects
 /// the sanitizer makes itself, and by tests to build inputs.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Owned {
+pub enum Owned {
     Null,
     Bool(bool),
     String(Vec<u8>),
@@ -423,17 +428,17 @@ pub(crate) enum Owned {
 
 impl Owned {
     #[cfg(test)]
-    pub(crate) fn str(s: &str) -> Owned {
+    pub fn str(s: &str) -> Owned {
         Owned::String(s.as_bytes().to_vec())
     }
 
-    pub(crate) fn uint(n: u64) -> Owned {
+    pub fn uint(n: u64) -> Owned {
         Owned::Numeric(crate::codec::numeric::Decimal::from_u64(n).to_datum_bytes())
     }
 
     /// Encodes as a complete jsonb datum. Object keys are put in jsonb order and
     /// de-duplicated (last one wins), as jsonb_in does.
-    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(64);
         match self {
             Owned::Array(_) | Owned::Object(_) => {
@@ -494,18 +499,18 @@ impl Owned {
 }
 
 /// Strips the varlena header of a datum built by [`Writer`] or [`Owned::encode`].
-pub(crate) fn datum_body(datum: &[u8]) -> Result<&[u8]> {
+pub fn datum_body(datum: &[u8]) -> Result<&[u8]> {
     let (hdr, total) = varlena::header(datum).ok_or(JsonbError::Corrupt)?;
     datum.get(hdr..total).ok_or(JsonbError::Corrupt)
 }
 
 /// Test helpers: conversion to and from serde_json with exact numbers.
 #[cfg(test)]
-pub(crate) mod testing {
+pub mod testing {
     use super::*;
     use crate::codec::numeric::Decimal;
 
-    pub(crate) fn from_serde(v: &serde_json::Value) -> Owned {
+    pub fn from_serde(v: &serde_json::Value) -> Owned {
         match v {
             serde_json::Value::Null => Owned::Null,
             serde_json::Value::Bool(b) => Owned::Bool(*b),
@@ -518,7 +523,7 @@ pub(crate) mod testing {
         }
     }
 
-    pub(crate) fn to_serde(v: &Value<'_>) -> serde_json::Value {
+    pub fn to_serde(v: &Value<'_>) -> serde_json::Value {
         match v {
             Value::Null => serde_json::Value::Null,
             Value::Bool(b) => serde_json::Value::Bool(*b),
@@ -543,13 +548,13 @@ pub(crate) mod testing {
     }
 
     /// JSON text → jsonb datum.
-    pub(crate) fn jsonb(text: &str) -> Vec<u8> {
+    pub fn jsonb(text: &str) -> Vec<u8> {
         let v: serde_json::Value = serde_json::from_str(text).unwrap();
         from_serde(&v).encode().unwrap()
     }
 
     /// jsonb datum → serde_json value.
-    pub(crate) fn decode(datum: &[u8]) -> serde_json::Value {
+    pub fn decode(datum: &[u8]) -> serde_json::Value {
         to_serde(&Container::root(datum_body(datum).unwrap()).unwrap())
     }
 }

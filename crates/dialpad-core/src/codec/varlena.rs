@@ -1,10 +1,10 @@
 //! The varlena length header, read and written without PostgreSQL's macros so that the pure
 //! jsonb and numeric code can be unit-tested outside a backend. Both byte orders are handled.
 
-pub(crate) const VARHDRSZ: usize = 4;
+pub const VARHDRSZ: usize = 4;
 
 /// A 4-byte header for a datum of `len` bytes (header included), like SET_VARSIZE.
-pub(crate) fn header_4b(len: usize) -> [u8; 4] {
+pub fn header_4b(len: usize) -> [u8; 4] {
     #[cfg(target_endian = "little")]
     {
         ((len as u32) << 2).to_le_bytes()
@@ -16,7 +16,7 @@ pub(crate) fn header_4b(len: usize) -> [u8; 4] {
 }
 
 /// (header size, total size) of an in-line, uncompressed datum; None for anything else.
-pub(crate) fn header(bytes: &[u8]) -> Option<(usize, usize)> {
+pub fn header(bytes: &[u8]) -> Option<(usize, usize)> {
     let b0 = *bytes.first()?;
     #[cfg(target_endian = "little")]
     let (is_1b, len_1b) = (b0 & 0x01 == 0x01, (b0 >> 1) as usize);

@@ -7,7 +7,7 @@
 /// What the computation reads of a leg (a row of `dialpad.calls`). Times are microseconds
 /// since 2000-01-01 (timestamptz), durations seconds.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Leg {
+pub struct Leg {
     pub id: i64,
     pub logical_call_id: i64,
     pub direction: Option<String>,
@@ -40,7 +40,7 @@ pub(crate) struct Leg {
 
 /// A row of `dialpad.logical_calls`.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct LogicalCall {
+pub struct LogicalCall {
     pub logical_call_id: i64,
     pub direction: Option<String>,
     pub outcome: &'static str,
@@ -145,7 +145,7 @@ fn roles(legs: &[Leg]) -> Vec<Role> {
 
 /// The call of `legs` (all of one logical call, at least one). `is_terminal` says which
 /// statuses are terminal (dialpad.call_statuses).
-pub(crate) fn compute(legs: &[Leg], is_terminal: impl Fn(&str) -> bool) -> LogicalCall {
+pub fn compute(legs: &[Leg], is_terminal: impl Fn(&str) -> bool) -> LogicalCall {
     let roles = roles(legs);
     let both = || legs.iter().zip(roles.iter());
     let ended = legs.iter().all(|l| is_terminal(&l.status));

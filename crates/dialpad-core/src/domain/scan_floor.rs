@@ -23,12 +23,12 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// How far the floor trails the highest id claimed.
-pub(crate) const LAG: Duration = Duration::from_secs(1);
+pub const LAG: Duration = Duration::from_secs(1);
 /// How often a claim starts from the lowest id.
-pub(crate) const FULL_SCAN_EVERY: Duration = Duration::from_secs(1);
+pub const FULL_SCAN_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
-pub(crate) struct ScanFloor {
+pub struct ScanFloor {
     floor: i64,
     /// (when, highest claimed id + 1), oldest first; entries older than LAG are folded into
     /// `floor`.
@@ -43,12 +43,12 @@ impl Default for ScanFloor {
 }
 
 impl ScanFloor {
-    pub(crate) fn new() -> ScanFloor {
+    pub fn new() -> ScanFloor {
         ScanFloor { floor: 0, recent: VecDeque::new(), last_full_scan: None }
     }
 
     /// The id the next claim starts at (0 = a full scan, which is then recorded).
-    pub(crate) fn start(&mut self, now: Instant) -> i64 {
+    pub fn start(&mut self, now: Instant) -> i64 {
         self.advance(now);
         if self.last_full_scan.is_none_or(|t| now.duration_since(t) >= FULL_SCAN_EVERY) {
             self.last_full_scan = Some(now);
@@ -60,7 +60,7 @@ impl ScanFloor {
     /// Records what a claim that started at `from` returned. A full scan that finds only
     /// ids below the floor means the floor is too high (ids started again after the
     /// extension was re-created, or many stragglers): it starts over from 0.
-    pub(crate) fn claimed(&mut self, now: Instant, from: i64, max_id: Option<i64>) {
+    pub fn claimed(&mut self, now: Instant, from: i64, max_id: Option<i64>) {
         if from == 0 && max_id.is_some_and(|id| id < self.floor) {
             self.floor = 0;
             self.recent.clear();

@@ -11,7 +11,7 @@
 use std::cmp::Ordering;
 
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Recording {
+pub struct Recording {
     pub id: Option<String>,
     pub url: Option<String>,
     /// `recording_type`.
@@ -22,9 +22,9 @@ pub(crate) struct Recording {
     pub duration_seconds: Option<f64>,
 }
 
-pub(crate) const CALL_RECORDING: &str = "callrecording";
-pub(crate) const ADMIN_RECORDING: &str = "admincallrecording";
-pub(crate) const VOICEMAIL: &str = "voicemail";
+pub const CALL_RECORDING: &str = "callrecording";
+pub const ADMIN_RECORDING: &str = "admincallrecording";
+pub const VOICEMAIL: &str = "voicemail";
 
 impl Recording {
     /// Fills what `self` lacks from `other` (the same recording seen in another event).
@@ -81,7 +81,7 @@ impl Recording {
 
 /// The most recordings a leg keeps (the earliest started): a leg has one or two; the bound
 /// keeps what a hostile event can add to `calls.recordings` small.
-pub(crate) const MAX_RECORDINGS: usize = 50;
+pub const MAX_RECORDINGS: usize = 50;
 
 /// What makes two items the same recording: the same id, or (without ids) the same
 /// url. An item with neither is never the same as another.
@@ -104,7 +104,7 @@ impl Recording {
 /// The recordings of `stored` (the column's JSON text, if any) and `new`, each once, in the
 /// order they started: the same list whatever order the events came in. Linear in the
 /// number of items (a hash of identities), then sorted: n·log n for any input.
-pub(crate) fn merge(stored: Option<&str>, new: &[Recording]) -> Vec<Recording> {
+pub fn merge(stored: Option<&str>, new: &[Recording]) -> Vec<Recording> {
     let mut all: Vec<Recording> = stored.map(parse).unwrap_or_default();
     let mut fills: Vec<(usize, usize)> = Vec::new();
     let mut added: Vec<usize> = Vec::new();
@@ -139,7 +139,7 @@ pub(crate) fn merge(stored: Option<&str>, new: &[Recording]) -> Vec<Recording> {
 }
 
 /// The column's JSON text back into items (what is not an item is left out).
-pub(crate) fn parse(text: &str) -> Vec<Recording> {
+pub fn parse(text: &str) -> Vec<Recording> {
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(serde_json::Value::Array(items)) => items.iter().filter_map(Recording::from_json).collect(),
         _ => Vec::new(),
@@ -147,7 +147,7 @@ pub(crate) fn parse(text: &str) -> Vec<Recording> {
 }
 
 /// The list as the column stores it; None for no recordings.
-pub(crate) fn to_json(list: &[Recording]) -> Option<String> {
+pub fn to_json(list: &[Recording]) -> Option<String> {
     if list.is_empty() {
         return None;
     }
@@ -156,7 +156,7 @@ pub(crate) fn to_json(list: &[Recording]) -> Option<String> {
 
 /// The call recording: the first `callrecording` (or untyped item) with a url, else the first
 /// `admincallrecording`.
-pub(crate) fn call_recording_url(list: &[Recording]) -> Option<&str> {
+pub fn call_recording_url(list: &[Recording]) -> Option<&str> {
     let first = |pred: &dyn Fn(&Recording) -> bool| list.iter().find(|r| r.url.is_some() && pred(r));
     first(&|r| r.kind.is_none() || r.is(CALL_RECORDING))
         .or_else(|| first(&|r| r.is(ADMIN_RECORDING)))
@@ -164,7 +164,7 @@ pub(crate) fn call_recording_url(list: &[Recording]) -> Option<&str> {
 }
 
 /// The voicemail's audio: the first `voicemail` item with a url.
-pub(crate) fn voicemail_url(list: &[Recording]) -> Option<&str> {
+pub fn voicemail_url(list: &[Recording]) -> Option<&str> {
     list.iter().find(|r| r.url.is_some() && r.is(VOICEMAIL)).and_then(|r| r.url.as_deref())
 }
 

@@ -11,13 +11,13 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Body<'a> {
+pub enum Body<'a> {
     Json(&'a str),
     Jwt { header: &'a str, payload: &'a str, signature: &'a str },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum JwtError {
+pub enum JwtError {
     /// Not decodable: bad base64url, header not JSON, claims not UTF-8.
     Malformed(String),
     /// `alg` is not HS256 (e.g. `none`), or `typ` is not JWT.
@@ -35,7 +35,7 @@ pub(crate) enum JwtError {
 
 impl JwtError {
     /// The reason in a word or two, for a DETAIL line and for counting.
-    pub(crate) fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &'static str {
         match self {
             JwtError::Malformed(_) => "malformed token",
             JwtError::Algorithm(_) => "unsupported algorithm",
@@ -65,7 +65,7 @@ impl std::fmt::Display for JwtError {
 }
 
 /// Clock skew allowed on `exp` and `nbf`, in seconds (RFC 7519 §4.1.4: "some small leeway").
-pub(crate) const JWT_LEEWAY_S: i64 = 60;
+pub const JWT_LEEWAY_S: i64 = 60;
 
 fn is_base64url(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
@@ -73,7 +73,7 @@ fn is_base64url(s: &str) -> bool {
 
 /// A body is a JWT when it is three dot-separated base64url parts (the signature may be
 /// empty only in an unsigned token, which we then refuse for its algorithm).
-pub(crate) fn classify(body: &str) -> Body<'_> {
+pub fn classify(body: &str) -> Body<'_> {
     let t = body.trim();
     let mut parts = t.split('.');
     if let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) {
@@ -111,19 +111,14 @@ fn decode_in_chunks(part: &str, what: &str, on_chunk: &mut dyn FnMut()) -> Resul
 /// that matched. `exp` and `nbf` are checked afterwards on the parsed claims
 /// ([`time_claims_error`]), which spares a second JSON parse here.
 #[cfg(test)]
-pub(crate) fn verify(
-    header: &str,
-    payload: &str,
-    signature: &str,
-    secrets: &[&[u8]],
-) -> Result<(String, usize), JwtError> {
+pub fn verify(header: &str, payload: &str, signature: &str, secrets: &[&[u8]]) -> Result<(String, usize), JwtError> {
     verify_with(header, payload, signature, secrets, &mut || {})
 }
 
 /// [`verify`], calling `on_chunk` before each [`CHUNK`] of the body it hashes or decodes: a
 /// 10 MB body is a few tens of milliseconds of HMAC per secret, and the backend checks for
 /// interrupts in between (pure code here calls no PostgreSQL function).
-pub(crate) fn verify_with(
+pub fn verify_with(
     header: &str,
     payload: &str,
     signature: &str,
@@ -174,7 +169,7 @@ pub(crate) fn verify_with(
 /// RFC 7519 §4.1.4 and §4.1.5 on verified claims: `exp` and `nbf`, when present, are
 /// NumericDates (seconds since the epoch, possibly fractional) honoured with
 /// [`JWT_LEEWAY_S`] of leeway. `now_s` is the current time in seconds since the epoch.
-pub(crate) fn time_claims_error(root: crate::codec::jsonb::Value<'_>, now_s: i64) -> Option<JwtError> {
+pub fn time_claims_error(root: crate::codec::jsonb::Value<'_>, now_s: i64) -> Option<JwtError> {
     use crate::codec::jsonb::Value;
     use crate::codec::numeric::Decimal;
     let Value::Object(o) = root else { return None };
@@ -201,7 +196,7 @@ pub(crate) fn time_claims_error(root: crate::codec::jsonb::Value<'_>, now_s: i64
 
 /// Why an event is too old or too far in the future (dialpad.max_event_age), if it is.
 /// `now_ms` is the current time in milliseconds since the epoch; 0 `max_age_s` is off.
-pub(crate) fn freshness_error(root: crate::codec::jsonb::Value<'_>, max_age_s: i64, now_ms: i64) -> Option<String> {
+pub fn freshness_error(root: crate::codec::jsonb::Value<'_>, max_age_s: i64, now_ms: i64) -> Option<String> {
     use crate::codec::jsonb::Value;
     use crate::codec::numeric::Decimal;
     if max_age_s == 0 {
@@ -223,7 +218,7 @@ pub(crate) fn freshness_error(root: crate::codec::jsonb::Value<'_>, max_age_s: i
 /// source's name (SHA-256 of a fixed key, the name and a block counter), so it is not in
 /// plain sight in the table, a dump or a copy of the data files. This is concealment, not
 /// encryption: the key is in this code. The same call reveals it again.
-pub(crate) fn conceal(name: &str, secret: &[u8]) -> Vec<u8> {
+pub fn conceal(name: &str, secret: &[u8]) -> Vec<u8> {
     use sha2::Digest;
     let mut out = Vec::with_capacity(secret.len());
     for (block, chunk) in secret.chunks(32).enumerate() {
@@ -240,7 +235,7 @@ pub(crate) fn conceal(name: &str, secret: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 /// Signs claims as a compact HS256 JWT (for tests, benchmarks and documentation).
-pub(crate) fn sign(claims_json: &str, secret: &[u8]) -> String {
+pub fn sign(claims_json: &str, secret: &[u8]) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let payload = URL_SAFE_NO_PAD.encode(claims_json.as_bytes());
     let signing_input = format!("{header}.{payload}");
@@ -255,7 +250,7 @@ pub(crate) fn sign(claims_json: &str, secret: &[u8]) -> String {
 
 /// A decimal number written the one canonical way: no sign for zero, no leading zeros, no
 /// trailing fractional zeros (`"017.50"` and `17.5` agree). None if it is not a number.
-pub(crate) fn canonical_decimal(text: &str) -> Option<String> {
+pub fn canonical_decimal(text: &str) -> Option<String> {
     let t = text.trim();
     let (negative, digits) = match t.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -278,7 +273,7 @@ pub(crate) fn canonical_decimal(text: &str) -> Option<String> {
 
 /// The event's call id: `call_id` as an integer (a JSON number, or a string of one); None
 /// when it is missing or not an integer.
-pub(crate) fn call_id_of(root: crate::codec::jsonb::Value<'_>) -> Option<i64> {
+pub fn call_id_of(root: crate::codec::jsonb::Value<'_>) -> Option<i64> {
     use crate::codec::jsonb::Value;
     let Value::Object(o) = root else { return None };
     match o.get(b"call_id") {
@@ -292,7 +287,7 @@ pub(crate) fn call_id_of(root: crate::codec::jsonb::Value<'_>) -> Option<i64> {
 
 /// The longest de-duplication key: the key is indexed with the call id, and a btree entry
 /// must stay far below PostgreSQL's limit (about 2.7 kB) for any payload.
-pub(crate) const MAX_DEDUPE_KEY_BYTES: usize = 200;
+pub const MAX_DEDUPE_KEY_BYTES: usize = 200;
 
 /// The de-duplication key of an event: `call_id/state/event_timestamp`, when all three are
 /// there (Dialpad has no event id), followed by `@source` for a delivery through a webhook
@@ -301,7 +296,7 @@ pub(crate) const MAX_DEDUPE_KEY_BYTES: usize = 200;
 /// fractional timestamp keeps its fraction. A key that would be longer than
 /// [`MAX_DEDUPE_KEY_BYTES`] (a state of 12,800 characters) is `call_id/#` and the SHA-256 of
 /// its parts instead: bounded for any payload, so that no delivery fails to be stored.
-pub(crate) fn dedupe_key(root: crate::codec::jsonb::Value<'_>, source: Option<&str>) -> Option<String> {
+pub fn dedupe_key(root: crate::codec::jsonb::Value<'_>, source: Option<&str>) -> Option<String> {
     use crate::codec::jsonb::Value;
     use crate::codec::numeric::Decimal;
     use sha2::Digest;

@@ -2,13 +2,13 @@
 //! calls table holds only `inbound`, `outbound` or NULL.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Direction {
+pub enum Direction {
     Inbound,
     Outbound,
 }
 
 impl Direction {
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Direction::Inbound => "inbound",
             Direction::Outbound => "outbound",
@@ -18,7 +18,7 @@ impl Direction {
 
 /// Case and surrounding whitespace are ignored. Anything that is not a known spelling
 /// (the empty string included) is `None`; the caller decides how loudly to say so.
-pub(crate) fn normalize(raw: &str) -> Option<Direction> {
+pub fn normalize(raw: &str) -> Option<Direction> {
     let t = raw.trim();
     const INBOUND: [&str; 3] = ["inbound", "incoming", "in"];
     const OUTBOUND: [&str; 3] = ["outbound", "outgoing", "out"];

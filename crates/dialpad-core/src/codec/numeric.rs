@@ -28,7 +28,7 @@ const NUMERIC_DSCALE_MASK: u16 = 0x3FFF;
 /// A decoded numeric: `value = sign * sum(digits[i] * 10000^(weight - i))`, shown with
 /// `dscale` decimal places.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Decimal {
+pub struct Decimal {
     pub negative: bool,
     pub weight: i32,
     pub dscale: i32,
@@ -36,7 +36,7 @@ pub(crate) struct Decimal {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum NumericError {
+pub enum NumericError {
     Malformed,
     Special,
     #[cfg_attr(not(test), allow(dead_code))]
@@ -44,7 +44,7 @@ pub(crate) enum NumericError {
 }
 
 impl Decimal {
-    pub(crate) fn from_u64(mut n: u64) -> Decimal {
+    pub fn from_u64(mut n: u64) -> Decimal {
         let mut digits = Vec::new();
         while n > 0 {
             digits.push((n % NBASE as u64) as i16);
@@ -60,7 +60,7 @@ impl Decimal {
     #[cfg(test)]
     /// Parses JSON number syntax (`-?digits(.digits)?([eE][+-]?digits)?`) the way
     /// `numeric_in` does, so the result is byte-identical to what PostgreSQL stores.
-    pub(crate) fn parse(s: &str) -> Result<Decimal, NumericError> {
+    pub fn parse(s: &str) -> Result<Decimal, NumericError> {
         let err = || NumericError::Syntax(s.to_string());
         let bytes = s.trim().as_bytes();
         let mut i = 0;
@@ -149,7 +149,7 @@ impl Decimal {
     }
 
     /// Encodes as a numeric datum with a 4-byte varlena header.
-    pub(crate) fn to_datum_bytes(&self) -> Vec<u8> {
+    pub fn to_datum_bytes(&self) -> Vec<u8> {
         let short = self.dscale <= NUMERIC_SHORT_DSCALE_MAX
             && self.weight <= NUMERIC_SHORT_WEIGHT_MAX
             && self.weight >= NUMERIC_SHORT_WEIGHT_MIN;
@@ -181,7 +181,7 @@ impl Decimal {
     }
 
     /// Decodes a numeric datum (either varlena header form).
-    pub(crate) fn from_datum_bytes(bytes: &[u8]) -> Result<Decimal, NumericError> {
+    pub fn from_datum_bytes(bytes: &[u8]) -> Result<Decimal, NumericError> {
         let (hdr, total) = varlena::header(bytes).ok_or(NumericError::Malformed)?;
         let body = bytes.get(hdr..total).ok_or(NumericError::Malformed)?;
         if body.len() < 2 {
@@ -215,7 +215,7 @@ impl Decimal {
     }
 
     /// The exact value as an i64, if it is an integer that fits.
-    pub(crate) fn to_i64(&self) -> Option<i64> {
+    pub fn to_i64(&self) -> Option<i64> {
         let mut acc: i64 = 0;
         for (i, &d) in self.digits.iter().enumerate() {
             if self.weight - (i as i32) < 0 {
@@ -235,7 +235,7 @@ impl Decimal {
 
     /// The integer part (the fraction dropped, as `trunc`), if it fits an i64. Never prints
     /// the number: a jsonb numeric of two bytes (`1e131071`) has 131,072 digits.
-    pub(crate) fn trunc_to_i64(&self) -> Option<i64> {
+    pub fn trunc_to_i64(&self) -> Option<i64> {
         let whole = Decimal {
             negative: self.negative,
             weight: self.weight,
@@ -250,7 +250,7 @@ impl Decimal {
 
     /// At most 3 more than the characters [`Display`](std::fmt::Display) prints, computed
     /// without printing.
-    pub(crate) fn printed_len(&self) -> usize {
+    pub fn printed_len(&self) -> usize {
         let int = if self.weight < 0 { 1 } else { (self.weight as usize + 1) * 4 };
         let frac = if self.dscale > 0 { self.dscale as usize + 1 } else { 0 };
         int + frac + usize::from(self.negative)
@@ -258,14 +258,14 @@ impl Decimal {
 
     /// The text, when it is at most `max` characters long (None otherwise): a bounded
     /// alternative to `to_string()` for numbers read from untrusted payloads.
-    pub(crate) fn to_string_bounded(&self, max: usize) -> Option<String> {
+    pub fn to_string_bounded(&self, max: usize) -> Option<String> {
         (self.printed_len() <= max).then(|| self.to_string())
     }
 
     /// The nearest f64 (±infinity beyond its range). Reads at most the first 12 base-10000
     /// digits (48 significant decimal digits, far more than an f64 holds), so its cost is
     /// bounded whatever the number's exponent or scale.
-    pub(crate) fn to_f64(&self) -> f64 {
+    pub fn to_f64(&self) -> f64 {
         const F64_WEIGHT_MAX: i32 = 78; // 10000^78 = 1e312 > f64::MAX
         const F64_WEIGHT_MIN: i32 = -83; // 10000^-83 = 1e-332 < the smallest subnormal
         let sign = if self.negative { -1.0 } else { 1.0 };

@@ -21,15 +21,15 @@ use crate::codec::jsonb::{
     self, Container, JsonbError, Owned, Value, Writer, JB_FARRAY, JB_FOBJECT, JB_FSCALAR, JENTRY_ISNULL,
 };
 
-pub(crate) const TRUNCATION_MARKER: &str = "... [truncated]";
-pub(crate) const DEPTH_MARKER: &str = "[max depth exceeded]";
+pub const TRUNCATION_MARKER: &str = "... [truncated]";
+pub const DEPTH_MARKER: &str = "[max depth exceeded]";
 const TRUNCATION_MARKER_CHARS: usize = 15;
 
 /// Keys whose values are binary blobs and are dropped whatever they hold.
-pub(crate) const BINARY_KEYS: [&str; 5] = ["audio_data", "file_data", "binary_data", "image_data", "attachment_data"];
+pub const BINARY_KEYS: [&str; 5] = ["audio_data", "file_data", "binary_data", "image_data", "attachment_data"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Limits {
+pub struct Limits {
     pub max_transcript_length: usize,
     pub max_string_length: usize,
     pub max_array_items: usize,
@@ -41,7 +41,7 @@ pub(crate) struct Limits {
 }
 
 /// The smallest `max_bytes` accepted: room for the markers of a summarized object.
-pub(crate) const MIN_MAX_BYTES: usize = 1024;
+pub const MIN_MAX_BYTES: usize = 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -62,7 +62,7 @@ impl Default for Limits {
 /// jsonb datum. `on_container` runs before each container is entered, and every
 /// [`ITEMS_PER_CALL`] items of a long one: the backend glue uses it for CHECK_FOR_INTERRUPTS
 /// and the stack-depth check.
-pub(crate) fn sanitize(input: &[u8], limits: &Limits, on_container: &mut dyn FnMut()) -> Result<Vec<u8>, JsonbError> {
+pub fn sanitize(input: &[u8], limits: &Limits, on_container: &mut dyn FnMut()) -> Result<Vec<u8>, JsonbError> {
     let out = sanitize_values(input, limits, on_container)?;
     if out.len() <= limits.max_bytes.max(MIN_MAX_BYTES) {
         return Ok(out);
@@ -99,7 +99,7 @@ fn sanitize_values(input: &[u8], limits: &Limits, on_container: &mut dyn FnMut()
 }
 
 /// A transcript cut as the sanitizer cuts it (for `calls.transcript`).
-pub(crate) fn truncate_transcript(s: &str) -> String {
+pub fn truncate_transcript(s: &str) -> String {
     match cut_point(s.as_bytes(), Limits::default().max_transcript_length) {
         None => s.to_string(),
         Some(at) => format!("{}{}", &s[..at], TRUNCATION_MARKER),

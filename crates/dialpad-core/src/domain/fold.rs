@@ -24,12 +24,12 @@ use crate::domain::transitions::RuleSet;
 
 /// The status a call gets when its first event carries none (e.g. a recording event that
 /// overtook the ringing one).
-pub(crate) const INITIAL_STATUS: &str = "ringing";
+pub const INITIAL_STATUS: &str = "ringing";
 
-pub(crate) use crate::pipeline::call_row::CallRow;
+pub use crate::domain::call_row::CallRow;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Rejection {
+pub struct Rejection {
     /// Index of the event (in the caller's slice) that asked for the move.
     pub event: usize,
     pub from: String,
@@ -38,7 +38,7 @@ pub(crate) struct Rejection {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Folded {
+pub struct Folded {
     pub row: CallRow,
     pub rejections: Vec<Rejection>,
     /// The event whose sanitized payload becomes `raw_payload` (the newest applied), if any.
@@ -49,7 +49,7 @@ pub(crate) struct Folded {
 
 /// What an event asks of a call's status, per `state_mapping`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
+pub struct Target {
     pub status: String,
     /// Concluded from status_if_unanswered_* (a default a later event may refine).
     pub by_default: bool,
@@ -58,7 +58,7 @@ pub(crate) struct Target {
 
 /// Whether applying `ev` to a row in a terminal status needs the call's history: it asks
 /// for another status and does not merely confirm the end.
-pub(crate) fn conflicts_with_terminal(rules: &RuleSet, ev: &CallEvent, row: &CallRow) -> bool {
+pub fn conflicts_with_terminal(rules: &RuleSet, ev: &CallEvent, row: &CallRow) -> bool {
     rules.is_terminal(&row.status)
         && target(rules, ev, Some(row)).is_some_and(|t| !t.keep_terminal && t.status != row.status)
 }
@@ -206,7 +206,7 @@ fn merge_fields(row: &mut CallRow, ev: &CallEvent, newer: bool) {
 /// Applies `events` (already in event order) to `existing` (None for a new call).
 /// `on_event` runs before each event: the backend glue checks for interrupts there (a call's
 /// history is as long as the inbox holds), pure code here calls no PostgreSQL function.
-pub(crate) fn fold_events_by_call(
+pub fn fold_events_by_call(
     existing: Option<&CallRow>,
     events: &[&CallEvent],
     rules: &RuleSet,

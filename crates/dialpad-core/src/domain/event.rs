@@ -21,19 +21,19 @@ const MAX_DURATION_SECONDS: f64 = 99_999_999_999.0;
 // more. A value past a bound makes its field unreadable (the event is dead-lettered with the
 // field named); the payload itself stays whole in the audit log.
 /// The longest string read into a text column (ids, numbers, names, urls).
-pub(crate) const MAX_TEXT_BYTES: usize = 2000;
+pub const MAX_TEXT_BYTES: usize = 2000;
 /// The longest Dialpad state: a word such as "voicemail_uploaded".
-pub(crate) const MAX_STATE_BYTES: usize = 64;
+pub const MAX_STATE_BYTES: usize = 64;
 /// The most characters a JSON number may print as where a field reads it as text: jsonb
 /// stores `1e131071` in a few bytes, which prints as 131,072 characters.
-pub(crate) const MAX_NUMBER_CHARS: usize = 64;
+pub const MAX_NUMBER_CHARS: usize = 64;
 /// `labels` and `recording_details`: the first items only, as the sanitizer keeps them.
-pub(crate) const MAX_ARRAY_ITEMS: usize = 10;
+pub const MAX_ARRAY_ITEMS: usize = 10;
 /// How much of a payload value an error message quotes.
 const QUOTED_CHARS: usize = 40;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum EventError {
+pub enum EventError {
     NotAnObject,
     NoCallId,
     BadField { field: &'static str, why: String },
@@ -43,7 +43,7 @@ pub(crate) enum EventError {
 impl EventError {
     /// An event that can never be applied, whatever is retried: dead-lettered at once. The
     /// payload is immutable, so an event that cannot be read now never can be.
-    pub(crate) fn is_permanent(&self) -> bool {
+    pub fn is_permanent(&self) -> bool {
         true
     }
 }
@@ -61,7 +61,7 @@ impl std::fmt::Display for EventError {
 
 /// What one event says about its call leg. `None` means "not in this event".
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct CallEvent {
+pub struct CallEvent {
     pub call_id: i64,
     pub state: Option<String>,
     pub direction: Option<String>,
@@ -340,7 +340,7 @@ fn for_each_pair<'a>(
 
 impl CallEvent {
     /// Reads an event from the root of a jsonb payload, in one pass over its keys.
-    pub(crate) fn from_payload(root: Value<'_>) -> Result<CallEvent, EventError> {
+    pub fn from_payload(root: Value<'_>) -> Result<CallEvent, EventError> {
         let Value::Object(o) = root else { return Err(EventError::NotAnObject) };
         let mut e = CallEvent::default();
         let mut call_id = None;

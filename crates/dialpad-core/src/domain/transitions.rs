@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, Default)]
-pub(crate) struct StateRule {
+pub struct StateRule {
     /// None: an enrichment event, no status change.
     pub status: Option<String>,
     /// Used instead of `status` when the event has no `date_connected`.
@@ -17,7 +17,7 @@ pub(crate) struct StateRule {
 }
 
 #[derive(Debug, Clone, Default)]
-pub(crate) struct RuleSet {
+pub struct RuleSet {
     /// status → is terminal
     pub statuses: HashMap<String, bool>,
     pub transitions: HashSet<(String, String)>,
@@ -25,7 +25,7 @@ pub(crate) struct RuleSet {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reason {
+pub enum Reason {
     UnknownCurrent,
     UnknownNext,
     MissingNext,
@@ -35,7 +35,7 @@ pub(crate) enum Reason {
 
 /// Why a transition was refused, naming both statuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TransitionError {
+pub struct TransitionError {
     pub from: Option<String>,
     pub to: Option<String>,
     pub reason: Reason,
@@ -43,7 +43,7 @@ pub(crate) struct TransitionError {
 
 impl TransitionError {
     /// `<from> to <to>`, NULL shown as NULL: the part every message starts with.
-    pub(crate) fn headline(&self) -> String {
+    pub fn headline(&self) -> String {
         format!(
             "Invalid status transition from {} to {}",
             self.from.as_deref().unwrap_or("NULL"),
@@ -51,7 +51,7 @@ impl TransitionError {
         )
     }
 
-    pub(crate) fn reason_text(&self) -> String {
+    pub fn reason_text(&self) -> String {
         let name = |s: &Option<String>| s.clone().unwrap_or_else(|| "NULL".into());
         match self.reason {
             Reason::UnknownCurrent => format!("{} is not a known status", name(&self.from)),
@@ -72,7 +72,7 @@ impl std::fmt::Display for TransitionError {
 impl RuleSet {
     #[cfg(test)]
     /// The seed's machine, used by unit tests (the SQL script inserts the same rows).
-    pub(crate) fn seed_default() -> RuleSet {
+    pub fn seed_default() -> RuleSet {
         let mut r = RuleSet::default();
         for (s, terminal) in [
             ("ringing", false),
@@ -98,18 +98,18 @@ impl RuleSet {
         r
     }
 
-    pub(crate) fn is_terminal(&self, status: &str) -> bool {
+    pub fn is_terminal(&self, status: &str) -> bool {
         self.statuses.get(status).copied().unwrap_or(false)
     }
 
-    pub(crate) fn is_known(&self, status: &str) -> bool {
+    pub fn is_known(&self, status: &str) -> bool {
         self.statuses.contains_key(status)
     }
 
     /// NULL current (a new call) may go to any known status; the same status is always fine
     /// (idempotent retries); nothing leaves a terminal status, whatever the transitions table
     /// says.
-    pub(crate) fn check(&self, current: Option<&str>, next: Option<&str>) -> Result<(), TransitionError> {
+    pub fn check(&self, current: Option<&str>, next: Option<&str>) -> Result<(), TransitionError> {
         let fail =
             |reason| Err(TransitionError { from: current.map(str::to_string), to: next.map(str::to_string), reason });
         let Some(next) = next else { return fail(Reason::MissingNext) };

@@ -1,0 +1,160 @@
+//! The layers of the code, from its own imports (README, "Code layout"): a lower layer
+//! never imports a higher one, and the pure core has no pgrx.
+//!
+//! The extension's modules, lowest first (a module may use the core and any module of a
+//! lower rank, never one of its own rank or higher):
+//! - 0: `pg` (every call into PostgreSQL), `flags` (per-backend flags), `http` (the
+//!   listener's network threads, which never call into PostgreSQL);
+//! - 1: `gucs`, `version`;
+//! - 2: `pipeline` (storage and the batch);
+//! - 3: `citus` (the adapter: builds the shard groups a batch works on, routing, keeper);
+//! - 4: `api` (the SQL surface);
+//! - 5: `bgworker` (the launcher, the workers, the listener's main thread).
+//!
+//! `crates/dialpad-core` (`codec`, `domain`) sits under all of them.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+const RANKS: &[(&str, u32)] = &[
+    ("pg", 0),
+    ("flags", 0),
+    ("http", 0),
+    ("gucs", 1),
+    ("version", 1),
+    ("pipeline", 2),
+    ("citus", 3),
+    ("api", 4),
+    ("bgworker", 5),
+];
+
+/// The pure core, re-exported at the crate's root under these names.
+const CORE: &[&str] = &["codec", "domain"];
+
+/// Imports against the direction that are known, each with why it is still there. The test
+/// fails when one of them is gone too, so that the list only shrinks.
+const KNOWN: &[(&str, &str, &str)] = &[(
+    "pipeline",
+    "citus",
+    "pipeline/dedupe.rs reads the inbox partitions' bounds with Citus's shards visible (citus::with_shards_visible)",
+)];
+
+fn rank(module: &str) -> Option<u32> {
+    RANKS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The text without `//` comments (doc comments name other layers freely). String literals
+/// with `//` in them lose their tail, which only hides text, never invents an import.
+fn code(text: &str) -> String {
+    text.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n")
+}
+
+/// The top-level modules of the crate a file's code names: `crate::x`, `crate::{x, y::z}`.
+fn imported(code: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let ident = |s: &str| s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>();
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // Items of the group at its first level: `a`, `b::c`, `d::{e, f}`.
+            let (mut depth, mut start) = (0, true);
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => start = true,
+                    c if start && depth == 0 && !c.is_whitespace() => {
+                        found.insert(ident(&group[i..]));
+                        start = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            found.insert(ident(rest));
+        }
+    }
+    found.retain(|m| !m.is_empty());
+    found
+}
+
+#[test]
+fn no_layer_imports_a_higher_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut wrong = Vec::new();
+    let mut seen_known = BTreeSet::new();
+    for file in &files {
+        let relative = file.strip_prefix(&root).unwrap();
+        let first = relative.components().next().unwrap().as_os_str().to_string_lossy().to_string();
+        let module = first.trim_end_matches(".rs").to_string();
+        // The crate's root wires the modules together; the SQL tests sit above everything.
+        if module == "lib" || module == "pg_tests" {
+            continue;
+        }
+        let own = rank(&module).unwrap_or_else(|| panic!("src/{first}: a module with no layer: add it to RANKS"));
+        for used in imported(&code(&std::fs::read_to_string(file).unwrap())) {
+            if used == module || CORE.contains(&used.as_str()) {
+                continue;
+            }
+            let theirs = rank(&used).unwrap_or_else(|| panic!("{}: crate::{used} has no layer", file.display()));
+            if theirs < own {
+                continue;
+            }
+            if KNOWN.iter().any(|(from, to, _)| *from == module && *to == used) {
+                seen_known.insert((module.clone(), used.clone()));
+                continue;
+            }
+            wrong.push(format!("src/{} (layer {own}) imports crate::{used} (layer {theirs})", relative.display()));
+        }
+    }
+    assert!(wrong.is_empty(), "imports against the layers (tests/layers.rs):\n{}", wrong.join("\n"));
+    for (from, to, why) in KNOWN {
+        assert!(
+            seen_known.contains(&(from.to_string(), to.to_string())),
+            "{from} no longer imports {to} ({why}): remove it from KNOWN"
+        );
+    }
+}
+
+#[test]
+fn the_core_has_no_pgrx() {
+    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/dialpad-core");
+    let manifest = std::fs::read_to_string(core.join("Cargo.toml")).unwrap();
+    let deps: Vec<&str> = manifest
+        .lines()
+        .skip_while(|l| !l.starts_with("[dependencies]"))
+        .take_while(|l| !l.starts_with("[dev-dependencies]"))
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(!deps.iter().any(|l| l.contains("pgrx")), "crates/dialpad-core depends on pgrx:\n{}", deps.join("\n"));
+    let mut files = Vec::new();
+    rust_files(&core.join("src"), &mut files);
+    for file in files {
+        let text = code(&std::fs::read_to_string(&file).unwrap());
+        for word in ["pgrx", "pg_sys", "pg_dialpad::"] {
+            assert!(!text.contains(word), "{} names {word}: the core calls no PostgreSQL", file.display());
+        }
+    }
+}
+
+#[test]
+fn the_import_reader_reads_groups_and_paths() {
+    let found = imported("use crate::{gucs, pg::shmem, pipeline::{batch, rules}};\nlet x = crate::api::ingest::f();");
+    let names: Vec<&str> = found.iter().map(String::as_str).collect();
+    assert_eq!(names, ["api", "gucs", "pg", "pipeline"]);
+    assert_eq!(code("let a = 1; // crate::api\n"), "let a = 1; ");
+}
