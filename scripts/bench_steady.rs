@@ -157,15 +157,7 @@ pub(crate) fn steady_bench(report: &mut Report, runs: usize) {
         "SELECT NOT EXISTS (SELECT 1 FROM dialpad.webhook_events WHERE processed_at IS NULL AND dead_at IS NULL)",
         120,
     );
-    let r = c
-        .query_one(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY l), percentile_cont(0.99) WITHIN GROUP (ORDER BY l), max(l)
-               FROM (SELECT (extract(epoch FROM pg_xact_commit_timestamp(xmin) - received_at) * 1000)::float8 AS l
-                       FROM dialpad.webhook_events WHERE processed_at IS NOT NULL) x",
-            &[],
-        )
-        .unwrap();
-    let (p50, p99, max): (f64, f64, f64) = (r.get(0), r.get(1), r.get(2));
+    let (p50, p99, max) = processing_latency_ms(&mut c);
     set_worker_enabled(&mut c, false);
     report.add(
         "default config: delivery → call row commit at 1,000/s (p50 / p99)",

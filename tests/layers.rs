@@ -158,3 +158,123 @@ fn the_import_reader_reads_groups_and_paths() {
     assert_eq!(names, ["api", "gucs", "pg", "pipeline"]);
     assert_eq!(code("let a = 1; // crate::api\n"), "let a = 1; ");
 }
+
+/// The code with comments, strings and character literals blanked out (newlines kept), so
+/// that braces can be counted: `"{"`, `'{'`, `r#"{"#` and `// {` are not braces.
+fn blanked(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    // Copies newlines of chars[from..to] (line numbers stay right) and nothing else.
+    let keep_lines = |out: &mut String, from: usize, to: usize| {
+        out.extend(chars[from..to.min(chars.len())].iter().filter(|c| **c == '\n'));
+    };
+    while i < chars.len() {
+        let rest = &chars[i..];
+        let end = if rest.starts_with(&['/', '/']) {
+            i + rest.iter().position(|c| *c == '\n').unwrap_or(rest.len())
+        } else if rest.starts_with(&['/', '*']) {
+            i + 2 + rest[2..].windows(2).position(|w| w == ['*', '/']).map_or(rest.len() - 2, |p| p + 2)
+        } else if rest[0] == 'r' && (rest.get(1) == Some(&'"') || rest.get(1) == Some(&'#')) {
+            let hashes = rest[1..].iter().take_while(|c| **c == '#').count();
+            if rest.get(1 + hashes) != Some(&'"') {
+                out.push(rest[0]);
+                i += 1;
+                continue;
+            }
+            let close: Vec<char> = std::iter::once('"').chain(std::iter::repeat_n('#', hashes)).collect();
+            let body = 2 + hashes;
+            i + body + rest[body..].windows(close.len()).position(|w| w == close.as_slice()).unwrap_or(0) + close.len()
+        } else if rest[0] == '"' {
+            let mut j = 1;
+            while j < rest.len() && rest[j] != '"' {
+                j += if rest[j] == '\\' { 2 } else { 1 };
+            }
+            i + j + 1
+        } else if rest[0] == '\'' && rest.get(1) == Some(&'\\') {
+            i + 2 + rest[2..].iter().position(|c| *c == '\'').unwrap_or(0) + 1
+        } else if rest[0] == '\'' && rest.get(2) == Some(&'\'') {
+            i + 3
+        } else {
+            out.push(rest[0]);
+            i += 1;
+            continue;
+        };
+        keep_lines(&mut out, i, end);
+        out.push(' ');
+        i = end;
+    }
+    out
+}
+
+/// (name, first line, lines) of every function with a body in `code` (from [`blanked`]).
+fn functions(code: &str) -> Vec<(String, usize, usize)> {
+    let mut found = Vec::new();
+    let bytes = code.as_bytes();
+    for (at, _) in code.match_indices("fn ") {
+        if at > 0 && (bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_') {
+            continue;
+        }
+        let name: String = code[at + 3..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if name.is_empty() {
+            continue;
+        }
+        // The body: the first `{` outside the signature's parentheses, unless a `;` ends it.
+        let (mut parens, mut open) = (0i32, None);
+        for (i, c) in code[at..].char_indices() {
+            match c {
+                '(' | '[' => parens += 1,
+                ')' | ']' => parens -= 1,
+                ';' if parens == 0 => break,
+                '{' if parens == 0 => {
+                    open = Some(at + i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(open) = open else { continue };
+        let mut depth = 0;
+        for (i, c) in code[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        let first = code[..at].matches('\n').count() + 1;
+                        let last = code[..open + i].matches('\n').count() + 1;
+                        found.push((name.clone(), first, last - first + 1));
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_function_is_longer_than_100_lines() {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&here.join("src"), &mut files);
+    rust_files(&here.join("crates/dialpad-core/src"), &mut files);
+    let mut long = Vec::new();
+    for file in files {
+        for (name, line, lines) in functions(&blanked(&std::fs::read_to_string(&file).unwrap())) {
+            if lines > 100 {
+                long.push(format!("{}:{line} fn {name}: {lines} lines", file.display()));
+            }
+        }
+    }
+    assert!(long.is_empty(), "functions over 100 lines (split them into named steps):\n{}", long.join("\n"));
+}
+
+#[test]
+fn the_function_reader_skips_strings_comments_and_characters() {
+    let src = "fn a() {\n  let s = \"}}\"; // }\n  let c = '}';\n  let r = r#\"}\"#;\n}\nfn b(x: [u8; 2]) -> u8 { x[0] }\nfn c();\n";
+    let found = functions(&blanked(src));
+    assert_eq!(found, [("a".to_string(), 1, 5), ("b".to_string(), 6, 1)]);
+    assert!(blanked("fn f<'a>(x: &'a str) { '\\'' }").contains("fn f<'a>(x: &'a str) {"));
+}

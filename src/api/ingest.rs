@@ -5,9 +5,9 @@ use crate::codec::jsonb;
 use crate::domain::webhook::{self as ingest, JwtError};
 use crate::gucs;
 use crate::pg::counters::{self, Outcome};
-use crate::pg::{self, datum, error};
+use crate::pg::{self, datum, error, spi};
+use crate::pipeline::dedupe;
 use crate::pipeline::sources::{self, Source, Sources};
-use crate::pipeline::{batch, dedupe};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
@@ -311,7 +311,7 @@ fn store(payload: datum::JsonbArg, key: Option<String>) -> Result<(i64, bool), p
                     dedupe::lock_key(call_id, k);
                 }
             }
-            let row = batch::run_kept(client, INSERT_SQL, &[pg_sys::JSONBOID], None, &[payload.into()])?.first();
+            let row = spi::run_kept(client, INSERT_SQL, &[pg_sys::JSONBOID], None, &[payload.into()])?.first();
             let id = row.get::<i64>(1)?.unwrap_or(0);
             return Ok(match row.get::<i64>(2)? {
                 Some(first) => (first, true),
@@ -319,7 +319,7 @@ fn store(payload: datum::JsonbArg, key: Option<String>) -> Result<(i64, bool), p
             });
         }
         let sql = if key.is_some() { INSERT_0_1_SQL } else { INSERT_PLAIN_0_1_SQL };
-        let inserted = batch::run_kept(client, sql, &[pg_sys::JSONBOID], None, &[payload.into()])?
+        let inserted = spi::run_kept(client, sql, &[pg_sys::JSONBOID], None, &[payload.into()])?
             .first()
             .get::<i64>(1)
             .ok()
@@ -328,8 +328,8 @@ fn store(payload: datum::JsonbArg, key: Option<String>) -> Result<(i64, bool), p
             return Ok((id, false));
         }
         let call_id = key.as_deref().and_then(|k| k.split('/').next()).and_then(|c| c.parse::<i64>().ok());
-        let id = batch::replanned(|| {
-            batch::run_kept(
+        let id = spi::replanned(|| {
+            spi::run_kept(
                 client,
                 FIND_DUPLICATE_0_1_SQL,
                 &[pg_sys::INT8OID, pg_sys::TEXTOID],

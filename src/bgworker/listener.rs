@@ -8,7 +8,7 @@
 
 use super::{report_activity, worker, LISTENER_TYPE};
 use crate::http::{self, Answer, Delivery, Health};
-use crate::{gucs, pg::shmem, pipeline::batch};
+use crate::{gucs, pg::shmem};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::os::fd::AsRawFd;
@@ -402,7 +402,7 @@ impl Readiness {
             return fresh();
         }
         let version = Spi::connect_mut(|client| {
-            let table = batch::run_kept(client, crate::version::INSTALLED_SQL, &[], None, &[])?;
+            let table = crate::pg::spi::run_kept(client, crate::version::INSTALLED_SQL, &[], None, &[])?;
             table.first().get_one::<String>()
         });
         match version {
@@ -417,7 +417,7 @@ fn store_one(source: Option<&str>, body: &[u8]) -> Answer {
     let Ok(text) = std::str::from_utf8(body) else {
         return Answer::Refused { status: 400, message: "the body is not valid UTF-8".into() };
     };
-    match batch::in_subtransaction(|| crate::api::ingest::ingest_webhook(Some(text), source)) {
+    match crate::pg::spi::in_subtransaction(|| crate::api::ingest::ingest_webhook(Some(text), source)) {
         Ok(id) => Answer::Stored(id),
         Err(e) => {
             let sqlstate = http::status::unpack_sqlstate(e.code as i32);

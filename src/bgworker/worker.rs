@@ -578,7 +578,7 @@ pub(super) fn in_transaction<R>(
     f: impl FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
 ) -> Result<R, String> {
     let result: Result<R, String> = PgTryBuilder::new(move || Ok(BackgroundWorker::transaction(f)))
-        .catch_others(|e| Err(batch::caught_message(&e)))
+        .catch_others(|e| Err(crate::pg::spi::caught_message(&e)))
         .execute();
     if result.is_err() {
         // SAFETY: after an ERROR caught in our own transaction, the transaction is aborted
@@ -588,7 +588,7 @@ pub(super) fn in_transaction<R>(
             pg_sys::AbortCurrentTransaction();
             pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
         }
-        batch::forget_plans();
+        crate::pg::spi::forget_plans();
     }
     result
 }

@@ -18,7 +18,8 @@
 //! `logical_calls` follows the legs within a worker's pass or two, not in their transaction.
 
 use super::Tables;
-use crate::pipeline::batch::{run_kept, run_kept_on};
+use crate::pg::spi::run_kept;
+use crate::pipeline::batch::run_kept_on;
 use crate::pipeline::logical;
 use pgrx::prelude::*;
 

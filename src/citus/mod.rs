@@ -147,8 +147,7 @@ pub(crate) fn local_groups(client: &pgrx::spi::SpiClient<'_>) -> Result<Vec<Tabl
 
 /// Whether Citus's setting `name` exists (Citus is loaded in this process).
 fn has_setting(name: &std::ffi::CStr) -> bool {
-    // SAFETY: a GUC lookup by name; null when the setting does not exist.
-    unsafe { !pg_sys::GetConfigOption(name.as_ptr(), true, false).is_null() }
+    crate::pg::setting(name).is_some()
 }
 
 /// Runs `f` with Citus's setting `name` at `value`, scoped like a function's SET clause; as

@@ -2,7 +2,7 @@
 //! jsonb's on-disk form without a round trip through text.
 
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
-use pgrx::datum::Datum;
+use pgrx::datum::{Datum, DatumWithOid};
 use pgrx::nullable::Nullable;
 use pgrx::pg_sys;
 use pgrx::{FromDatum, IntoDatum};
@@ -80,18 +80,24 @@ unsafe impl<'fcx> ArgAbi<'fcx> for JsonbArg {
     }
 }
 
+/// A finished datum (a jsonb's bytes, varlena header included) copied into palloc'd memory
+/// of the current context, which PostgreSQL owns from here on.
+fn palloc_copy(bytes: &[u8]) -> pg_sys::Datum {
+    // SAFETY: palloc returns at least bytes.len() writable bytes (or raises an ERROR); the
+    // copy fills exactly them.
+    unsafe {
+        let p = pg_sys::palloc(bytes.len()) as *mut u8;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+        pg_sys::Datum::from(p)
+    }
+}
+
 /// A finished jsonb datum (varlena header included) to return.
 pub(crate) struct JsonbOut(pub Vec<u8>);
 
 impl IntoDatum for JsonbOut {
     fn into_datum(self) -> Option<pg_sys::Datum> {
-        // SAFETY: copies a complete jsonb datum (header included) into palloc'd memory of
-        // the current context, which PostgreSQL owns from here on.
-        unsafe {
-            let p = pg_sys::palloc(self.0.len()) as *mut u8;
-            std::ptr::copy_nonoverlapping(self.0.as_ptr(), p, self.0.len());
-            Some(pg_sys::Datum::from(p))
-        }
+        Some(palloc_copy(&self.0))
     }
 
     fn type_oid() -> pg_sys::Oid {
@@ -120,5 +126,56 @@ impl IntoDatum for JsonbArg {
 
     fn type_oid() -> pg_sys::Oid {
         pg_sys::JSONBOID
+    }
+}
+
+/// An already-built `jsonb[]` datum.
+struct JsonbArrayDatum(pg_sys::Datum);
+
+impl IntoDatum for JsonbArrayDatum {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBARRAYOID
+    }
+}
+
+/// A `jsonb[]` built from finished jsonb datums (no text round trip).
+pub(crate) fn jsonb_array<'a>(items: Vec<Option<Vec<u8>>>) -> DatumWithOid<'a> {
+    // SAFETY: each item is a complete jsonb datum (varlena header set by jsonb::Writer),
+    // copied into palloc'd memory of the current context; construct_md_array copies the
+    // datums into one array in the same context, which outlives the statement it is bound to.
+    unsafe {
+        let n = items.len();
+        let mut datums: Vec<pg_sys::Datum> = Vec::with_capacity(n);
+        let mut nulls: Vec<bool> = Vec::with_capacity(n);
+        for item in items {
+            match item {
+                Some(bytes) => {
+                    datums.push(palloc_copy(&bytes));
+                    nulls.push(false);
+                }
+                None => {
+                    datums.push(pg_sys::Datum::from(0usize));
+                    nulls.push(true);
+                }
+            }
+        }
+        let mut dims = [n as i32];
+        let mut lbs = [1i32];
+        let arr = pg_sys::construct_md_array(
+            datums.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+            1,
+            dims.as_mut_ptr(),
+            lbs.as_mut_ptr(),
+            pg_sys::JSONBOID,
+            -1,
+            false,
+            b'i' as std::ffi::c_char,
+        );
+        DatumWithOid::from(JsonbArrayDatum(pg_sys::Datum::from(arr)))
     }
 }

@@ -5,6 +5,7 @@ pub(crate) mod counters;
 pub(crate) mod datum;
 pub(crate) mod error;
 pub(crate) mod shmem;
+pub(crate) mod spi;
 
 use pgrx::pg_sys;
 
@@ -223,4 +224,11 @@ pub(crate) fn set_session_setting(name: &std::ffi::CStr, value: &std::ffi::CStr)
             pg_sys::GucSource::PGC_S_OVERRIDE,
         );
     }
+}
+
+/// Processes the invalidation messages queued for this backend (catalog edits committed by
+/// other sessions since its last lock acquisition), so that caches checked next see them.
+pub(crate) fn accept_invalidations() {
+    // SAFETY: allowed anywhere inside a transaction, as PostgreSQL's own lock manager does.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
 }

@@ -15,11 +15,12 @@ use crate::domain::sanitize::{self, Limits};
 use crate::domain::scan_floor::ScanFloor;
 use crate::domain::transitions::RuleSet;
 use crate::pg::datum::JsonbArg;
+use crate::pg::spi::{in_subtransaction, replanned, run_kept, run_kept_as};
 use crate::pipeline::call_row::{self, CallColumns, CallRow, CallRowSql};
 use crate::pipeline::tables::Tables;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::spi::SpiClient;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -155,8 +156,6 @@ thread_local! {
     /// The claim size this backend adapted to after a batch was capped by the lock table
     /// (doubled back after each full batch that was not).
     static ADAPTED_LIMIT: std::cell::Cell<i32> = const { std::cell::Cell::new(i32::MAX) };
-    /// Kept plans by statement and tables (0: the extension's own; else a Citus shard group).
-    static PLANS: RefCell<HashMap<(&'static str, i64), OwnedPreparedStatement>> = RefCell::new(HashMap::new());
 }
 
 /// This backend's scan floor on `tables`.
@@ -164,19 +163,8 @@ fn with_floor<R>(tables: &Tables, f: impl FnOnce(&mut ScanFloor) -> R) -> R {
     SCAN_FLOOR.with(|m| f(m.borrow_mut().entry(tables.shard).or_insert_with(ScanFloor::new)))
 }
 
-/// Runs `sql` through a plan prepared once per backend. The plan is out of the map while it
-/// runs: a statement it fires (a trigger on dialpad.calls) may run kept plans of its own.
-pub(crate) fn run_kept<'c>(
-    client: &mut SpiClient<'c>,
-    sql: &'static str,
-    types: &[pg_sys::Oid],
-    limit: Option<i64>,
-    args: &[DatumWithOid],
-) -> Result<pgrx::spi::SpiTupleTable<'c>, pgrx::spi::Error> {
-    run_kept_on(client, None, sql, types, limit, args)
-}
-
-/// [`run_kept`] on `tables` (None: the extension's own), with its own kept plan.
+/// [`run_kept`] on `tables`, with a kept plan of its own per shard group (the statement
+/// names the extension's tables; [`Tables::sql`] names the group's shards).
 pub(crate) fn run_kept_on<'c>(
     client: &mut SpiClient<'c>,
     tables: Option<&Tables>,
@@ -185,36 +173,10 @@ pub(crate) fn run_kept_on<'c>(
     limit: Option<i64>,
     args: &[DatumWithOid],
 ) -> Result<pgrx::spi::SpiTupleTable<'c>, pgrx::spi::Error> {
-    let key = (sql, tables.map_or(0, |t| t.shard));
-    let plan = match PLANS.with(|p| p.borrow_mut().remove(&key)) {
-        Some(plan) => plan,
-        None => {
-            let types: Vec<_> = types.iter().map(|&t| t.into()).collect();
-            match tables.filter(|t| t.shard != 0) {
-                Some(t) => client.prepare_mut(t.sql(sql).as_str(), &types)?.keep(),
-                None => client.prepare_mut(sql, &types)?.keep(),
-            }
-        }
-    };
-    let result = client.update(&plan, limit, args);
-    PLANS.with(|p| p.borrow_mut().insert(key, plan));
-    result
-}
-
-/// Runs `run` (a [`run_kept`] of a statement that reads a table) with the statement planned
-/// for its actual arguments. Left to the plan cache, such a plan settles on a generic plan made once, maybe
-/// when the table was small (right after install or a TRUNCATE: a sequential scan of
-/// dialpad.calls), and keeps it until the next ANALYZE; the worker measured 17k events/s with
-/// that, 21.6k with re-planning. The upsert and the rejection insert read no table and keep
-/// their generic plans. The setting is scoped like a function's SET clause: restored here, or
-/// by the (sub)transaction abort on error.
-pub(crate) fn replanned<T>(run: impl FnOnce() -> T) -> T {
-    crate::pg::with_setting(c"plan_cache_mode", c"force_custom_plan", run)
-}
-
-/// Forgets the kept plans (after the extension was dropped and re-created).
-pub(crate) fn forget_plans() {
-    PLANS.with(|p| p.borrow_mut().clear());
+    match tables.filter(|t| t.shard != 0) {
+        Some(t) => run_kept_as(client, sql, t.shard, || t.sql(sql), types, limit, args),
+        None => run_kept(client, sql, types, limit, args),
+    }
 }
 
 struct Claimed {
@@ -1022,59 +984,6 @@ struct Rejections {
     reason: Vec<String>,
 }
 
-/// An already-built `jsonb[]` datum.
-struct JsonbArrayDatum(pg_sys::Datum);
-
-impl IntoDatum for JsonbArrayDatum {
-    fn into_datum(self) -> Option<pg_sys::Datum> {
-        Some(self.0)
-    }
-
-    fn type_oid() -> pg_sys::Oid {
-        pg_sys::JSONBARRAYOID
-    }
-}
-
-/// A `jsonb[]` built from finished jsonb datums (no text round trip).
-pub(crate) fn jsonb_array<'a>(items: Vec<Option<Vec<u8>>>) -> DatumWithOid<'a> {
-    // SAFETY: each item is a complete jsonb datum (varlena header set by jsonb::Writer),
-    // copied into palloc'd memory of the current context; construct_md_array copies the
-    // datums into one array in the same context, which outlives the statement it is bound to.
-    unsafe {
-        let n = items.len();
-        let mut datums: Vec<pg_sys::Datum> = Vec::with_capacity(n);
-        let mut nulls: Vec<bool> = Vec::with_capacity(n);
-        for item in items {
-            match item {
-                Some(bytes) => {
-                    let p = pg_sys::palloc(bytes.len()) as *mut u8;
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
-                    datums.push(pg_sys::Datum::from(p));
-                    nulls.push(false);
-                }
-                None => {
-                    datums.push(pg_sys::Datum::from(0usize));
-                    nulls.push(true);
-                }
-            }
-        }
-        let mut dims = [n as i32];
-        let mut lbs = [1i32];
-        let arr = pg_sys::construct_md_array(
-            datums.as_mut_ptr(),
-            nulls.as_mut_ptr(),
-            1,
-            dims.as_mut_ptr(),
-            lbs.as_mut_ptr(),
-            pg_sys::JSONBOID,
-            -1,
-            false,
-            b'i' as std::ffi::c_char,
-        );
-        DatumWithOid::from(JsonbArrayDatum(pg_sys::Datum::from(arr)))
-    }
-}
-
 /// How many distinct calls one batch may hold locks on: a quarter of the shared lock table
 /// shared among the workers and one more processor, so that a large dialpad.batch_size never
 /// exhausts it (other sessions would fail with "out of shared memory").
@@ -1090,95 +999,4 @@ fn max_calls_per_batch() -> usize {
 /// reports a full lock table as "not available" instead of raising an error.
 fn try_lock_call(call_id: i64) -> bool {
     crate::pg::advisory_xact_lock(LOCK_NAMESPACE, call_id as u64, false)
-}
-
-/// An error caught in a subtransaction: its SQLSTATE and message.
-pub(crate) struct CaughtSqlError {
-    pub code: pgrx::PgSqlErrorCode,
-    pub message: String,
-    /// The error's DETAIL (also in `message`, in parentheses).
-    pub detail: Option<String>,
-}
-
-impl CaughtSqlError {
-    /// A lock we could not get in time (lock_timeout) or a deadlock: the call is busy, not bad.
-    fn is_lock_conflict(&self) -> bool {
-        matches!(
-            self.code,
-            pgrx::PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE | pgrx::PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
-        )
-    }
-}
-
-/// Runs `f` in a subtransaction: kept on success, rolled back on error (returned). The
-/// caller's memory context and resource owner are restored either way.
-pub(crate) fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtSqlError> {
-    // SAFETY: the subtransaction is begun and ended here on every path (PgTryBuilder catches
-    // the ERROR's longjmp); memory context and resource owner are put back as they were.
-    unsafe {
-        let cxt = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(cxt);
-        let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(move || Ok(f())))
-            .catch_others(|e| Err(Box::new(e)))
-            .execute();
-        match result {
-            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
-            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
-        }
-        pg_sys::MemoryContextSwitchTo(cxt);
-        pg_sys::CurrentResourceOwner = owner;
-        match result {
-            Ok(r) => Ok(r),
-            // A cancel, statement_timeout or shutdown is not the call's fault: it ends the
-            // statement, as it would anywhere else (issue 22), never isolated and skipped.
-            Err(e) if is_interrupt(caught_code(&e)) => (*e).rethrow(),
-            Err(e) => {
-                Err(CaughtSqlError { code: caught_code(&e), message: caught_message(&e), detail: caught_detail(&e) })
-            }
-        }
-    }
-}
-
-/// SQLSTATE class 57 (operator intervention): query_canceled (cancel, statement_timeout),
-/// admin_shutdown (terminate) and the like.
-fn is_interrupt(code: pgrx::PgSqlErrorCode) -> bool {
-    use pgrx::PgSqlErrorCode::*;
-    matches!(
-        code,
-        ERRCODE_OPERATOR_INTERVENTION
-            | ERRCODE_QUERY_CANCELED
-            | ERRCODE_ADMIN_SHUTDOWN
-            | ERRCODE_CRASH_SHUTDOWN
-            | ERRCODE_CANNOT_CONNECT_NOW
-            | ERRCODE_DATABASE_DROPPED
-    )
-}
-
-fn caught_code(e: &pg_sys::panic::CaughtError) -> pgrx::PgSqlErrorCode {
-    match e {
-        pg_sys::panic::CaughtError::PostgresError(r)
-        | pg_sys::panic::CaughtError::ErrorReport(r)
-        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.sql_error_code(),
-    }
-}
-
-fn caught_detail(e: &pg_sys::panic::CaughtError) -> Option<String> {
-    match e {
-        pg_sys::panic::CaughtError::PostgresError(r)
-        | pg_sys::panic::CaughtError::ErrorReport(r)
-        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.detail().map(str::to_string),
-    }
-}
-
-pub(crate) fn caught_message(e: &pg_sys::panic::CaughtError) -> String {
-    match e {
-        pg_sys::panic::CaughtError::PostgresError(r)
-        | pg_sys::panic::CaughtError::ErrorReport(r)
-        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => match r.detail() {
-            Some(d) => format!("{} ({})", r.message(), d),
-            None => r.message().to_string(),
-        },
-    }
 }

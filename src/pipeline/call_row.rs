@@ -198,7 +198,7 @@ macro_rules! call_row_sql {
 
             /// The upsert's arguments, in [`upsert_sql`]'s order.
             pub(crate) fn into_args<'a>(self) -> Vec<DatumWithOid<'a>> {
-                vec![ $( self.$field.into(), )* crate::pipeline::batch::jsonb_array(self.raw_payload) ]
+                vec![ $( self.$field.into(), )* crate::pg::datum::jsonb_array(self.raw_payload) ]
             }
         }
     };

@@ -305,8 +305,8 @@ pub(crate) fn first_delivery(
     key: &str,
     received_at: pg_sys::TimestampTz,
 ) -> Option<i64> {
-    // SAFETY: processes queued invalidations (a partition attached or dropped since).
-    unsafe { pg_sys::AcceptInvalidationMessages() };
+    // A partition attached or dropped since.
+    crate::pg::accept_invalidations();
     let (inbox, relkind) = inbox(rel);
     if inbox == pg_sys::InvalidOid {
         return None;

@@ -10,7 +10,8 @@
 //! insert found a row that way is done again, locked, from a snapshot taken after.
 
 use crate::domain::logical::{compute, Leg, LogicalCall};
-use crate::pipeline::batch::{run_kept, run_kept_on};
+use crate::pg::spi::run_kept;
+use crate::pipeline::batch::run_kept_on;
 use crate::pipeline::rules;
 use crate::pipeline::tables::Tables;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};

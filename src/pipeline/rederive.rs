@@ -72,7 +72,7 @@ pub(crate) fn step(max_calls: i32, rules: &RuleSet) -> i64 {
 fn step_in(client: &mut pgrx::spi::SpiClient<'_>, max_calls: i32, rules: &RuleSet) -> Result<i64, pgrx::spi::Error> {
     // A call listed by two jobs is re-derived once, and counted in both.
     let mut jobs_of: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    for row in batch::run_kept(client, CLAIM_SQL, &[pg_sys::INT4OID], None, &[max_calls.into()])? {
+    for row in crate::pg::spi::run_kept(client, CLAIM_SQL, &[pg_sys::INT4OID], None, &[max_calls.into()])? {
         check_for_interrupts!();
         let (Some(job), Some(call)) = (row.get::<i64>(1)?, row.get::<i64>(2)?) else { continue };
         jobs_of.entry(call).or_default().push(job);
@@ -109,7 +109,7 @@ fn step_in(client: &mut pgrx::spi::SpiClient<'_>, max_calls: i32, rules: &RuleSe
         return Ok(0);
     }
     let (jobs, calls) = gone;
-    batch::run_kept(
+    crate::pg::spi::run_kept(
         client,
         DONE_SQL,
         &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
@@ -124,13 +124,13 @@ fn step_in(client: &mut pgrx::spi::SpiClient<'_>, max_calls: i32, rules: &RuleSe
         args.2.push(c.failed);
         args.3.push(c.last_error.clone());
     }
-    batch::run_kept(
+    crate::pg::spi::run_kept(
         client,
         COUNT_SQL,
         &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID],
         None,
         &[ids.clone().into(), args.0.into(), args.1.into(), args.2.into(), args.3.into()],
     )?;
-    batch::run_kept(client, FINISH_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.into()])?;
+    crate::pg::spi::run_kept(client, FINISH_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.into()])?;
     Ok(handled)
 }

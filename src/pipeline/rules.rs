@@ -32,8 +32,7 @@ pub(crate) fn invalidate(relid: pg_sys::Oid) {
 pub(crate) fn current() -> Result<Rc<RuleSet>, pgrx::spi::Error> {
     // Pick up edits committed by other sessions since our last lock acquisition, so that a
     // long transaction in READ COMMITTED also sees them from its next statement.
-    // SAFETY: processes queued invalidations; allowed anywhere inside a transaction.
-    unsafe { pg_sys::AcceptInvalidationMessages() };
+    crate::pg::accept_invalidations();
     let generation = crate::pg::relcache_generation(&TABLE_OIDS.with(|t| t.get()));
     if let Some(rules) =
         CACHE.with(|c| c.borrow().as_ref().filter(|c| c.generation == generation).map(|c| c.rules.clone()))

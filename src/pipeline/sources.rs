@@ -57,8 +57,7 @@ thread_local! {
 
 /// The current sources, loading them if an edit (or nothing yet) made the cache stale.
 pub(crate) fn current() -> Result<Rc<Sources>, pgrx::spi::Error> {
-    // SAFETY: processes queued invalidations; allowed anywhere inside a transaction.
-    unsafe { pg_sys::AcceptInvalidationMessages() };
+    crate::pg::accept_invalidations();
     let table = crate::pg::dialpad_relation(c"sources");
     if table == pg_sys::InvalidOid {
         return Ok(Rc::new(Sources::Legacy));
