@@ -9,13 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn sqlstate(c: &mut postgres::Client, sql: &str) -> String {
-    match c.batch_execute(sql) {
-        Ok(()) => "ok".into(),
-        Err(e) => e.code().map(|s| s.code().to_string()).unwrap_or_else(|| e.to_string()),
-    }
-}
-
 fn set_and_reload(c: &mut postgres::Client, setting: &str) {
     c.batch_execute(&format!("ALTER SYSTEM SET {setting}")).unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();

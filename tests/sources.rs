@@ -7,19 +7,10 @@ mod common;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::*;
-use hmac::{Hmac, Mac};
 use postgres::Client;
-use sha2::Sha256;
 
 const ACME: &str = "acme-secret-0123456789";
 const GLOBEX: &str = "globex-secret-9876543210";
-
-fn jwt_with(header: &str, claims: &str, secret: &str) -> String {
-    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(input.as_bytes());
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
-}
 
 fn event(call_id: i64, state: &str, ts: i64) -> String {
     format!(r#"{{"call_id": {call_id}, "state": "{state}", "event_timestamp": {ts}, "direction": "inbound"}}"#)
@@ -75,7 +66,7 @@ fn two_sources_ingest_side_by_side_and_refusals_say_why_and_store_nothing() {
         ),
         (
             "critical header extension",
-            jwt_with(r#"{"alg":"HS256","typ":"JWT","crit":["exp"]}"#, &event(3, "ringing", 1), ACME),
+            jwt_with_header(r#"{"alg":"HS256","typ":"JWT","crit":["exp"]}"#, &event(3, "ringing", 1), ACME),
             Some("acme"),
             "28000 unsupported crit",
         ),

@@ -28,13 +28,6 @@ fn rows(c: &mut Client, sql: &str) -> Vec<String> {
         .collect()
 }
 
-fn sqlstate(c: &mut Client, sql: &str) -> String {
-    match c.batch_execute(sql) {
-        Ok(()) => "ok".into(),
-        Err(e) => e.code().map(|s| s.code().to_string()).unwrap_or_else(|| e.to_string()),
-    }
-}
-
 fn text(c: &mut Client, sql: &str) -> String {
     c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get::<_, Option<String>>(0).unwrap_or_default()
 }
@@ -48,18 +41,6 @@ fn outcome<T>(r: Result<T, postgres::Error>) -> String {
             None => e.to_string(),
         },
     }
-}
-
-/// A compact HS256 JWT of `claims`, as Dialpad signs them.
-fn signed(claims: &str, secret: &str) -> String {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
-    use hmac::{Hmac, Mac};
-    let input =
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#), URL_SAFE_NO_PAD.encode(claims));
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(input.as_bytes());
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
 }
 
 /// How a delivery reaches dialpad.ingest_webhook.
@@ -77,9 +58,9 @@ impl Via {
     fn ingest(&self, c: &mut impl GenericClient, claims: &str) -> Result<i64, postgres::Error> {
         let row = match self {
             Via::Unsigned => c.query_one("SELECT dialpad.ingest_webhook($1)", &[&claims])?,
-            Via::Legacy(secret) => c.query_one("SELECT dialpad.ingest_webhook($1)", &[&signed(claims, secret)])?,
+            Via::Legacy(secret) => c.query_one("SELECT dialpad.ingest_webhook($1)", &[&jwt(claims, secret)])?,
             Via::Source { name, secret } => {
-                c.query_one("SELECT dialpad.ingest_webhook($1, $2)", &[&signed(claims, secret), name])?
+                c.query_one("SELECT dialpad.ingest_webhook($1, $2)", &[&jwt(claims, secret), name])?
             }
         };
         Ok(row.get(0))

@@ -9,6 +9,7 @@
 //! one subtransaction per call, to isolate the bad one; a clean batch pays nothing for that.
 
 use crate::codec::jsonb::Container;
+use crate::domain::batch::{self as decide, AdaptiveLimit};
 use crate::domain::event::{CallEvent, EventError};
 use crate::domain::fold::{fold_events_by_call, Folded};
 use crate::domain::sanitize::{self, Limits};
@@ -155,7 +156,7 @@ thread_local! {
     static SCAN_FLOOR: RefCell<HashMap<i64, ScanFloor>> = RefCell::new(HashMap::new());
     /// The claim size this backend adapted to after a batch was capped by the lock table
     /// (doubled back after each full batch that was not).
-    static ADAPTED_LIMIT: std::cell::Cell<i32> = const { std::cell::Cell::new(i32::MAX) };
+    static ADAPTED_LIMIT: std::cell::Cell<AdaptiveLimit> = std::cell::Cell::new(AdaptiveLimit::default());
 }
 
 /// This backend's scan floor on `tables`.
@@ -247,7 +248,7 @@ fn process_batch_in(
         }
     }
     let mut timer = StepTimer::new();
-    let max_events = max_events.min(ADAPTED_LIMIT.with(|a| a.get()));
+    let max_events = ADAPTED_LIMIT.with(|a| a.get().limit(max_events));
     let Some(mut batch) = Batch::claim(client, tables, max_events, scan)? else { return Ok(BatchOutcome::default()) };
     timer.step("claim");
     batch.group_by_call();
@@ -502,20 +503,19 @@ impl Batch {
     /// room for (one entry per call): the oldest calls first, the rest next batch.
     fn lock_calls(&mut self) {
         let cap = max_calls_per_batch();
-        if self.calls.len() > cap {
-            let mut calls = std::mem::take(&mut self.calls);
-            calls.sort_unstable_by_key(|&c| self.event_ids_of(c).min());
-            for call_id in calls.drain(cap..) {
+        let calls = std::mem::take(&mut self.calls);
+        let (kept, waiting) = decide::keep_oldest_calls(calls, cap, |c| self.event_ids_of(c).min().unwrap_or(i64::MAX));
+        let mut capped_keeping = None;
+        if !waiting.is_empty() {
+            for call_id in waiting {
                 let ids: Vec<i64> = self.event_ids_of(call_id).collect();
                 self.deferred.extend(ids);
             }
-            self.calls = calls;
             self.out.capped_at_calls = Some(cap);
-            let kept: usize = self.calls.iter().map(|c| self.by_call[c].len()).sum();
-            ADAPTED_LIMIT.with(|a| a.set(kept.max(1) as i32));
-        } else if self.out.full {
-            ADAPTED_LIMIT.with(|a| a.set(a.get().saturating_mul(2)));
+            capped_keeping = Some(kept.iter().map(|c| self.by_call[c].len()).sum());
         }
+        ADAPTED_LIMIT.with(|a| a.set(a.get().after(capped_keeping, self.out.full)));
+        self.calls = kept;
         let mut held = Vec::with_capacity(self.calls.len());
         for call_id in std::mem::take(&mut self.calls) {
             if try_lock_call(call_id) {
@@ -614,11 +614,8 @@ impl Batch {
             .copied()
             .filter(|call_id| {
                 let Some(row) = self.rows.get(call_id) else { return false };
-                self.by_call[call_id].iter().any(|&i| {
-                    let Ok(ev) = self.events[i].parsed.as_ref() else { return false };
-                    ev.event_at.zip(row.last_event_at).is_some_and(|(at, last)| at <= last)
-                        || crate::domain::fold::conflicts_with_terminal(rules, ev, row)
-                })
+                let events = self.by_call[call_id].iter().filter_map(|&i| self.events[i].parsed.as_ref().ok());
+                decide::needs_history(rules, row, events)
             })
             .collect();
         self.read_history(client)
@@ -891,29 +888,15 @@ fn write_calls_or_raise(
 /// (index < `n_batch`) whose (state, event_timestamp, source) an applied history event or an
 /// earlier batch event already has. Returns (index of the redelivery, id of the first delivery).
 fn find_redeliveries(claimed: &[Claimed], idx: &[usize], n_batch: usize) -> Vec<(usize, i64)> {
-    type Key = (String, i64, Option<String>);
-    let key = |i: usize| -> Option<Key> {
-        let ev = claimed[i].parsed.as_ref().ok()?;
-        Some((ev.state.clone()?, ev.event_at?, ev.source.clone()))
-    };
-    let mut first: HashMap<Key, i64> = HashMap::new();
-    for &i in idx.iter().filter(|&&i| i >= n_batch) {
-        if let Some(k) = key(i) {
-            first.entry(k).or_insert(claimed[i].id);
-        }
-    }
-    let mut dups = Vec::new();
-    for &i in idx.iter().filter(|&&i| i < n_batch) {
-        if let Some(k) = key(i) {
-            match first.get(&k) {
-                Some(&orig) => dups.push((i, orig)),
-                None => {
-                    first.insert(k, claimed[i].id);
-                }
-            }
-        }
-    }
-    dups
+    decide::find_redeliveries(
+        idx,
+        n_batch,
+        |i| claimed[i].id,
+        |i| {
+            let ev = claimed[i].parsed.as_ref().ok()?;
+            Some((ev.state.as_deref()?, ev.event_at?, ev.source.as_deref()))
+        },
+    )
 }
 
 /// Upserts the changed calls among `which` and records their rejected transitions.
@@ -989,10 +972,8 @@ struct Rejections {
 /// exhausts it (other sessions would fail with "out of shared memory").
 fn max_calls_per_batch() -> usize {
     // SAFETY: plain reads of integer settings fixed at server start.
-    // SAFETY: plain reads of integer settings fixed at server start.
     let (per_xact, backends) = unsafe { (pg_sys::max_locks_per_xact, pg_sys::MaxBackends) };
-    let table = (per_xact.max(10) as usize) * (backends.max(1) as usize);
-    (table / 4 / (crate::gucs::workers() + 1)).max(16)
+    decide::lock_cap(per_xact, backends, crate::gucs::workers())
 }
 
 /// Tries the call's advisory lock (held until the transaction ends); never waits, and

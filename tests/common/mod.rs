@@ -368,16 +368,38 @@ pub fn wait_until(c: &mut Client, sql: &str, secs: u64) {
     }
 }
 
+/// The JOSE header Dialpad signs with.
+pub const HS256_HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
 /// A body signed as Dialpad signs it: an HS256 JWT of `claims` with the source's `secret`.
 pub fn jwt(claims: &str, secret: &str) -> String {
+    jwt_with_header(HS256_HEADER, claims, secret)
+}
+
+/// A compact JWT of `claims` under any `header`, signed with HMAC-SHA256 whatever the header
+/// says (the tests forge headers: alg none, HS512, crit).
+pub fn jwt_with_header(header: &str, claims: &str, secret: &str) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     use hmac::{Hmac, Mac};
-    let input =
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#), URL_SAFE_NO_PAD.encode(claims));
+    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
     mac.update(input.as_bytes());
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+/// "ok", or the SQLSTATE of the failed statement (its text when it has none: a lost
+/// connection).
+pub fn sqlstate_of<T>(result: Result<T, postgres::Error>) -> String {
+    match result {
+        Ok(_) => "ok".into(),
+        Err(e) => e.code().map(|s| s.code().to_string()).unwrap_or_else(|| e.to_string()),
+    }
+}
+
+/// [`sqlstate_of`] the statements in `sql`.
+pub fn sqlstate(c: &mut Client, sql: &str) -> String {
+    sqlstate_of(c.batch_execute(sql))
 }
 
 /// An error as a test report shows it: SQLSTATE, message, detail.

@@ -1,6 +1,7 @@
 //! The rules of pg_dialpad, in plain Rust: nothing here calls PostgreSQL, so all of it is
 //! unit-tested outside a backend.
 
+pub mod batch;
 pub mod call_row;
 pub mod direction;
 pub mod event;
