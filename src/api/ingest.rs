@@ -1,6 +1,7 @@
 //! `dialpad.ingest_webhook()`: one webhook delivery, verified and stored. The steps:
 //! resolve the source → verify the body with its secrets → parse → check the times → store.
 
+use super::compat;
 use crate::codec::jsonb;
 use crate::domain::webhook::{self as ingest, JwtError};
 use crate::gucs;
@@ -22,13 +23,13 @@ fn count(outcome: Outcome) {
     LABEL.with(|l| counters::record(&l.borrow(), outcome));
 }
 
-fn reject(outcome: Outcome, code: PgSqlErrorCode, message: String, hint: Option<&str>) -> ! {
+pub(super) fn reject(outcome: Outcome, code: PgSqlErrorCode, message: String, hint: Option<&str>) -> ! {
     count(outcome);
     error::raise(code, message, None, hint)
 }
 
 /// A refusal to trust a delivery: SQLSTATE 28000, the reason in the DETAIL; counted by it.
-fn refuse(message: String, reason: &str, hint: Option<&str>) -> ! {
+pub(super) fn refuse(message: String, reason: &str, hint: Option<&str>) -> ! {
     count(Outcome::of_refusal(reason));
     error::raise(PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, message, Some(reason.to_owned()), hint)
 }
@@ -54,31 +55,6 @@ fn unix_now_ms() -> i64 {
 /// Every delivery is stored; the insert trigger marks a redelivery duplicate_of its first.
 /// On Citus, the call id the row is routed by is added by the planner hook (citus/routing.rs).
 const INSERT_SQL: &str = "INSERT INTO dialpad.webhook_events (payload) VALUES ($1) RETURNING id, duplicate_of";
-/// The 0.1.0 inbox (before ALTER EXTENSION ... UPDATE) still has its unique index.
-const INSERT_0_1_SQL: &str = "\
-INSERT INTO dialpad.webhook_events (payload) VALUES ($1)
-ON CONFLICT (call_id, dedupe_key) DO NOTHING
-RETURNING id";
-const INSERT_PLAIN_0_1_SQL: &str = "INSERT INTO dialpad.webhook_events (payload) VALUES ($1) RETURNING id";
-const FIND_DUPLICATE_0_1_SQL: &str = "SELECT id FROM dialpad.webhook_events
- WHERE call_id OPERATOR(pg_catalog.=) $1 AND dedupe_key OPERATOR(pg_catalog.=) $2";
-
-/// Whether dialpad.webhook_events has the 0.2.0 shape (duplicate_of). The inbox is locked
-/// first (RowExclusiveLock, which the INSERT takes anyway), so that an ALTER EXTENSION ...
-/// UPDATE in progress is waited for and its result seen; then the syscache answers.
-fn inbox_marks_duplicates() -> bool {
-    let rel = crate::pg::dialpad_relation(c"webhook_events");
-    if rel == pg_sys::InvalidOid {
-        return true;
-    }
-    // SAFETY: a regular relation lock held to the end of the transaction, then a syscache
-    // lookup by a valid C string.
-    unsafe {
-        pg_sys::LockRelationOid(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        pg_sys::get_attnum(rel, c"duplicate_of".as_ptr()) != pg_sys::InvalidAttrNumber as i16
-    }
-}
-
 /// Stores one webhook delivery (the raw request body: JSON, or a JWT when
 /// dialpad.webhook_secret is set) and returns the id of its first delivery in
 /// dialpad.webhook_events: a redelivery of the same (call_id, state, event_timestamp) is kept
@@ -86,27 +62,6 @@ fn inbox_marks_duplicates() -> bool {
 #[pg_extern(volatile, parallel_unsafe, name = "ingest_webhook")]
 fn ingest_webhook_with_source(body: Option<&str>, source: default!(Option<&str>, "NULL")) -> i64 {
     ingest_webhook(body, source)
-}
-
-#[unsafe(no_mangle)]
-pub(crate) extern "C" fn pg_finfo_ingest_webhook_wrapper() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
-
-/// The C symbol of 0.1.0's `dialpad.ingest_webhook(text)`: between a restart with this
-/// library and `ALTER EXTENSION pg_dialpad UPDATE`, the 0.1.0 SQL function still calls it
-/// with one argument, and deliveries must keep being accepted.
-///
-/// # Safety
-/// Called by PostgreSQL's function manager with a valid `fcinfo` of one text argument.
-#[pg_guard]
-#[unsafe(no_mangle)]
-pub unsafe extern "C-unwind" fn ingest_webhook_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: fcinfo is valid (fmgr contract) and its first argument is text (0.1.0's
-    // declaration); a NULL argument reads as None.
-    let body = unsafe { pgrx::fcinfo::pg_getarg::<&str>(fcinfo, 0) };
-    pg_sys::Datum::from(ingest_webhook(body, None))
 }
 
 /// The delivery stored (or refused, by raising) in the current transaction: the SQL
@@ -136,7 +91,7 @@ pub(crate) fn ingest_webhook(body: Option<&str>, source: Option<&str>) -> i64 {
         );
     }
     let (json, via, signed) = match sources.as_ref() {
-        Sources::Legacy => (legacy_verified_json(body), None, false),
+        Sources::Legacy => (compat::legacy_verified_json(body), None, false),
         Sources::Table(all) => {
             let via = resolve_source(all, source);
             let (json, signed) = verified_json(body, via);
@@ -231,36 +186,6 @@ fn verified_json(body: &str, via: Option<&Source>) -> (String, bool) {
     }
 }
 
-/// Before `ALTER EXTENSION pg_dialpad UPDATE` to 0.2.0 (no sources table yet): 0.1.0's rule,
-/// the secret of the setting dialpad.webhook_secret.
-fn legacy_verified_json(body: &str) -> String {
-    let secret = gucs::webhook_secret();
-    match (ingest::classify(body), &secret) {
-        (ingest::Body::Jwt { .. }, None) => refuse(
-            "received a signed (JWT) webhook body, but dialpad.webhook_secret is not set".into(),
-            "unknown source",
-            Some("Run ALTER EXTENSION pg_dialpad UPDATE, then add the secret with dialpad.add_source()."),
-        ),
-        (ingest::Body::Jwt { header, payload, signature }, Some(secret)) => {
-            match ingest::verify_with(header, payload, signature, &[secret.as_slice()], &mut || {
-                check_for_interrupts!();
-            }) {
-                Ok((claims, _)) => claims,
-                Err(e @ JwtError::Malformed(_)) => {
-                    reject(Outcome::Malformed, PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION, e.to_string(), None)
-                }
-                Err(e) => refuse(e.to_string(), e.reason(), None),
-            }
-        }
-        (ingest::Body::Json(_), Some(_)) => refuse(
-            "dialpad.webhook_secret is set: the webhook body must be an HS256-signed JWT".into(),
-            "unsigned body",
-            None,
-        ),
-        (ingest::Body::Json(t), None) => t.to_string(),
-    }
-}
-
 /// The JSON parsed by PostgreSQL's own parser into a jsonb datum.
 fn parse_payload(json: String) -> datum::JsonbArg {
     if json.trim().is_empty() {
@@ -303,43 +228,20 @@ fn parse_payload(json: String) -> datum::JsonbArg {
 }
 
 /// Stores the delivery; returns (id of its first delivery, whether this was a redelivery).
+/// `key` is its de-duplication key (None for an event the insert trigger cannot de-duplicate).
 fn store(payload: datum::JsonbArg, key: Option<String>) -> Result<(i64, bool), pgrx::spi::Error> {
     Spi::connect_mut(|client| -> Result<(i64, bool), pgrx::spi::Error> {
-        if inbox_marks_duplicates() {
-            if let Some(k) = key.as_deref() {
-                if let Some(call_id) = k.split('/').next().and_then(|c| c.parse::<i64>().ok()) {
-                    dedupe::lock_key(call_id, k);
-                }
-            }
-            let row = spi::run_kept(client, INSERT_SQL, &[pg_sys::JSONBOID], None, &[payload.into()])?.first();
-            let id = row.get::<i64>(1)?.unwrap_or(0);
-            return Ok(match row.get::<i64>(2)? {
-                Some(first) => (first, true),
-                None => (id, false),
-            });
+        if compat::inbox_is_0_1() {
+            return compat::store_in_0_1_inbox(client, payload, key);
         }
-        let sql = if key.is_some() { INSERT_0_1_SQL } else { INSERT_PLAIN_0_1_SQL };
-        let inserted = spi::run_kept(client, sql, &[pg_sys::JSONBOID], None, &[payload.into()])?
-            .first()
-            .get::<i64>(1)
-            .ok()
-            .flatten();
-        if let Some(id) = inserted {
-            return Ok((id, false));
+        if let Some((k, call_id)) = key.as_deref().and_then(|k| Some((k, ingest::key_call_id(k)?))) {
+            dedupe::lock_key(call_id, k);
         }
-        let call_id = key.as_deref().and_then(|k| k.split('/').next()).and_then(|c| c.parse::<i64>().ok());
-        let id = spi::replanned(|| {
-            spi::run_kept(
-                client,
-                FIND_DUPLICATE_0_1_SQL,
-                &[pg_sys::INT8OID, pg_sys::TEXTOID],
-                None,
-                &[call_id.into(), key.clone().into()],
-            )
-        })?
-        .first()
-        .get::<i64>(1)?
-        .unwrap_or(0);
-        Ok((id, true))
+        let row = spi::run_kept(client, INSERT_SQL, &[pg_sys::JSONBOID], None, &[payload.into()])?.first();
+        let id = row.get::<i64>(1)?.unwrap_or(0);
+        Ok(match row.get::<i64>(2)? {
+            Some(first) => (first, true),
+            None => (id, false),
+        })
     })
 }

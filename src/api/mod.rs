@@ -2,6 +2,7 @@
 //! arguments, calls into `domain` (pure rules) or `pipeline` (the batch), and turns what
 //! goes wrong into an error with a SQLSTATE (`pg::error`).
 
+pub(crate) mod compat;
 pub(crate) mod drop_guard;
 pub(crate) mod ingest;
 pub(crate) mod monitoring;

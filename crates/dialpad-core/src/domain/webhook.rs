@@ -338,6 +338,11 @@ pub fn dedupe_key(root: crate::codec::jsonb::Value<'_>, source: Option<&str>) ->
     Some(format!("{call_id}/#{hex}"))
 }
 
+/// The call id a [`dedupe_key`] starts with.
+pub fn key_call_id(key: &str) -> Option<i64> {
+    key.split_once('/')?.0.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,6 +494,13 @@ mod tests {
         );
         assert_eq!(key(r#"{"call_id": 42.5, "state": "hangup", "event_timestamp": 1}"#), None);
         assert_eq!(key(r#"[1]"#), None);
+        // The call id reads back from every shape of key, hashed and with a source too.
+        let long = format!(r#"{{"call_id": -7, "state": "{}", "event_timestamp": 1}}"#, "s".repeat(500));
+        for k in [key(r#"{"call_id": "42", "state": "a/b", "event_timestamp": 1}"#), key(&long)] {
+            let k = k.unwrap();
+            assert_eq!(key_call_id(&k), Some(if k.starts_with('-') { -7 } else { 42 }), "{k}");
+        }
+        assert_eq!(key_call_id("no slash"), None);
     }
 
     #[test]
