@@ -488,12 +488,78 @@ fn eps(r: f64) -> String {
     format!("{r:.0} events/s")
 }
 
+/// A figure that starts clusters of its own: it adds its rows to the report, `runs` each.
+type Standalone = fn(&mut Report, usize);
+
+/// The figures that start clusters of their own (default configuration), by BENCH_ONLY name.
+const STANDALONE: &[(&str, Standalone)] = &[
+    ("drain", drain::drain_bench),
+    ("http", http_bench::http_bench),
+    ("steady", steady::steady_bench),
+    ("rederive", rederive::rederive_bench),
+];
+
 fn main() {
-    let n_events = env_usize("BENCH_EVENTS", 60_000);
-    let runs = env_usize("BENCH_RUNS", 3);
-    let backlog = env_usize("BENCH_BACKLOG", 5_000_000);
-    let memory_events = env_usize("BENCH_MEMORY_EVENTS", 2_000_000);
-    let hold = env_usize("BENCH_HOLD_SECONDS", 600);
+    let settings = Settings::from_env();
+    let machine = machine();
+    println!("pg_dialpad benchmarks on {machine}");
+    let mut report = Report { rows: Vec::new(), notes: Vec::new() };
+    let only = std::env::var("BENCH_ONLY").ok();
+    // The default-configuration figures run first, each on its own clusters.
+    for (name, bench) in STANDALONE {
+        if only.is_none() || only.as_deref() == Some(name) {
+            bench(&mut report, settings.runs);
+            if only.is_some() {
+                report.print_rows();
+                return;
+            }
+        }
+    }
+    let cluster = tuned_cluster();
+    let mut c = cluster.ready();
+    exec(&mut c, REFERENCE_SQL);
+    let calls = (settings.n_events / 4).max(100);
+    if only.as_deref() == Some("hostile") {
+        hostile::hostile_bench(&mut report, settings.runs, settings.n_events, calls);
+        report.print_rows();
+        return;
+    }
+    let total = load_data_set(&mut c, &mut report, calls);
+    let settings = Settings { n_events: settings.n_events.min(total), ..settings };
+    if let Some(name) = only.as_deref() {
+        run_one(name, &cluster, c, &mut report, &settings, total, calls);
+        return;
+    }
+    run_all(&cluster, c, &mut report, &settings, total, calls);
+    write_results(&report, &machine, &settings);
+}
+
+/// The sizes and durations the figures run with (environment variables, see the header).
+#[derive(Clone, Copy)]
+struct Settings {
+    n_events: usize,
+    runs: usize,
+    backlog: usize,
+    memory_events: usize,
+    hold: usize,
+    legs: usize,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        Settings {
+            n_events: env_usize("BENCH_EVENTS", 60_000),
+            runs: env_usize("BENCH_RUNS", 3),
+            backlog: env_usize("BENCH_BACKLOG", 5_000_000),
+            memory_events: env_usize("BENCH_MEMORY_EVENTS", 2_000_000),
+            hold: env_usize("BENCH_HOLD_SECONDS", 600),
+            legs: env_usize("BENCH_LEGS", 10_000_000),
+        }
+    }
+}
+
+/// Cores, CPU model, memory and the PostgreSQL version, as the results name the machine.
+fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -502,69 +568,27 @@ fn main() {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_default();
-    let machine = format!(
-        "{} cores ({cpu}), {} GB RAM, PostgreSQL {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|s| s
-                .lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|k| k.parse::<u64>().ok()))
-            .unwrap_or(0)
-            / 1024
-            / 1024,
-        std::process::Command::new(
-            std::path::Path::new(
-                &std::env::var("DIALPAD_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
-            )
-            .join("pg_config")
-        )
+    let memory_gb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
+        .unwrap_or(0)
+        / 1024
+        / 1024;
+    let bin = std::env::var("DIALPAD_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let version = std::process::Command::new(std::path::Path::new(&bin).join("pg_config"))
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().trim_start_matches("PostgreSQL ").to_string())
-        .unwrap_or_default()
-    );
-    println!("pg_dialpad benchmarks on {machine}");
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cores} cores ({cpu}), {memory_gb} GB RAM, PostgreSQL {version}")
+}
 
-    let mut report = Report { rows: Vec::new(), notes: Vec::new() };
-
-    // ---- drain on a default-configuration cluster (scripts/bench_drain.rs) -------------------
-    // Its own clusters, before the tuned one starts.
-    let only = std::env::var("BENCH_ONLY").ok();
-    if only.is_none() || only.as_deref() == Some("drain") {
-        drain::drain_bench(&mut report, runs);
-        if only.is_some() {
-            report.print_rows();
-            return;
-        }
-    }
-    if only.is_none() || only.as_deref() == Some("http") {
-        http_bench::http_bench(&mut report, runs);
-        if only.is_some() {
-            report.print_rows();
-            return;
-        }
-    }
-    if only.is_none() || only.as_deref() == Some("steady") {
-        steady::steady_bench(&mut report, runs);
-        if only.is_some() {
-            report.print_rows();
-            return;
-        }
-    }
-    if only.is_none() || only.as_deref() == Some("rederive") {
-        rederive::rederive_bench(&mut report, runs);
-        if only.is_some() {
-            report.print_rows();
-            return;
-        }
-    }
-
+/// The tuned cluster most figures share (2 GB shared_buffers, no maintenance unless asked).
+fn tuned_cluster() -> Cluster {
     // BENCH_AUTOVACUUM=off: for attributing a figure to autovacuum (never in the published run).
     let autovacuum = format!("autovacuum = {}", std::env::var("BENCH_AUTOVACUUM").unwrap_or_else(|_| "on".into()));
-    let cluster = Cluster::start(
+    Cluster::start(
         "bench",
         &[
             &autovacuum,
@@ -581,18 +605,12 @@ fn main() {
             "synchronous_commit = on",
             "autovacuum_naptime = '10s'",
         ],
-    );
-    let mut c = cluster.ready();
-    exec(&mut c, REFERENCE_SQL);
+    )
+}
 
-    // ---- data set --------------------------------------------------------------------------
-    let calls = (n_events / 4).max(100);
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("hostile") {
-        hostile::hostile_bench(&mut report, runs, n_events, calls);
-        report.print_rows();
-        return;
-    }
-    exec(&mut c, &format!(
+/// bench.events: `calls` calls' events, stored as the inbox stores them; returns how many.
+fn load_data_set(c: &mut Client, report: &mut Report, calls: usize) -> usize {
+    exec(c, &format!(
         "-- Stored as the inbox stores them (lz4, see sql/schema.sql): the backlog is copied from
          -- here, compressed datums as they are.
          SET default_toast_compression = lz4;
@@ -607,53 +625,61 @@ fn main() {
         let r = c.query_one("SELECT count(*), avg(length(payload::text))::int4, avg(pg_column_size(payload))::int4 FROM bench.events", &[]).unwrap();
         (r.get(0), r.get(1), r.get(2))
     };
-    let n_events = n_events.min(total as usize);
     report.notes.push(format!(
         "Data set: {total} events of {calls} calls (answered, missed, voicemail, outbound; 3-5 events each), \
          {avg_text} bytes of JSON on average ({avg_bin} bytes as jsonb), delivered slightly out of order."
     ));
     println!("{}", report.notes.last().unwrap());
+    total as usize
+}
 
-    // ---- sanitizer -------------------------------------------------------------------------
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("ingest") {
-        ingest_bench(&cluster, &mut c, &mut report, runs, n_events.min(40_000));
-        return;
+/// One figure of the tuned cluster by its BENCH_ONLY name.
+fn run_one(
+    name: &str,
+    cluster: &Cluster,
+    mut c: Client,
+    report: &mut Report,
+    s: &Settings,
+    total: usize,
+    calls: usize,
+) {
+    match name {
+        "ingest" => ingest_bench(cluster, &mut c, report, s.runs, s.n_events.min(40_000)),
+        "backlog" => backlog_bench(&mut c, report, total, s.backlog, s.memory_events),
+        "partitions" => {
+            partitions_bench(cluster, &mut c, report, s.runs, s.n_events);
+            upgrade_bench(report, 1_000_000, &bench_jwts(&mut c, 20_000));
+        }
+        "processing" => drop(processing_bench(cluster, c, report, s.runs, s.n_events)),
+        "analysts" => analysts_bench(&mut c, report, s.runs, s.n_events, s.legs),
+        "citus" => citus_bench(cluster, &mut c, report, s.runs, s.n_events, calls),
+        "held-snapshot" => held_snapshot_bench(cluster, &mut c, report, total, s.hold),
+        other => panic!("BENCH_ONLY={other}: not a figure (see the header of scripts/bench.rs)"),
     }
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("backlog") {
-        backlog_bench(&mut c, &mut report, total as usize, backlog, memory_events);
-        report.print_rows();
-        return;
-    }
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("partitions") {
-        partitions_bench(&cluster, &mut c, &mut report, runs, n_events);
-        upgrade_bench(&mut report, 1_000_000, &bench_jwts(&mut c, 20_000));
-        report.print_rows();
-        return;
-    }
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("processing") {
-        processing_bench(&cluster, c, &mut report, runs, n_events);
-        report.print_rows();
-        return;
-    }
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("analysts") {
-        analysts_bench(&mut c, &mut report, runs, n_events, env_usize("BENCH_LEGS", 10_000_000));
-        report.print_rows();
-        return;
-    }
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("citus") {
-        citus_bench(&cluster, &mut c, &mut report, runs, n_events, calls);
-        report.print_rows();
-        return;
-    }
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("held-snapshot") {
-        held_snapshot_bench(&cluster, &mut c, &mut report, total as usize, hold);
-        report.print_rows();
-        return;
-    }
-    let same = count(&mut c, "SELECT count(*) FROM bench.events WHERE dialpad.sanitize_call_payload(payload) <> bench.sanitize_plpgsql(payload)");
+    report.print_rows();
+}
+
+/// Every figure of the tuned cluster, in an order where none disturbs the next.
+fn run_all(cluster: &Cluster, mut c: Client, report: &mut Report, s: &Settings, total: usize, calls: usize) {
+    sanitizer_bench(&mut c, report, s.runs, total);
+    ingest_bench(cluster, &mut c, report, s.runs, s.n_events.min(40_000));
+    c = processing_bench(cluster, c, report, s.runs, s.n_events);
+    latency_bench(cluster, &mut c, report, total);
+    partitions_bench(cluster, &mut c, report, s.runs, s.n_events);
+    upgrade_bench(report, 1_000_000, &bench_jwts(&mut c, 20_000));
+    backlog_bench(&mut c, report, total, s.backlog, s.memory_events);
+    held_snapshot_bench(cluster, &mut c, report, total, s.hold);
+    analysts_bench(&mut c, report, s.runs, s.n_events, s.legs);
+    huge_payload_bench(cluster, &mut c, report);
+    hostile::hostile_bench(report, s.runs, s.n_events, calls);
+}
+
+/// dialpad.sanitize_call_payload against the PL/pgSQL sanitizer and jsonb_strip_nulls.
+fn sanitizer_bench(c: &mut Client, report: &mut Report, runs: usize, total: usize) {
+    let same = count(c, "SELECT count(*) FROM bench.events WHERE dialpad.sanitize_call_payload(payload) <> bench.sanitize_plpgsql(payload)");
     report.notes.push(format!(
         "The PL/pgSQL sanitizer gives the same result as dialpad.sanitize_call_payload on {} of {total} events.",
-        total - same
+        total as i64 - same
     ));
     let time_of = |c: &mut Client, expr: &str| -> f64 {
         let mut v = Vec::new();
@@ -662,14 +688,14 @@ fn main() {
         }
         median(v)
     };
-    exec(&mut c, "SELECT count(payload) FROM bench.events"); // warm the cache
-    let base = time_of(&mut c, "payload");
-    let rust = time_of(&mut c, "dialpad.sanitize_call_payload(payload)") - base;
-    let strip = time_of(&mut c, "jsonb_strip_nulls(payload)") - base;
+    exec(c, "SELECT count(payload) FROM bench.events"); // warm the cache
+    let base = time_of(c, "payload");
+    let rust = time_of(c, "dialpad.sanitize_call_payload(payload)") - base;
+    let strip = time_of(c, "jsonb_strip_nulls(payload)") - base;
     let plpgsql = {
         let mut v = Vec::new();
         for _ in 0..runs {
-            v.push(secs(&mut c, "SELECT count(bench.sanitize_plpgsql(payload)) FROM bench.events") - base);
+            v.push(secs(c, "SELECT count(bench.sanitize_plpgsql(payload)) FROM bench.events") - base);
         }
         median(v)
     };
@@ -690,19 +716,15 @@ fn main() {
         "≤ 2× the time",
         Some(rust / strip <= 2.0),
     );
+}
 
-    // ---- ingest ----------------------------------------------------------------------------
-    ingest_bench(&cluster, &mut c, &mut report, runs, n_events.min(40_000));
-
-    // ---- processing ------------------------------------------------------------------------
-    c = processing_bench(&cluster, c, &mut report, runs, n_events);
-
-    // ---- latency at 1,000 events/s offered ---------------------------------------------------
-    set_worker_enabled(&mut c, true);
-    exec(&mut c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
-    let achieved = offer_load(&cluster, total as usize, 1000, 20, 0);
-    wait_until(&mut c, "SELECT pending = 0 FROM dialpad.queue_stats", 60);
-    let (p50, p99, max) = processing_latency_ms(&mut c);
+/// Commit → call row latency at 1,000 events/s offered, on the tuned cluster.
+fn latency_bench(cluster: &Cluster, c: &mut Client, report: &mut Report, total: usize) {
+    set_worker_enabled(c, true);
+    exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
+    let achieved = offer_load(cluster, total, 1000, 20, 0);
+    wait_until(c, "SELECT pending = 0 FROM dialpad.queue_stats", 60);
+    let (p50, p99, max) = processing_latency_ms(c);
     report.add(
         "latency commit→call row commit, p50",
         format!("{p50:.2} ms"),
@@ -719,23 +741,12 @@ fn main() {
         "≤ 50 ms",
         Some(p99 <= 50.0),
     );
+}
 
-    // ---- retention: partitions, dropping, ingest, upgrade ------------------------------------
-    partitions_bench(&cluster, &mut c, &mut report, runs, n_events);
-    upgrade_bench(&mut report, 1_000_000, &bench_jwts(&mut c, 20_000));
-
-    // ---- backlog scale and worker memory ----------------------------------------------------
-    backlog_bench(&mut c, &mut report, total as usize, backlog, memory_events);
-
-    // ---- a snapshot held for minutes ------------------------------------------------------------
-    held_snapshot_bench(&cluster, &mut c, &mut report, total as usize, hold);
-
-    // ---- analysts: the upkeep of logical_calls, and a day of them out of 10 million legs -------
-    analysts_bench(&mut c, &mut report, runs, n_events, env_usize("BENCH_LEGS", 10_000_000));
-
-    // ---- sanitizing a 50 MB payload -------------------------------------------------------------
-    exec(&mut c, "TRUNCATE dialpad.webhook_events, dialpad.calls");
-    exec(&mut c,
+/// The peak memory of sanitizing one 50 MB payload.
+fn huge_payload_bench(cluster: &Cluster, c: &mut Client, report: &mut Report) {
+    exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls");
+    exec(c,
         "CREATE TABLE bench.huge AS SELECT jsonb_build_object(
              'call_id', 1, 'transcription_text', repeat('word ', 6 * 1024 * 1024),
              'integrations', (SELECT jsonb_object_agg('k' || g, repeat('v', 100)) FROM generate_series(1, 100000) g),
@@ -760,11 +771,11 @@ fn main() {
         "≤ 4×",
         Some(peak_mb / size_mb <= 4.0),
     );
+}
 
-    // ---- hostile input: 10 MB events of each shape; the drain rate vs 0.2.0 ----------------------
-    hostile::hostile_bench(&mut report, runs, n_events, calls);
-
-    // ---- write the results --------------------------------------------------------------------
+/// scripts/bench-results.md and .json, and the full run's section of docs/benchmarks.md.
+fn write_results(report: &Report, machine: &str, s: &Settings) {
+    let (runs, n_events) = (s.runs, s.n_events);
     let date = now_utc();
     let mut md = format!("## Benchmark results\n\nMeasured {date} on {machine} by `./scripts/bench` (medians of {runs} runs; {n_events} events per processing run).\n\n");
     md.push_str(&report.markdown());

@@ -187,7 +187,7 @@ impl Worker {
             return;
         }
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"pg_dialpad: flushing ingest counters");
-        if let Err(msg) = self.batch_transaction(|| counters::flush().ok()) {
+        if let Err(msg) = self.guarded_transaction(|| counters::flush().ok()) {
             warning!(
                 "pg_dialpad worker {}: flushing the ingest counters failed and was rolled back: {msg}",
                 self.index
@@ -209,7 +209,7 @@ impl Worker {
             return; // nobody reads them
         }
         let shared = self.shared;
-        let counted = self.batch_transaction(move || {
+        let counted = self.guarded_transaction(move || {
             Spi::connect(|c| {
                 let row = c.select(QUEUE_SQL, Some(1), &[])?.first();
                 let get = |i| row.get::<i64>(i).map(Option::unwrap_or_default);
@@ -237,10 +237,9 @@ impl Worker {
             return false;
         }
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"processing webhook events");
-        let result = self.run_batches();
-        let full = match result {
-            Ok(Ran(o)) => self.ran(&o),
-            Ok(idle) => {
+        let full = match self.run_batches() {
+            Ok(Ok(o)) => self.ran(&o),
+            Ok(Err(idle)) => {
                 self.idle(idle);
                 false
             }
@@ -256,36 +255,34 @@ impl Worker {
     /// One batch on each set of tables this worker processes: the extension's tables, or on
     /// a Citus node after dialpad.distribute(), its share of the shard groups the node holds
     /// (listed again on every pass: shards move). Each batch is its own transaction; on one
-    /// node the listing and the batch share it, so that one node pays nothing for Citus.
-    fn run_batches(&mut self) -> Result<Pass, String> {
+    /// node the listing and the batch share it (see [`list_or_run`]), so that one node pays
+    /// nothing for Citus. The outcome of the pass, or why it wrote nothing.
+    fn run_batches(&mut self) -> Result<Result<batch::BatchOutcome, Idle>, String> {
         let index = self.index;
-        let groups = match self.batch_transaction(move || match targets(index) {
-            Step::Groups(t) if t.iter().all(|g| g.shard == 0) => Step::Ran(t.first().map(batch_on).unwrap_or_default()),
-            step => step,
-        })? {
-            None => return Ok(DropInProgress),
-            Some(Step::Idle(idle)) => return Ok(idle),
-            Some(Step::Ran(o)) => {
+        let groups = match self.guarded_transaction(move || list_or_run(index))? {
+            None => return Ok(Err(Idle::DropInProgress)),
+            Some(Err(idle)) => return Ok(Err(idle)),
+            Some(Ok(Listed::Ran(o))) => {
                 self.count(&o);
-                return Ok(Ran(o));
+                return Ok(Ok(o));
             }
-            Some(Step::Groups(groups)) => groups,
+            Some(Ok(Listed::Groups(groups))) => groups,
         };
         let mut total = batch::BatchOutcome::default();
         for group in &groups {
             let group = group.clone();
-            match self.batch_transaction(move || match writable() {
-                Some(idle) => Step::Idle(idle),
-                None => Step::Ran(batch_on(&group)),
-            })? {
-                None => return Ok(DropInProgress),
-                Some(Step::Ran(o)) => {
+            let ran = self.guarded_transaction(move || match writable() {
+                Some(idle) => Err(idle),
+                None => Ok(batch_on(&group)),
+            })?;
+            match ran {
+                None => return Ok(Err(Idle::DropInProgress)),
+                Some(Err(idle)) => return Ok(Err(idle)),
+                Some(Ok(o)) => {
                     // Counted per batch: a pass over many shard groups takes a while.
                     self.count(&o);
                     total.add(&o);
                 }
-                Some(Step::Idle(idle)) => return Ok(idle),
-                Some(Step::Groups(_)) => {}
             }
         }
         // dialpad.logical_calls on Citus: once the batches have drained what was due, or at
@@ -296,12 +293,12 @@ impl Worker {
             self.last_keeper = Some(Instant::now());
             total.full |= self.logical_calls_step(groups)?;
         }
-        Ok(Ran(total))
+        Ok(Ok(total))
     }
 
-    /// `f` in its own transaction, as a batch (DROP EXTENSION waits for it to end); None
-    /// when a drop is in progress.
-    fn batch_transaction<R>(
+    /// `f` in its own transaction, one DROP EXTENSION waits for (a batch, a listing, the
+    /// Citus keeper, maintenance, the counters); None when a drop is in progress.
+    fn guarded_transaction<R>(
         &self,
         f: impl FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
     ) -> Result<Option<R>, String> {
@@ -329,8 +326,8 @@ impl Worker {
     /// to their keepers, and every worker recomputes the stale ones its groups keep
     /// (citus/logical.rs). True when a slice came back full (more is waiting).
     fn logical_calls_step(&self, groups: Vec<Tables>) -> Result<bool, String> {
-        let handed = if self.index == 0 { self.batch_transaction(citus::logical::hand_on)? } else { None };
-        let refreshed = self.batch_transaction(move || citus::logical::refresh_stale(&groups))?;
+        let handed = if self.index == 0 { self.guarded_transaction(citus::logical::hand_on)? } else { None };
+        let refreshed = self.guarded_transaction(move || citus::logical::refresh_stale(&groups))?;
         let mut more = false;
         for n in [handed, refreshed].into_iter().flatten() {
             more |= n.map_err(|e| format!("dialpad.logical_calls: {e}"))? >= citus::logical::SLICE;
@@ -353,28 +350,30 @@ impl Worker {
     }
 
     /// Nothing this library may write to: records why, and says it once in the log.
-    fn idle(&mut self, idle: Pass) {
-        let state = match idle {
-            Ran(_) | NotInstalled => shmem::WorkerState::NoExtension,
-            VersionMismatch { .. } => shmem::WorkerState::VersionMismatch,
-            DropInProgress => shmem::WorkerState::Paused,
-        };
-        self.slot.set_state(state);
-        let key = Idle::of(&idle);
-        if self.said == Some(key) {
+    fn idle(&mut self, idle: Idle) {
+        self.slot.set_state(match idle {
+            Idle::NotInstalled => shmem::WorkerState::NoExtension,
+            Idle::VersionMismatch { .. } => shmem::WorkerState::VersionMismatch,
+            Idle::DropInProgress => shmem::WorkerState::Paused,
+        });
+        if self.said.as_ref() == Some(&idle) {
             return;
         }
         let (index, database) = (self.index, &self.database);
         match &idle {
-            VersionMismatch { sql } => log!(
+            Idle::VersionMismatch { sql } => log!(
                 "pg_dialpad worker {index}: the library is version {} but the extension in \"{database}\" is {sql}; \
                  writing nothing until ALTER EXTENSION pg_dialpad UPDATE is run",
                 env!("CARGO_PKG_VERSION")
             ),
-            DropInProgress => log!("pg_dialpad worker {index}: DROP EXTENSION pg_dialpad is in progress; pausing"),
-            _ => log!("pg_dialpad worker {index}: extension pg_dialpad is not installed in \"{database}\"; waiting"),
+            Idle::DropInProgress => {
+                log!("pg_dialpad worker {index}: DROP EXTENSION pg_dialpad is in progress; pausing")
+            }
+            Idle::NotInstalled => {
+                log!("pg_dialpad worker {index}: extension pg_dialpad is not installed in \"{database}\"; waiting")
+            }
         }
-        self.said = Some(key);
+        self.said = Some(idle);
     }
 
     fn failed(&mut self, msg: &str) {
@@ -403,7 +402,7 @@ impl Worker {
             return false;
         }
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"pg_dialpad: re-deriving calls");
-        let result = self.batch_transaction(|| {
+        let result = self.guarded_transaction(|| {
             if writable().is_some() || !crate::pipeline::rederive::pending() {
                 return 0;
             }
@@ -450,7 +449,7 @@ impl Worker {
         self.maintenance_deferred = None;
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"pg_dialpad maintenance");
         let index = self.index;
-        let more = match self.batch_transaction(run_maintenance) {
+        let more = match self.guarded_transaction(run_maintenance) {
             Ok(None) => false,
             Ok(Some(done)) => {
                 for line in &done {
@@ -493,31 +492,12 @@ pub(super) fn apply_lock_timeout() {
     crate::pg::set_session_setting(c"lock_timeout", &value);
 }
 
-/// What a pass of the worker loop found.
-enum Pass {
-    Ran(batch::BatchOutcome),
+/// Why a pass of the worker loop wrote nothing (each logged once, not on every loop).
+#[derive(Clone, PartialEq, Eq, Debug)]
+enum Idle {
     NotInstalled,
     VersionMismatch { sql: String },
     DropInProgress,
-}
-use Pass::{DropInProgress, NotInstalled, Ran, VersionMismatch};
-
-/// The kind of an idle pass, so that each is logged once, not on every loop.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Idle {
-    NotInstalled,
-    VersionMismatch,
-    Drop,
-}
-
-impl Idle {
-    fn of(p: &Pass) -> Idle {
-        match p {
-            VersionMismatch { .. } => Idle::VersionMismatch,
-            DropInProgress => Idle::Drop,
-            _ => Idle::NotInstalled,
-        }
-    }
 }
 
 /// dialpad.run_maintenance(), in the current transaction: what it did, a line each.
@@ -541,18 +521,36 @@ fn run_maintenance() -> Vec<String> {
     .unwrap_or_else(|e| vec![format!("failed: {e}")])
 }
 
-/// The installed extension's version, unless it is not one this library may write to.
-fn writable() -> Option<Pass> {
-    let Some(sql) = crate::version::installed_version() else { return Some(NotInstalled) };
-    (sql != env!("CARGO_PKG_VERSION")).then_some(VersionMismatch { sql })
+/// Why this library may not write to the installed extension, if it may not.
+fn writable() -> Option<Idle> {
+    let Some(sql) = crate::version::installed_version() else { return Some(Idle::NotInstalled) };
+    (sql != env!("CARGO_PKG_VERSION")).then_some(Idle::VersionMismatch { sql })
+}
+
+/// What the first transaction of a pass came to.
+enum Listed {
+    /// One node: the batch already ran on the extension's tables, in the same transaction.
+    Ran(batch::BatchOutcome),
+    /// A Citus node's shard groups, one batch each to come.
+    Groups(Vec<Tables>),
+}
+
+/// The first transaction of a pass: the tables worker `index` processes, and when they are
+/// the extension's own (one node, or Citus before dialpad.distribute()), their batch too.
+fn list_or_run(index: usize) -> Result<Listed, Idle> {
+    let tables = targets(index)?;
+    if tables.iter().all(|t| t.shard == 0) {
+        return Ok(Listed::Ran(tables.first().map(batch_on).unwrap_or_default()));
+    }
+    Ok(Listed::Groups(tables))
 }
 
 /// The tables worker `index` processes: the extension's own, or on a Citus node where the
 /// tables are distributed, every `workers`-th of the shard groups the node holds (none on a
-/// coordinator without shards), as [`Step::Groups`]. Several workers never share a group.
-fn targets(index: usize) -> Step {
+/// coordinator without shards). Several workers never share a group.
+fn targets(index: usize) -> Result<Vec<Tables>, Idle> {
     if let Some(idle) = writable() {
-        return Step::Idle(idle);
+        return Err(idle);
     }
     let workers = gucs::workers().max(1);
     let listed = citus::processing_targets().map(|t| {
@@ -562,7 +560,7 @@ fn targets(index: usize) -> Step {
         t.local.into_iter().enumerate().filter(|(i, _)| i % workers == index).map(|(_, t)| t).collect()
     });
     match listed {
-        Ok(t) => Step::Groups(t),
+        Ok(t) => Ok(t),
         Err(e) => crate::pg::error::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("pg_dialpad could not list the tables to process: {e}"),
@@ -591,14 +589,6 @@ pub(super) fn in_transaction<R>(
         crate::pg::spi::forget_plans();
     }
     result
-}
-
-/// What a transaction of a worker's pass came to.
-enum Step {
-    Idle(Pass),
-    Ran(batch::BatchOutcome),
-    /// The tables to process: the extension's own, or shard groups (Citus), one batch each.
-    Groups(Vec<Tables>),
 }
 
 /// One batch on `tables`, in the current transaction.
