@@ -6,19 +6,11 @@ use crate::{domain::direction, pg::error, pipeline::logical, pipeline::rules};
 use pgrx::prelude::*;
 use pgrx::{AllocatedByPostgres, AllocatedByRust, PgSqlErrorCode};
 
-#[derive(Debug)]
-pub(crate) struct TriggerError(String);
-
-impl std::fmt::Display for TriggerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for TriggerError {}
+/// A trigger's failure: a row that does not read as its table says (pgrx raises it as an ERROR).
+type TriggerError = crate::pg::error::Error;
 
 fn err<E: std::fmt::Display>(e: E) -> TriggerError {
-    TriggerError(e.to_string())
+    crate::pg::error::Error::Row(e.to_string())
 }
 
 /// Emits the WARNING of an unknown direction; shared with `normalize_call_direction`.

@@ -875,12 +875,7 @@ fn write_calls_or_raise(
     which: &[usize],
 ) {
     if let Err(e) = crate::flags::as_processor(|| write_calls(client, tables, claimed, folds, which)) {
-        crate::pg::error::raise(
-            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("could not write calls: {e}"),
-            None,
-            None,
-        );
+        e.raise("could not write calls");
     }
 }
 
@@ -906,7 +901,7 @@ fn write_calls(
     claimed: &[Claimed],
     folds: &[CallFold],
     which: &[usize],
-) -> Result<(), pgrx::spi::Error> {
+) -> Result<(), crate::pg::error::Error> {
     let mut cols = CallColumns::default();
     let mut rej = Rejections::default();
     for &w in which {
@@ -923,13 +918,13 @@ fn write_calls(
         }
         let raw = match f.raw_payload_from {
             Some(i) => {
-                let body = claimed[idx[i]].payload.body();
+                let event = &claimed[idx[i]];
                 let mut check = || {
                     check_for_interrupts!();
                 };
                 Some(
-                    sanitize::sanitize(body, &Limits::default(), &mut check)
-                        .map_err(|_| pgrx::spi::Error::InvalidPosition)?,
+                    sanitize::sanitize(event.payload.body(), &Limits::default(), &mut check)
+                        .map_err(|e| crate::pg::error::Error::Payload { event: event.id, why: e.to_string() })?,
                 )
             }
             None => None,

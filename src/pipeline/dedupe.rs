@@ -111,7 +111,7 @@ fn forget(parts: Vec<Part>) {
 }
 
 /// The inbox's tables: its partitions, or 0.1.0's plain table (before ALTER EXTENSION).
-fn load_parts(inbox: pg_sys::Oid, relkind: u8) -> Result<Vec<Part>, pgrx::spi::Error> {
+fn load_parts(inbox: pg_sys::Oid, relkind: u8) -> Result<Vec<Part>, crate::pg::error::Error> {
     let whole = |name: &str| Part {
         name: name.to_string(),
         is_default: false,
@@ -126,14 +126,15 @@ fn load_parts(inbox: pg_sys::Oid, relkind: u8) -> Result<Vec<Part>, pgrx::spi::E
     // dialpad.partitions is for the extension's owner and readers: read it as the owner.
     // Read-only SPI (pgrx's client would run it read-write, whose CommandCounterIncrement
     // in the middle of the INSERT would make the statement's own rows visible to it).
-    let sql = std::ffi::CString::new(sql).map_err(|_| pgrx::spi::Error::InvalidPosition)?;
+    let sql = std::ffi::CString::new(sql).map_err(|_| crate::pg::error::Error::NulInSql)?;
     crate::pg::as_owner_of(inbox, || {
         // SAFETY: a complete SPI session, connected and finished here (an ERROR aborts the
         // (sub)transaction, which cleans up SPI); each value is copied out of the result
         // (text into a String, the others by value) before SPI_finish.
         unsafe {
-            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-                return Err(pgrx::spi::Error::InvalidPosition);
+            let rc = pg_sys::SPI_connect();
+            if rc != pg_sys::SPI_OK_CONNECT as i32 {
+                return Err(crate::pg::error::Error::SpiConnect(rc));
             }
             // On a Citus node, shards are hidden from pg_class unless asked for.
             let rc = crate::citus::with_shards_visible(|| pg_sys::SPI_execute(sql.as_ptr(), true, 0));
