@@ -184,13 +184,15 @@ REVOKE EXECUTE ON FUNCTION dialpad.on_worker_nodes(text) FROM PUBLIC;
 
 CREATE FUNCTION dialpad.worker_node_stats()
 RETURNS TABLE (node text, worker integer, pid integer, events_handled bigint, batches bigint, errors bigint,
-               dead_lettered bigint, rejected_transitions bigint, last_batch_at timestamptz, started_at timestamptz)
+               dead_lettered bigint, rejected_transitions bigint, last_batch_at timestamptz, started_at timestamptz,
+               settings_read_at timestamptz)
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT n.node, s.*
       FROM dialpad.on_worker_nodes('SELECT COALESCE(pg_catalog.json_agg(s), ''[]'') FROM dialpad.worker_stats() s') n,
            json_to_recordset(CASE WHEN n.success THEN n.result::json ELSE '[]' END)
                AS s(worker integer, pid integer, events_handled bigint, batches bigint, errors bigint,
-                    dead_lettered bigint, rejected_transitions bigint, last_batch_at timestamptz, started_at timestamptz)
+                    dead_lettered bigint, rejected_transitions bigint, last_batch_at timestamptz, started_at timestamptz,
+                    settings_read_at timestamptz)
 $$;
 COMMENT ON FUNCTION dialpad.worker_node_stats() IS
     'dialpad.worker_stats() of every worker node of a Citus cluster (from its coordinator), with the node.';
@@ -228,4 +230,4 @@ SELECT 'local'::text AS node, s.* FROM dialpad.worker_stats() s
 UNION ALL
 SELECT * FROM dialpad.worker_node_stats();
 COMMENT ON VIEW dialpad.worker_stats IS
-    'Per worker (from shared memory, since server start): node (local: this server; on a Citus coordinator, also each worker node as host:port), pid, events handled, batches, failed events, dead-lettered events, rejected transitions, last batch time.';
+    'Per worker (from shared memory, since server start): node (local: this server; on a Citus coordinator, also each worker node as host:port), pid, events handled, batches, failed events, dead-lettered events, rejected transitions, last batch time, start time, and when the worker last read its settings (a reload is taken once it is later than the reload).';

@@ -860,3 +860,56 @@ GRANT SELECT (call_id, duplicate_of, source) ON dialpad.webhook_events TO dialpa
 GRANT SELECT, UPDATE ON dialpad.rederive_jobs TO dialpad_worker;
 GRANT SELECT, UPDATE, DELETE ON dialpad.rederive_queue TO dialpad_worker;
 GRANT SELECT (dialpad_call_id, event_id, rejected_at), DELETE ON dialpad.rejected_transitions TO dialpad_worker;
+
+-- ---------------------------------------------------------------------------------------------
+-- The workers publish when they last read their settings (worker_stats.settings_read_at): a
+-- reload is taken once every worker's time is later than the reload (issue 24).
+-- ---------------------------------------------------------------------------------------------
+DROP VIEW dialpad.worker_stats;
+DROP FUNCTION dialpad.worker_node_stats();
+DROP FUNCTION dialpad.worker_stats();
+CREATE FUNCTION dialpad."worker_stats"() RETURNS TABLE (
+	"worker" INT,
+	"pid" INT,
+	"events_handled" bigint,
+	"batches" bigint,
+	"errors" bigint,
+	"dead_lettered" bigint,
+	"rejected_transitions" bigint,
+	"last_batch_at" timestamp with time zone,
+	"started_at" timestamp with time zone,
+	"settings_read_at" timestamp with time zone
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'worker_stats_wrapper';
+ALTER FUNCTION dialpad.worker_stats() SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION dialpad.worker_stats() IS
+    'Per-worker counters from shared memory (behind the dialpad.worker_stats view).';
+REVOKE EXECUTE ON FUNCTION dialpad.worker_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dialpad.worker_stats() TO dialpad_reader;
+
+CREATE FUNCTION dialpad.worker_node_stats()
+RETURNS TABLE (node text, worker integer, pid integer, events_handled bigint, batches bigint, errors bigint,
+               dead_lettered bigint, rejected_transitions bigint, last_batch_at timestamptz, started_at timestamptz,
+               settings_read_at timestamptz)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT n.node, s.*
+      FROM dialpad.on_worker_nodes('SELECT COALESCE(pg_catalog.json_agg(s), ''[]'') FROM dialpad.worker_stats() s') n,
+           json_to_recordset(CASE WHEN n.success THEN n.result::json ELSE '[]' END)
+               AS s(worker integer, pid integer, events_handled bigint, batches bigint, errors bigint,
+                    dead_lettered bigint, rejected_transitions bigint, last_batch_at timestamptz, started_at timestamptz,
+                    settings_read_at timestamptz)
+$$;
+COMMENT ON FUNCTION dialpad.worker_node_stats() IS
+    'dialpad.worker_stats() of every worker node of a Citus cluster (from its coordinator), with the node.';
+REVOKE EXECUTE ON FUNCTION dialpad.worker_node_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dialpad.worker_node_stats() TO dialpad_reader;
+
+CREATE VIEW dialpad.worker_stats WITH (security_invoker = true) AS
+SELECT 'local'::text AS node, s.* FROM dialpad.worker_stats() s
+UNION ALL
+SELECT * FROM dialpad.worker_node_stats();
+COMMENT ON VIEW dialpad.worker_stats IS
+    'Per worker (from shared memory, since server start): node (local: this server; on a Citus coordinator, also each worker node as host:port), pid, events handled, batches, failed events, dead-lettered events, rejected transitions, last batch time, start time, and when the worker last read its settings (a reload is taken once it is later than the reload).';
+GRANT SELECT ON dialpad.worker_stats TO dialpad_reader;

@@ -7,7 +7,6 @@
 mod common;
 use common::*;
 use postgres::Client;
-use std::time::Duration;
 
 /// The nodes' pg_dialpad settings here: two workers each, quick to notice a reload.
 const CONF: &[&str] = &["dialpad.workers = 2", "dialpad.poll_interval = 200", "citus.shard_count = 8"];
@@ -108,11 +107,6 @@ fn assert_exactly_once_effects(c: &mut Client) {
           WHERE k.events_applied IS DISTINCT FROM e.n",
     );
     assert_eq!(wrong, 0, "calls whose applied events are not their processed events");
-}
-
-fn set_and_reload(c: &mut Client, sql: &str) {
-    c.batch_execute(sql).unwrap();
-    c.batch_execute("SELECT pg_reload_conf()").unwrap();
 }
 
 fn drained_everywhere(c: &mut Client, secs: u64) {
@@ -243,7 +237,6 @@ fn pg_dialpad_on_citus_gives_the_calls_of_one_node() {
         let mut n = w.connect();
         set_and_reload(&mut n, "ALTER SYSTEM SET dialpad.enabled = off");
     }
-    std::thread::sleep(Duration::from_millis(1000));
     let crash = deliveries(&mut c, 1500, 7_300_000);
     ingest(&mut c, &crash);
     ingest(&mut one, &crash);
@@ -251,7 +244,6 @@ fn pg_dialpad_on_citus_gives_the_calls_of_one_node() {
         let mut n = w.connect();
         set_and_reload(&mut n, "ALTER SYSTEM RESET dialpad.enabled");
     }
-    std::thread::sleep(Duration::from_millis(400));
     let mut first = citus.workers[0].connect();
     let pids = worker_pids(&mut first);
     assert!(!pids.is_empty(), "worker node 1 runs pg_dialpad workers");
@@ -274,7 +266,6 @@ fn pg_dialpad_on_citus_gives_the_calls_of_one_node() {
     for w in &citus.workers {
         set_and_reload(&mut w.connect(), "ALTER SYSTEM SET dialpad.enabled = off");
     }
-    std::thread::sleep(Duration::from_millis(1000));
     let moving = deliveries(&mut c, 600, 7_400_000);
     ingest(&mut c, &moving);
     ingest(&mut one, &moving);
@@ -356,7 +347,6 @@ fn an_empty_database_is_distributed_and_processed_through_the_coordinator() {
     for node in citus.nodes() {
         set_and_reload(&mut node.connect(), "ALTER SYSTEM SET dialpad.enabled = off");
     }
-    std::thread::sleep(Duration::from_millis(1000));
     let events = deliveries(&mut c, 200, 9_000_000);
     ingest(&mut c, &events);
     let pending = count(&mut c, "SELECT pending FROM dialpad.queue_stats");

@@ -9,12 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn set_and_reload(c: &mut postgres::Client, setting: &str) {
-    c.batch_execute(&format!("ALTER SYSTEM SET {setting}")).unwrap();
-    c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    std::thread::sleep(Duration::from_millis(1500)); // the worker reloads in its loop
-}
-
 #[test]
 fn table_statistics_move_and_autovacuum_runs_while_the_worker_drains() {
     let cluster =
@@ -76,7 +70,7 @@ fn a_locked_call_delays_only_that_call_and_sigterm_is_obeyed_at_once() {
     );
 
     // With a long lock timeout the worker does wait on the row: SIGTERM still ends it at once.
-    set_and_reload(&mut c, "dialpad.lock_timeout = '10min'");
+    set_and_reload(&mut c, "ALTER SYSTEM SET dialpad.lock_timeout = '10min'");
     wait_until(
         &mut c,
         "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker' AND wait_event_type = 'Lock'",
@@ -196,7 +190,7 @@ fn a_batch_never_fails_for_its_own_size() {
            SELECT jsonb_build_object('call_id', g, 'state', 'ringing', 'event_timestamp', 1) FROM generate_series(1, 30000) g",
     )
     .unwrap();
-    set_and_reload(&mut c, "dialpad.enabled = on");
+    set_and_reload(&mut c, "ALTER SYSTEM SET dialpad.enabled = on");
     drained(&mut c, 120);
     assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls"), 30000);
     let log = cluster.log();

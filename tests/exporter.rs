@@ -102,9 +102,7 @@ fn the_exporter_serves_the_queue_the_workers_and_ingestion() {
     let cluster = Cluster::start("exporter", &["dialpad.workers = 1"]);
     let mut c = cluster.ready();
     c.batch_execute("CREATE ROLE exporter LOGIN IN ROLE dialpad_reader").unwrap();
-    c.batch_execute("ALTER SYSTEM SET dialpad.enabled = off").unwrap();
-    c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    std::thread::sleep(Duration::from_secs(2)); // the worker reloads in its loop
+    set_and_reload(&mut c, "ALTER SYSTEM SET dialpad.enabled = off");
 
     for (call, state) in [(1, "ringing"), (1, "hangup"), (2, "ringing"), (3, "ringing")] {
         c.execute(

@@ -79,10 +79,8 @@ fn a_reload_changes_the_batch_size() {
     let cluster = Cluster::start("reload", &["dialpad.workers = 1"]);
     let mut c = cluster.ready();
     wait_until(&mut c, "SELECT count(*) = 1 FROM dialpad.worker_stats WHERE pid IS NOT NULL", 30);
-    c.batch_execute("ALTER SYSTEM SET dialpad.batch_size = 7").unwrap();
-    c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    wait_until(&mut c, "SELECT current_setting('dialpad.batch_size') = '7'", 10);
-    std::thread::sleep(std::time::Duration::from_millis(500)); // the worker reloads in its loop
+    // The worker says when it read its settings: the reload is taken once that is later.
+    set_and_reload(&mut c, "ALTER SYSTEM SET dialpad.batch_size = 7");
     let before = count(&mut c, "SELECT batches FROM dialpad.worker_stats WHERE worker = 0");
     c.batch_execute(
         "INSERT INTO dialpad.webhook_events (payload)
@@ -92,6 +90,31 @@ fn a_reload_changes_the_batch_size() {
     drained(&mut c, 30);
     let after = count(&mut c, "SELECT batches FROM dialpad.worker_stats WHERE worker = 0");
     assert_eq!(after - before, 10, "70 events in batches of 7");
+}
+
+#[test]
+fn a_pause_is_what_the_workers_read_and_say() {
+    let cluster = Cluster::start("pause", &["dialpad.workers = 2"]);
+    let mut c = cluster.ready();
+    wait_until(
+        &mut c,
+        "SELECT count(*) = 2 FROM dialpad.worker_stats() WHERE pid IS NOT NULL AND settings_read_at >= started_at",
+        30,
+    );
+    set_and_reload(&mut c, "ALTER SYSTEM SET dialpad.enabled = off");
+    // Each worker says it is paused because it read the setting, not because this session did.
+    wait_until(
+        &mut c,
+        "SELECT count(*) = 2 FROM dialpad.worker_status() WHERE detail LIKE '%paused (dialpad.enabled = off)%'",
+        10,
+    );
+    c.batch_execute("INSERT INTO dialpad.webhook_events (payload) VALUES ('{\"call_id\": 1, \"state\": \"ringing\"}')")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(count(&mut c, "SELECT pending FROM dialpad.queue_stats"), 1, "a paused worker claims nothing");
+    set_and_reload(&mut c, "ALTER SYSTEM RESET dialpad.enabled");
+    drained(&mut c, 30);
+    wait_until(&mut c, "SELECT count(*) = 0 FROM dialpad.worker_status() WHERE detail LIKE '%paused%'", 10);
 }
 
 #[test]

@@ -45,6 +45,7 @@ fn worker_stats() -> TableIterator<
         name!(rejected_transitions, i64),
         name!(last_batch_at, Option<TimestampWithTimeZone>),
         name!(started_at, Option<TimestampWithTimeZone>),
+        name!(settings_read_at, Option<TimestampWithTimeZone>),
     ),
 > {
     let rows: Vec<_> = match shmem::get() {
@@ -66,6 +67,7 @@ fn worker_stats() -> TableIterator<
                     slot.rejected.load(Ordering::Relaxed) as i64,
                     ts(slot.last_batch_at.load(Ordering::Relaxed)),
                     ts(slot.started_at.load(Ordering::Relaxed)),
+                    ts(slot.settings_read_at.load(Ordering::Relaxed)),
                 )
             })
             .collect(),
@@ -83,10 +85,9 @@ fn worker_detail(
 ) -> (String, Option<String>) {
     let detail = if !running {
         format!("worker {i} is not running")
-    } else if !gucs::enabled() {
-        format!("worker {i} is running but paused (dialpad.enabled = off)")
     } else {
         match state {
+            shmem::WorkerState::Disabled => format!("worker {i} is running but paused (dialpad.enabled = off)"),
             shmem::WorkerState::Processing => format!("worker {i} is processing events in database \"{database}\""),
             shmem::WorkerState::NoExtension => {
                 format!("worker {i} is waiting: extension pg_dialpad is not installed in database \"{database}\"")

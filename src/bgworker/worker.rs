@@ -223,17 +223,22 @@ impl Worker {
         }
     }
 
+    /// Reads the configuration files again after a reload (SIGHUP), and says when in its
+    /// slot (dialpad.worker_stats.settings_read_at): what a DBA, or a test, waits for.
     fn reload_settings_on_sighup(&self) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: outside any transaction, as in the launcher's loop.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             apply_lock_timeout();
+            self.slot.settings_read_at.store(crate::pg::now(), Ordering::Relaxed);
         }
     }
 
     /// One batch in its own transaction, if enabled; true when it came back full.
     fn batch_step(&mut self) -> bool {
         if !gucs::enabled() {
+            // Published as the worker sees the setting (dialpad.worker_status()).
+            self.slot.set_state(shmem::WorkerState::Disabled);
             return false;
         }
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"processing webhook events");

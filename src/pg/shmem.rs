@@ -24,6 +24,8 @@ pub(crate) struct WorkerSlot {
     /// TimestampTz; 0 = never.
     pub last_batch_at: AtomicI64,
     pub started_at: AtomicI64,
+    /// TimestampTz: when the worker last read its settings (at start, then at each reload).
+    pub settings_read_at: AtomicI64,
     /// Whether the worker is inside a batch's transaction now.
     pub in_batch: AtomicBool,
     /// A [`WorkerState`].
@@ -38,6 +40,8 @@ pub(crate) enum WorkerState {
     NoExtension = 1,
     VersionMismatch = 2,
     Paused = 3,
+    /// The worker read dialpad.enabled = off: it claims nothing.
+    Disabled = 4,
 }
 
 #[repr(C)]
@@ -179,6 +183,7 @@ impl WorkerSlot {
             self.latch.store(latch as usize, Ordering::Release);
         }
         self.started_at.store(crate::pg::now(), Ordering::Relaxed);
+        self.settings_read_at.store(crate::pg::now(), Ordering::Relaxed);
         self.in_batch.store(false, Ordering::Release);
         self.set_state(WorkerState::Processing);
         true
@@ -199,6 +204,7 @@ impl WorkerSlot {
             1 => WorkerState::NoExtension,
             2 => WorkerState::VersionMismatch,
             3 => WorkerState::Paused,
+            4 => WorkerState::Disabled,
             _ => WorkerState::Processing,
         }
     }

@@ -368,6 +368,23 @@ pub fn wait_until(c: &mut Client, sql: &str, secs: u64) {
     }
 }
 
+/// Runs `sql` (an ALTER SYSTEM), reloads the configuration, and waits until every running
+/// worker of this server has read it again: each publishes when it last read its settings
+/// (dialpad.worker_stats().settings_read_at), and after that never starts a batch under the
+/// old ones.
+pub fn set_and_reload(c: &mut Client, sql: &str) {
+    c.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {}", db_error(&e)));
+    let before: String = c.query_one("SELECT clock_timestamp()::text", &[]).unwrap().get(0);
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_until(
+        c,
+        &format!(
+            "SELECT COALESCE(bool_and(settings_read_at >= '{before}'), true) FROM dialpad.worker_stats() WHERE pid IS NOT NULL"
+        ),
+        20,
+    );
+}
+
 /// The JOSE header Dialpad signs with.
 pub const HS256_HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
