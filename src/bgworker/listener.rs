@@ -405,8 +405,12 @@ impl Readiness {
             let table = crate::pg::spi::run_kept(client, crate::version::INSTALLED_SQL, &[], None, &[])?;
             table.first().get_one::<String>()
         });
+        // The query's lock on pg_extension read the invalidations that came since the
+        // transaction started: one of them (a REVOKE just committed) means checking again.
+        // SAFETY: as above.
+        let unchanged = unsafe { pg_sys::SharedInvalidMessageCounter } == invalidations;
         match version {
-            Ok(Some(v)) if v == crate::version::LIBRARY => last,
+            Ok(Some(v)) if v == crate::version::LIBRARY && unchanged => last,
             _ => fresh(),
         }
     }

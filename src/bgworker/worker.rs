@@ -241,6 +241,10 @@ impl Worker {
             self.slot.set_state(shmem::WorkerState::Disabled);
             return false;
         }
+        if self.slot.state() == shmem::WorkerState::Disabled {
+            // Enabled again: not "paused" even if the pass below fails.
+            self.slot.set_state(shmem::WorkerState::Processing);
+        }
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"processing webhook events");
         let full = match self.run_batches() {
             Ok(Ok(o)) => self.ran(&o),
