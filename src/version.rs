@@ -11,12 +11,17 @@ use pgrx::PgSqlErrorCode;
 /// This library's version (the crate's).
 pub(crate) const LIBRARY: &str = env!("CARGO_PKG_VERSION");
 
-pub(crate) const INSTALLED_SQL: &str =
+const INSTALLED_SQL: &str =
     "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_dialpad'";
 
-/// `pg_extension.extversion` of pg_dialpad in this database, if it is installed.
+/// `pg_extension.extversion` of pg_dialpad in this database, if it is installed. A kept
+/// plan: the workers ask before every pass, the HTTP listener before every group.
 pub(crate) fn installed_version() -> Option<String> {
-    Spi::get_one::<String>(INSTALLED_SQL).ok().flatten()
+    Spi::connect_mut(|client| {
+        crate::pg::spi::run_kept(client, INSTALLED_SQL, &[], None, &[])?.first().get_one::<String>()
+    })
+    .ok()
+    .flatten()
 }
 
 /// Raises 55000 unless the SQL objects are this library's version.

@@ -13,8 +13,10 @@
 //!
 //! `crates/dialpad-core` (`codec`, `domain`) sits under all of them.
 
+mod common;
+use common::rust_files;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const RANKS: &[(&str, u32)] = &[
     ("pg", 0),
@@ -42,17 +44,6 @@ const KNOWN: &[(&str, &str, &str)] = &[(
 
 fn rank(module: &str) -> Option<u32> {
     RANKS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 /// The code of a file as the import reader reads it: comments and strings blanked out

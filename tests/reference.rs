@@ -252,19 +252,10 @@ fn settings(c: &mut Client, all: &BTreeMap<String, Entry>) -> Vec<String> {
 /// C macro names, whose class prefixes T_R_ and E_R_I_E_ PL/pgSQL's names lack) and
 /// ERRCODE = '…' in the SQL files of a fresh install and of the current upgrade script.
 fn raised_conditions() -> BTreeSet<String> {
-    fn rust_files(dir: &Path, out: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                rust_files(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(std::fs::read_to_string(&path).unwrap());
-            }
-        }
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut sources = Vec::new();
-    rust_files(&root.join("src"), &mut sources);
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let sources: Vec<String> = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
     let mut names = BTreeSet::new();
     for text in &sources {
         for rest in text.split("ERRCODE_").skip(1) {

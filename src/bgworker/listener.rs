@@ -401,16 +401,13 @@ impl Readiness {
         if unsafe { pg_sys::RecoveryInProgress() } {
             return fresh();
         }
-        let version = Spi::connect_mut(|client| {
-            let table = crate::pg::spi::run_kept(client, crate::version::INSTALLED_SQL, &[], None, &[])?;
-            table.first().get_one::<String>()
-        });
+        let version = crate::version::installed_version();
         // The query's lock on pg_extension read the invalidations that came since the
         // transaction started: one of them (a REVOKE just committed) means checking again.
         // SAFETY: as above.
         let unchanged = unsafe { pg_sys::SharedInvalidMessageCounter } == invalidations;
         match version {
-            Ok(Some(v)) if v == crate::version::LIBRARY && unchanged => last,
+            Some(v) if v == crate::version::LIBRARY && unchanged => last,
             _ => fresh(),
         }
     }

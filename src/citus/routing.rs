@@ -202,10 +202,21 @@ unsafe fn values_column(
         (*rte).coltypes = pg_sys::lappend_oid((*rte).coltypes, pg_sys::INT8OID);
         (*rte).coltypmods = pg_sys::lappend_int((*rte).coltypmods, -1);
         (*rte).colcollations = pg_sys::lappend_oid((*rte).colcollations, pg_sys::InvalidOid);
+        call_id_var(rte, varno, (len((*(*rte).eref).colnames) + 1) as pg_sys::AttrNumber)
+    }
+}
+
+/// Names the `call_id` column just added to `rte` (its column `attno`, the last) and returns
+/// the Var that reads it.
+///
+/// # Safety
+/// `rte` is the range table entry at `varno` of a valid Query.
+unsafe fn call_id_var(rte: *mut pg_sys::RangeTblEntry, varno: i32, attno: pg_sys::AttrNumber) -> *mut pg_sys::Expr {
+    // SAFETY: the caller's contract; the name list is extended with PostgreSQL's own functions.
+    unsafe {
         let eref = (*rte).eref;
         (*eref).colnames =
             pg_sys::lappend((*eref).colnames, pg_sys::makeString(c"call_id".as_ptr() as *mut _) as *mut _);
-        let attno = len((*eref).colnames) as pg_sys::AttrNumber;
         pg_sys::makeVar(varno, attno, pg_sys::INT8OID, -1, pg_sys::InvalidOid, 0) as *mut pg_sys::Expr
     }
 }
@@ -252,10 +263,7 @@ unsafe fn select_column(
             rebuilt = pg_sys::lappend(rebuilt, column as *mut _);
         }
         (*sub).targetList = rebuilt;
-        let eref = (*rte).eref;
-        (*eref).colnames =
-            pg_sys::lappend((*eref).colnames, pg_sys::makeString(c"call_id".as_ptr() as *mut _) as *mut _);
-        pg_sys::makeVar(varno, attno, pg_sys::INT8OID, -1, pg_sys::InvalidOid, 0) as *mut pg_sys::Expr
+        call_id_var(rte, varno, attno)
     }
 }
 
