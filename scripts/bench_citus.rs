@@ -179,8 +179,38 @@ pub(super) fn citus_bench(
         ),
     );
     // The build before Citus support, on one node, beside this one.
+    let mut baseline_cluster = baseline_one_node(calls);
+    let (mut one_rate, mut one_cpu, mut node_cpu, mut both, mut base_rate) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut one_server, mut all_servers) = (vec![], vec![]);
+    let mut node_rates: Vec<Vec<f64>> = vec![vec![], vec![]];
+    let mut shares: Vec<i64> = vec![0, 0];
+    for _ in 0..runs {
+        let (rate, per_cpu, server) = one_node_run(cluster, c, n_events);
+        one_rate.push(rate);
+        one_cpu.push(per_cpu);
+        one_server.push(server);
+        if let Some((_, bc, b)) = baseline_cluster.as_mut() {
+            base_rate.push(one_node_run(bc, b, n_events).0);
+        }
+        let (nodes, total, servers) = citus_run(&citus, &mut coordinator, n_events);
+        all_servers.push(servers);
+        for (i, (handled, rate, per_cpu)) in nodes.into_iter().enumerate() {
+            node_rates[i].push(rate);
+            node_cpu.push(per_cpu);
+            shares[i] = handled;
+        }
+        both.push(total);
+    }
+    let figures =
+        CitusFigures { one_rate, one_cpu, node_cpu, both, one_server, all_servers, node_rates, shares, base_rate };
+    figures.report(report, n_events);
+}
+
+/// The build before Citus support (BENCH_BASELINE_PACKAGE), on one node of its own, with the
+/// same events; None when no package is given.
+fn baseline_one_node(calls: usize) -> Option<(PgInstall, Cluster, Client)> {
     let baseline = std::env::var("BENCH_BASELINE_PACKAGE").ok().map(std::path::PathBuf::from);
-    let baseline_cluster = baseline.as_ref().map(|package| {
+    baseline.as_ref().map(|package| {
         let install = PgInstall::copy("bench-baseline");
         install.install_pg_dialpad_from(package);
         let cluster = Cluster::start_with(
@@ -203,85 +233,84 @@ pub(super) fn citus_bench(
             ),
         );
         (install, cluster, b)
-    });
-    let mut baseline_cluster = baseline_cluster;
-    let (mut one_rate, mut one_cpu, mut node_cpu, mut both, mut base_rate) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut one_server, mut all_servers) = (vec![], vec![]);
-    let mut node_rates: Vec<Vec<f64>> = vec![vec![], vec![]];
-    let mut shares: Vec<i64> = vec![0, 0];
-    for _ in 0..runs {
-        let (rate, per_cpu, server) = one_node_run(cluster, c, n_events);
-        one_rate.push(rate);
-        one_cpu.push(per_cpu);
-        one_server.push(server);
-        if let Some((_, bc, b)) = baseline_cluster.as_mut() {
-            base_rate.push(one_node_run(bc, b, n_events).0);
-        }
-        let (nodes, total, servers) = citus_run(&citus, &mut coordinator, n_events);
-        all_servers.push(servers);
-        for (i, (handled, rate, per_cpu)) in nodes.into_iter().enumerate() {
-            node_rates[i].push(rate);
-            node_cpu.push(per_cpu);
-            shares[i] = handled;
-        }
-        both.push(total);
-    }
-    let (one_rate, one_cpu, node_cpu, both) = (median(one_rate), median(one_cpu), median(node_cpu), median(both));
-    let per_cpu = |v: f64| format!("{} per CPU-s", eps(v).trim_end_matches("/s"));
-    report.add(
-        "Citus: events per CPU-second of a worker node's worker (its shards) vs one node",
-        per_cpu(node_cpu),
-        format!("one node {}", per_cpu(one_cpu)),
-        format!("{:.2}×", node_cpu / one_cpu),
-        "≥ 0.9×",
-        Some(node_cpu / one_cpu >= 0.9),
-    );
-    let (one_server, all_servers) = (median(one_server), median(all_servers));
-    report.add(
-        "Citus: events per CPU-second of all three servers vs the one-node server",
-        per_cpu(all_servers),
-        format!("one node {}", per_cpu(one_server)),
-        format!("{:.2}×", all_servers / one_server),
-        "",
-        None,
-    );
-    for (i, rates) in node_rates.into_iter().enumerate() {
-        let r = median(rates);
+    })
+}
+
+/// What the Citus rounds measured (one value per round).
+struct CitusFigures {
+    one_rate: Vec<f64>,
+    one_cpu: Vec<f64>,
+    node_cpu: Vec<f64>,
+    both: Vec<f64>,
+    one_server: Vec<f64>,
+    all_servers: Vec<f64>,
+    node_rates: Vec<Vec<f64>>,
+    shares: Vec<i64>,
+    base_rate: Vec<f64>,
+}
+
+impl CitusFigures {
+    /// The figures' medians, as rows of the report.
+    fn report(self, report: &mut Report, n_events: usize) {
+        let CitusFigures { one_rate, one_cpu, node_cpu, both, one_server, all_servers, node_rates, shares, base_rate } =
+            self;
+        let (one_rate, one_cpu, node_cpu, both) = (median(one_rate), median(one_cpu), median(node_cpu), median(both));
+        let per_cpu = |v: f64| format!("{} per CPU-s", eps(v).trim_end_matches("/s"));
         report.add(
-            &format!("Citus: drain rate of worker node {} ({} events)", i + 1, shares[i]),
-            eps(r),
-            format!("one node {}", eps(one_rate)),
-            format!("{:.2}×", r / one_rate),
+            "Citus: events per CPU-second of a worker node's worker (its shards) vs one node",
+            per_cpu(node_cpu),
+            format!("one node {}", per_cpu(one_cpu)),
+            format!("{:.2}×", node_cpu / one_cpu),
+            "≥ 0.9×",
+            Some(node_cpu / one_cpu >= 0.9),
+        );
+        let (one_server, all_servers) = (median(one_server), median(all_servers));
+        report.add(
+            "Citus: events per CPU-second of all three servers vs the one-node server",
+            per_cpu(all_servers),
+            format!("one node {}", per_cpu(one_server)),
+            format!("{:.2}×", all_servers / one_server),
             "",
             None,
         );
-    }
-    report.add(
-        "Citus: drain rate of both worker nodes",
-        eps(both),
-        format!("one node {}", eps(one_rate)),
-        format!("{:.2}×", both / one_rate),
-        "",
-        None,
-    );
-    report.notes.push(format!(
-        "Citus: a coordinator and two worker nodes on this machine, one pg_dialpad worker each, {n_events} events \
-         delivered through the coordinator then drained; all three servers share this machine's {} cores, so the total \
-         cannot show the speed-up of nodes on their own machines.",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-    ));
-    if !base_rate.is_empty() {
-        let b = median(base_rate);
+        for (i, rates) in node_rates.into_iter().enumerate() {
+            let r = median(rates);
+            report.add(
+                &format!("Citus: drain rate of worker node {} ({} events)", i + 1, shares[i]),
+                eps(r),
+                format!("one node {}", eps(one_rate)),
+                format!("{:.2}×", r / one_rate),
+                "",
+                None,
+            );
+        }
         report.add(
-            &format!(
-                "one node: worker drain rate, this build vs before Citus support ({})",
-                std::env::var("BENCH_BASELINE_COMMIT").unwrap_or_default()
-            ),
-            eps(one_rate),
-            format!("before {}", eps(b)),
-            format!("{:.2}×", one_rate / b),
-            "≥ 0.95×",
-            Some(one_rate / b >= 0.95),
+            "Citus: drain rate of both worker nodes",
+            eps(both),
+            format!("one node {}", eps(one_rate)),
+            format!("{:.2}×", both / one_rate),
+            "",
+            None,
         );
+        report.notes.push(format!(
+            "Citus: a coordinator and two worker nodes on this machine, one pg_dialpad worker each, {n_events} events \
+             delivered through the coordinator then drained; all three servers share this machine's {} cores, so the total \
+             cannot show the speed-up of nodes on their own machines.",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        ));
+        if !base_rate.is_empty() {
+            let b = median(base_rate);
+            report.add(
+                &format!(
+                    "one node: worker drain rate, this build vs before Citus support ({})",
+                    std::env::var("BENCH_BASELINE_COMMIT").unwrap_or_default()
+                ),
+                eps(one_rate),
+                format!("before {}", eps(b)),
+                format!("{:.2}×", one_rate / b),
+                "≥ 0.95×",
+                Some(one_rate / b >= 0.95),
+            );
+        }
     }
 }

@@ -35,6 +35,13 @@ fn load_with_history(c: &mut Client, n: usize, history: usize, spread: bool) {
 /// partition; run_maintenance() dropping a partition of 1 million processed events against a
 /// DELETE of as many; plain INSERTs into the partitioned inbox against 0.1.0's plain table.
 pub(super) fn partitions_bench(cluster: &Cluster, c: &mut Client, report: &mut Report, runs: usize, n: usize) {
+    drain_with_history(c, report, runs, n);
+    drop_against_delete(c, report);
+    insert_into_partitions(cluster, c, report, runs, n);
+}
+
+/// The drain with 30 daily partitions of history against the same events in one partition.
+fn drain_with_history(c: &mut Client, report: &mut Report, runs: usize, n: usize) {
     let history = 300_000;
     let (mut spread, mut single) = (Vec::new(), Vec::new());
     for _ in 0..runs {
@@ -60,9 +67,11 @@ pub(super) fn partitions_bench(cluster: &Cluster, c: &mut Client, report: &mut R
         "≥ 0.9×",
         Some(sp / si >= 0.9),
     );
+}
 
-    // Two expired days of 1 million processed events each: one dropped by run_maintenance(),
-    // the other deleted, as a cleanup job without partitions would.
+/// Two expired days of 1 million processed events each: one dropped by run_maintenance(),
+/// the other deleted, as a cleanup job without partitions would.
+fn drop_against_delete(c: &mut Client, report: &mut Report) {
     set_worker_enabled(c, false);
     exec(c, "TRUNCATE dialpad.webhook_events, dialpad.calls, dialpad.rejected_transitions");
     let million = 1_000_000usize;
@@ -132,9 +141,11 @@ pub(super) fn partitions_bench(cluster: &Cluster, c: &mut Client, report: &mut R
     report.notes.push(format!(
         "Retention: after run_maintenance() dropped the expired partition, {dead_after_drop} dead tuples remain in the inbox;          the DELETE of the other day's million events left {dead_after_delete} for vacuum (that partition was then dropped too)."
     ));
+}
 
-    // Ingest: plain INSERTs (two sessions, 100 per transaction) into the partitioned inbox
-    // and into a copy of 0.1.0's plain table (its indexes, its unique key, the same trigger).
+/// Ingest: plain INSERTs (two sessions, 100 per transaction) into the partitioned inbox and
+/// into a copy of 0.1.0's plain table (its indexes, its unique key, the same trigger).
+fn insert_into_partitions(cluster: &Cluster, c: &mut Client, report: &mut Report, runs: usize, n: usize) {
     exec(
         c,
         "TRUNCATE dialpad.webhook_events;

@@ -9,6 +9,8 @@ COMMENT ON FUNCTION dialpad.status_transition_error(text, text) IS
 COMMENT ON FUNCTION dialpad.sanitize_call_payload(jsonb, integer, integer, integer, integer, integer, integer, integer, integer) IS
     'A size-bounded copy of a payload: transcripts cut at max_transcript_length characters, other strings at max_string_length, binary data removed, arrays cut to max_array_items plus a marker, nested objects over max_object_keys summarized, values deeper than max_depth replaced, keys longer than max_key_length cut; at most max_bytes of jsonb in all (as a last resort the top level keeps the pairs that fit and lists the rest). Idempotent.';
 COMMENT ON FUNCTION dialpad.version_info() IS 'pg_dialpad version and build information.';
+COMMENT ON FUNCTION dialpad.partition_bounds(oid) IS
+    'The bound of a partition, read from the catalog (behind dialpad.partitions): DEFAULT, or its range of received_at (MINVALUE and MAXVALUE as -infinity and infinity).';
 COMMENT ON FUNCTION dialpad.calls_before_write() IS
     'Trigger on dialpad.calls: stores the direction normalized and enforces dialpad.status_transitions (see dialpad.invalid_transition); notes the logical call of each leg written or deleted.';
 COMMENT ON FUNCTION dialpad.calls_after_write() IS

@@ -5,15 +5,14 @@
 CREATE VIEW dialpad.partitions WITH (security_invoker = true) AS
 SELECT i.inhparent::pg_catalog.regclass AS parent,
        c.oid::pg_catalog.regclass AS partition,
-       b.bounds IS NULL AS is_default,
-       CASE b.bounds[1] WHEN 'MINVALUE' THEN '-infinity' ELSE b.bounds[1] END::pg_catalog.timestamptz AS range_from,
-       CASE b.bounds[2] WHEN 'MAXVALUE' THEN 'infinity' ELSE b.bounds[2] END::pg_catalog.timestamptz AS range_to,
+       b.is_default,
+       b.range_from,
+       b.range_to,
        GREATEST(c.reltuples, 0)::pg_catalog.int8 AS estimated_rows,
        pg_catalog.pg_total_relation_size(c.oid) AS total_bytes
   FROM pg_catalog.pg_inherits i
   JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid
-  LEFT JOIN LATERAL pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
-       'FROM \(''?([^'')]+)''?\) TO \(''?([^'')]+)''?\)') AS b(bounds) ON true
+  LEFT JOIN LATERAL dialpad.partition_bounds(c.oid) AS b ON true
  WHERE i.inhparent OPERATOR(pg_catalog.=) ANY (ARRAY['dialpad.webhook_events'::pg_catalog.regclass,
                                                     'dialpad.rejected_transitions'::pg_catalog.regclass]);
 COMMENT ON VIEW dialpad.partitions IS

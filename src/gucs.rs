@@ -67,15 +67,11 @@ pub(crate) fn init() {
     );
     // PGC_POSTMASTER settings can only be defined while the library is preloaded (a later
     // load would fail with "cannot create PGC_POSTMASTER variables after startup").
-    // SAFETY: a plain read of a flag PostgreSQL sets while it loads preloaded libraries.
-    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+    if crate::pg::backend::preloading() {
         define_startup_settings();
     }
     define_reloadable_settings();
-    // SAFETY: called from _PG_init after our settings are defined, with a valid C string.
-    unsafe {
-        pgrx::pg_sys::MarkGUCPrefixReserved(c"dialpad".as_ptr());
-    }
+    crate::pg::reserve_setting_prefix(c"dialpad");
 }
 
 fn define_startup_settings() {

@@ -55,7 +55,11 @@ extension_sql_file!(
         api::monitoring::wake_workers
     ]
 );
-extension_sql_file!("../sql/maintenance.sql", name = "maintenance", requires = ["processing", api::version_info]);
+extension_sql_file!(
+    "../sql/maintenance.sql",
+    name = "maintenance",
+    requires = ["processing", api::version_info, api::partition_bounds]
+);
 extension_sql_file!("../sql/analytics.sql", name = "analytics", requires = ["maintenance"]);
 extension_sql_file!("../sql/rederive.sql", name = "rederive", requires = ["analytics"]);
 extension_sql_file!("../sql/citus.sql", name = "citus", requires = ["analytics", citus::routing_call_id]);
@@ -65,15 +69,9 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     pg::watch_relcache();
-    // SAFETY: plain reads of flags PostgreSQL sets before loading libraries.
-    unsafe {
-        if !pg_sys::process_shared_preload_libraries_in_progress {
-            return;
-        }
-        // pg_upgrade starts the server with our library preloaded: start nothing then.
-        if pg_sys::IsBinaryUpgrade {
-            return;
-        }
+    // pg_upgrade starts the server with our library preloaded: start nothing then.
+    if !pg::backend::preloading() || pg::backend::binary_upgrade() {
+        return;
     }
     pg::shmem::init();
     bgworker::register_launcher();

@@ -419,7 +419,8 @@ mod tests {
             );
         }
         // every column reads back as its declared type
-        run(&read_sql().replace("$1", "ARRAY[]::int8[]"));
+        let sql = crate::pipeline::tables::Target::render(&crate::pipeline::tables::Whole, read_sql());
+        run(&sql.replace("$1", "ARRAY[]::int8[]"));
     }
 
     #[pg_test]
@@ -599,7 +600,10 @@ mod tests {
     /// The claim's plans, with the settings the processor runs it with, from the lowest id
     /// and from a floor.
     fn claim_plans() -> Vec<String> {
-        run(&format!("PREPARE dialpad_claim(int4, int8) AS {}", crate::pipeline::batch::CLAIM_SQL));
+        run(&format!(
+            "PREPARE dialpad_claim(int4, int8) AS {}",
+            crate::pipeline::tables::Target::render(&crate::pipeline::tables::Whole, crate::pipeline::batch::CLAIM_SQL)
+        ));
         for (name, value) in crate::pipeline::batch::CLAIM_SETTINGS {
             run(&format!("SET LOCAL {} = {}", name.to_str().unwrap(), value.to_str().unwrap()));
         }

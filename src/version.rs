@@ -56,13 +56,7 @@ const RELEASED: &str = include_str!("../scripts/released-versions");
 /// ends): `version_info()` then names the step's version. PostgreSQL sets the extension's
 /// version in pg_extension before it runs each step's script.
 pub(crate) fn update_step() -> Option<String> {
-    // SAFETY: backend globals, read inside a transaction; a catalog lookup by a valid C string.
-    let ours = unsafe {
-        pg_sys::creating_extension
-            && pg_sys::CurrentExtensionObject != pg_sys::InvalidOid
-            && pg_sys::CurrentExtensionObject == pg_sys::get_extension_oid(c"pg_dialpad".as_ptr(), true)
-    };
-    if !ours {
+    if !crate::pg::backend::running_our_script() {
         return None;
     }
     let step = installed_version()?;

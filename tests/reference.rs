@@ -270,6 +270,10 @@ fn raised_conditions() -> BTreeSet<String> {
     for entry in std::fs::read_dir(root.join("sql")).unwrap() {
         let path = entry.unwrap().path();
         let file = path.file_name().unwrap().to_str().unwrap().to_string();
+        // sql/upgrade/ holds the current upgrade script's source (the script itself is read).
+        if path.is_dir() {
+            continue;
+        }
         // Released upgrade scripts are history; the current one is what an upgrade runs now.
         if file.starts_with("pg_dialpad--") && !file.ends_with(&format!("--{version}.sql")) {
             continue;

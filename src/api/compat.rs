@@ -91,12 +91,8 @@ pub(super) fn inbox_is_0_1() -> bool {
     if rel == pg_sys::InvalidOid {
         return false;
     }
-    // SAFETY: a regular relation lock held to the end of the transaction, then a syscache
-    // lookup by a valid C string.
-    unsafe {
-        pg_sys::LockRelationOid(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        pg_sys::get_attnum(rel, c"duplicate_of".as_ptr()) == pg_sys::InvalidAttrNumber as i16
-    }
+    crate::pg::backend::lock_relation(rel, pg_sys::RowExclusiveLock);
+    !crate::pg::backend::has_column(rel, c"duplicate_of")
 }
 
 /// The 0.1.0 inbox still has its unique index on (call_id, dedupe_key).

@@ -204,27 +204,13 @@ fn parse_payload(json: String) -> datum::JsonbArg {
             None,
         )
     };
-    // PostgreSQL's own JSON parser: exact numbers, its limits, its error messages (22P02).
-    // SAFETY: jsonb_in takes a NUL-terminated C string (cjson outlives the call) and returns
-    // a palloc'd jsonb datum or raises an ERROR, which the builder catches.
-    let datum = PgTryBuilder::new(|| unsafe {
-        pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(cjson.as_ptr()))])
-    })
-    .catch_others(|e| {
-        count(Outcome::Malformed);
-        e.rethrow()
-    })
-    .execute();
-    // SAFETY: the datum is the jsonb jsonb_in just returned, valid in this memory context.
-    let Some(payload) = datum.map(|d| unsafe { datum::JsonbArg::from_raw(d) }) else {
-        reject(
-            Outcome::Malformed,
-            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
-            "webhook body is not JSON".into(),
-            None,
-        )
-    };
-    payload
+    // PostgreSQL's own JSON parser; its ERROR (22P02) is counted, then raised as it is.
+    PgTryBuilder::new(|| datum::JsonbArg::parse(&cjson))
+        .catch_others(|e| {
+            count(Outcome::Malformed);
+            e.rethrow()
+        })
+        .execute()
 }
 
 /// Stores the delivery; returns (id of its first delivery, whether this was a redelivery).

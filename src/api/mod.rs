@@ -14,6 +14,7 @@ use crate::domain::{direction, sanitize};
 use crate::pg::{self, datum, error};
 use crate::pipeline::{batch, rules};
 use crate::{gucs, version};
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
@@ -99,6 +100,29 @@ fn normalize_call_direction(direction: &str) -> Option<&'static str> {
     }
 }
 
+/// The bound of `partition` (behind the dialpad.partitions view), read from the catalog:
+/// DEFAULT, or a range of timestamps (MINVALUE and MAXVALUE as -infinity and infinity). No
+/// row when it is not a partition of a range on one timestamptz column.
+#[pg_extern(stable, strict, parallel_safe)]
+fn partition_bounds(
+    partition: pg_sys::Oid,
+) -> TableIterator<
+    'static,
+    (
+        name!(is_default, bool),
+        name!(range_from, Option<TimestampWithTimeZone>),
+        name!(range_to, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let ts = |t: pg_sys::TimestampTz| TimestampWithTimeZone::try_from(t).ok();
+    let row = match pg::partitions::bound_of(partition) {
+        Some(pg::partitions::Bound::Default) => Some((true, None, None)),
+        Some(pg::partitions::Bound::Range { from, to }) => Some((false, ts(from), ts(to))),
+        None => None,
+    };
+    TableIterator::new(row)
+}
+
 /// Whether `current → next` is allowed by dialpad.status_transitions.
 #[pg_extern(stable, parallel_safe)]
 fn is_valid_status_transition(current: Option<&str>, next: Option<&str>) -> bool {
@@ -157,8 +181,7 @@ fn sanitize_call_payload(
     };
     let mut on_container = || {
         check_for_interrupts!();
-        // SAFETY: compares this stack's depth with max_stack_depth; raises an ERROR if over.
-        unsafe { pg_sys::check_stack_depth() };
+        crate::pg::backend::check_stack_depth();
     };
     match sanitize::sanitize(payload.body(), &limits, &mut on_container) {
         Ok(out) => datum::JsonbOut(out),

@@ -205,16 +205,7 @@ fn local_worker_status() -> Vec<StatusRow> {
         format!("supervises {n} worker(s) for database \"{database}\""),
         (launcher == 0).then(|| "The postmaster restarts the launcher within a second; see the server log if it stays down (max_worker_processes?).".to_string()),
     ));
-    // SAFETY: get_database_name returns NULL (database dropped meanwhile) or a palloc'd C
-    // string, copied at once.
-    let here = unsafe {
-        let p = pg_sys::get_database_name(crate::pg::my_database());
-        if p.is_null() {
-            String::new()
-        } else {
-            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-        }
-    };
+    let here = crate::pg::backend::database_name(crate::pg::my_database()).unwrap_or_default();
     for (i, slot) in s.slots.iter().enumerate().take(n) {
         let pid = slot.pid.load(Ordering::Acquire);
         let (detail, hint) = worker_detail(i, pid != 0, slot.state(), &database, &here);

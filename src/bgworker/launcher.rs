@@ -41,11 +41,9 @@ pub extern "C-unwind" fn dialpad_launcher_main(_arg: pg_sys::Datum) {
 
     loop {
         if BackgroundWorker::sighup_received() {
-            // SAFETY: re-reads the configuration files outside any transaction, as a
-            // backend's main loop does after SIGHUP.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            crate::pg::backend::reload_config_file();
         }
-        let exists = BackgroundWorker::transaction(|| database_exists(&database));
+        let exists = BackgroundWorker::transaction(|| crate::pg::backend::database_exists(&database));
         if !exists {
             if !said_missing {
                 log!("pg_dialpad: database \"{database}\" does not exist yet; waiting for it (dialpad.database)");
@@ -85,35 +83,6 @@ pub extern "C-unwind" fn dialpad_launcher_main(_arg: pg_sys::Datum) {
 
 fn slot_alive(i: usize) -> bool {
     shmem::get().is_some_and(|s| s.slots[i].pid.load(Ordering::Acquire) != 0)
-}
-
-/// Whether `name` is in pg_database. A heap scan, as the autovacuum launcher does: without
-/// a database, the relcache may be unable to build the catalog's index (right after startup,
-/// before the shared init file exists), so get_database_oid() could fail.
-fn database_exists(name: &str) -> bool {
-    // SAFETY: called inside a transaction (BackgroundWorker::transaction); the catalog is
-    // opened, scanned and closed here with matching locks; each tuple is read as the
-    // pg_database row struct it is, only while the scan holds it.
-    unsafe {
-        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
-        let mut found = false;
-        loop {
-            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
-            if tuple.is_null() {
-                break;
-            }
-            let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
-            let datname = std::ffi::CStr::from_ptr((*form).datname.data.as_ptr());
-            if datname.to_bytes() == name.as_bytes() {
-                found = true;
-                break;
-            }
-        }
-        pg_sys::table_endscan(scan);
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        found
-    }
 }
 
 fn start_worker(i: usize) -> Option<DynamicBackgroundWorker> {

@@ -55,14 +55,7 @@ pub(crate) fn register_listener() {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn dialpad_http_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
-    // SAFETY: PostgreSQL's own SIGTERM handler, as in the workers (worker.rs): die() sets
-    // ProcDiePending and the latch; CHECK_FOR_INTERRUPTS leaves from wherever we are.
-    unsafe {
-        #[cfg(not(feature = "pg18"))]
-        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(worker::postgres_die));
-        #[cfg(feature = "pg18")]
-        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(worker::postgres_die));
-    }
+    crate::pg::backend::die_on_sigterm();
     let Some(mut listener) = Listener::start() else {
         // Exit code 0: a static worker that exits with 0 is not started again (a setting
         // must change first, which takes a restart).
@@ -155,13 +148,11 @@ impl Listener {
         check_for_interrupts!();
         // Under load the loop never waits (where WL_EXIT_ON_PM_DEATH would see it): an
         // orphaned listener must not go on acknowledging deliveries.
-        // SAFETY: getppid has no preconditions; PostmasterPid is set before any worker starts.
-        if unsafe { libc::getppid() != pg_sys::PostmasterPid } {
+        if crate::pg::backend::postmaster_gone() {
             crate::pg::proc_exit(1);
         }
         if BackgroundWorker::sighup_received() {
-            // SAFETY: outside any transaction, as in the workers' loop.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            crate::pg::backend::reload_config_file();
             self.shared.limits.max_body.store(gucs::max_body_size(), Ordering::Relaxed);
             self.shared.limits.read_timeout_ms.store(gucs::http_read_timeout_ms(), Ordering::Relaxed);
             worker::apply_lock_timeout();
@@ -218,22 +209,8 @@ impl Listener {
     /// Sleeps until the latch is set (signal), a delivery is queued, or WAIT_MS passed;
     /// exits at once if the postmaster dies.
     fn wait(&self) {
-        let events =
-            pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH;
-        // SAFETY: MyLatch is this process's latch; the socket is ours and open for the
-        // process's life; WaitLatchOrSocket is called outside any critical section.
-        unsafe {
-            let rc = pg_sys::WaitLatchOrSocket(
-                pg_sys::MyLatch,
-                events as i32,
-                self.wait.as_raw_fd(),
-                WAIT_MS as _,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
-                pg_sys::ResetLatch(pg_sys::MyLatch);
-            }
-        }
+        // The socket is ours and open for the process's life.
+        crate::pg::backend::wait_latch_or_socket(self.wait.as_raw_fd(), WAIT_MS);
         http::drain_wakeups(&self.wait);
     }
 
@@ -260,8 +237,7 @@ impl Listener {
             self.readiness = Some(verdict);
             answers
         });
-        // SAFETY: a flag set by the SIGTERM handler, read on the main thread.
-        let dying = unsafe { pg_sys::ProcDiePending } != 0;
+        let dying = crate::pg::backend::die_pending();
         let answers = match answers {
             // Terminated while the commit waited for a synchronous standby: PostgreSQL
             // committed locally and tells no client (the standby may not have it). Neither do
@@ -356,11 +332,10 @@ fn set_session_settings() {
 fn in_own_transaction<R>(
     f: impl FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe,
 ) -> Result<R, String> {
-    // SAFETY: outside any transaction: sets the timestamp the next transaction starts with.
-    unsafe { pg_sys::SetCurrentStatementStartTimestamp() };
+    // Outside any transaction: the timestamp the next transaction starts with.
+    crate::pg::backend::start_statement_clock();
     let result = worker::in_transaction(f);
-    // SAFETY: called outside a transaction, as PostgreSQL requires.
-    unsafe { pg_sys::pgstat_report_stat(false) };
+    crate::pg::backend::report_stats();
     result
 }
 
@@ -389,23 +364,20 @@ impl Readiness {
     /// The verdict for a group, in the current transaction: `last`'s if still valid, else new.
     fn check(last: Option<Readiness>) -> Readiness {
         // Read before the queries: a change they see is checked again next time.
-        // SAFETY: a plain read of a backend-local counter, on the main thread.
-        let invalidations = unsafe { pg_sys::SharedInvalidMessageCounter };
+        let invalidations = crate::pg::backend::invalidations_read();
         let fresh = || Readiness { taken: Instant::now(), invalidations, reason: readiness() };
         let Some(last) = last
             .filter(|v| v.reason.is_none() && v.invalidations == invalidations && v.taken.elapsed() < READINESS_TTL)
         else {
             return fresh();
         };
-        // SAFETY: a plain read of the shared recovery state, inside a transaction.
-        if unsafe { pg_sys::RecoveryInProgress() } {
+        if crate::pg::backend::in_recovery() {
             return fresh();
         }
         let version = crate::version::installed_version();
         // The query's lock on pg_extension read the invalidations that came since the
         // transaction started: one of them (a REVOKE just committed) means checking again.
-        // SAFETY: as above.
-        let unchanged = unsafe { pg_sys::SharedInvalidMessageCounter } == invalidations;
+        let unchanged = crate::pg::backend::invalidations_read() == invalidations;
         match version {
             Some(v) if v == crate::version::LIBRARY && unchanged => last,
             _ => fresh(),
@@ -487,8 +459,7 @@ const READINESS_SQL: &str = "SELECT e.extversion, COALESCE(pg_catalog.has_functi
 
 /// Why deliveries cannot be stored now (in the current transaction), or None.
 fn readiness() -> Option<String> {
-    // SAFETY: a plain read of the shared recovery state, inside a transaction.
-    if unsafe { pg_sys::RecoveryInProgress() } {
+    if crate::pg::backend::in_recovery() {
         return Some("the server is in recovery (a standby): deliveries go to the primary".into());
     }
     let row = Spi::get_two::<String, bool>(READINESS_SQL);

@@ -37,7 +37,5 @@ pub(crate) const LISTENER_TYPE: &str = "pg_dialpad http listener";
 
 /// Shows what this process does in pg_stat_activity (state and query text).
 fn report_activity(state: pg_sys::BackendState::Type, what: &std::ffi::CStr) {
-    // SAFETY: a valid C string for the duration of the call (PostgreSQL copies it into
-    // this backend's shared activity slot).
-    unsafe { pg_sys::pgstat_report_activity(state, what.as_ptr()) };
+    crate::pg::backend::report_activity(state, what);
 }

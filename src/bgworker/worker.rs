@@ -36,23 +36,13 @@ fn counters_pending() -> bool {
 /// connection so that it runs before InitPostgres's ShutdownPostgres.
 #[pg_guard]
 unsafe extern "C-unwind" fn flush_counters_at_exit(_code: i32, _arg: pg_sys::Datum) {
-    // SAFETY: plain reads of process state, then what RemoveTempRelationsCallback does in
-    // the same place: end whatever transaction the exit interrupted, run a new one, commit.
-    // An ERROR inside becomes FATAL during exit, and the exit goes on without this flush.
-    unsafe {
-        if !crate::pg::process_alive(pg_sys::PostmasterPid) || counters::in_recovery() || !counters_pending() {
-            return;
-        }
-        pg_sys::AbortOutOfAnyTransaction();
-        pg_sys::SetCurrentStatementStartTimestamp();
-        pg_sys::StartTransactionCommand();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        let flushed = if writable().is_none() { counters::flush().ok() } else { None };
-        pg_sys::PopActiveSnapshot();
-        pg_sys::CommitTransactionCommand();
-        if let Some(n) = flushed.filter(|n| *n > 0) {
-            log!("pg_dialpad worker 0: flushed {n} ingest count(s) at exit");
-        }
+    if crate::pg::backend::postmaster_gone() || crate::pg::backend::in_recovery() || !counters_pending() {
+        return;
+    }
+    let flushed =
+        crate::pg::backend::in_exit_transaction(|| if writable().is_none() { counters::flush().ok() } else { None });
+    if let Some(n) = flushed.filter(|n| *n > 0) {
+        log!("pg_dialpad worker 0: flushed {n} ingest count(s) at exit");
     }
 }
 
@@ -71,8 +61,7 @@ pub extern "C-unwind" fn dialpad_worker_main(arg: pg_sys::Datum) {
         // The statistics the batches left pending (autovacuum reads them), as a backend
         // flushes them: at most once a second (PGSTAT_MIN_INTERVAL), busy or not; the
         // answer is how long until the rest may be flushed (0: nothing left).
-        // SAFETY: outside a transaction.
-        let flush_in = unsafe { pg_sys::pgstat_report_stat(false) };
+        let flush_in = crate::pg::backend::report_stats();
         if full || rederiving {
             continue; // more is due: no sleep
         }
@@ -130,23 +119,13 @@ impl Worker {
     /// None when another live worker holds the slot (or there is no shared memory).
     fn start(index: usize) -> Option<Worker> {
         BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
-        // SAFETY: installing PostgreSQL's own SIGTERM handler, as worker_spi does; die() only
-        // sets ProcDiePending/InterruptPending and the latch, which CHECK_FOR_INTERRUPTS acts
-        // on (inside lock waits too), so the worker leaves promptly from wherever it is.
-        unsafe {
-            // PostgreSQL 18 made pqsignal a macro over the backend's pqsignal_be.
-            #[cfg(not(feature = "pg18"))]
-            pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
-            #[cfg(feature = "pg18")]
-            pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres_die));
-        }
+        crate::pg::backend::die_on_sigterm();
         let shared = shmem::get()?;
         if index >= shmem::MAX_WORKERS || !shared.slots[index].claim() {
             return None; // another live worker holds this slot
         }
-        // SAFETY: registers a static callback, with the slot index as its argument, run once
-        // when the process exits (normally, by FATAL or by die()).
-        unsafe { pg_sys::before_shmem_exit(Some(release_slot), pg_sys::Datum::from(index)) };
+        // Run once when the process exits (normally, by FATAL or by die()).
+        crate::pg::backend::before_shmem_exit(release_slot, pg_sys::Datum::from(index));
         let database = gucs::database();
         BackgroundWorker::connect_worker_to_spi(Some(&database), gucs::role().as_deref());
         set_session_settings();
@@ -155,8 +134,7 @@ impl Worker {
         if index == 0 {
             // After InitPostgres's own exit callback, so that this one runs first, while the
             // backend can still run a transaction (as RemoveTempRelationsCallback does).
-            // SAFETY: registers a static callback without argument, run once at exit.
-            unsafe { pg_sys::before_shmem_exit(Some(flush_counters_at_exit), pg_sys::Datum::from(0)) };
+            crate::pg::backend::before_shmem_exit(flush_counters_at_exit, pg_sys::Datum::from(0));
         }
         log!("pg_dialpad worker {index} started in database \"{database}\"");
         Some(Worker {
@@ -183,7 +161,7 @@ impl Worker {
             return;
         }
         self.last_counters = Some(Instant::now());
-        if self.said.is_some() || counters::in_recovery() || !counters_pending() {
+        if self.said.is_some() || crate::pg::backend::in_recovery() || !counters_pending() {
             return;
         }
         report_activity(pg_sys::BackendState::STATE_RUNNING, c"pg_dialpad: flushing ingest counters");
@@ -227,8 +205,7 @@ impl Worker {
     /// slot (dialpad.worker_stats.settings_read_at): what a DBA, or a test, waits for.
     fn reload_settings_on_sighup(&self) {
         if BackgroundWorker::sighup_received() {
-            // SAFETY: outside any transaction, as in the launcher's loop.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            crate::pg::backend::reload_config_file();
             apply_lock_timeout();
             self.slot.settings_read_at.store(crate::pg::now(), Ordering::Relaxed);
         }
@@ -319,8 +296,7 @@ impl Worker {
         // After every transaction, as worker_spi does: without it the table statistics
         // (n_tup_upd, n_dead_tup, ...) never leave this process and autovacuum and
         // autoanalyze never see the worker's writes.
-        // SAFETY: called outside a transaction, as PostgreSQL requires.
-        unsafe { pg_sys::pgstat_report_stat(false) };
+        crate::pg::backend::report_stats();
         result
     }
 
@@ -487,13 +463,6 @@ fn set_session_settings() {
     crate::pg::set_session_setting(c"synchronous_commit", c"off");
 }
 
-unsafe extern "C-unwind" {
-    /// PostgreSQL's SIGTERM handler for backends (tcop/postgres.c), the raw C symbol: the
-    /// binding pgrx generates is a Rust wrapper, which cannot be a signal handler.
-    #[link_name = "die"]
-    pub(super) fn postgres_die(postgres_signal_arg: std::ffi::c_int);
-}
-
 /// Sets the session's lock_timeout to dialpad.lock_timeout: no statement of the worker ever
 /// waits on a lock for longer (PostgreSQL's default, 0, would wait forever).
 pub(super) fn apply_lock_timeout() {
@@ -588,13 +557,7 @@ pub(super) fn in_transaction<R>(
         .catch_others(|e| Err(crate::pg::spi::caught_message(&e)))
         .execute();
     if result.is_err() {
-        // SAFETY: after an ERROR caught in our own transaction, the transaction is aborted
-        // and memory put back in TopMemoryContext, as PostgreSQL's own error recovery in a
-        // main loop does; nothing from the aborted transaction is used after.
-        unsafe {
-            pg_sys::AbortCurrentTransaction();
-            pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-        }
+        crate::pg::backend::recover_from_error();
         crate::pg::spi::forget_plans();
     }
     result

@@ -19,8 +19,8 @@
 
 use super::Tables;
 use crate::pg::spi::run_kept;
-use crate::pipeline::batch::run_kept_on;
 use crate::pipeline::logical;
+use crate::pipeline::tables::{run_kept_on, LogicalShards};
 use pgrx::prelude::*;
 
 /// Logical calls handed on, or refreshed, per transaction.
@@ -38,10 +38,10 @@ RETURNING logical_call_id";
 const MARK_STALE_SQL: &str = "INSERT INTO dialpad.logical_calls_stale
 SELECT pg_catalog.unnest($1::pg_catalog.int8[]) ON CONFLICT DO NOTHING";
 
-/// Run on the group's shard of `logical_calls_stale` (see [`Tables::logical_only`]).
-const TAKE_STALE_SQL: &str = "DELETE FROM dialpad.logical_calls_stale
+/// Run on the group's shard of `logical_calls_stale` (see [`Tables::logical_shards`]).
+const TAKE_STALE_SQL: &str = "DELETE FROM {logical_calls_stale}
  WHERE logical_call_id OPERATOR(pg_catalog.=) ANY (ARRAY(
-     SELECT logical_call_id FROM dialpad.logical_calls_stale
+     SELECT logical_call_id FROM {logical_calls_stale}
       ORDER BY logical_call_id LIMIT $1 FOR UPDATE SKIP LOCKED))
 RETURNING logical_call_id";
 
@@ -85,7 +85,7 @@ pub(crate) fn hand_on() -> Result<i64, pgrx::spi::Error> {
 /// (up to [`SLICE`] per group), reading their legs in one distributed query; how many calls
 /// were taken from the fullest group (a full slice: more is waiting).
 pub(crate) fn refresh_stale(groups: &[Tables]) -> Result<i64, pgrx::spi::Error> {
-    let groups: Vec<Tables> = groups.iter().filter_map(Tables::logical_only).collect();
+    let groups: Vec<LogicalShards> = groups.iter().filter_map(Tables::logical_shards).collect();
     if groups.is_empty() {
         return Ok(0);
     }
@@ -93,8 +93,7 @@ pub(crate) fn refresh_stale(groups: &[Tables]) -> Result<i64, pgrx::spi::Error> 
         Spi::connect_mut(|client| {
             let mut stale = Vec::with_capacity(groups.len());
             for tables in &groups {
-                let ids =
-                    ids(run_kept_on(client, Some(tables), TAKE_STALE_SQL, &[pg_sys::INT8OID], None, &[SLICE.into()])?)?;
+                let ids = ids(run_kept_on(client, tables, TAKE_STALE_SQL, &[pg_sys::INT8OID], None, &[SLICE.into()])?)?;
                 stale.push(ids);
             }
             let most = stale.iter().map(|ids| ids.len() as i64).max().unwrap_or(0);
@@ -112,4 +111,14 @@ pub(crate) fn refresh_stale(groups: &[Tables]) -> Result<i64, pgrx::spi::Error> 
             Ok(most)
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stale_calls_are_taken_from_the_group_shard() {
+        assert_eq!(crate::pipeline::tables::names_a_table(TAKE_STALE_SQL), None);
+    }
 }

@@ -25,8 +25,7 @@ fn routing_call_id(payload: crate::pg::datum::JsonbArg) -> i64 {
 
 /// Whether the Citus extension is installed in this database.
 pub(crate) fn loaded() -> bool {
-    // SAFETY: a catalog lookup by name; InvalidOid when absent.
-    unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid }
+    crate::pg::backend::extension_installed(c"citus")
 }
 
 /// The table a shard's name belongs to: `calls` for `calls_102008` (Citus names a shard
@@ -43,21 +42,8 @@ pub(crate) fn shell_of(rel: pg_sys::Oid) -> pg_sys::Oid {
     if !loaded() {
         return rel;
     }
-    // SAFETY: syscache lookups of an existing relation's name and schema; the name is copied
-    // out before the next lookup.
-    unsafe {
-        let name = pg_sys::get_rel_name(rel);
-        if name.is_null() {
-            return rel;
-        }
-        let name = std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned();
-        let Some(base) = shard_base_name(&name) else { return rel };
-        let Ok(base) = std::ffi::CString::new(base) else { return rel };
-        match pg_sys::get_relname_relid(base.as_ptr(), pg_sys::get_rel_namespace(rel)) {
-            pg_sys::InvalidOid => rel,
-            shell => shell,
-        }
-    }
+    let Some((name, schema)) = crate::pg::backend::relation_name(rel) else { return rel };
+    shard_base_name(&name).and_then(|base| crate::pg::backend::relation_in(base, schema)).unwrap_or(rel)
 }
 
 /// Whether `dialpad.calls` is a Citus distributed table in this database (`dialpad.distribute()`
@@ -169,12 +155,6 @@ pub(crate) fn allow_shard_writes() {
         return;
     }
     crate::pg::set_session_setting(name, c"on");
-}
-
-/// Runs `f` with Citus's shards visible in pg_class (Citus hides them from sessions that
-/// are not its own).
-pub(crate) fn with_shards_visible<R>(f: impl FnOnce() -> R) -> R {
-    with_citus_setting(c"citus.override_table_visibility", c"off", f)
 }
 
 /// Runs `f` allowed to write shards directly (see [`allow_shard_writes`]).

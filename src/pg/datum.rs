@@ -37,6 +37,20 @@ impl JsonbArg {
     }
 }
 
+impl JsonbArg {
+    /// `text` parsed by PostgreSQL's own JSON parser (jsonb_in: exact numbers, its limits,
+    /// its error messages); raises its ERROR (22P02, 54001, ...) if `text` is not JSON.
+    pub(crate) fn parse(text: &std::ffi::CStr) -> JsonbArg {
+        // SAFETY: jsonb_in takes a NUL-terminated C string (`text` outlives the call) and
+        // returns a palloc'd, non-null jsonb datum or raises an ERROR.
+        unsafe {
+            let datum =
+                pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(text.as_ptr()))]);
+            JsonbArg::from_raw(datum.expect("jsonb_in returns a datum"))
+        }
+    }
+}
+
 impl FromDatum for JsonbArg {
     /// # Safety
     /// `datum` is a jsonb datum unless `is_null` (pgrx's FromDatum contract).

@@ -1,9 +1,12 @@
 //! Safe wrappers for the PostgreSQL globals and calls used all over the extension, so that
 //! each `unsafe` contract is stated once, here.
 
+pub(crate) mod backend;
 pub(crate) mod counters;
 pub(crate) mod datum;
 pub(crate) mod error;
+pub(crate) mod partitions;
+pub(crate) mod readonly;
 pub(crate) mod shmem;
 pub(crate) mod spi;
 
@@ -224,6 +227,13 @@ pub(crate) fn set_session_setting(name: &std::ffi::CStr, value: &std::ffi::CStr)
             pg_sys::GucSource::PGC_S_OVERRIDE,
         );
     }
+}
+
+/// Reserves the settings' prefix `prefix`: an unknown `prefix.x` is then an error (call
+/// after defining the prefix's settings, from `_PG_init`).
+pub(crate) fn reserve_setting_prefix(prefix: &std::ffi::CStr) {
+    // SAFETY: called from _PG_init after our settings are defined, with a valid C string.
+    unsafe { pg_sys::MarkGUCPrefixReserved(prefix.as_ptr()) };
 }
 
 /// Processes the invalidation messages queued for this backend (catalog edits committed by

@@ -7,9 +7,14 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+/// Which kept plan of a statement: (0, 0) for the statement as written; each set of tables
+/// it is filled in for has its own (see pipeline/tables.rs).
+pub(crate) type Variant = (u8, i64);
+
 thread_local! {
-    /// Kept plans by statement and variant (0: the statement itself; else a Citus shard group's).
-    static PLANS: RefCell<HashMap<(&'static str, i64), OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+    /// Kept plans by statement and variant ((0, 0): the statement itself or on the
+    /// extension's tables; each Citus shard group has a variant of its own).
+    static PLANS: RefCell<HashMap<(&'static str, Variant), OwnedPreparedStatement>> = RefCell::new(HashMap::new());
 }
 
 /// Runs `sql` through a plan prepared once per backend. The plan is out of the map while it
@@ -21,15 +26,15 @@ pub(crate) fn run_kept<'c>(
     limit: Option<i64>,
     args: &[DatumWithOid],
 ) -> Result<pgrx::spi::SpiTupleTable<'c>, pgrx::spi::Error> {
-    run_kept_as(client, sql, 0, || sql.to_string(), types, limit, args)
+    run_kept_as(client, sql, (0, 0), || sql.to_string(), types, limit, args)
 }
 
-/// [`run_kept`] of `sql` as `rewrite` gives it (the statement for a Citus shard group), with
-/// a kept plan of its own per `variant` (0 is `sql` itself); `rewrite` runs only to prepare.
+/// [`run_kept`] of the statement `rewrite` makes of `sql` (a template filled in for one
+/// set of tables), with a kept plan of its own per `variant`; `rewrite` runs only to prepare.
 pub(crate) fn run_kept_as<'c>(
     client: &mut SpiClient<'c>,
     sql: &'static str,
-    variant: i64,
+    variant: Variant,
     rewrite: impl FnOnce() -> String,
     types: &[pg_sys::Oid],
     limit: Option<i64>,
@@ -40,11 +45,7 @@ pub(crate) fn run_kept_as<'c>(
         Some(plan) => plan,
         None => {
             let types: Vec<_> = types.iter().map(|&t| t.into()).collect();
-            if variant == 0 {
-                client.prepare_mut(sql, &types)?.keep()
-            } else {
-                client.prepare_mut(rewrite().as_str(), &types)?.keep()
-            }
+            client.prepare_mut(rewrite().as_str(), &types)?.keep()
         }
     };
     let result = client.update(&plan, limit, args);

@@ -16,9 +16,9 @@ use crate::domain::sanitize::{self, Limits};
 use crate::domain::scan_floor::ScanFloor;
 use crate::domain::transitions::RuleSet;
 use crate::pg::datum::JsonbArg;
-use crate::pg::spi::{in_subtransaction, replanned, run_kept, run_kept_as};
+use crate::pg::spi::{in_subtransaction, replanned, run_kept};
 use crate::pipeline::call_row::{self, CallColumns, CallRow, CallRowSql};
-use crate::pipeline::tables::Tables;
+use crate::pipeline::tables::{run_kept_on, Tables, Target};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -67,7 +67,7 @@ const LOCK_NAMESPACE: u16 = 0x4450;
 /// statement after the claim names the events by (id, received_at range), so that only the
 /// partitions the batch came from are planned, locked and scanned.
 pub(crate) const CLAIM_SQL: &str = "\
-SELECT p.id, p.received_at, p.payload, p.source FROM dialpad.webhook_events AS p
+SELECT p.id, p.received_at, p.payload, p.source FROM {inbox} AS p
  WHERE p.processed_at IS NULL AND p.dead_at IS NULL
    AND p.id OPERATOR(pg_catalog.>=) $2
    AND (p.next_attempt_at IS NULL OR p.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())
@@ -78,7 +78,7 @@ SELECT p.id, p.received_at, p.payload, p.source FROM dialpad.webhook_events AS p
 /// Claims one event, whether due or not (a suspect processed alone after a crash restart,
 /// see pipeline/inflight.rs). $1 is the limit (1), $2 the id.
 const CLAIM_ONE_SQL: &str = "\
-SELECT p.id, p.received_at, p.payload, p.source FROM dialpad.webhook_events AS p
+SELECT p.id, p.received_at, p.payload, p.source FROM {inbox} AS p
  WHERE p.id OPERATOR(pg_catalog.=) $2 AND p.processed_at IS NULL AND p.dead_at IS NULL
  LIMIT $1
    FOR UPDATE SKIP LOCKED";
@@ -102,24 +102,24 @@ pub(crate) const CLAIM_SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[
 /// Marks the claimed events handled, in the claim's transaction (failures and deferrals
 /// are given back below).
 const MARK_SQL: &str = "\
-UPDATE dialpad.webhook_events SET processed_at = pg_catalog.now()
+UPDATE {inbox} SET processed_at = pg_catalog.now()
  WHERE id OPERATOR(pg_catalog.=) ANY ($1)
    AND received_at OPERATOR(pg_catalog.>=) $2 AND received_at OPERATOR(pg_catalog.<=) $3";
 
 const HISTORY_SQL: &str = "\
-SELECT id, payload, source FROM dialpad.webhook_events
+SELECT id, payload, source FROM {inbox}
  WHERE call_id OPERATOR(pg_catalog.=) ANY ($1) AND processed_at IS NOT NULL AND duplicate_of IS NULL
    AND NOT id OPERATOR(pg_catalog.=) ANY ($2)";
 
 const REJECTIONS_SQL: &str = "\
-INSERT INTO dialpad.rejected_transitions (dialpad_call_id, event_id, from_status, to_status, reason)
+INSERT INTO {rejected} (dialpad_call_id, event_id, from_status, to_status, reason)
 SELECT * FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[]), pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.text[]))";
 
 /// Counts a failed attempt. No arithmetic here can raise an error, whatever `attempts` holds
 /// (dialpad_admin may set it): the count saturates, and the back-off (2^attempts seconds, at
 /// most an hour) is computed from at most 12; an error here would fail the whole batch.
 const FAIL_SQL: &str = "\
-UPDATE dialpad.webhook_events AS e
+UPDATE {inbox} AS e
    SET processed_at = NULL,
        attempts = LEAST(e.attempts, 2147483646) OPERATOR(pg_catalog.+) 1,
        last_error = f.err,
@@ -135,7 +135,7 @@ RETURNING e.dead_at IS NOT NULL";
 /// Returns events to the queue without counting an attempt; those in $2 (their call was
 /// locked by another transaction) wait a second, so a long-held lock costs one try a second.
 const DEFER_SQL: &str = "\
-UPDATE dialpad.webhook_events
+UPDATE {inbox}
    SET processed_at = NULL,
        next_attempt_at = CASE WHEN id OPERATOR(pg_catalog.=) ANY ($2)
                               THEN pg_catalog.now() OPERATOR(pg_catalog.+) '1 second'::pg_catalog.interval
@@ -145,7 +145,7 @@ UPDATE dialpad.webhook_events
 
 /// Redeliveries that reached the processor (not caught at insert): kept, marked, not applied.
 const DUPLICATES_SQL: &str = "\
-UPDATE dialpad.webhook_events AS e SET duplicate_of = d.original
+UPDATE {inbox} AS e SET duplicate_of = d.original
   FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[])) AS d(id, original)
  WHERE e.id OPERATOR(pg_catalog.=) d.id
    AND e.received_at OPERATOR(pg_catalog.>=) $3 AND e.received_at OPERATOR(pg_catalog.<=) $4";
@@ -153,7 +153,7 @@ UPDATE dialpad.webhook_events AS e SET duplicate_of = d.original
 thread_local! {
     /// Where this backend's claims start reading the pending index (see domain/scan_floor.rs),
     /// per set of tables (one, or each Citus shard group the backend processes).
-    static SCAN_FLOOR: RefCell<HashMap<i64, ScanFloor>> = RefCell::new(HashMap::new());
+    static SCAN_FLOOR: RefCell<HashMap<(u8, i64), ScanFloor>> = RefCell::new(HashMap::new());
     /// The claim size this backend adapted to after a batch was capped by the lock table
     /// (doubled back after each full batch that was not).
     static ADAPTED_LIMIT: std::cell::Cell<AdaptiveLimit> = std::cell::Cell::new(AdaptiveLimit::default());
@@ -161,23 +161,7 @@ thread_local! {
 
 /// This backend's scan floor on `tables`.
 fn with_floor<R>(tables: &Tables, f: impl FnOnce(&mut ScanFloor) -> R) -> R {
-    SCAN_FLOOR.with(|m| f(m.borrow_mut().entry(tables.shard).or_insert_with(ScanFloor::new)))
-}
-
-/// [`run_kept`] on `tables`, with a kept plan of its own per shard group (the statement
-/// names the extension's tables; [`Tables::sql`] names the group's shards).
-pub(crate) fn run_kept_on<'c>(
-    client: &mut SpiClient<'c>,
-    tables: Option<&Tables>,
-    sql: &'static str,
-    types: &[pg_sys::Oid],
-    limit: Option<i64>,
-    args: &[DatumWithOid],
-) -> Result<pgrx::spi::SpiTupleTable<'c>, pgrx::spi::Error> {
-    match tables.filter(|t| t.shard != 0) {
-        Some(t) => run_kept_as(client, sql, t.shard, || t.sql(sql), types, limit, args),
-        None => run_kept(client, sql, types, limit, args),
-    }
+    SCAN_FLOOR.with(|m| f(m.borrow_mut().entry(tables.variant()).or_insert_with(ScanFloor::new)))
 }
 
 struct Claimed {
@@ -416,7 +400,7 @@ impl Batch {
         let table = crate::pg::with_settings(CLAIM_SETTINGS, || {
             run_kept_on(
                 client,
-                Some(tables),
+                tables,
                 claim_sql,
                 &[pg_sys::INT4OID, pg_sys::INT8OID],
                 None,
@@ -447,7 +431,7 @@ impl Batch {
         replanned(|| {
             run_kept_on(
                 client,
-                Some(tables),
+                tables,
                 MARK_SQL,
                 &[pg_sys::INT8ARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
                 None,
@@ -536,7 +520,7 @@ impl Batch {
         let table = replanned(|| {
             run_kept_on(
                 client,
-                Some(&self.tables),
+                &self.tables,
                 call_row::read_sql(),
                 &[pg_sys::INT8ARRAYOID],
                 None,
@@ -632,7 +616,7 @@ impl Batch {
         let table = replanned(|| {
             run_kept_on(
                 client,
-                Some(&self.tables),
+                &self.tables,
                 HISTORY_SQL,
                 &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
                 None,
@@ -763,7 +747,7 @@ impl Batch {
             replanned(|| {
                 run_kept_on(
                     client,
-                    Some(&self.tables),
+                    &self.tables,
                     DUPLICATES_SQL,
                     &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
                     None,
@@ -778,7 +762,7 @@ impl Batch {
             let table = replanned(|| {
                 run_kept_on(
                     client,
-                    Some(&self.tables),
+                    &self.tables,
                     FAIL_SQL,
                     &[
                         pg_sys::INT8ARRAYOID,
@@ -812,7 +796,7 @@ impl Batch {
             replanned(|| {
                 run_kept_on(
                     client,
-                    Some(&self.tables),
+                    &self.tables,
                     DEFER_SQL,
                     &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
                     None,
@@ -839,7 +823,7 @@ struct StepTimer {
 impl StepTimer {
     fn new() -> StepTimer {
         // SAFETY: reads the client/server log levels; no preconditions.
-        let enabled = unsafe { pg_sys::message_level_is_interesting(pg_sys::DEBUG1 as i32) };
+        let enabled = crate::pg::backend::message_level_is_interesting(pg_sys::DEBUG1);
         StepTimer { enabled, last: std::time::Instant::now(), steps: Vec::new() }
     }
 
@@ -932,12 +916,12 @@ fn write_calls(
         cols.push(&f.row, raw);
     }
     if !cols.is_empty() {
-        run_kept_on(client, Some(tables), call_row::upsert_sql(), &CallColumns::types(), None, &cols.into_args())?;
+        run_kept_on(client, tables, call_row::upsert_sql(), &CallColumns::types(), None, &cols.into_args())?;
     }
     if !rej.call.is_empty() {
         run_kept_on(
             client,
-            Some(tables),
+            tables,
             REJECTIONS_SQL,
             &[
                 pg_sys::INT8ARRAYOID,
@@ -966,8 +950,7 @@ struct Rejections {
 /// shared among the workers and one more processor, so that a large dialpad.batch_size never
 /// exhausts it (other sessions would fail with "out of shared memory").
 fn max_calls_per_batch() -> usize {
-    // SAFETY: plain reads of integer settings fixed at server start.
-    let (per_xact, backends) = unsafe { (pg_sys::max_locks_per_xact, pg_sys::MaxBackends) };
+    let (per_xact, backends) = crate::pg::backend::lock_table_settings();
     decide::lock_cap(per_xact, backends, crate::gucs::workers())
 }
 
@@ -975,4 +958,29 @@ fn max_calls_per_batch() -> usize {
 /// reports a full lock table as "not available" instead of raising an error.
 fn try_lock_call(call_id: i64) -> bool {
     crate::pg::advisory_xact_lock(LOCK_NAMESPACE, call_id as u64, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::tables::names_a_table;
+
+    #[test]
+    fn the_statements_run_per_set_of_tables_name_them_by_placeholders() {
+        let per_set = [
+            CLAIM_SQL,
+            CLAIM_ONE_SQL,
+            MARK_SQL,
+            HISTORY_SQL,
+            REJECTIONS_SQL,
+            FAIL_SQL,
+            DEFER_SQL,
+            DUPLICATES_SQL,
+            call_row::read_sql(),
+            call_row::upsert_sql(),
+        ];
+        for sql in per_set {
+            assert_eq!(names_a_table(sql), None, "{sql}");
+        }
+    }
 }

@@ -215,10 +215,7 @@ pub(crate) fn read_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
         let columns: Vec<String> = CallRow::READS.iter().map(|(c, t)| format!("{c}::pg_catalog.{t}")).collect();
-        format!(
-            "SELECT {} FROM dialpad.calls WHERE dialpad_call_id OPERATOR(pg_catalog.=) ANY ($1)",
-            columns.join(", ")
-        )
+        format!("SELECT {} FROM {{calls}} WHERE dialpad_call_id OPERATOR(pg_catalog.=) ANY ($1)", columns.join(", "))
     })
 }
 
@@ -236,7 +233,7 @@ pub(crate) fn upsert_sql() -> &'static str {
         let updates: Vec<String> =
             names.iter().filter(|c| **c != "dialpad_call_id").map(|c| format!("{c} = EXCLUDED.{c}")).collect();
         format!(
-            "INSERT INTO dialpad.calls AS c ({cols}, raw_payload)
+            "INSERT INTO {{calls}} AS c ({cols}, raw_payload)
 SELECT {u_cols}, u.raw_payload
   FROM ROWS FROM ({unnests}, pg_catalog.unnest(${raw}::pg_catalog.jsonb[])) AS u({cols}, raw_payload)
 ON CONFLICT (dialpad_call_id) DO UPDATE SET {updates},

@@ -27,17 +27,11 @@ pub(crate) enum NotFlushed {
     NoTable,
 }
 
-/// Whether the server is a hot standby (in recovery).
-pub(crate) fn in_recovery() -> bool {
-    // SAFETY: reads shared recovery state; callable in any backend.
-    unsafe { pg_sys::RecoveryInProgress() }
-}
-
 /// Writes this database's counts to dialpad.ingest_counters in the current transaction;
 /// returns the deliveries written (taken out of shared memory when the transaction commits).
 pub(crate) fn flush() -> Result<i64, NotFlushed> {
     let shared = crate::pg::shmem::get().ok_or(NotFlushed::NoSharedMemory)?;
-    if in_recovery() {
+    if crate::pg::backend::in_recovery() {
         return Err(NotFlushed::Recovery);
     }
     if crate::pg::dialpad_relation(c"ingest_counters") == pg_sys::InvalidOid {

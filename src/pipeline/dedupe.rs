@@ -10,6 +10,8 @@
 //! Deliveries of the same event in flight at the same moment cannot see each other; the
 //! processor, which holds one call at a time, catches those (see pipeline/batch.rs).
 
+use crate::pg::partitions::{self, Bound};
+use crate::pg::readonly::{self, Arg, KeptLookup};
 use pgrx::pg_sys;
 
 use std::hash::{Hash, Hasher};
@@ -46,39 +48,23 @@ const FIND_SQL: &str = "SELECT id FROM {table}
  WHERE call_id OPERATOR(pg_catalog.=) $1 AND dedupe_key OPERATOR(pg_catalog.=) $2 AND duplicate_of IS NULL
    AND received_at OPERATOR(pg_catalog.>=) $3 AND received_at OPERATOR(pg_catalog.<=) $4";
 
-/// The partitions of the inbox {inbox} (dialpad.webhook_events, or on a Citus node the
-/// shard of it the row goes to), their ranges as TimestampTz (MINVALUE and MAXVALUE as the
-/// extremes), as of the last relcache invalidation of the partitioned table. The bounds are
-/// read as dialpad.partitions reads them.
-const PARTITIONS_SQL: &str = "
-SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), b.bounds IS NULL,
-       CASE b.bounds[1] WHEN 'MINVALUE' THEN '-infinity' ELSE coalesce(b.bounds[1], '-infinity') END::pg_catalog.timestamptz,
-       CASE b.bounds[2] WHEN 'MAXVALUE' THEN 'infinity' ELSE coalesce(b.bounds[2], 'infinity') END::pg_catalog.timestamptz
-  FROM pg_catalog.pg_inherits i
-  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid
-  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-  LEFT JOIN LATERAL pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
-       'FROM \\(''?([^'')]+)''?\\) TO \\(''?([^'')]+)''?\\)') AS b(bounds) ON true
- WHERE i.inhparent OPERATOR(pg_catalog.=) {inbox}::pg_catalog.oid";
+/// The tables attached to the inbox {inbox} (dialpad.webhook_events, or on a Citus node the
+/// shard of it the row goes to). Their bounds are read from the catalog (pg/partitions.rs),
+/// as dialpad.partitions reads them.
+const CHILDREN_SQL: &str =
+    "SELECT inhrelid FROM pg_catalog.pg_inherits WHERE inhparent OPERATOR(pg_catalog.=) {inbox}::pg_catalog.oid";
 
-/// One table the lookup searches, with its kept plan (null until first used there).
+/// One table the lookup searches, with its kept lookup.
 struct Part {
-    name: String,
     is_default: bool,
     from: pg_sys::TimestampTz,
     to: pg_sys::TimestampTz,
-    plan: pg_sys::SPIPlanPtr,
+    lookup: KeptLookup,
 }
 
 thread_local! {
     /// The inbox's tables, for the inbox of this OID and relcache generation.
     static PARTS: std::cell::RefCell<Option<(pg_sys::Oid, u64, Vec<Part>)>> = const { std::cell::RefCell::new(None) };
-}
-
-unsafe extern "C-unwind" {
-    /// catalog/partition.c (PostgreSQL 14 on), which pgrx does not bind: the partitioned
-    /// table a partition is attached to.
-    fn get_partition_parent(relid: pg_sys::Oid, even_if_detached: bool) -> pg_sys::Oid;
 }
 
 /// The OID and relkind of the inbox a row of `rel` (the insert trigger's relation) is in:
@@ -88,83 +74,36 @@ fn inbox(rel: pg_sys::Oid) -> (pg_sys::Oid, u8) {
     if rel == pg_sys::InvalidOid {
         return (rel, 0);
     }
-    // SAFETY: catalog lookups of an existing relation (the trigger's own).
-    let rel = unsafe {
-        if pg_sys::get_rel_relispartition(rel) {
-            get_partition_parent(rel, false)
-        } else {
-            rel
-        }
-    };
-    // SAFETY: a syscache lookup of an existing relation's kind.
-    (rel, unsafe { pg_sys::get_rel_relkind(rel) } as u8)
+    let rel = crate::pg::partitions::parent_of(rel).unwrap_or(rel);
+    (rel, crate::pg::partitions::relkind(rel))
 }
 
-/// Frees the kept plans of a stale list.
-fn forget(parts: Vec<Part>) {
-    for p in parts {
-        if !p.plan.is_null() {
-            // SAFETY: a plan kept by SPI_keepplan and no longer referenced anywhere else.
-            unsafe { pg_sys::SPI_freeplan(p.plan) };
-        }
-    }
+/// The lookup on table `name` (quoted as needed).
+fn part(name: &str, bound: Bound) -> Result<Part, crate::pg::error::Error> {
+    let lookup = KeptLookup::new(
+        &FIND_SQL.replace("{table}", name),
+        &[pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
+    )?;
+    Ok(match bound {
+        Bound::Default => Part { is_default: true, from: i64::MIN, to: i64::MAX, lookup },
+        Bound::Range { from, to } => Part { is_default: false, from, to, lookup },
+    })
 }
 
 /// The inbox's tables: its partitions, or 0.1.0's plain table (before ALTER EXTENSION).
 fn load_parts(inbox: pg_sys::Oid, relkind: u8) -> Result<Vec<Part>, crate::pg::error::Error> {
-    let whole = |name: &str| Part {
-        name: name.to_string(),
-        is_default: false,
-        from: i64::MIN,
-        to: i64::MAX,
-        plan: std::ptr::null_mut(),
-    };
     if relkind != pg_sys::RELKIND_PARTITIONED_TABLE {
-        return Ok(vec![whole("dialpad.webhook_events")]);
+        return Ok(vec![part("dialpad.webhook_events", Bound::Range { from: i64::MIN, to: i64::MAX })?]);
     }
-    let sql = PARTITIONS_SQL.replace("{inbox}", &inbox.to_u32().to_string());
-    // dialpad.partitions is for the extension's owner and readers: read it as the owner.
-    // Read-only SPI (pgrx's client would run it read-write, whose CommandCounterIncrement
-    // in the middle of the INSERT would make the statement's own rows visible to it).
-    let sql = std::ffi::CString::new(sql).map_err(|_| crate::pg::error::Error::NulInSql)?;
-    crate::pg::as_owner_of(inbox, || {
-        // SAFETY: a complete SPI session, connected and finished here (an ERROR aborts the
-        // (sub)transaction, which cleans up SPI); each value is copied out of the result
-        // (text into a String, the others by value) before SPI_finish.
-        unsafe {
-            let rc = pg_sys::SPI_connect();
-            if rc != pg_sys::SPI_OK_CONNECT as i32 {
-                return Err(crate::pg::error::Error::SpiConnect(rc));
-            }
-            // On a Citus node, shards are hidden from pg_class unless asked for.
-            let rc = crate::citus::with_shards_visible(|| pg_sys::SPI_execute(sql.as_ptr(), true, 0));
-            let mut parts = Vec::new();
-            if rc == pg_sys::SPI_OK_SELECT as i32 && !pg_sys::SPI_tuptable.is_null() {
-                let table = &*pg_sys::SPI_tuptable;
-                for i in 0..pg_sys::SPI_processed as usize {
-                    let row = *table.vals.add(i);
-                    let value = |col: i32| {
-                        let mut isnull = false;
-                        let d = pg_sys::SPI_getbinval(row, table.tupdesc, col, &mut isnull);
-                        (!isnull).then_some(d)
-                    };
-                    let name = value(2).map(|d| {
-                        let p = pg_sys::text_to_cstring(d.cast_mut_ptr());
-                        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-                    });
-                    parts.push(Part {
-                        name: name.unwrap_or_default(),
-                        is_default: value(3).is_some_and(|d| d.value() != 0),
-                        from: value(4).map_or(i64::MIN, |d| d.value() as i64),
-                        to: value(5).map_or(i64::MAX, |d| d.value() as i64),
-                        plan: std::ptr::null_mut(),
-                    });
-                }
-            }
-            pg_sys::SPI_finish();
-            Ok(parts)
-        }
-    })
+    let children = readonly::read_only(|s| s.oids(&CHILDREN_SQL.replace("{inbox}", &inbox.to_u32().to_string())))??;
+    let mut parts = Vec::with_capacity(children.len());
+    for child in children {
+        let (Some(name), Some(bound)) = (partitions::qualified_name(child), partitions::bound_of(child)) else {
+            continue; // dropped meanwhile, or not a range partition
+        };
+        parts.push(part(&name, bound)?);
+    }
+    Ok(parts)
 }
 
 /// The indexes (into `parts`) of the tables that can hold a delivery received in
@@ -183,119 +122,6 @@ fn tables_for(parts: &[Part], lo: i64, hi: i64) -> Vec<usize> {
         hits.extend((0..parts.len()).filter(|&i| parts[i].is_default));
     }
     hits
-}
-
-/// The lookup's cached plan source, and whether it holds a valid generic plan.
-///
-/// # Safety
-/// `plan` is a valid SPI plan made from one statement (FIND_SQL), inside an SPI session.
-unsafe fn generic_plan_state(plan: pg_sys::SPIPlanPtr) -> (bool, i32) {
-    // SAFETY: the caller's contract; the list holds one CachedPlanSource (one statement),
-    // whose generic plan, if any, is a valid CachedPlan while the source is valid.
-    unsafe {
-        let sources = pgrx::PgList::<pg_sys::CachedPlanSource>::from_pg(pg_sys::SPI_plan_get_plan_sources(plan));
-        match sources.get_ptr(0) {
-            Some(src) if !src.is_null() => {
-                let src = &*src;
-                (src.is_valid && !src.gplan.is_null() && (*src.gplan).is_valid, src.generation)
-            }
-            _ => (false, 0),
-        }
-    }
-}
-
-/// The lookup's plan on `part`: kept for the life of the list, prepared on first use.
-///
-/// # Safety
-/// Inside an SPI session (between SPI_connect and SPI_finish).
-unsafe fn kept_plan(part: &mut Part) -> Option<pg_sys::SPIPlanPtr> {
-    if !part.plan.is_null() {
-        return Some(part.plan);
-    }
-    let sql = std::ffi::CString::new(FIND_SQL.replace("{table}", &part.name)).ok()?;
-    let mut types = [pg_sys::INT8OID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID];
-    // SAFETY: the caller's SPI session; a valid statement and argument types. One generic
-    // plan: a custom plan per insert would cost more than the insert. SPI_keepplan moves it
-    // to TopMemoryContext.
-    unsafe {
-        let p = pg_sys::SPI_prepare_cursor(sql.as_ptr(), 4, types.as_mut_ptr(), pg_sys::CURSOR_OPT_GENERIC_PLAN as i32);
-        if p.is_null() || pg_sys::SPI_keepplan(p) != 0 {
-            return None;
-        }
-        part.plan = p;
-        Some(p)
-    }
-}
-
-/// Runs the lookup on one table; the smallest id found.
-///
-/// # Safety
-/// Inside an SPI session; `values` are the four arguments of FIND_SQL.
-unsafe fn find_in(part: &mut Part, values: &mut [pg_sys::Datum; 4]) -> Option<i64> {
-    // SAFETY: the caller's contract; the plan is valid (kept, revalidated by the plan cache).
-    unsafe {
-        let plan = kept_plan(part)?;
-        let nulls = [b' ' as std::ffi::c_char; 4];
-        let mut execute = || {
-            pg_sys::SPI_execute_snapshot(
-                plan,
-                values.as_mut_ptr(),
-                nulls.as_ptr(),
-                pg_sys::GetLatestSnapshot(),
-                std::ptr::null_mut(),
-                true,
-                false,
-                0,
-            )
-        };
-        // The generic plan is made without sequential scans: a plan made while the table was
-        // empty or tiny (a new day, the DEFAULT partition before a backfill, statistics of a
-        // handful of rows) would otherwise scan it for every row a long INSERT or COPY adds.
-        // The setting costs a GUC nest level, so it is set only when the plan is to be
-        // (re)made; if the plan cache remade it during a run without it (an invalidation
-        // arriving in between), that plan is thrown away and made afresh next time.
-        let (ready, generation) = generic_plan_state(plan);
-        let rc = if ready {
-            let rc = execute();
-            if generic_plan_state(plan).1 != generation {
-                pg_sys::SPI_freeplan(plan);
-                part.plan = std::ptr::null_mut();
-            }
-            rc
-        } else {
-            crate::pg::with_setting(c"enable_seqscan", c"off", execute)
-        };
-        if rc == pg_sys::SPI_OK_SELECT as i32 {
-            min_id_of_result()
-        } else {
-            None
-        }
-    }
-}
-
-/// The smallest id in the first column of the last SPI result.
-///
-/// # Safety
-/// Inside the SPI session that produced the result, before SPI_finish.
-unsafe fn min_id_of_result() -> Option<i64> {
-    // SAFETY: the caller's contract: SPI_tuptable and SPI_processed describe the result of
-    // the last SELECT, whose first column is int8.
-    unsafe {
-        if pg_sys::SPI_tuptable.is_null() {
-            return None;
-        }
-        let table = &*pg_sys::SPI_tuptable;
-        let mut found: Option<i64> = None;
-        for i in 0..pg_sys::SPI_processed as usize {
-            let mut isnull = false;
-            let d = pg_sys::SPI_getbinval(*table.vals.add(i), table.tupdesc, 1, &mut isnull);
-            if !isnull {
-                let id = d.value() as i64;
-                found = Some(found.map_or(id, |f| f.min(id)));
-            }
-        }
-        found
-    }
 }
 
 /// The id of the first stored delivery of (call_id, dedupe_key), if any is committed (or
@@ -318,7 +144,7 @@ pub(crate) fn first_delivery(
     if !fresh {
         let parts = load_parts(inbox, relkind).ok()?;
         if let Some((_, _, old)) = PARTS.with(|p| p.borrow_mut().replace((inbox, generation, parts))) {
-            forget(old);
+            old.into_iter().for_each(|mut p| p.lookup.forget());
         }
     }
     let (lo, hi) = (received_at.saturating_sub(WINDOW_US), received_at.saturating_add(WINDOW_US));
@@ -328,30 +154,12 @@ pub(crate) fn first_delivery(
         PARTS.with(|p| {
             let mut guard = p.borrow_mut();
             let (_, _, parts) = guard.as_mut()?;
-            // SAFETY: a complete SPI session: connected and finished here on the normal path;
-            // on an ERROR, the (sub)transaction abort cleans up the SPI stack. The text datum
-            // is palloc'd in the SPI procedure context and only used within it; ids are copied
-            // out as int8 before SPI_finish.
-            unsafe {
-                if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-                    return None;
-                }
-                let text = pg_sys::cstring_to_text_with_len(key.as_ptr() as *const std::ffi::c_char, key.len() as i32);
-                let mut values = [
-                    pg_sys::Datum::from(call_id),
-                    pg_sys::Datum::from(text),
-                    pg_sys::Datum::from(lo),
-                    pg_sys::Datum::from(hi),
-                ];
-                let mut found: Option<i64> = None;
-                for i in tables_for(parts, lo, hi) {
-                    if let Some(id) = find_in(&mut parts[i], &mut values) {
-                        found = Some(found.map_or(id, |f| f.min(id)));
-                    }
-                }
-                pg_sys::SPI_finish();
-                found
-            }
+            let args = [Arg::Int8(call_id), Arg::Text(key), Arg::TimestampTz(lo), Arg::TimestampTz(hi)];
+            readonly::read_only(|session| {
+                tables_for(parts, lo, hi).into_iter().filter_map(|i| parts[i].lookup.min_i64(session, &args)).min()
+            })
+            .ok()
+            .flatten()
         })
     })
 }
@@ -361,7 +169,7 @@ mod tests {
     use super::*;
 
     fn part(from: i64, to: i64, is_default: bool) -> Part {
-        Part { name: String::new(), is_default, from, to, plan: std::ptr::null_mut() }
+        Part { is_default, from, to, lookup: KeptLookup::new("SELECT 1", &[]).unwrap() }
     }
 
     #[test]

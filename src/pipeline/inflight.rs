@@ -33,7 +33,7 @@
 
 use crate::pg::shmem;
 use crate::pipeline::batch::BatchOutcome;
-use crate::pipeline::tables::Tables;
+use crate::pipeline::tables::{Tables, Target};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::cell::{Cell, RefCell};
@@ -222,12 +222,10 @@ fn io_warning(what: &str, e: &std::io::Error) {
 
 fn ensure_registered() {
     if !REGISTERED.with(|r| r.replace(true)) {
-        // SAFETY: static callbacks without argument, registered once per backend; both only
-        // touch this backend's thread-locals, its own files and shared-memory atomics.
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
-            pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0usize));
-        }
+        // Registered once per backend; both only touch this backend's thread-locals, its
+        // own files and shared-memory atomics.
+        crate::pg::backend::on_xact_event(on_xact_event);
+        crate::pg::backend::before_shmem_exit(on_exit, pg_sys::Datum::from(0usize));
     }
 }
 
@@ -359,13 +357,13 @@ fn mark_stepped() {
 
 /// The culprit's dead-lettering: an event not already processed or dead.
 const DEAD_SQL: &str = "\
-UPDATE dialpad.webhook_events
+UPDATE {inbox}
    SET dead_at = pg_catalog.now(), attempts = attempts OPERATOR(pg_catalog.+) 1, last_error = $2
  WHERE id OPERATOR(pg_catalog.=) $1 AND processed_at IS NULL AND dead_at IS NULL
 RETURNING id";
 
 fn dead_letter(client: &mut SpiClient<'_>, tables: &Tables, id: i64) -> Result<u64, pgrx::spi::Error> {
-    let n = client.update(tables.sql(DEAD_SQL).as_str(), None, &[id.into(), CULPRIT_ERROR.into()])?.len() as u64;
+    let n = client.update(tables.render(DEAD_SQL).as_str(), None, &[id.into(), CULPRIT_ERROR.into()])?.len() as u64;
     if n > 0 {
         log!(
             "pg_dialpad: event {id} ended its backend (crash or out of memory) in a batch and then alone; \

@@ -11,9 +11,8 @@
 
 use crate::domain::logical::{compute, Leg, LogicalCall};
 use crate::pg::spi::run_kept;
-use crate::pipeline::batch::run_kept_on;
 use crate::pipeline::rules;
-use crate::pipeline::tables::Tables;
+use crate::pipeline::tables::{run_kept_on, LogicalShards, Target, Whole};
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -36,45 +35,112 @@ pub(crate) fn take_touched() -> Vec<i64> {
     TOUCHED.with(|t| std::mem::take(&mut *t.borrow_mut())).into_iter().collect()
 }
 
-const LOCK_SQL: &str = "SELECT logical_call_id FROM dialpad.logical_calls
+const LOCK_SQL: &str = "SELECT logical_call_id FROM {logical_calls}
  WHERE logical_call_id OPERATOR(pg_catalog.=) ANY ($1) ORDER BY logical_call_id FOR NO KEY UPDATE";
 
-const LEGS_SQL: &str = "SELECT dialpad_call_id, logical_call_id, direction, status, end_state, external_number,
-       internal_number, started_at, queued_at, rang_at, connected_at, ended_at, last_event_at, created_at,
-       talk_seconds::pg_catalog.float8, hold_seconds::pg_catalog.float8, is_transferred, target_id,
-       target_type, target_name, contact_id, contact_name, recording_url, voicemail_link,
-       voicemail_recording_url, source, transferred_from_id
-  FROM dialpad.calls WHERE logical_call_id OPERATOR(pg_catalog.=) ANY ($1)";
+/// Declares the columns of a leg as [`legs_sql`] reads them, each once: its field of [`Leg`],
+/// how it is read (`req`: NULL reads as the default; `opt`; `ts`/`ts_req`: a timestamptz as
+/// microseconds) and the SQL expression selected. The statement and [`read_leg`] are made
+/// from the one list, so a column cannot be read at another column's position.
+macro_rules! leg_columns {
+    ($($field:ident: $how:ident $sql:literal),* $(,)?) => {
+        /// The expressions [`legs_sql`] selects, in [`read_leg`]'s order.
+        const LEG_COLUMNS: &[&str] = &[$($sql),*];
 
-/// The columns of dialpad.logical_calls as the refresh writes them, in [`args`]'s order:
-/// (name, SQL type of the array argument, its OID). The statements below are made from it.
-const COLUMNS: &[(&str, &str, pg_sys::Oid)] = {
-    use pg_sys::TIMESTAMPTZARRAYOID as TS;
-    use pg_sys::{FLOAT8ARRAYOID as F8, INT4ARRAYOID as I4, INT8ARRAYOID as I8, TEXTARRAYOID as T};
-    &[
-        ("logical_call_id", "int8", I8),
-        ("direction", "text", T),
-        ("outcome", "text", T),
-        ("started_at", "timestamptz", TS),
-        ("answered_at", "timestamptz", TS),
-        ("ended_at", "timestamptz", TS),
-        ("wait_seconds", "float8", F8),
-        ("talk_seconds", "float8", F8),
-        ("hold_seconds", "float8", F8),
-        ("legs", "int4", I4),
-        ("transfers", "int4", I4),
-        ("answered_by_target_id", "text", T),
-        ("answered_by_name", "text", T),
-        ("external_number", "text", T),
-        ("internal_number", "text", T),
-        ("contact_id", "text", T),
-        ("contact_name", "text", T),
-        ("recording_url", "text", T),
-        ("voicemail_link", "text", T),
-        ("source", "text", T),
-        ("last_event_at", "timestamptz", TS),
-    ]
-};
+        fn read_leg(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<Leg, pgrx::spi::Error> {
+            let mut at = 0;
+            $(
+                at += 1;
+                let $field = leg_columns!(@read $how, row, at);
+            )*
+            Ok(Leg { $($field),* })
+        }
+    };
+    (@read req, $row:ident, $at:ident) => { $row.get($at)?.unwrap_or_default() };
+    (@read opt, $row:ident, $at:ident) => { $row.get($at)? };
+    (@read ts, $row:ident, $at:ident) => { $row.get::<TimestampWithTimeZone>($at)?.map(|t| t.into_inner()) };
+    (@read ts_req, $row:ident, $at:ident) => { leg_columns!(@read ts, $row, $at).unwrap_or_default() };
+}
+
+leg_columns! {
+    id: req "dialpad_call_id",
+    logical_call_id: req "logical_call_id",
+    direction: opt "direction",
+    status: req "status",
+    end_state: opt "end_state",
+    external_number: opt "external_number",
+    internal_number: opt "internal_number",
+    started_at: ts "started_at",
+    queued_at: ts "queued_at",
+    rang_at: ts "rang_at",
+    connected_at: ts "connected_at",
+    ended_at: ts "ended_at",
+    last_event_at: ts "last_event_at",
+    created_at: ts_req "created_at",
+    talk_seconds: opt "talk_seconds::pg_catalog.float8",
+    hold_seconds: opt "hold_seconds::pg_catalog.float8",
+    is_transferred: opt "is_transferred",
+    target_id: opt "target_id",
+    target_type: opt "target_type",
+    target_name: opt "target_name",
+    contact_id: opt "contact_id",
+    contact_name: opt "contact_name",
+    recording_url: opt "recording_url",
+    voicemail_link: opt "voicemail_link",
+    voicemail_recording_url: opt "voicemail_recording_url",
+    source: opt "source",
+    transferred_from_id: opt "transferred_from_id",
+}
+
+/// The legs of the logical calls in `$1` (int8[]), read from the distributed table.
+fn legs_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "SELECT {} FROM dialpad.calls WHERE logical_call_id OPERATOR(pg_catalog.=) ANY ($1)",
+            LEG_COLUMNS.join(", ")
+        )
+    })
+}
+
+/// Declares the columns of `dialpad.logical_calls` as the refresh writes them, each once:
+/// (name, SQL type of its array argument, that array's OID, its value in a [`LogicalCall`]).
+/// [`COLUMNS`] and [`args`] are made from the one list, in the same order.
+macro_rules! logical_columns {
+    ($(($name:literal, $ty:literal, $oid:ident, |$r:ident| $value:expr)),* $(,)?) => {
+        const COLUMNS: &[(&str, &str, pg_sys::Oid)] = &[$(($name, $ty, pg_sys::$oid)),*];
+
+        /// The rows as the arguments of [`update_sql`] and [`insert_sql`], column by
+        /// column, in [`COLUMNS`]'s order.
+        fn args<'a>(rows: &[&LogicalCall]) -> Vec<DatumWithOid<'a>> {
+            vec![$(rows.iter().map(|$r| $value).collect::<Vec<_>>().into()),*]
+        }
+    };
+}
+
+logical_columns! {
+    ("logical_call_id", "int8", INT8ARRAYOID, |r| r.logical_call_id),
+    ("direction", "text", TEXTARRAYOID, |r| r.direction.clone()),
+    ("outcome", "text", TEXTARRAYOID, |r| Some(r.outcome.to_string())),
+    ("started_at", "timestamptz", TIMESTAMPTZARRAYOID, |r| ts(Some(r.started_at))),
+    ("answered_at", "timestamptz", TIMESTAMPTZARRAYOID, |r| ts(r.answered_at)),
+    ("ended_at", "timestamptz", TIMESTAMPTZARRAYOID, |r| ts(r.ended_at)),
+    ("wait_seconds", "float8", FLOAT8ARRAYOID, |r| r.wait_seconds),
+    ("talk_seconds", "float8", FLOAT8ARRAYOID, |r| r.talk_seconds),
+    ("hold_seconds", "float8", FLOAT8ARRAYOID, |r| r.hold_seconds),
+    ("legs", "int4", INT4ARRAYOID, |r| r.legs),
+    ("transfers", "int4", INT4ARRAYOID, |r| r.transfers),
+    ("answered_by_target_id", "text", TEXTARRAYOID, |r| r.answered_by_target_id.clone()),
+    ("answered_by_name", "text", TEXTARRAYOID, |r| r.answered_by_name.clone()),
+    ("external_number", "text", TEXTARRAYOID, |r| r.external_number.clone()),
+    ("internal_number", "text", TEXTARRAYOID, |r| r.internal_number.clone()),
+    ("contact_id", "text", TEXTARRAYOID, |r| r.contact_id.clone()),
+    ("contact_name", "text", TEXTARRAYOID, |r| r.contact_name.clone()),
+    ("recording_url", "text", TEXTARRAYOID, |r| r.recording_url.clone()),
+    ("voicemail_link", "text", TEXTARRAYOID, |r| r.voicemail_link.clone()),
+    ("source", "text", TEXTARRAYOID, |r| r.source.clone()),
+    ("last_event_at", "timestamptz", TIMESTAMPTZARRAYOID, |r| ts(r.last_event_at)),
+}
 
 /// `ROWS FROM (unnest($1), ...) AS r(columns)`: the rows of [`args`].
 fn rows_from() -> (String, String) {
@@ -93,9 +159,9 @@ fn update_sql() -> &'static str {
         let (rows, _) = rows_from();
         let sets: Vec<String> = COLUMNS[1..].iter().map(|(c, _, _)| format!("{c} = r.{c}")).collect();
         format!(
-            "UPDATE dialpad.logical_calls l SET {} FROM {rows}
+            "UPDATE {{logical_calls}} l SET {} FROM {rows}
               WHERE l.logical_call_id OPERATOR(pg_catalog.=) r.logical_call_id
-                AND (l.*) IS DISTINCT FROM (r.*)::dialpad.logical_calls",
+                AND (l.*) IS DISTINCT FROM (r.*)::{{logical_calls}}",
             sets.join(", ")
         )
     })
@@ -106,13 +172,13 @@ fn insert_sql() -> &'static str {
     SQL.get_or_init(|| {
         let (rows, names) = rows_from();
         format!(
-            "INSERT INTO dialpad.logical_calls ({names}) SELECT * FROM {rows}
+            "INSERT INTO {{logical_calls}} ({names}) SELECT * FROM {rows}
              ON CONFLICT (logical_call_id) DO NOTHING RETURNING logical_call_id"
         )
     })
 }
 
-const DELETE_SQL: &str = "DELETE FROM dialpad.logical_calls WHERE logical_call_id OPERATOR(pg_catalog.=) ANY ($1)";
+const DELETE_SQL: &str = "DELETE FROM {logical_calls} WHERE logical_call_id OPERATOR(pg_catalog.=) ANY ($1)";
 
 fn types() -> Vec<pg_sys::Oid> {
     COLUMNS.iter().map(|(_, _, oid)| *oid).collect()
@@ -132,78 +198,10 @@ fn ts(us: Option<i64>) -> Option<TimestampWithTimeZone> {
     us.and_then(|us| TimestampWithTimeZone::try_from(us).ok())
 }
 
-/// The rows as the arguments of [`update_sql`] and [`insert_sql`], column by column, in
-/// [`COLUMNS`]'s order.
-fn args<'a>(rows: &[&LogicalCall]) -> Vec<DatumWithOid<'a>> {
-    macro_rules! col {
-        ($f:expr) => {
-            rows.iter().map($f).collect::<Vec<_>>().into()
-        };
-    }
-    vec![
-        col!(|r| r.logical_call_id),
-        col!(|r| r.direction.clone()),
-        col!(|r| Some(r.outcome.to_string())),
-        col!(|r| ts(Some(r.started_at))),
-        col!(|r| ts(r.answered_at)),
-        col!(|r| ts(r.ended_at)),
-        col!(|r| r.wait_seconds),
-        col!(|r| r.talk_seconds),
-        col!(|r| r.hold_seconds),
-        col!(|r| r.legs),
-        col!(|r| r.transfers),
-        col!(|r| r.answered_by_target_id.clone()),
-        col!(|r| r.answered_by_name.clone()),
-        col!(|r| r.external_number.clone()),
-        col!(|r| r.internal_number.clone()),
-        col!(|r| r.contact_id.clone()),
-        col!(|r| r.contact_name.clone()),
-        col!(|r| r.recording_url.clone()),
-        col!(|r| r.voicemail_link.clone()),
-        col!(|r| r.source.clone()),
-        col!(|r| ts(r.last_event_at)),
-    ]
-}
-
-fn read_leg(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<Leg, pgrx::spi::Error> {
-    let t = |i: usize| -> Result<Option<i64>, pgrx::spi::Error> {
-        Ok(row.get::<TimestampWithTimeZone>(i)?.map(|t| t.into_inner()))
-    };
-    Ok(Leg {
-        id: row.get(1)?.unwrap_or_default(),
-        logical_call_id: row.get(2)?.unwrap_or_default(),
-        direction: row.get(3)?,
-        status: row.get(4)?.unwrap_or_default(),
-        end_state: row.get(5)?,
-        external_number: row.get(6)?,
-        internal_number: row.get(7)?,
-        started_at: t(8)?,
-        queued_at: t(9)?,
-        rang_at: t(10)?,
-        connected_at: t(11)?,
-        ended_at: t(12)?,
-        last_event_at: t(13)?,
-        created_at: t(14)?.unwrap_or_default(),
-        talk_seconds: row.get(15)?,
-        hold_seconds: row.get(16)?,
-        is_transferred: row.get(17)?,
-        target_id: row.get(18)?,
-        target_type: row.get(19)?,
-        target_name: row.get(20)?,
-        contact_id: row.get(21)?,
-        contact_name: row.get(22)?,
-        recording_url: row.get(23)?,
-        voicemail_link: row.get(24)?,
-        voicemail_recording_url: row.get(25)?,
-        source: row.get(26)?,
-        transferred_from_id: row.get(27)?,
-    })
-}
-
 /// The calls of `ids` computed from their legs as they are now; ids without legs are absent.
 pub(crate) fn compute_calls(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<Vec<LogicalCall>, pgrx::spi::Error> {
     let rules = rules::current()?;
-    let table = run_kept(client, LEGS_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.to_vec().into()])?;
+    let table = run_kept(client, legs_sql(), &[pg_sys::INT8ARRAYOID], None, &[ids.to_vec().into()])?;
     let mut legs: Vec<Leg> = Vec::with_capacity(table.len());
     // A logical call has as many legs as whoever inserts into the inbox gave it.
     for row in table {
@@ -222,14 +220,14 @@ pub(crate) fn compute_calls(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<V
 
 /// Brings the rows of `ids` (sorted, distinct) up to date with their legs.
 pub(crate) fn refresh(client: &mut SpiClient<'_>, ids: &[i64]) -> Result<(), pgrx::spi::Error> {
-    refresh_on(client, None, ids)
+    refresh_on(client, &Whole, ids)
 }
 
-/// [`refresh`] writing the rows into `tables`' shard of dialpad.logical_calls (None: the
-/// table itself); the legs are read from dialpad.calls either way.
+/// [`refresh`] writing the rows into `tables`' dialpad.logical_calls (a Citus group's
+/// shard of it, or the table itself); the legs are read from dialpad.calls either way.
 pub(crate) fn refresh_on(
     client: &mut SpiClient<'_>,
-    tables: Option<&Tables>,
+    tables: &impl Target,
     ids: &[i64],
 ) -> Result<(), pgrx::spi::Error> {
     let mut ids = ids.to_vec();
@@ -248,19 +246,19 @@ pub(crate) fn refresh_on(
 /// call raced by another writer (a DBA's rebuild) is done again by [`refresh_on`].
 pub(crate) fn write_computed(
     client: &mut SpiClient<'_>,
-    tables: &Tables,
+    tables: &LogicalShards,
     ids: &[i64],
     calls: &[LogicalCall],
 ) -> Result<(), pgrx::spi::Error> {
-    let locked = lock(client, Some(tables), ids)?;
+    let locked = lock(client, tables, ids)?;
     let wanted: BTreeSet<i64> = ids.iter().copied().collect();
     let mine: Vec<&LogicalCall> = calls.iter().filter(|c| wanted.contains(&c.logical_call_id)).collect();
-    let raced = write_rows(client, Some(tables), &locked, &mine)?;
-    refresh_on(client, Some(tables), &raced)
+    let raced = write_rows(client, tables, &locked, &mine)?;
+    refresh_on(client, tables, &raced)
 }
 
 /// Locks the existing rows of `ids`, in id order; returns their ids.
-fn lock(client: &mut SpiClient<'_>, tables: Option<&Tables>, ids: &[i64]) -> Result<BTreeSet<i64>, pgrx::spi::Error> {
+fn lock(client: &mut SpiClient<'_>, tables: &impl Target, ids: &[i64]) -> Result<BTreeSet<i64>, pgrx::spi::Error> {
     ids_of(run_kept_on(client, tables, LOCK_SQL, &[pg_sys::INT8ARRAYOID], None, &[ids.to_vec().into()])?)
 }
 
@@ -269,7 +267,7 @@ fn lock(client: &mut SpiClient<'_>, tables: Option<&Tables>, ids: &[i64]) -> Res
 /// concurrent first insert won (to do again).
 fn write_rows(
     client: &mut SpiClient<'_>,
-    tables: Option<&Tables>,
+    tables: &impl Target,
     locked: &BTreeSet<i64>,
     calls: &[&LogicalCall],
 ) -> Result<Vec<i64>, pgrx::spi::Error> {
@@ -333,5 +331,28 @@ pub(crate) fn refresh_touched(calls: pg_sys::Oid) {
             None,
             None,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::tables::names_a_table;
+
+    #[test]
+    fn the_statements_run_per_set_of_tables_name_them_by_placeholders() {
+        for sql in [LOCK_SQL, update_sql(), insert_sql(), DELETE_SQL] {
+            assert_eq!(names_a_table(sql), None, "{sql}");
+        }
+        // The legs are read from the distributed table, whatever the set.
+        assert_eq!(names_a_table(legs_sql()), Some("dialpad.calls"));
+    }
+
+    #[test]
+    fn each_column_is_read_and_written_once() {
+        let legs: BTreeSet<&str> = LEG_COLUMNS.iter().map(|c| c.split("::").next().unwrap_or(c)).collect();
+        assert_eq!(legs.len(), LEG_COLUMNS.len());
+        let names: BTreeSet<&str> = COLUMNS.iter().map(|(c, _, _)| *c).collect();
+        assert_eq!(names.len(), COLUMNS.len());
     }
 }

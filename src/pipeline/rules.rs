@@ -23,9 +23,8 @@ thread_local! {
 
 /// Called by the statement triggers on the rule tables.
 pub(crate) fn invalidate(relid: pg_sys::Oid) {
-    // SAFETY: queues an invalidation of an existing relation (the trigger's own table),
-    // inside the transaction that changed it.
-    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+    // The trigger's own table, inside the transaction that changed it.
+    crate::pg::backend::invalidate_relcache(relid);
 }
 
 /// The current rules, loading them if an edit (or nothing yet) made the cache stale.

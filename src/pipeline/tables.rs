@@ -1,6 +1,11 @@
 //! The tables one processor works on ([`Tables`]): the extension's own, or one colocated
-//! group of their Citus shards (built by src/citus). Every statement of the processor is
-//! written for the extension's tables; [`Tables::sql`] names the group's shards instead.
+//! group of their Citus shards (built by src/citus). A statement run per set of tables names
+//! them by placeholders ([`Target`]), which each set fills in with its own tables.
+
+use crate::pg::spi::run_kept_as;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 
 /// The tables one processor works on: the extension's tables (one node, or Citus before
 /// `dialpad.distribute()`), or one colocated group of their shards on a Citus node.
@@ -14,6 +19,71 @@ pub(crate) struct Tables {
     /// The group's shards of `logical_calls` and `logical_calls_stale` (their ids), when the
     /// group has them.
     pub logical: Option<(i64, i64)>,
+}
+
+/// The placeholders a statement run per set of tables names its tables with, each with the
+/// table it stands for on one node.
+const PLACEHOLDERS: &[(&str, &str)] = &[
+    ("{inbox}", "dialpad.webhook_events"),
+    ("{calls}", "dialpad.calls"),
+    ("{rejected}", "dialpad.rejected_transitions"),
+    ("{logical_calls}", "dialpad.logical_calls"),
+    ("{logical_calls_stale}", "dialpad.logical_calls_stale"),
+];
+
+/// Where statements run, for [`run_kept_on`]: the
+/// tables a statement's placeholders stand for, and the kept plans' variant.
+///
+/// A statement run per set of tables is a template: it names each table it works on by a
+/// placeholder (`{inbox}`, `{calls}`, `{rejected}`, `{logical_calls}`,
+/// `{logical_calls_stale}`), never by the table's name, and a table named by its name is
+/// that table on every set (the distributed `dialpad.calls` its legs are read from).
+pub(crate) trait Target {
+    /// The kept plans' variant: (0, 0) for the extension's tables; a different pair for
+    /// each Citus shard group.
+    fn variant(&self) -> (u8, i64);
+    /// The table `placeholder` (one of [`PLACEHOLDERS`]) stands for.
+    fn table(&self, placeholder: &str) -> String;
+
+    /// `template` with its placeholders named.
+    fn render(&self, template: &str) -> String {
+        let mut out = template.to_string();
+        for (placeholder, _) in PLACEHOLDERS {
+            if out.contains(placeholder) {
+                out = out.replace(placeholder, &self.table(placeholder));
+            }
+        }
+        out
+    }
+}
+
+/// [`run_kept`](crate::pg::spi::run_kept) of the template `sql` on `target`'s tables (see [`Target`]), with a kept
+/// plan of its own per set of tables.
+pub(crate) fn run_kept_on<'c>(
+    client: &mut SpiClient<'c>,
+    target: &impl Target,
+    sql: &'static str,
+    types: &[pg_sys::Oid],
+    limit: Option<i64>,
+    args: &[DatumWithOid],
+) -> Result<pgrx::spi::SpiTupleTable<'c>, pgrx::spi::Error> {
+    run_kept_as(client, sql, target.variant(), || target.render(sql), types, limit, args)
+}
+
+/// Whether the template `sql` names one of the tables a placeholder stands for by its
+/// name (it would then work on that table whatever the set).
+#[cfg(test)]
+pub(crate) fn names_a_table(sql: &str) -> Option<&'static str> {
+    PLACEHOLDERS.iter().map(|(_, table)| *table).find(|table| {
+        sql.match_indices(table)
+            .any(|(at, _)| !sql[at + table.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+    })
+}
+
+/// The table a placeholder stands for on one node.
+fn whole(placeholder: &str) -> String {
+    let (_, table) = PLACEHOLDERS.iter().find(|(p, _)| *p == placeholder).expect("a known placeholder");
+    table.to_string()
 }
 
 impl Tables {
@@ -39,45 +109,66 @@ impl Tables {
         }
     }
 
-    /// `sql` (a statement naming the extension's tables) for these tables.
-    pub(crate) fn sql(&self, sql: &str) -> String {
-        if self.shard == 0 {
-            return sql.to_string();
-        }
-        let s = replace_table(sql, "dialpad.webhook_events", &self.inbox);
-        let s = replace_table(&s, "dialpad.calls", &self.calls);
-        let s = replace_table(&s, "dialpad.rejected_transitions", &self.rejected);
-        match self.logical {
-            Some((logical, stale)) => {
-                let s = replace_table(&s, "dialpad.logical_calls", &format!("dialpad.logical_calls_{logical}"));
-                replace_table(&s, "dialpad.logical_calls_stale", &format!("dialpad.logical_calls_stale_{stale}"))
-            }
-            None => s,
-        }
-    }
-
-    /// The group's `logical_calls` and `logical_calls_stale` shards, every other table as
-    /// itself (the legs of a logical call are read from the distributed `dialpad.calls`).
-    pub(crate) fn logical_only(&self) -> Option<Tables> {
-        let (logical, _) = self.logical?;
-        Some(Tables { shard: logical, logical: self.logical, ..Tables::whole() })
+    /// The group's `logical_calls` and `logical_calls_stale` shards, when it has them.
+    pub(crate) fn logical_shards(&self) -> Option<LogicalShards> {
+        let (logical, stale) = self.logical?;
+        Some(LogicalShards { logical, stale })
     }
 }
 
-/// `sql` with every reference to table `from` (not to a longer name it is the start of)
-/// replaced by `to`.
-fn replace_table(sql: &str, from: &str, to: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut rest = sql;
-    while let Some(at) = rest.find(from) {
-        let after = &rest[at + from.len()..];
-        let whole = !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
-        out.push_str(&rest[..at]);
-        out.push_str(if whole { to } else { from });
-        rest = after;
+impl Target for Tables {
+    fn variant(&self) -> (u8, i64) {
+        (if self.shard == 0 { 0 } else { 1 }, self.shard)
     }
-    out.push_str(rest);
-    out
+
+    fn table(&self, placeholder: &str) -> String {
+        match placeholder {
+            "{inbox}" => self.inbox.clone(),
+            "{calls}" => self.calls.clone(),
+            "{rejected}" => self.rejected.clone(),
+            _ => match self.logical_shards() {
+                Some(l) => l.table(placeholder),
+                None => whole(placeholder),
+            },
+        }
+    }
+}
+
+/// The extension's own tables, as a [`Target`] that needs no names of its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Whole;
+
+impl Target for Whole {
+    fn variant(&self) -> (u8, i64) {
+        (0, 0)
+    }
+
+    fn table(&self, placeholder: &str) -> String {
+        whole(placeholder)
+    }
+}
+
+/// One colocated group's shards of `logical_calls` and `logical_calls_stale` (their ids),
+/// where the Citus keeper writes the group's logical calls; every other placeholder stands
+/// for the table itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogicalShards {
+    pub logical: i64,
+    pub stale: i64,
+}
+
+impl Target for LogicalShards {
+    fn variant(&self) -> (u8, i64) {
+        (2, self.logical)
+    }
+
+    fn table(&self, placeholder: &str) -> String {
+        match placeholder {
+            "{logical_calls}" => format!("dialpad.logical_calls_{}", self.logical),
+            "{logical_calls_stale}" => format!("dialpad.logical_calls_stale_{}", self.stale),
+            _ => whole(placeholder),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -85,17 +176,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statements_name_the_shards_of_a_group() {
+    fn templates_name_the_tables_of_a_set() {
         let t = Tables::shards(102008, 102040, 102072, Some((102100, 102132)));
         assert_eq!(
-            t.sql("UPDATE dialpad.webhook_events SET x = 1 FROM dialpad.calls c, dialpad.calls_x WHERE dialpad.rejected_transitions.id = 1"),
-            "UPDATE dialpad.webhook_events_102040 SET x = 1 FROM dialpad.calls_102008 c, dialpad.calls_x WHERE dialpad.rejected_transitions_102072.id = 1"
+            t.render("UPDATE {inbox} SET x = 1 FROM {calls} c, dialpad.calls d WHERE {rejected}.id = 1"),
+            "UPDATE dialpad.webhook_events_102040 SET x = 1 FROM dialpad.calls_102008 c, dialpad.calls d WHERE dialpad.rejected_transitions_102072.id = 1"
         );
-        assert_eq!(Tables::whole().sql("SELECT 1 FROM dialpad.calls"), "SELECT 1 FROM dialpad.calls");
-        let l = t.logical_only().unwrap();
         assert_eq!(
-            l.sql("DELETE FROM dialpad.logical_calls_stale; SELECT * FROM dialpad.calls, dialpad.logical_calls; SELECT 1 FROM dialpad.logical_calls_touched"),
+            Tables::whole().render("SELECT 1 FROM {calls}, {logical_calls_stale} WHERE '{a}' = '{inbox_x}'"),
+            "SELECT 1 FROM dialpad.calls, dialpad.logical_calls_stale WHERE '{a}' = '{inbox_x}'"
+        );
+        let l = t.logical_shards().unwrap();
+        assert_eq!(
+            l.render("DELETE FROM {logical_calls_stale}; SELECT * FROM {calls}, {logical_calls}; SELECT 1 FROM dialpad.logical_calls_touched"),
             "DELETE FROM dialpad.logical_calls_stale_102132; SELECT * FROM dialpad.calls, dialpad.logical_calls_102100; SELECT 1 FROM dialpad.logical_calls_touched"
         );
+        assert_eq!(Tables::shards(7, 8, 9, None).render("{logical_calls}"), "dialpad.logical_calls");
+    }
+
+    #[test]
+    fn every_set_of_tables_has_its_own_plans() {
+        let group = Tables::shards(102008, 102040, 102072, Some((102100, 102132)));
+        let variants = [Tables::whole().variant(), group.variant(), group.logical_shards().unwrap().variant()];
+        assert_eq!(variants, [(0, 0), (1, 102008), (2, 102100)]);
     }
 }
