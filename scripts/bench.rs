@@ -6,7 +6,7 @@
 //! BENCH_RUNS (runs per figure, default 3), BENCH_BACKLOG (large backlog, default 5000000),
 //! BENCH_MEMORY_EVENTS (events for the worker memory figure, default 2000000),
 //! BENCH_HOLD_SECONDS (how long the held-snapshot benchmark holds it, default 600),
-//! BENCH_ONLY=drain, steady, http, rederive, ingest, backlog, partitions, processing, analysts, citus, hostile or held-snapshot (only
+//! BENCH_ONLY=drain, steady, http, rederive, ingest-default, ingest, backlog, partitions, processing, analysts, citus, hostile or held-snapshot (only
 //! those figures, printed and
 //! not written); BENCH_AUTOVACUUM=off (to attribute a figure to autovacuum).
 
@@ -20,6 +20,8 @@ mod drain;
 mod hostile;
 #[path = "bench_http.rs"]
 mod http_bench;
+#[path = "bench_ingest.rs"]
+mod ingest_default;
 #[path = "bench_rederive.rs"]
 mod rederive;
 #[path = "bench_retention.rs"]
@@ -501,6 +503,7 @@ const STANDALONE: &[(&str, Standalone)] = &[
     ("http", http_bench::http_bench),
     ("steady", steady::steady_bench),
     ("rederive", rederive::rederive_bench),
+    ("ingest-default", ingest_default::ingest_default_bench),
 ];
 
 fn main() {
