@@ -15,6 +15,9 @@
 //! - `gucs` and `version`: the settings, and the library's version against the SQL's.
 
 #![warn(unreachable_pub, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+// Inside an `unsafe fn` (a callback PostgreSQL calls), each unsafe operation still needs its
+// own block and SAFETY comment: tests/layers.rs counts those blocks.
+#![deny(unsafe_op_in_unsafe_fn)]
 
 use pgrx::prelude::*;
 

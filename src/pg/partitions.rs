@@ -62,7 +62,11 @@ unsafe fn range_datum(list: *mut pg_sys::List) -> Option<pg_sys::TimestampTz> {
         if items.len() != 1 {
             return None;
         }
-        let datum = &*items.get_ptr(0)?;
+        let datum = items.get_ptr(0)?;
+        if datum.is_null() || (*datum).type_ != pg_sys::NodeTag::T_PartitionRangeDatum {
+            return None;
+        }
+        let datum = &*datum;
         use pg_sys::PartitionRangeDatumKind::*;
         match datum.kind {
             PARTITION_RANGE_DATUM_MINVALUE => Some(i64::MIN),
@@ -105,8 +109,13 @@ unsafe extern "C-unwind" {
 
 /// The partitioned table `rel` is attached to; None if `rel` is not a partition.
 pub(crate) fn parent_of(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
-    // SAFETY: catalog lookups of an existing relation (the caller's, locked by its statement).
-    unsafe { pg_sys::get_rel_relispartition(rel).then(|| get_partition_parent(rel, false)) }
+    // SAFETY: catalog lookups of an existing relation (the caller's, locked by its statement);
+    // an ERROR of get_partition_parent (a partition being detached concurrently) is turned
+    // into a Rust panic at the boundary, as pgrx's own bindings do, and raised again.
+    unsafe {
+        pg_sys::get_rel_relispartition(rel)
+            .then(|| pg_sys::ffi::pg_guard_ffi_boundary(|| get_partition_parent(rel, false)))
+    }
 }
 
 /// The relkind of relation `rel` (pg_sys::RELKIND_*), 0 if it does not exist.
