@@ -11,7 +11,7 @@
 //! - `bgworker`: the launcher, the workers and the HTTP listener's main thread;
 //! - `http`: the HTTP listener's network threads (hyper on tokio), which never call into
 //!   PostgreSQL;
-//! - `pg`: safe wrappers over PostgreSQL calls used across modules, shared memory, errors;
+//! - `pg`: every call into PostgreSQL, as safe wrappers; shared memory, errors;
 //! - `gucs` and `version`: the settings, and the library's version against the SQL's.
 
 #![warn(unreachable_pub, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]

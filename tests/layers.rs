@@ -1,4 +1,4 @@
-//! The layers of the code, from its own imports (README, "Code layout"): a lower layer
+//! The layers of the code, from its own imports (docs/development.md, "Repository layout"): a lower layer
 //! never imports a higher one, and the pure core has no pgrx.
 //!
 //! The extension's modules, lowest first (a module may use the core and any module of a
