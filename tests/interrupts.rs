@@ -40,6 +40,9 @@ fn jsonb_in_floor(c: &mut Client, body: &str) -> Duration {
 
 /// Runs `sql` under statement_timeout = 100ms: it must finish (successfully) or be cancelled
 /// with 57014, within [`BOUND`] past `floor` (PostgreSQL's own parse of the body it takes).
+/// A run over the bound is run once more, and judged by the second run: on a shared machine
+/// a stall of the whole machine (seconds, now and then) can land in one run, while code that
+/// cannot be interrupted is over the bound every time.
 fn finishes_or_times_out(
     c: &mut Client,
     what: &str,
@@ -47,6 +50,26 @@ fn finishes_or_times_out(
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> bool {
+    let (mut result, mut took) = timed_run(c, what, floor, sql, params);
+    if took >= floor + BOUND {
+        eprintln!("{what}: {took:?} is over the bound; once more");
+        (result, took) = timed_run(c, what, floor, sql, params);
+    }
+    if let Err(e) = &result {
+        assert_eq!(sqlstate(e), Some("57014"), "{what}: {}", db_error(e));
+    }
+    assert!(took < floor + BOUND, "{what}: {took:?} under statement_timeout = 100ms (jsonb_in {floor:?})");
+    result.is_ok()
+}
+
+/// One run of `sql` under statement_timeout = 100ms: its result and how long it took.
+fn timed_run(
+    c: &mut Client,
+    what: &str,
+    floor: Duration,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> (Result<Vec<postgres::Row>, postgres::Error>, Duration) {
     c.batch_execute("SET statement_timeout = '100ms'").unwrap();
     let started = Instant::now();
     let result = c.query(sql, params);
@@ -56,11 +79,7 @@ fn finishes_or_times_out(
         "{what}: {took:?} (jsonb_in {floor:?}) {}",
         result.as_ref().err().map(db_error).unwrap_or_else(|| "finished".into())
     );
-    if let Err(e) = &result {
-        assert_eq!(sqlstate(e), Some("57014"), "{what}: {}", db_error(e));
-    }
-    assert!(took < floor + BOUND, "{what}: {took:?} under statement_timeout = 100ms (jsonb_in {floor:?})");
-    result.is_ok()
+    (result, took)
 }
 
 enum Signal {
