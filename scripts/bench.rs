@@ -239,6 +239,49 @@ fn ingest_rate(cluster: &Cluster, bodies: &[String], sessions: usize, sql: &str)
     bodies.len() as f64 / t.elapsed().as_secs_f64()
 }
 
+/// The first call id of the sample calls the default-configuration figures deliver.
+const SAMPLE_FIRST_CALL: u64 = 6_612_345_678_900_000;
+
+/// The deliveries of `calls` sample calls from [`SAMPLE_FIRST_CALL`], as JSON text, in the
+/// order of their events.
+fn sample_bodies(c: &mut Client, calls: usize) -> Vec<String> {
+    c.query(
+        &format!(
+            "SELECT payload::text FROM pg_temp.dialpad_sample_events({calls}, {SAMPLE_FIRST_CALL}, 0.42, true)
+              ORDER BY (payload->>'event_timestamp')::bigint"
+        ),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// A cluster `tag` (settings `conf`) of `package`, a `cargo pgrx package` tree installed into
+/// a private copy of PostgreSQL; None: of the build installed in DIALPAD_PG_BIN.
+fn cluster_of(tag: &str, package: Option<&std::path::Path>, conf: &[&str]) -> (Option<PgInstall>, Cluster) {
+    let install = package.map(|p| {
+        let install = PgInstall::copy(tag);
+        install.remove_pg_dialpad_sql();
+        install.install_pg_dialpad_from(p);
+        install
+    });
+    let cluster = match &install {
+        Some(i) => Cluster::start_with(tag, i.bin(), conf),
+        None => Cluster::start(tag, conf),
+    };
+    (install, cluster)
+}
+
+/// The last release's package (BENCH_DRAIN_LAST_RELEASE=version=dir, which ./scripts/bench
+/// sets), for the figures that compare this build with it.
+fn last_release() -> Option<(String, std::path::PathBuf)> {
+    let s = std::env::var("BENCH_DRAIN_LAST_RELEASE").ok()?;
+    let (version, dir) = s.split_once('=')?;
+    Some((version.trim().to_string(), std::path::PathBuf::from(dir.trim())))
+}
+
 /// `n` events of the data set as JWTs signed with "bench-secret".
 fn bench_jwts(c: &mut Client, n: usize) -> Vec<String> {
     c.query(&format!("SELECT payload::text FROM bench.events ORDER BY delivery LIMIT {n}"), &[])

@@ -41,20 +41,11 @@ impl Build {
     /// None: the build installed in DIALPAD_PG_BIN.
     fn start(name: &str, package: Option<&std::path::Path>, calls: usize) -> Build {
         let tag = format!("drain-{}", name.replace(|ch: char| !ch.is_ascii_alphanumeric(), "-"));
-        let install = package.map(|p| {
-            let install = PgInstall::copy(&tag);
-            install.remove_pg_dialpad_sql();
-            install.install_pg_dialpad_from(p);
-            install
-        });
         let mut conf = vec!["fsync = on", "dialpad.workers = 1", "dialpad.enabled = off"];
         if std::env::var("BENCH_DRAIN_DEBUG").as_deref() == Ok("1") {
             conf.push("log_min_messages = debug1");
         }
-        let cluster = match &install {
-            Some(i) => Cluster::start_with(&tag, i.bin(), &conf),
-            None => Cluster::start(&tag, &conf),
-        };
+        let (install, cluster) = cluster_of(&tag, package, &conf);
         let mut c = cluster.ready();
         exec(
             &mut c,
@@ -150,10 +141,7 @@ pub(crate) fn drain_bench(report: &mut Report, runs: usize) {
     if let Some(p) = &release {
         builds.push(("0.1.0".into(), Some(p.clone())));
     }
-    let last = std::env::var("BENCH_DRAIN_LAST_RELEASE").ok().and_then(|s| {
-        let (version, dir) = s.split_once('=')?;
-        Some((version.trim().to_string(), PathBuf::from(dir.trim())))
-    });
+    let last = last_release();
     if let Some((version, dir)) = &last {
         builds.push((version.clone(), Some(dir.clone())));
     }

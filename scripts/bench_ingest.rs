@@ -3,7 +3,6 @@
 //! the last release's build when BENCH_DRAIN_LAST_RELEASE names its package (as for the drain).
 
 use super::*;
-use std::path::PathBuf;
 
 /// Deliveries per figure: the events of this many calls.
 const CALLS: usize = 10_000;
@@ -11,30 +10,9 @@ const CALLS: usize = 10_000;
 /// A default-configuration cluster of `package` (None: the build installed here), with the
 /// sample deliveries as JSON text.
 fn start(tag: &str, package: Option<&std::path::Path>) -> (Option<PgInstall>, Cluster, Client, Vec<String>) {
-    let install = package.map(|p| {
-        let install = PgInstall::copy(tag);
-        install.remove_pg_dialpad_sql();
-        install.install_pg_dialpad_from(p);
-        install
-    });
-    let conf = ["fsync = on", "dialpad.workers = 1", "dialpad.enabled = off"];
-    let cluster = match &install {
-        Some(i) => Cluster::start_with(tag, i.bin(), &conf),
-        None => Cluster::start(tag, &conf),
-    };
+    let (install, cluster) = cluster_of(tag, package, &["fsync = on", "dialpad.workers = 1", "dialpad.enabled = off"]);
     let mut c = cluster.ready();
-    let bodies: Vec<String> = c
-        .query(
-            &format!(
-                "SELECT payload::text FROM pg_temp.dialpad_sample_events({CALLS}, 6612345678900000, 0.42, true)
-                  ORDER BY (payload->>'event_timestamp')::bigint"
-            ),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let bodies = sample_bodies(&mut c, CALLS);
     (install, cluster, c, bodies)
 }
 
@@ -78,11 +56,7 @@ pub(crate) fn ingest_default_bench(report: &mut Report, runs: usize) {
     );
     drop(c);
     drop(cluster);
-    let last = std::env::var("BENCH_DRAIN_LAST_RELEASE").ok().and_then(|s| {
-        let (version, dir) = s.split_once('=')?;
-        Some((version.trim().to_string(), PathBuf::from(dir.trim())))
-    });
-    if let Some((version, dir)) = last {
+    if let Some((version, dir)) = last_release() {
         let (_install, old_cluster, mut old, old_bodies) = start("ingest-default-last", Some(&dir));
         let mut theirs = Vec::new();
         for _ in 0..runs {

@@ -19,6 +19,8 @@ const SESSIONS: usize = 4;
 /// The data set's call ids start at 66123456789_00000 (the 5 last digits are the call's
 /// number): a pass over the payloads replaces that prefix, in every place it occurs.
 const PREFIX: u64 = 66_123_456_789;
+// The deliveries are the sample calls' (sample_bodies), whose call ids start with PREFIX.
+const _: () = assert!(PREFIX * 100_000 == SAMPLE_FIRST_CALL);
 
 /// The `k`th delivery: payload k modulo the set, its call ids shifted by the pass.
 fn body(bodies: &[String], k: usize) -> String {
@@ -100,18 +102,7 @@ pub(crate) fn steady_bench(report: &mut Report, runs: usize) {
         &["fsync = on", "track_commit_timestamp = on", "dialpad.workers = 1", "dialpad.enabled = off"],
     );
     let mut c = cluster.ready();
-    let bodies: Vec<String> = c
-        .query(
-            &format!(
-                "SELECT payload::text FROM pg_temp.dialpad_sample_events({calls}, {PREFIX}00000, 0.42, true)
-                  ORDER BY (payload->>'event_timestamp')::bigint"
-            ),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let bodies = sample_bodies(&mut c, calls);
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
     let (mut alone, mut beside) = (Vec::new(), Vec::new());

@@ -205,12 +205,21 @@ fn parse_payload(json: String) -> datum::JsonbArg {
         )
     };
     // PostgreSQL's own JSON parser; its ERROR (22P02) is counted, then raised as it is.
-    PgTryBuilder::new(|| datum::JsonbArg::parse(&cjson))
+    let payload = PgTryBuilder::new(|| datum::JsonbArg::parse(&cjson))
         .catch_others(|e| {
             count(Outcome::Malformed);
             e.rethrow()
         })
-        .execute()
+        .execute();
+    let Some(payload) = payload else {
+        reject(
+            Outcome::Malformed,
+            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+            "webhook body is not JSON".into(),
+            None,
+        )
+    };
+    payload
 }
 
 /// Stores the delivery; returns (id of its first delivery, whether this was a redelivery).

@@ -29,13 +29,8 @@ mod worker;
 pub(crate) use launcher::register_launcher;
 pub(crate) use listener::register_listener;
 
-use pgrx::pg_sys;
-
 pub(crate) const LAUNCHER_TYPE: &str = "pg_dialpad launcher";
 pub(crate) const WORKER_TYPE: &str = "pg_dialpad worker";
 pub(crate) const LISTENER_TYPE: &str = "pg_dialpad http listener";
 
-/// Shows what this process does in pg_stat_activity (state and query text).
-fn report_activity(state: pg_sys::BackendState::Type, what: &std::ffi::CStr) {
-    crate::pg::backend::report_activity(state, what);
-}
+use crate::pg::backend::report_activity;

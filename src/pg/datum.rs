@@ -39,14 +39,14 @@ impl JsonbArg {
 
 impl JsonbArg {
     /// `text` parsed by PostgreSQL's own JSON parser (jsonb_in: exact numbers, its limits,
-    /// its error messages); raises its ERROR (22P02, 54001, ...) if `text` is not JSON.
-    pub(crate) fn parse(text: &std::ffi::CStr) -> JsonbArg {
+    /// its error messages); raises its ERROR (22P02, 54001, ...) if `text` is not JSON. None
+    /// if it returned no datum (it does not).
+    pub(crate) fn parse(text: &std::ffi::CStr) -> Option<JsonbArg> {
         // SAFETY: jsonb_in takes a NUL-terminated C string (`text` outlives the call) and
-        // returns a palloc'd, non-null jsonb datum or raises an ERROR.
+        // returns a palloc'd jsonb datum or raises an ERROR; a datum returned is a jsonb.
         unsafe {
-            let datum =
-                pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(text.as_ptr()))]);
-            JsonbArg::from_raw(datum.expect("jsonb_in returns a datum"))
+            pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(pg_sys::Datum::from(text.as_ptr()))])
+                .map(|datum| JsonbArg::from_raw(datum))
         }
     }
 }

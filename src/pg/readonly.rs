@@ -43,7 +43,40 @@ pub(crate) fn read_only<R>(f: impl FnOnce(&Session) -> R) -> Result<R, Error> {
     Ok(result)
 }
 
+/// The arguments of [`KeptLookup`]s as datums, made once in a session for any number of
+/// lookups with the same arguments (the text ones are palloc'd in the session's memory).
+pub(crate) struct Args<'s> {
+    types: Vec<pg_sys::Oid>,
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<std::ffi::c_char>,
+    _session: std::marker::PhantomData<&'s Session>,
+}
+
 impl Session {
+    /// `args` as datums, for lookups in this session.
+    pub(crate) fn args(&self, args: &[Arg<'_>]) -> Args<'_> {
+        let values = args
+            .iter()
+            .map(|a| match *a {
+                Arg::Int8(v) | Arg::TimestampTz(v) => pg_sys::Datum::from(v),
+                // SAFETY: inside the session: palloc'd in its memory context, from a valid
+                // pointer and length.
+                Arg::Text(s) => unsafe {
+                    pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+                        s.as_ptr() as *const std::ffi::c_char,
+                        s.len() as i32,
+                    ))
+                },
+            })
+            .collect();
+        Args {
+            types: args.iter().map(Arg::type_oid).collect(),
+            values,
+            nulls: vec![b' ' as std::ffi::c_char; args.len()],
+            _session: std::marker::PhantomData,
+        }
+    }
+
     /// The first column of every row `sql` (a SELECT of one oid column, no parameters)
     /// returns.
     pub(crate) fn oids(&self, sql: &str) -> Result<Vec<pg_sys::Oid>, Error> {
@@ -102,7 +135,8 @@ impl KeptLookup {
     }
 
     /// The smallest value of the first column the lookup returns for `args`; None if no row,
-    /// or if `args` are not of the types the lookup was made with.
+    /// or if `args` are not of the types the lookup was made with. The session `args` were
+    /// made in is open (their lifetime holds it).
     ///
     /// The generic plan is made without sequential scans: a plan made while the table was
     /// empty or tiny (a new day, the DEFAULT partition before a backfill, statistics of a
@@ -110,27 +144,12 @@ impl KeptLookup {
     /// The setting costs a GUC nest level, so it is set only when the plan is to be
     /// (re)made; if the plan cache remade it during a run without it (an invalidation
     /// arriving in between), that plan is thrown away and made afresh next time.
-    pub(crate) fn min_i64(&mut self, _session: &Session, args: &[Arg<'_>]) -> Option<i64> {
-        if args.len() != self.types.len() || args.iter().zip(&self.types).any(|(a, t)| a.type_oid() != *t) {
+    pub(crate) fn min_i64(&mut self, args: &mut Args<'_>) -> Option<i64> {
+        if args.types != self.types {
             return None;
         }
         let plan = self.plan()?;
-        // Each datum is of the type the plan was prepared with (checked above).
-        let mut values: Vec<pg_sys::Datum> = args
-            .iter()
-            .map(|a| match *a {
-                Arg::Int8(v) | Arg::TimestampTz(v) => pg_sys::Datum::from(v),
-                // SAFETY: inside the session: palloc'd in its memory context, from a valid
-                // pointer and length.
-                Arg::Text(s) => unsafe {
-                    pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-                        s.as_ptr() as *const std::ffi::c_char,
-                        s.len() as i32,
-                    ))
-                },
-            })
-            .collect();
-        let nulls = vec![b' ' as std::ffi::c_char; values.len()];
+        let Args { values, nulls, .. } = args;
         // SAFETY: a kept, valid plan (revalidated by the plan cache) with its arguments.
         let mut execute = || unsafe {
             pg_sys::SPI_execute_snapshot(

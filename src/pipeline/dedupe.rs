@@ -156,7 +156,8 @@ pub(crate) fn first_delivery(
             let (_, _, parts) = guard.as_mut()?;
             let args = [Arg::Int8(call_id), Arg::Text(key), Arg::TimestampTz(lo), Arg::TimestampTz(hi)];
             readonly::read_only(|session| {
-                tables_for(parts, lo, hi).into_iter().filter_map(|i| parts[i].lookup.min_i64(session, &args)).min()
+                let mut args = session.args(&args);
+                tables_for(parts, lo, hi).into_iter().filter_map(|i| parts[i].lookup.min_i64(&mut args)).min()
             })
             .ok()
             .flatten()

@@ -21,15 +21,47 @@ pub(crate) struct Tables {
     pub logical: Option<(i64, i64)>,
 }
 
-/// The placeholders a statement run per set of tables names its tables with, each with the
-/// table it stands for on one node.
-const PLACEHOLDERS: &[(&str, &str)] = &[
-    ("{inbox}", "dialpad.webhook_events"),
-    ("{calls}", "dialpad.calls"),
-    ("{rejected}", "dialpad.rejected_transitions"),
-    ("{logical_calls}", "dialpad.logical_calls"),
-    ("{logical_calls_stale}", "dialpad.logical_calls_stale"),
-];
+/// A table a statement run per set of tables names by a placeholder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placeholder {
+    Inbox,
+    Calls,
+    Rejected,
+    LogicalCalls,
+    LogicalCallsStale,
+}
+
+impl Placeholder {
+    const ALL: [Placeholder; 5] = [
+        Placeholder::Inbox,
+        Placeholder::Calls,
+        Placeholder::Rejected,
+        Placeholder::LogicalCalls,
+        Placeholder::LogicalCallsStale,
+    ];
+
+    /// How a statement writes it.
+    fn token(self) -> &'static str {
+        match self {
+            Placeholder::Inbox => "{inbox}",
+            Placeholder::Calls => "{calls}",
+            Placeholder::Rejected => "{rejected}",
+            Placeholder::LogicalCalls => "{logical_calls}",
+            Placeholder::LogicalCallsStale => "{logical_calls_stale}",
+        }
+    }
+
+    /// The table it stands for on one node.
+    fn whole(self) -> &'static str {
+        match self {
+            Placeholder::Inbox => "dialpad.webhook_events",
+            Placeholder::Calls => "dialpad.calls",
+            Placeholder::Rejected => "dialpad.rejected_transitions",
+            Placeholder::LogicalCalls => "dialpad.logical_calls",
+            Placeholder::LogicalCallsStale => "dialpad.logical_calls_stale",
+        }
+    }
+}
 
 /// Where statements run, for [`run_kept_on`]: the
 /// tables a statement's placeholders stand for, and the kept plans' variant.
@@ -42,15 +74,15 @@ pub(crate) trait Target {
     /// The kept plans' variant: (0, 0) for the extension's tables; a different pair for
     /// each Citus shard group.
     fn variant(&self) -> (u8, i64);
-    /// The table `placeholder` (one of [`PLACEHOLDERS`]) stands for.
-    fn table(&self, placeholder: &str) -> String;
+    /// The table `placeholder` stands for.
+    fn table(&self, placeholder: Placeholder) -> String;
 
     /// `template` with its placeholders named.
     fn render(&self, template: &str) -> String {
         let mut out = template.to_string();
-        for (placeholder, _) in PLACEHOLDERS {
-            if out.contains(placeholder) {
-                out = out.replace(placeholder, &self.table(placeholder));
+        for p in Placeholder::ALL {
+            if out.contains(p.token()) {
+                out = out.replace(p.token(), &self.table(p));
             }
         }
         out
@@ -74,16 +106,10 @@ pub(crate) fn run_kept_on<'c>(
 /// name (it would then work on that table whatever the set).
 #[cfg(test)]
 pub(crate) fn names_a_table(sql: &str) -> Option<&'static str> {
-    PLACEHOLDERS.iter().map(|(_, table)| *table).find(|table| {
+    Placeholder::ALL.iter().map(|p| p.whole()).find(|table| {
         sql.match_indices(table)
             .any(|(at, _)| !sql[at + table.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
     })
-}
-
-/// The table a placeholder stands for on one node.
-fn whole(placeholder: &str) -> String {
-    let (_, table) = PLACEHOLDERS.iter().find(|(p, _)| *p == placeholder).expect("a known placeholder");
-    table.to_string()
 }
 
 impl Tables {
@@ -91,9 +117,9 @@ impl Tables {
     pub(crate) fn whole() -> Tables {
         Tables {
             shard: 0,
-            inbox: "dialpad.webhook_events".into(),
-            calls: "dialpad.calls".into(),
-            rejected: "dialpad.rejected_transitions".into(),
+            inbox: Placeholder::Inbox.whole().into(),
+            calls: Placeholder::Calls.whole().into(),
+            rejected: Placeholder::Rejected.whole().into(),
             logical: None,
         }
     }
@@ -121,14 +147,14 @@ impl Target for Tables {
         (if self.shard == 0 { 0 } else { 1 }, self.shard)
     }
 
-    fn table(&self, placeholder: &str) -> String {
+    fn table(&self, placeholder: Placeholder) -> String {
         match placeholder {
-            "{inbox}" => self.inbox.clone(),
-            "{calls}" => self.calls.clone(),
-            "{rejected}" => self.rejected.clone(),
-            _ => match self.logical_shards() {
+            Placeholder::Inbox => self.inbox.clone(),
+            Placeholder::Calls => self.calls.clone(),
+            Placeholder::Rejected => self.rejected.clone(),
+            Placeholder::LogicalCalls | Placeholder::LogicalCallsStale => match self.logical_shards() {
                 Some(l) => l.table(placeholder),
-                None => whole(placeholder),
+                None => placeholder.whole().to_string(),
             },
         }
     }
@@ -143,8 +169,8 @@ impl Target for Whole {
         (0, 0)
     }
 
-    fn table(&self, placeholder: &str) -> String {
-        whole(placeholder)
+    fn table(&self, placeholder: Placeholder) -> String {
+        placeholder.whole().to_string()
     }
 }
 
@@ -162,11 +188,11 @@ impl Target for LogicalShards {
         (2, self.logical)
     }
 
-    fn table(&self, placeholder: &str) -> String {
+    fn table(&self, placeholder: Placeholder) -> String {
         match placeholder {
-            "{logical_calls}" => format!("dialpad.logical_calls_{}", self.logical),
-            "{logical_calls_stale}" => format!("dialpad.logical_calls_stale_{}", self.stale),
-            _ => whole(placeholder),
+            Placeholder::LogicalCalls => format!("dialpad.logical_calls_{}", self.logical),
+            Placeholder::LogicalCallsStale => format!("dialpad.logical_calls_stale_{}", self.stale),
+            _ => placeholder.whole().to_string(),
         }
     }
 }
