@@ -3,7 +3,7 @@
 use super::*;
 
 /// CPU seconds (user + system) a process has used so far (/proc/<pid>/stat, clock ticks).
-fn cpu_seconds(pid: i32) -> f64 {
+pub(crate) fn cpu_seconds(pid: i32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -32,7 +32,7 @@ unsafe fn libc_sysconf_clk_tck() -> f64 {
 /// CPU seconds used by a whole server: every live process of its postmaster (backends,
 /// background workers, auxiliary processes) and those that have exited (the postmaster's
 /// cutime and cstime).
-fn server_cpu(cluster: &Cluster) -> f64 {
+pub(crate) fn server_cpu(cluster: &Cluster) -> f64 {
     let pid: i32 = std::fs::read_to_string(cluster.data().join("postmaster.pid"))
         .ok()
         .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
@@ -58,7 +58,7 @@ fn server_cpu(cluster: &Cluster) -> f64 {
     ticks / hz
 }
 
-fn worker_cpu(c: &mut Client) -> f64 {
+pub(crate) fn worker_cpu(c: &mut Client) -> f64 {
     worker_pids(c).into_iter().map(cpu_seconds).sum()
 }
 

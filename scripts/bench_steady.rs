@@ -8,6 +8,10 @@
 //! processing transaction). The payloads are the data set's, sent as JSON text; each pass
 //! over them shifts every call id, so that no delivery is a redelivery of another.
 //!
+//! Each round also says what a delivery cost, received alone and while processed: the
+//! server's CPU (every process of its postmaster, read from /proc), the worker's share, the
+//! WAL written, and how busy the whole machine was; the notes give their medians.
+//!
 //! BENCH_ONLY=steady runs only this. BENCH_STEADY_SECONDS (default 20) per figure,
 //! BENCH_STEADY_CALLS (default 5000: about 20,000 distinct payloads).
 
@@ -81,6 +85,66 @@ fn offer(cluster: &Cluster, bodies: &Arc<Vec<String>>, rate: f64, secs: f64, nex
     (per * SESSIONS) as f64 / t.elapsed().as_secs_f64()
 }
 
+/// What the server, its worker, the machine and WAL had used at a moment.
+struct Meter {
+    server: f64,
+    worker: f64,
+    busy_ticks: f64,
+    total_ticks: f64,
+    wal: f64,
+}
+
+/// A phase's cost per delivery.
+struct PerDelivery {
+    server_us: f64,
+    worker_us: f64,
+    machine_busy: f64,
+    wal_bytes: f64,
+}
+
+impl std::fmt::Display for PerDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "server {:.0} µs CPU (worker {:.0}), {:.0} bytes of WAL, machine {:.0}% busy",
+            self.server_us,
+            self.worker_us,
+            self.wal_bytes,
+            self.machine_busy * 100.0
+        )
+    }
+}
+
+impl Meter {
+    fn read(cluster: &Cluster, c: &mut Client) -> Meter {
+        // /proc/stat's first line: the machine's clock ticks by kind; idle and iowait are
+        // the 4th and 5th.
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let v: Vec<f64> =
+            stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        let total_ticks: f64 = v.iter().sum();
+        let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+        Meter {
+            server: citus_fig::server_cpu(cluster),
+            worker: citus_fig::worker_cpu(c),
+            busy_ticks: total_ticks - idle,
+            total_ticks,
+            wal: c.query_one("SELECT (pg_current_wal_lsn() - '0/0')::float8", &[]).unwrap().get(0),
+        }
+    }
+
+    /// What was used since `before`, per delivery of the `deliveries` made in between.
+    fn since(&self, before: &Meter, deliveries: f64) -> PerDelivery {
+        let n = deliveries.max(1.0);
+        PerDelivery {
+            server_us: (self.server - before.server) * 1e6 / n,
+            worker_us: (self.worker - before.worker) * 1e6 / n,
+            machine_busy: (self.busy_ticks - before.busy_ticks) / (self.total_ticks - before.total_ticks).max(1.0),
+            wal_bytes: (self.wal - before.wal) / n,
+        }
+    }
+}
+
 /// The inbox and calls emptied, the worker off (or on), before a measurement.
 fn fresh(c: &mut Client, worker: bool) {
     set_worker_enabled(c, false);
@@ -105,11 +169,14 @@ pub(crate) fn steady_bench(report: &mut Report, runs: usize) {
     let bodies = sample_bodies(&mut c, calls);
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
-    let (mut alone, mut beside) = (Vec::new(), Vec::new());
+    let (mut alone, mut beside, mut costs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..runs {
         fresh(&mut c, false);
+        let m0 = Meter::read(&cluster, &mut c);
         let a = receive_rate(&cluster, &bodies, secs, &next);
+        let ma = Meter::read(&cluster, &mut c).since(&m0, a * secs);
         fresh(&mut c, true);
+        let m1 = Meter::read(&cluster, &mut c);
         let batches = |c: &mut Client| -> (i64, i64) {
             let r = c
                 .query_one("SELECT sum(events_handled)::int8, sum(batches)::int8 FROM dialpad.worker_stats()", &[])
@@ -119,6 +186,9 @@ pub(crate) fn steady_bench(report: &mut Report, runs: usize) {
         let (e0, b0) = batches(&mut c);
         let b = receive_rate(&cluster, &bodies, secs, &next);
         let (e1, b1) = batches(&mut c);
+        let mb = Meter::read(&cluster, &mut c).since(&m1, b * secs);
+        println!("steady round {round}: per delivery alone: {ma}; while processing: {mb}");
+        costs.push((ma, mb));
         let left =
             count(&mut c, "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NULL AND dead_at IS NULL");
         println!(
@@ -130,6 +200,19 @@ pub(crate) fn steady_bench(report: &mut Report, runs: usize) {
         beside.push(b);
     }
     let (a, b) = (median(alone), median(beside));
+    let of = |f: fn(&(PerDelivery, PerDelivery)) -> f64| median(costs.iter().map(f).collect());
+    report.notes.push(format!(
+        "What a delivery cost (medians of the rounds): {:.0} µs of the server's CPU and {:.0} bytes of WAL received \
+         alone; {:.0} µs ({:.0} of them the worker's) and {:.0} bytes while the worker processes (the machine {:.0}% \
+         busy, against {:.0}% alone).",
+        of(|c| c.0.server_us),
+        of(|c| c.0.wal_bytes),
+        of(|c| c.1.server_us),
+        of(|c| c.1.worker_us),
+        of(|c| c.1.wal_bytes),
+        of(|c| c.1.machine_busy) * 100.0,
+        of(|c| c.0.machine_busy) * 100.0,
+    ));
     report.add(
         "default config: receiving while processing vs receiving alone",
         eps(b),

@@ -604,7 +604,7 @@ mod tests {
             "PREPARE dialpad_claim(int4, int8) AS {}",
             crate::pipeline::tables::Target::render(&crate::pipeline::tables::Whole, crate::pipeline::batch::CLAIM_SQL)
         ));
-        for (name, value) in crate::pipeline::batch::CLAIM_SETTINGS {
+        for (name, value) in crate::pipeline::batch::BATCH_PLAN_SETTINGS {
             run(&format!("SET LOCAL {} = {}", name.to_str().unwrap(), value.to_str().unwrap()));
         }
         let mut plans = Vec::new();
@@ -633,6 +633,54 @@ mod tests {
             // no Sort node ("Sort Key" of the Merge Append is the index order)
             assert!(!plan.contains("Sort  ("), "{plan}");
         }
+    }
+
+    /// The generic plan of `sql` (a statement of a batch) for the arguments `args` of types
+    /// `types`, with the settings the processor runs it with.
+    fn batch_plan(sql: &str, types: &str, args: &str) -> String {
+        let rendered = crate::pipeline::tables::Target::render(&crate::pipeline::tables::Whole, sql);
+        run(&format!("PREPARE dialpad_batch_statement({types}) AS {rendered}"));
+        for (name, value) in crate::pipeline::batch::BATCH_PLAN_SETTINGS {
+            run(&format!("SET LOCAL {} = {}", name.to_str().unwrap(), value.to_str().unwrap()));
+        }
+        let plan = Spi::connect(|c| {
+            c.select(&format!("EXPLAIN EXECUTE dialpad_batch_statement({args})"), None, &[])
+                .unwrap()
+                .map(|r| r.get::<String>(1).unwrap().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        run("DEALLOCATE dialpad_batch_statement");
+        plan
+    }
+
+    #[pg_test]
+    fn the_statements_of_every_batch_are_planned_once_on_their_indexes() {
+        // Statistics that call every table empty (after install, or a TRUNCATE and VACUUM),
+        // then 20,000 events in 30 daily partitions: each statement a batch runs every time
+        // is planned once, generic, and reads an index, never a whole table; the mark's plan
+        // keeps only the partition the batch came from when it starts.
+        run("ANALYZE dialpad.webhook_events");
+        run("ANALYZE dialpad.calls");
+        run("INSERT INTO dialpad.webhook_events (payload, received_at)
+               SELECT jsonb_build_object('call_id', i, 'state', 'ringing', 'event_timestamp', 1000000000000 + i),
+                      now() - make_interval(days => i % 30)
+                 FROM generate_series(1, 20000) i");
+        run("SELECT count(*) FROM dialpad.run_maintenance()");
+        let mark = batch_plan(
+            crate::pipeline::batch::MARK_SQL,
+            "int8[], timestamptz, timestamptz",
+            "'{1,2}', now() - interval '1 hour', now()",
+        );
+        assert!(mark.contains("Subplans Removed"), "{mark}");
+        assert!(mark.contains("_pkey"), "{mark}");
+        assert!(!mark.contains("Seq Scan"), "{mark}");
+        let history = batch_plan(crate::pipeline::batch::HISTORY_SQL, "int8[], int8[]", "'{1,2}', '{3}'");
+        assert!(history.contains("Index"), "{history}");
+        assert!(!history.contains("Seq Scan"), "{history}");
+        let read = batch_plan(crate::pipeline::call_row::read_sql(), "int8[]", "'{1,2}'");
+        assert!(read.contains("calls_pkey"), "{read}");
+        assert!(!read.contains("Seq Scan"), "{read}");
     }
 
     #[pg_test]

@@ -117,7 +117,9 @@ fn calls_after_write<'a>(
         crate::citus::logical::note(logical::take_touched()).map_err(err)?;
         return Ok(None);
     }
-    logical::refresh_touched(relid);
+    // Without Citus in the database, the refresh plans its statements once; with it, Citus
+    // plans those on its distributed tables for their arguments.
+    logical::refresh_touched(relid, !crate::citus::loaded());
     Ok(None)
 }
 

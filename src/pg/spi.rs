@@ -57,8 +57,10 @@ pub(crate) fn run_kept_as<'c>(
 /// for its actual arguments. Left to the plan cache, such a plan settles on a generic plan made once, maybe
 /// when the table was small (right after install or a TRUNCATE: a sequential scan of
 /// dialpad.calls), and keeps it until the next ANALYZE; the worker measured 17k events/s with
-/// that, 21.6k with re-planning. The upsert and the rejection insert read no table and keep
-/// their generic plans. The setting is scoped like a function's SET clause: restored here, or
+/// that, 21.6k with re-planning. Used for the statements a batch runs only when something
+/// went wrong (failures, deferrals, redeliveries); those it runs on every batch are planned
+/// once, with sequential scans off (pipeline/batch.rs, `BATCH_PLAN_SETTINGS`). The upsert and the
+/// rejection insert read no table and keep their generic plans. The setting is scoped like a function's SET clause: restored here, or
 /// by the (sub)transaction abort on error.
 pub(crate) fn replanned<T>(run: impl FnOnce() -> T) -> T {
     crate::pg::with_setting(c"plan_cache_mode", c"force_custom_plan", run)

@@ -92,7 +92,15 @@ SELECT p.id, p.received_at, p.payload, p.source FROM {inbox} AS p
 /// (14k events/s instead of 24k). With sorts and sequential scans off, the only plan left
 /// is the ordered one, whatever the statistics say; and as it orders by (id, received_at),
 /// only the pending index gives that order (see sql/schema.sql), never the primary key.
-pub(crate) const CLAIM_SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[
+///
+/// The other statements a batch runs on every batch (the mark, reading the calls, reading
+/// a late call's history) are planned once with the same settings, for the same reasons:
+/// planned for their arguments, they cost a plan per batch (a third of the worker's time on
+/// a steady stream of small batches; the mark plans the partition pruning each time), and
+/// a generic plan made on statistics that call a table empty would scan it whole. Their
+/// generic plans read the primary key or the call id index, and the mark's prunes the
+/// partitions the batch did not come from when it starts (`Subplans Removed`).
+pub(crate) const BATCH_PLAN_SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[
     (c"plan_cache_mode", c"force_generic_plan"),
     (c"enable_sort", c"off"),
     (c"enable_incremental_sort", c"off"),
@@ -101,12 +109,12 @@ pub(crate) const CLAIM_SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[
 
 /// Marks the claimed events handled, in the claim's transaction (failures and deferrals
 /// are given back below).
-const MARK_SQL: &str = "\
+pub(crate) const MARK_SQL: &str = "\
 UPDATE {inbox} SET processed_at = pg_catalog.now()
  WHERE id OPERATOR(pg_catalog.=) ANY ($1)
    AND received_at OPERATOR(pg_catalog.>=) $2 AND received_at OPERATOR(pg_catalog.<=) $3";
 
-const HISTORY_SQL: &str = "\
+pub(crate) const HISTORY_SQL: &str = "\
 SELECT id, payload, source FROM {inbox}
  WHERE call_id OPERATOR(pg_catalog.=) ANY ($1) AND processed_at IS NOT NULL AND duplicate_of IS NULL
    AND NOT id OPERATOR(pg_catalog.=) ANY ($2)";
@@ -397,7 +405,7 @@ impl Batch {
         };
         let mut events = Vec::new();
         let mut received = (i64::MAX, i64::MIN);
-        let table = crate::pg::with_settings(CLAIM_SETTINGS, || {
+        let table = crate::pg::with_settings(BATCH_PLAN_SETTINGS, || {
             run_kept_on(
                 client,
                 tables,
@@ -428,7 +436,7 @@ impl Batch {
             // Before the dangerous work: a crash from here on leaves these ids on disk.
             super::inflight::record_batch(tables, &ids);
         }
-        replanned(|| {
+        crate::pg::with_settings(BATCH_PLAN_SETTINGS, || {
             run_kept_on(
                 client,
                 tables,
@@ -517,7 +525,7 @@ impl Batch {
         if self.calls.is_empty() {
             return Ok(());
         }
-        let table = replanned(|| {
+        let table = crate::pg::with_settings(BATCH_PLAN_SETTINGS, || {
             run_kept_on(
                 client,
                 &self.tables,
@@ -613,7 +621,7 @@ impl Batch {
             return Ok(());
         }
         let batch_ids: Vec<i64> = self.events.iter().map(|c| c.id).collect();
-        let table = replanned(|| {
+        let table = crate::pg::with_settings(BATCH_PLAN_SETTINGS, || {
             run_kept_on(
                 client,
                 &self.tables,

@@ -8,7 +8,8 @@
 //! dangerous work, each processing backend writes the ids it claimed (and the tables: a Citus
 //! shard group) to its own small file, `$PGDATA/pg_dialpad/inflight/<generation>-<database
 //! oid>-<pid>`, and
-//! empties it when its transaction ends (commit, abort or PREPARE) and removes it when it
+//! voids it when its transaction ends (commit, abort or PREPARE: one byte over the header)
+//! and removes it when it
 //! exits (FATAL included). No fsync: a backend crash does not lose the OS page cache. Only a
 //! real crash (or an immediate shutdown, or a power loss) leaves a file with ids in it.
 //!
@@ -50,6 +51,8 @@ pub(crate) const CULPRIT_ERROR: &str = "processing this event ended its backend 
      in a batch and then alone; dead-lettered (dialpad.retry_event() re-drives it)";
 
 const HEADER: &str = "pg_dialpad inflight 1";
+/// Written over the start of a record when its transaction ends: the header no longer reads.
+const CLEARED: &[u8] = b"-";
 
 /// An event that was in flight when a backend ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,7 +178,7 @@ struct Recovery {
 thread_local! {
     /// This backend's file and its path (opened at its first batch).
     static OWN: RefCell<Option<(std::fs::File, PathBuf)>> = const { RefCell::new(None) };
-    /// The file holds a record (to be emptied at the transaction's end).
+    /// The file holds a record (to be voided at the transaction's end).
     static DIRTY: Cell<bool> = const { Cell::new(false) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
     static RECOVERY: RefCell<Option<Recovery>> = const { RefCell::new(None) };
@@ -451,7 +454,10 @@ unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: 
     if DIRTY.with(|d| d.replace(false)) {
         OWN.with(|own| {
             if let Some((f, _)) = own.borrow().as_ref() {
-                let _ = f.set_len(0);
+                // The record is void once its header is: decode() reads nothing from it.
+                // One byte over the header costs a write to the page cache where truncating
+                // the file cost a metadata change per batch (ftruncate).
+                let _ = f.write_all_at(CLEARED, 0);
             }
         });
     }
@@ -499,6 +505,9 @@ mod tests {
     fn empty_torn_or_foreign_files_list_nothing() {
         assert_eq!(decode(""), None);
         let text = encode_batch(&Tables::whole(), &[1, 2, 3], false);
+        let mut cleared = text.clone().into_bytes();
+        cleared[..CLEARED.len()].copy_from_slice(CLEARED);
+        assert_eq!(decode(std::str::from_utf8(&cleared).unwrap()), None, "a cleared record is void");
         // no `end`: a record not wholly written
         assert_eq!(decode(&text[..text.len() - 4]), None);
         assert_eq!(decode("something else\nbatch\t1\nend\n"), None);

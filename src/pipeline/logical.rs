@@ -311,17 +311,25 @@ const SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[
 
 /// Refreshes the logical calls the current statement's legs belong to, as the owner of
 /// `calls` (a writer of legs needs no privilege on dialpad.logical_calls, as with a SECURITY
-/// DEFINER function) and with a pinned search_path.
-pub(crate) fn refresh_touched(calls: pg_sys::Oid) {
+/// DEFINER function) and with a pinned search_path; `plan_once` where the tables are plain
+/// PostgreSQL tables (not where Citus plans them).
+pub(crate) fn refresh_touched(calls: pg_sys::Oid, plan_once: bool) {
     let ids = take_touched();
     if ids.is_empty() {
         return;
     }
     // In slices, in id order (the lock order): a statement that wrote millions of legs (a
     // restore's COPY, a backfill) holds one slice of legs in memory at a time.
+    // `plan_once`: each statement is also planned once (generic, on the indexes SETTINGS
+    // leave); left to the plan cache, a statement given an array of one or two ids is
+    // planned again for every batch, as a custom plan looks cheaper than the generic one.
+    let once: &[(&std::ffi::CStr, &std::ffi::CStr)] =
+        if plan_once { &[(c"plan_cache_mode", c"force_generic_plan")] } else { &[] };
     let result = crate::pg::with_settings(SETTINGS, || {
-        crate::pg::as_owner_of(calls, || {
-            Spi::connect_mut(|client| ids.chunks(REFRESH_SLICE).try_for_each(|slice| refresh(client, slice)))
+        crate::pg::with_settings(once, || {
+            crate::pg::as_owner_of(calls, || {
+                Spi::connect_mut(|client| ids.chunks(REFRESH_SLICE).try_for_each(|slice| refresh(client, slice)))
+            })
         })
     });
     if let Err(e) = result {
