@@ -635,10 +635,9 @@ mod tests {
         }
     }
 
-    /// The generic plan of `sql` (a statement of a batch) for the arguments `args` of types
-    /// `types`, with the settings the processor runs it with.
-    fn batch_plan(sql: &str, types: &str, args: &str) -> String {
-        let rendered = crate::pipeline::tables::Target::render(&crate::pipeline::tables::Whole, sql);
+    /// The generic plan of `rendered` (a statement of a batch) for the arguments `args` of
+    /// types `types`, with the settings the processor runs it with.
+    fn batch_plan(rendered: &str, types: &str, args: &str) -> String {
         run(&format!("PREPARE dialpad_batch_statement({types}) AS {rendered}"));
         for (name, value) in crate::pipeline::batch::BATCH_PLAN_SETTINGS {
             run(&format!("SET LOCAL {} = {}", name.to_str().unwrap(), value.to_str().unwrap()));
@@ -658,8 +657,8 @@ mod tests {
     fn the_statements_of_every_batch_are_planned_once_on_their_indexes() {
         // Statistics that call every table empty (after install, or a TRUNCATE and VACUUM),
         // then 20,000 events in 30 daily partitions: each statement a batch runs every time
-        // is planned once, generic, and reads an index, never a whole table; the mark's plan
-        // keeps only the partition the batch came from when it starts.
+        // is planned once, generic, and reads an index, never a whole table; the mark runs on
+        // one partition, by its primary key.
         run("ANALYZE dialpad.webhook_events");
         run("ANALYZE dialpad.calls");
         run("INSERT INTO dialpad.webhook_events (payload, received_at)
@@ -667,20 +666,34 @@ mod tests {
                       now() - make_interval(days => i % 30)
                  FROM generate_series(1, 20000) i");
         run("SELECT count(*) FROM dialpad.run_maintenance()");
-        let mark = batch_plan(
-            crate::pipeline::batch::MARK_SQL,
-            "int8[], timestamptz, timestamptz",
-            "'{1,2}', now() - interval '1 hour', now()",
-        );
-        assert!(mark.contains("Subplans Removed"), "{mark}");
+        let today = text(
+            "SELECT tableoid::regclass::text FROM dialpad.webhook_events WHERE received_at >= now() - interval '1 hour' LIMIT 1",
+        )
+        .unwrap();
+        let mark = batch_plan(&crate::pipeline::batch::MARK_SQL.replace("{partition}", &today), "int8[]", "'{1,2}'");
+        assert!(mark.contains(&format!("Update on {}", today.rsplit('.').next().unwrap())), "{mark}");
         assert!(mark.contains("_pkey"), "{mark}");
         assert!(!mark.contains("Seq Scan"), "{mark}");
-        let history = batch_plan(crate::pipeline::batch::HISTORY_SQL, "int8[], int8[]", "'{1,2}', '{3}'");
+        let whole = |sql| crate::pipeline::tables::Target::render(&crate::pipeline::tables::Whole, sql);
+        let history = batch_plan(&whole(crate::pipeline::batch::HISTORY_SQL), "int8[], int8[]", "'{1,2}', '{3}'");
         assert!(history.contains("Index"), "{history}");
         assert!(!history.contains("Seq Scan"), "{history}");
-        let read = batch_plan(crate::pipeline::call_row::read_sql(), "int8[]", "'{1,2}'");
+        let read = batch_plan(&whole(crate::pipeline::call_row::read_sql()), "int8[]", "'{1,2}'");
         assert!(read.contains("calls_pkey"), "{read}");
         assert!(!read.contains("Seq Scan"), "{read}");
+        // A batch that claims from 30 partitions marks its events in every one of them
+        // (more partitions than the mark plans a backend keeps).
+        assert_eq!(one::<i32>("SELECT dialpad.process_events(300)"), Some(300));
+        assert_eq!(
+            text("SELECT count(*)::text || ' ' || count(DISTINCT tableoid)::text FROM dialpad.webhook_events WHERE processed_at IS NOT NULL OR attempts > 0").as_deref(),
+            Some("300 30")
+        );
+        assert_eq!(
+            one::<i64>(
+                "SELECT count(*) FROM dialpad.webhook_events WHERE processed_at IS NULL AND attempts = 0 AND id <= 300"
+            ),
+            Some(0)
+        );
     }
 
     #[pg_test]

@@ -66,6 +66,12 @@ pub(crate) fn replanned<T>(run: impl FnOnce() -> T) -> T {
     crate::pg::with_setting(c"plan_cache_mode", c"force_custom_plan", run)
 }
 
+/// Forgets the kept plan of `sql` for `variant` (one no longer wanted, or made for a table
+/// that is gone).
+pub(crate) fn forget_plan(sql: &'static str, variant: Variant) {
+    PLANS.with(|p| p.borrow_mut().remove(&(sql, variant)));
+}
+
 /// Forgets the kept plans (after the extension was dropped and re-created).
 pub(crate) fn forget_plans() {
     PLANS.with(|p| p.borrow_mut().clear());

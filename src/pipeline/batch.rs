@@ -63,11 +63,12 @@ impl BatchOutcome {
 /// The advisory lock namespace (`objsubid` in pg_locks): 'DP'.
 const LOCK_NAMESPACE: u16 = 0x4450;
 
-/// Claims due events in arrival order. The inbox is partitioned by received_at: every
-/// statement after the claim names the events by (id, received_at range), so that only the
-/// partitions the batch came from are planned, locked and scanned.
+/// Claims due events in arrival order, with the partition of each. The inbox is partitioned
+/// by received_at: the mark runs on each partition the batch came from, and the statements
+/// for failures and deferrals name the events by (id, received_at range), so that only the
+/// partitions the batch came from are locked and scanned.
 pub(crate) const CLAIM_SQL: &str = "\
-SELECT p.id, p.received_at, p.payload, p.source FROM {inbox} AS p
+SELECT p.id, p.received_at, p.payload, p.source, p.tableoid FROM {inbox} AS p
  WHERE p.processed_at IS NULL AND p.dead_at IS NULL
    AND p.id OPERATOR(pg_catalog.>=) $2
    AND (p.next_attempt_at IS NULL OR p.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())
@@ -78,7 +79,7 @@ SELECT p.id, p.received_at, p.payload, p.source FROM {inbox} AS p
 /// Claims one event, whether due or not (a suspect processed alone after a crash restart,
 /// see pipeline/inflight.rs). $1 is the limit (1), $2 the id.
 const CLAIM_ONE_SQL: &str = "\
-SELECT p.id, p.received_at, p.payload, p.source FROM {inbox} AS p
+SELECT p.id, p.received_at, p.payload, p.source, p.tableoid FROM {inbox} AS p
  WHERE p.id OPERATOR(pg_catalog.=) $2 AND p.processed_at IS NULL AND p.dead_at IS NULL
  LIMIT $1
    FOR UPDATE SKIP LOCKED";
@@ -107,12 +108,18 @@ pub(crate) const BATCH_PLAN_SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[
     (c"enable_seqscan", c"off"),
 ];
 
-/// Marks the claimed events handled, in the claim's transaction (failures and deferrals
-/// are given back below).
-pub(crate) const MARK_SQL: &str = "\
-UPDATE {inbox} SET processed_at = pg_catalog.now()
- WHERE id OPERATOR(pg_catalog.=) ANY ($1)
-   AND received_at OPERATOR(pg_catalog.>=) $2 AND received_at OPERATOR(pg_catalog.<=) $3";
+/// Marks the claimed events of one partition handled, in the claim's transaction (failures
+/// and deferrals are given back below): one statement per partition the batch claimed from
+/// (the claim returns each event's tableoid), run on the partition itself through a plan
+/// kept for it ([`mark`]). A plan over the partitioned inbox would either be made for every
+/// batch (pruned to the batch's partitions) or, kept, lock and set up every partition at
+/// each run, however many years of them retention keeps.
+pub(crate) const MARK_SQL: &str =
+    "UPDATE {partition} SET processed_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) ANY ($1)";
+
+/// How many partitions' mark plans a backend keeps (the least recently used goes first): a
+/// batch claims from today's partition, sometimes yesterday's or the DEFAULT partition.
+const MARK_PLANS_KEPT: usize = 8;
 
 pub(crate) const HISTORY_SQL: &str = "\
 SELECT id, payload, source FROM {inbox}
@@ -405,6 +412,7 @@ impl Batch {
         };
         let mut events = Vec::new();
         let mut received = (i64::MAX, i64::MIN);
+        let mut by_partition: Vec<(pg_sys::Oid, Vec<i64>)> = Vec::new();
         let table = crate::pg::with_settings(BATCH_PLAN_SETTINGS, || {
             run_kept_on(
                 client,
@@ -421,6 +429,11 @@ impl Batch {
             let at = row.get::<TimestampWithTimeZone>(2)?.map(|t| t.into_inner()).unwrap_or_default();
             let Some(payload) = row.get::<JsonbArg>(3)? else { continue };
             received = (received.0.min(at), received.1.max(at));
+            let partition = row.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid);
+            match by_partition.iter_mut().find(|(p, _)| *p == partition) {
+                Some((_, ids)) => ids.push(id),
+                None => by_partition.push((partition, vec![id])),
+            }
             events.push(Claimed::parse(id, payload, row.get(4)?));
         }
         let max_id = events.iter().map(|c| c.id).max();
@@ -436,16 +449,9 @@ impl Batch {
             // Before the dangerous work: a crash from here on leaves these ids on disk.
             super::inflight::record_batch(tables, &ids);
         }
-        crate::pg::with_settings(BATCH_PLAN_SETTINGS, || {
-            run_kept_on(
-                client,
-                tables,
-                MARK_SQL,
-                &[pg_sys::INT8ARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID],
-                None,
-                &[ids.into(), received.lower_arg(), received.upper_arg()],
-            )
-        })?;
+        for (partition, ids) in by_partition {
+            mark(client, partition, ids)?;
+        }
         let out = BatchOutcome { full: events.len() as i64 >= max_events as i64, ..BatchOutcome::default() };
         Ok(Some(Batch { n_claimed: events.len(), events, received, out, ..Batch::new(tables, false) }))
     }
@@ -954,6 +960,60 @@ struct Rejections {
     reason: Vec<String>,
 }
 
+thread_local! {
+    /// The partitions this backend keeps a mark plan for: (OID, qualified name, last use),
+    /// most recent last.
+    static MARK_PLANS: RefCell<Vec<(pg_sys::Oid, String)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Marks the claimed events `ids` of `partition` handled ([`MARK_SQL`]), through the plan
+/// kept for it: planned once, on its primary key whatever its statistics say. A plan is
+/// keyed by the partition's OID and kept with its name: should the OID name another table
+/// later (the partition dropped, the OID used again), the plan is made again.
+fn mark(client: &mut SpiClient<'_>, partition: pg_sys::Oid, ids: Vec<i64>) -> Result<(), pgrx::spi::Error> {
+    let Some(name) = crate::pg::partitions::qualified_name(partition) else {
+        // Cannot happen: the claim's row locks keep the partition from being dropped.
+        crate::pg::error::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("pg_dialpad: the partition (OID {}) of claimed events is gone", partition.to_u32()),
+            None,
+            None,
+        )
+    };
+    let variant = (0, i64::from(partition.to_u32()));
+    MARK_PLANS.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        if let Some(i) = kept.iter().position(|(oid, _)| *oid == partition) {
+            let (_, was) = kept.remove(i);
+            if was != name {
+                crate::pg::spi::forget_plan(MARK_SQL, variant);
+            }
+        } else if kept.len() >= MARK_PLANS_KEPT {
+            let (oldest, _) = kept.remove(0);
+            crate::pg::spi::forget_plan(MARK_SQL, (0, i64::from(oldest.to_u32())));
+        }
+        kept.push((partition, name.clone()));
+    });
+    // As the partition's owner: the processor's role (dialpad_worker) is granted UPDATE on
+    // the inbox, which covers its partitions only when they are reached through it. The
+    // rows are those the claim locked as that role through the inbox, and the statement
+    // names everything it uses by schema.
+    crate::pg::with_settings(BATCH_PLAN_SETTINGS, || {
+        crate::pg::as_owner_of(partition, || {
+            crate::pg::spi::run_kept_as(
+                client,
+                MARK_SQL,
+                variant,
+                || MARK_SQL.replace("{partition}", &name),
+                &[pg_sys::INT8ARRAYOID],
+                None,
+                &[ids.into()],
+            )
+        })
+    })?;
+    Ok(())
+}
+
 /// How many distinct calls one batch may hold locks on: a quarter of the shared lock table
 /// shared among the workers and one more processor, so that a large dialpad.batch_size never
 /// exhausts it (other sessions would fail with "out of shared memory").
@@ -978,7 +1038,6 @@ mod tests {
         let per_set = [
             CLAIM_SQL,
             CLAIM_ONE_SQL,
-            MARK_SQL,
             HISTORY_SQL,
             REJECTIONS_SQL,
             FAIL_SQL,

@@ -8,8 +8,8 @@
 //! dangerous work, each processing backend writes the ids it claimed (and the tables: a Citus
 //! shard group) to its own small file, `$PGDATA/pg_dialpad/inflight/<generation>-<database
 //! oid>-<pid>`, and
-//! voids it when its transaction ends (commit, abort or PREPARE: one byte over the header)
-//! and removes it when it
+//! voids it when its transaction ends (commit, abort or PREPARE: every byte of the record
+//! overwritten) and removes it when it
 //! exits (FATAL included). No fsync: a backend crash does not lose the OS page cache. Only a
 //! real crash (or an immediate shutdown, or a power loss) leaves a file with ids in it.
 //!
@@ -51,8 +51,8 @@ pub(crate) const CULPRIT_ERROR: &str = "processing this event ended its backend 
      in a batch and then alone; dead-lettered (dialpad.retry_event() re-drives it)";
 
 const HEADER: &str = "pg_dialpad inflight 1";
-/// Written over the start of a record when its transaction ends: the header no longer reads.
-const CLEARED: &[u8] = b"-";
+/// Written over every byte of a record when its transaction ends: nothing in it reads.
+const CLEARED: u8 = b'-';
 
 /// An event that was in flight when a backend ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +117,7 @@ fn parse_tables<'a>(mut f: impl Iterator<Item = &'a str>) -> Option<Tables> {
     Some(Tables { shard, inbox, calls, rejected, logical })
 }
 
-/// The suspects a file lists; None for an empty file (its backend's transaction ended) or one
+/// The suspects a file lists; None for a voided one (its backend's transaction ended) or one
 /// that is not a whole record (it ends at its first `end` line: what follows is the tail of a
 /// longer record overwritten in place).
 pub(crate) fn decode(text: &str) -> Option<Vec<Suspect>> {
@@ -178,8 +178,8 @@ struct Recovery {
 thread_local! {
     /// This backend's file and its path (opened at its first batch).
     static OWN: RefCell<Option<(std::fs::File, PathBuf)>> = const { RefCell::new(None) };
-    /// The file holds a record (to be voided at the transaction's end).
-    static DIRTY: Cell<bool> = const { Cell::new(false) };
+    /// How many bytes of records the file holds (to be voided at the transaction's end).
+    static DIRTY: Cell<usize> = const { Cell::new(0) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
     static RECOVERY: RefCell<Option<Recovery>> = const { RefCell::new(None) };
     static SAID_IO_ERROR: Cell<bool> = const { Cell::new(false) };
@@ -254,7 +254,7 @@ fn record(tables: &Tables, ids: &[i64], isolated: bool) {
             // Over the previous record (if the transaction had one): decode() stops at the
             // first `end`, so a longer tail left behind is never read.
             match f.write_all_at(text.as_bytes(), 0) {
-                Ok(()) => DIRTY.with(|d| d.set(true)),
+                Ok(()) => DIRTY.with(|d| d.set(d.get().max(text.len()))),
                 Err(e) => io_warning("write", &e),
             }
         }
@@ -451,13 +451,15 @@ unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: 
     ) {
         return;
     }
-    if DIRTY.with(|d| d.replace(false)) {
+    let written = DIRTY.with(|d| d.replace(0));
+    if written > 0 {
         OWN.with(|own| {
             if let Some((f, _)) = own.borrow().as_ref() {
-                // The record is void once its header is: decode() reads nothing from it.
-                // One byte over the header costs a write to the page cache where truncating
-                // the file cost a metadata change per batch (ftruncate).
-                let _ = f.write_all_at(CLEARED, 0);
+                // Every byte of the record overwritten: decode() reads nothing from it, and
+                // a later record torn by a crash mid-write has no `end` after it, as in an
+                // empty file. A write to the page cache, where truncating the file cost a
+                // metadata change per batch (ftruncate).
+                let _ = f.write_all_at(&vec![CLEARED; written], 0);
             }
         });
     }
@@ -505,9 +507,11 @@ mod tests {
     fn empty_torn_or_foreign_files_list_nothing() {
         assert_eq!(decode(""), None);
         let text = encode_batch(&Tables::whole(), &[1, 2, 3], false);
-        let mut cleared = text.clone().into_bytes();
-        cleared[..CLEARED.len()].copy_from_slice(CLEARED);
-        assert_eq!(decode(std::str::from_utf8(&cleared).unwrap()), None, "a cleared record is void");
+        let cleared = String::from_utf8(vec![CLEARED; text.len()]).unwrap();
+        assert_eq!(decode(&cleared), None, "a voided record is void");
+        // a record torn by a crash over a voided one: no `end`
+        let torn = format!("{}{}", &text[..text.len() / 2], &cleared[text.len() / 2..]);
+        assert_eq!(decode(&torn), None, "a torn record over a voided one");
         // no `end`: a record not wholly written
         assert_eq!(decode(&text[..text.len() - 4]), None);
         assert_eq!(decode("something else\nbatch\t1\nend\n"), None);
