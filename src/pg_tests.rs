@@ -600,26 +600,9 @@ mod tests {
     /// The claim's plans, with the settings the processor runs it with, from the lowest id
     /// and from a floor.
     fn claim_plans() -> Vec<String> {
-        run(&format!(
-            "PREPARE dialpad_claim(int4, int8) AS {}",
-            crate::pipeline::tables::Target::render(&crate::pipeline::tables::Whole, crate::pipeline::batch::CLAIM_SQL)
-        ));
-        for (name, value) in crate::pipeline::batch::BATCH_PLAN_SETTINGS {
-            run(&format!("SET LOCAL {} = {}", name.to_str().unwrap(), value.to_str().unwrap()));
-        }
-        let mut plans = Vec::new();
-        for from in [0, 15_000] {
-            let plan = Spi::connect(|c| {
-                c.select(&format!("EXPLAIN EXECUTE dialpad_claim(50, {from})"), None, &[])
-                    .unwrap()
-                    .map(|r| r.get::<String>(1).unwrap().unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            });
-            plans.push(plan);
-        }
-        run("DEALLOCATE dialpad_claim");
-        plans
+        let claim =
+            crate::pipeline::tables::Target::render(&crate::pipeline::tables::Whole, crate::pipeline::batch::CLAIM_SQL);
+        [0, 15_000].iter().map(|from| batch_plan(&claim, "int4, int8", &format!("50, {from}"))).collect()
     }
 
     /// A claim plan that walks the pending indexes in id order, never a table, never sorting.
