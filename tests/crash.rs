@@ -244,3 +244,55 @@ fn process_events_sessions_killed_on_an_event_dead_letter_it_after_two_crashes()
     drop(holder);
     assert_settled_after_two_crashes(&cluster, &mut c, culprit, processed, kills);
 }
+
+/// After every restart the first processor reads the in-flight files of the lifetime before
+/// (pipeline/inflight.rs). A dialpad.process_events() that came while the worker read them
+/// returned 0 with events due (a flaky CI run showed it: a drain loop would stop there); it
+/// now waits the moment that takes. Made long and certain here: many stale files of the
+/// worker's database, and the process_events() in another database, whose events the
+/// worker never takes.
+#[test]
+fn process_events_waits_while_another_processor_reads_the_in_flight_files() {
+    let cluster = Cluster::start("inflightscan", &["dialpad.workers = 1", "dialpad.poll_interval = '100ms'"]);
+    let mut c = cluster.ready();
+    c.batch_execute("CREATE DATABASE other").unwrap();
+    // The worker's first batch makes the directory, owned by the server.
+    c.batch_execute(
+        "INSERT INTO dialpad.webhook_events (payload) SELECT payload FROM pg_temp.dialpad_sample_events(1)",
+    )
+    .unwrap();
+    wait_until(&mut c, "SELECT pending = 0 FROM dialpad.queue_stats", 30);
+    let database: u32 = c.query_one("SELECT oid FROM pg_database WHERE datname = 'postgres'", &[]).unwrap().get(0);
+    let mut other = cluster.connect_db("other");
+    other.batch_execute("CREATE EXTENSION pg_dialpad").unwrap();
+    other
+        .batch_execute(
+            r#"INSERT INTO dialpad.webhook_events (payload)
+               SELECT pg_catalog.jsonb_build_object('call_id', i, 'state', 'ringing', 'event_timestamp', 1000)
+                 FROM pg_catalog.generate_series(1, 20) AS i"#,
+        )
+        .unwrap();
+    drop((c, other));
+    cluster.pg_ctl_stop("fast");
+    // Stale files of the worker's database (generation 1 is no server lifetime of now):
+    // empty, so they list no suspect, only take reading.
+    let dir = cluster.data().join("pg_dialpad/inflight");
+    assert!(dir.is_dir(), "the worker made {}", dir.display());
+    for pid in 0..150_000 {
+        std::fs::File::create(dir.join(format!("1-{database}-{pid}"))).unwrap();
+    }
+    cluster.pg_ctl_start();
+    let mut c = reconnect(&cluster);
+    wait_until(&mut c, "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", 30);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut other = cluster.connect_db("other");
+    let reading = std::fs::read_dir(&dir).unwrap().count() > 100_000;
+    let handled: i32 = other.query_one("SELECT dialpad.process_events()", &[]).unwrap().get(0);
+    assert!(reading, "the files were still being read when process_events() was called");
+    assert_eq!(handled, 20, "process_events() handled the due events of its database");
+    assert_eq!(count(&mut other, "SELECT count(*) FROM dialpad.calls"), 20);
+    // The files read are gone, and nothing was taken for a suspect.
+    wait_until(&mut c, "SELECT pending = 0 FROM dialpad.queue_stats", 30);
+    assert!(std::fs::read_dir(&dir).unwrap().count() < 10, "the stale files are removed");
+    assert!(!cluster.log().contains("were being processed when a backend ended"), "{}", cluster.log());
+}

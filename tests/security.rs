@@ -332,7 +332,7 @@ fn hostile_objects_on_the_search_path_change_nothing() {
            SELECT dialpad.retry_dead_events();"#,
     )
     .unwrap();
-    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE status OPERATOR(pg_catalog.=) 'missed' AND direction OPERATOR(pg_catalog.=) 'inbound'"), 1);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM dialpad.calls WHERE status OPERATOR(pg_catalog.=) 'missed' AND direction OPERATOR(pg_catalog.=) 'inbound'"), 1, "{}", cluster.log());
     // the worker lives with the same database default search_path
     c.batch_execute(r#"SELECT dialpad.ingest_webhook('{"call_id": 2, "state": "ringing", "event_timestamp": 1000}')"#)
         .unwrap();

@@ -59,7 +59,7 @@ pub(crate) struct Shared {
     /// 0 until the first processor sets it; every crash restart zeroes it again.
     pub inflight_generation: AtomicI64,
     /// The recovery of the batches a crash left in flight (pipeline/inflight.rs): the pid of
-    /// the backend doing a recovery step now, or 0.
+    /// the backend doing a recovery step now, minus that pid while it reads the files, or 0.
     pub inflight_recovery: AtomicI32,
     /// The databases (OIDs) with nothing left to recover in this server lifetime.
     pub inflight_clean: [std::sync::atomic::AtomicU32; 16],

@@ -16,9 +16,11 @@
 //! Shared memory is zeroed by every crash restart: its generation (set by the first processor
 //! of a server lifetime) tells the files of the lifetime before ("stale") from those of live
 //! backends. The first processor of a database after a restart (a worker or
-//! `dialpad.process_events()`) reads its database's stale files: their ids are suspects.
-//! Until every suspect is dealt with, one transaction at a time (any backend's) does a
-//! recovery step and the other processors wait:
+//! `dialpad.process_events()`) reads its database's stale files: their ids are suspects
+//! (the other processors wait the moment that takes, so that a process_events() never
+//! returns 0 for it while events are due). Until every suspect is dealt with, one
+//! transaction at a time (any backend's) does a recovery step and the other processors
+//! skip their batch:
 //! - a suspect that a file lists as `isolated` (the backend that crashed was processing it
 //!   alone) is the culprit: it is dead-lettered (dead_at, attempts + 1, last_error
 //!   [`CULPRIT_ERROR`]) in the step's transaction;
@@ -285,11 +287,24 @@ fn next_step() -> Step {
         match s.inflight_recovery.load(Ordering::Acquire) {
             r if r == me => break,
             0 => {
-                if s.inflight_recovery.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                // Owned while the files are read, as -pid: see below.
+                if s.inflight_recovery.compare_exchange(0, -me, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                     break;
                 }
             }
-            r if crate::pg::process_alive(r) => return Step::Wait,
+            r if r < 0 && r != -me && crate::pg::process_alive(-r) => {
+                // Another processor is reading the files, which most often hold nothing
+                // (every first batch of a server lifetime): a moment, waited out as a lock
+                // is (interrupts and statement_timeout apply). Sent away meanwhile, a
+                // process_events() would return 0 with events due, and end a drain loop
+                // early.
+                check_for_interrupts!();
+                std::thread::sleep(SCAN_POLL);
+                if clean(s, database()) {
+                    return Step::Normal;
+                }
+            }
+            r if crate::pg::process_alive(r.abs()) && r != -me => return Step::Wait,
             r => {
                 let _ = s.inflight_recovery.compare_exchange(r, 0, Ordering::AcqRel, Ordering::Acquire);
             }
@@ -299,14 +314,18 @@ fn next_step() -> Step {
     let step = RECOVERY.with(|rc| {
         let mut rc = rc.borrow_mut();
         let rec = rc.get_or_insert_with(|| scan(generation(s), database()));
-        if rec.stepped {
-            return Some(Step::Wait);
-        }
-        match rec.left.pop_front() {
-            None => None,
-            Some(x) if x.culprit => Some(Step::DeadLetter(x.tables, x.id)),
-            Some(x) => Some(Step::Isolate(x.tables, x.id)),
-        }
+        let step = if rec.stepped {
+            Step::Wait
+        } else {
+            match rec.left.pop_front() {
+                None => return None,
+                Some(x) if x.culprit => Step::DeadLetter(x.tables, x.id),
+                Some(x) => Step::Isolate(x.tables, x.id),
+            }
+        };
+        // A step to do: owned as pid until this transaction ends (finish).
+        let _ = s.inflight_recovery.compare_exchange(-me, me, Ordering::AcqRel, Ordering::Acquire);
+        Some(step)
     });
     step.unwrap_or_else(|| {
         // Nothing (left) to recover: the database is clean from now on, and the other
@@ -318,6 +337,9 @@ fn next_step() -> Step {
         Step::Normal
     })
 }
+
+/// How often a processor looks again while another reads the in-flight files.
+const SCAN_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Reads the stale files of `database`.
 fn scan(generation: i64, database: u32) -> Recovery {
@@ -422,7 +444,7 @@ fn finish(rec: Recovery) {
         if let Err(e) = written {
             // The files read stay: re-reading them is idempotent.
             io_warning("write the suspects left", &e);
-            let _ = s.inflight_recovery.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
+            release(s, me);
             return;
         }
     }
@@ -432,7 +454,14 @@ fn finish(rec: Recovery) {
     if done {
         set_clean(s, database());
     }
-    let _ = s.inflight_recovery.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
+    release(s, me);
+}
+
+/// Gives the recovery up, whether this backend was reading the files (-pid) or stepping.
+fn release(s: &shmem::Shared, me: i32) {
+    for owner in [me, -me] {
+        let _ = s.inflight_recovery.compare_exchange(owner, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
 }
 
 /// # Safety
@@ -480,8 +509,7 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     });
     RECOVERY.with(|rc| rc.borrow_mut().take());
     if let Some(s) = shmem::get() {
-        let me = crate::pg::my_pid();
-        let _ = s.inflight_recovery.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
+        release(s, crate::pg::my_pid());
     }
 }
 
