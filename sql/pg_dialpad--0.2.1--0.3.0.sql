@@ -948,3 +948,12 @@ SELECT i.inhparent::pg_catalog.regclass AS parent,
   LEFT JOIN LATERAL dialpad.partition_bounds(c.oid) AS b ON true
  WHERE i.inhparent OPERATOR(pg_catalog.=) ANY (ARRAY['dialpad.webhook_events'::pg_catalog.regclass,
                                                     'dialpad.rejected_transitions'::pg_catalog.regclass]);
+
+-- ---------------------------------------------------------------------------------------------
+-- No GIN index on dialpad.calls.raw_payload (issue 23): every event rewrote the call's
+-- entries, its pending-list cleanup stalled the worker for tens of milliseconds (the p99
+-- of delivery -> call row), and it kept call updates from being HOT. The full events stay
+-- in webhook_events, found by call_id; a DBA who queries raw_payload with @> creates an
+-- index of their own (CHANGELOG.md).
+-- ---------------------------------------------------------------------------------------------
+DROP INDEX dialpad.calls_raw_payload;

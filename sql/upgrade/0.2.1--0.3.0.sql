@@ -225,3 +225,12 @@ ALTER FUNCTION dialpad.partition_bounds(oid) SET search_path = pg_catalog, pg_te
 -- @copy finalize.sql: COMMENT ON FUNCTION dialpad.partition_bounds(oid) IS
 
 -- @copy-or-replace maintenance.sql: CREATE VIEW dialpad.partitions WITH (security_invoker = true) AS
+
+-- ---------------------------------------------------------------------------------------------
+-- No GIN index on dialpad.calls.raw_payload (issue 23): every event rewrote the call's
+-- entries, its pending-list cleanup stalled the worker for tens of milliseconds (the p99
+-- of delivery -> call row), and it kept call updates from being HOT. The full events stay
+-- in webhook_events, found by call_id; a DBA who queries raw_payload with @> creates an
+-- index of their own (CHANGELOG.md).
+-- ---------------------------------------------------------------------------------------------
+DROP INDEX dialpad.calls_raw_payload;
