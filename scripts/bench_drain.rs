@@ -1,7 +1,8 @@
 //! The drain figure on a DEFAULT-configuration cluster (issue 23): one preloaded worker
 //! draining a backlog of Dialpad-shaped events, against `dialpad.process_events()` called in a
-//! loop from a session on the same cluster and events, and against the 0.1.0 worker (its
-//! release package) on the same events, in the same run.
+//! loop from a session on the same cluster and events, against the set-based write-only
+//! reference of scripts/bench_reference.sql (this build only), and against the 0.1.0 worker
+//! (its release package) on the same events, in the same run.
 //!
 //! Each build gets a fresh cluster with nothing but what pg_dialpad needs to run:
 //! shared_preload_libraries = 'pg_dialpad', dialpad.workers = 1, dialpad.enabled = off until
@@ -60,6 +61,10 @@ impl Build {
                  ANALYZE public.drain_events;"
             ),
         );
+        if package.is_none() {
+            // The set-based write-only reference (scripts/bench_reference.sql), for this build.
+            exec(&mut c, REFERENCE_SQL);
+        }
         let events = count(&mut c, "SELECT count(*) FROM public.drain_events");
         Build { name: name.into(), _install: install, cluster, c, events }
     }
@@ -104,14 +109,26 @@ impl Build {
     /// Events per second of `dialpad.process_events()` (its default batch, the worker's)
     /// called in a loop from this session, one transaction each, the worker off.
     fn function_rate(&mut self) -> f64 {
+        self.sql_rate("dialpad.process_events()")
+    }
+
+    /// Events per second of the set-based write-only reference (the same claim, the newest
+    /// event of each call upserted into dialpad.calls, no rules, no sanitizing), 500 events
+    /// a statement as the worker's batches, called in a loop, the worker off.
+    fn reference_rate(&mut self) -> f64 {
+        self.sql_rate("bench.process_events_ceiling(500)")
+    }
+
+    fn sql_rate(&mut self, call: &str) -> f64 {
         self.set_enabled(false);
         std::thread::sleep(Duration::from_millis(300));
         self.load();
+        let sql = format!("SELECT {call}");
         let t = Instant::now();
-        while self.c.query_one("SELECT dialpad.process_events()", &[]).unwrap().get::<_, i32>(0) > 0 {}
+        while self.c.query_one(&sql, &[]).unwrap().get::<_, i32>(0) > 0 {}
         let rate = self.events as f64 / t.elapsed().as_secs_f64();
         let pending: bool = self.c.query_one(PENDING_SQL, &[]).unwrap().get(0);
-        assert!(!pending, "{}: process_events() left events pending", self.name);
+        assert!(!pending, "{}: {call} left events pending", self.name);
         rate
     }
 }
@@ -151,6 +168,7 @@ pub(crate) fn drain_bench(report: &mut Report, runs: usize) {
     // touches all of them.
     let mut worker: Vec<Vec<f64>> = vec![Vec::new(); builds.len()];
     let mut function: Vec<Vec<f64>> = vec![Vec::new(); builds.len()];
+    let mut reference = Vec::new();
     let mut events = 0;
     for round in 0..runs {
         for (i, (name, package)) in builds.iter().enumerate() {
@@ -159,6 +177,11 @@ pub(crate) fn drain_bench(report: &mut Report, runs: usize) {
             let w = b.worker_rate();
             let f = b.function_rate();
             println!("drain round {round}: {name:<12} worker {w:>8.0} events/s   process_events() {f:>8.0} events/s   ({:.2}×)", w / f);
+            if package.is_none() {
+                let r = b.reference_rate();
+                println!("drain round {round}: {name:<12} set-based write-only reference {r:>8.0} events/s   (worker {:.2}×)", w / r);
+                reference.push(r);
+            }
             worker[i].push(w);
             function[i].push(f);
             if std::env::var("BENCH_DRAIN_DEBUG").as_deref() == Ok("1") {
@@ -183,6 +206,17 @@ pub(crate) fn drain_bench(report: &mut Report, runs: usize) {
             format!("{:.2}×", w[i] / f[i]),
             if Some(i) == this { "≥ 1.0×" } else { "" },
             (Some(i) == this).then_some(w[i] / f[i] >= 1.0),
+        );
+    }
+    if let (Some(t), false) = (this, reference.is_empty()) {
+        let r = median(reference);
+        report.add(
+            "default config: 1 worker drain vs the set-based write-only reference",
+            eps(w[t]),
+            format!("reference {}", eps(r)),
+            format!("{:.2}×", w[t] / r),
+            "≥ 1.2×",
+            Some(w[t] / r >= 1.2),
         );
     }
     let last_at = last.as_ref().and_then(|(v, _)| builds.iter().position(|(n, _)| n == v));
@@ -210,6 +244,8 @@ pub(crate) fn drain_bench(report: &mut Report, runs: usize) {
         "Drain on a default-configuration cluster (shared_buffers 128 MB, autovacuum on, fsync on; only \
          shared_preload_libraries, dialpad.workers = 1): {events} events of {calls} calls loaded pending, then drained by \
          one worker (timed from outside, from enabling it to nothing pending) or by dialpad.process_events() in a loop \
-         from a session; each build on a fresh cluster; medians of {runs} runs."
+         from a session; for this build also by the set-based write-only reference of scripts/bench_reference.sql \
+         (the same claim, the newest event of each call upserted, no rules, no sanitizing; 500 events a statement); \
+         each build on a fresh cluster; medians of {runs} runs."
     ));
 }

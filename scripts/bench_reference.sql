@@ -153,9 +153,12 @@ END
 $$;
 
 -- The ceiling: the same claim and the same calls writes (newest event per call), set-based,
--- with no rules and no sanitizing.
+-- with no rules and no sanitizing. The claim is planned as the worker's is, on the pending
+-- index: left to itself, on statistics taken while every event was pending, the planner
+-- walks the primary key with an incremental sort, past every event already processed, and
+-- the reference slows from 28 ms to 117 ms a statement over a drain of 80,000 events.
 CREATE OR REPLACE FUNCTION bench.process_events_ceiling(max_events integer) RETURNS integer
-LANGUAGE sql AS $$
+LANGUAGE sql SET enable_incremental_sort = off AS $$
 WITH claimed AS (
     UPDATE dialpad.webhook_events w SET processed_at = now()
      WHERE w.id = ANY (ARRAY(
