@@ -956,4 +956,4 @@ SELECT i.inhparent::pg_catalog.regclass AS parent,
 -- in webhook_events, found by call_id; a DBA who queries raw_payload with @> creates an
 -- index of their own (CHANGELOG.md).
 -- ---------------------------------------------------------------------------------------------
-DROP INDEX dialpad.calls_raw_payload;
+DROP INDEX IF EXISTS dialpad.calls_raw_payload;

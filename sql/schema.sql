@@ -393,9 +393,9 @@ $$;
 -- then. At 2% autovacuum keeps up with the traffic; the insert threshold keeps the
 -- visibility map (index-only scans, anti-wraparound freezing) of the append-mostly inbox
 -- current. No fillfactor: the inbox cannot use HOT updates (processing changes a column of
--- the pending index's predicate); a call update can (no index covers the columns an event
--- changes), and pruning the row's previous versions makes room for it in its page: a
--- fillfactor of 75 saved nothing measurable on a stream of deliveries.
+-- the pending index's predicate); most call updates can (no index covers the columns an
+-- event usually changes), and pruning the row's previous versions makes room for them in
+-- its page: a fillfactor of 75 saved nothing measurable on a stream of deliveries.
 ALTER TABLE dialpad.webhook_events_default SET (
     autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
     autovacuum_vacuum_insert_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);

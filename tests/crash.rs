@@ -283,16 +283,30 @@ fn process_events_waits_while_another_processor_reads_the_in_flight_files() {
     }
     cluster.pg_ctl_start();
     let mut c = reconnect(&cluster);
+    // process_events() is called once the worker is reading the directory (it has it open).
     wait_until(&mut c, "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_dialpad worker'", 30);
-    std::thread::sleep(Duration::from_millis(100));
+    let worker = worker_pids(&mut c)[0];
     let mut other = cluster.connect_db("other");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .map(|fds| {
+            fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to.ends_with("pg_dialpad/inflight")))
+        })
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "the worker never read the in-flight files");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let reading = std::fs::read_dir(&dir).unwrap().count() > 100_000;
     let handled: i32 = other.query_one("SELECT dialpad.process_events()", &[]).unwrap().get(0);
     assert!(reading, "the files were still being read when process_events() was called");
     assert_eq!(handled, 20, "process_events() handled the due events of its database");
     assert_eq!(count(&mut other, "SELECT count(*) FROM dialpad.calls"), 20);
     // The files read are gone, and nothing was taken for a suspect.
-    wait_until(&mut c, "SELECT pending = 0 FROM dialpad.queue_stats", 30);
-    assert!(std::fs::read_dir(&dir).unwrap().count() < 10, "the stale files are removed");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&dir).unwrap().count() >= 10 {
+        assert!(Instant::now() < deadline, "the stale files are removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(!cluster.log().contains("were being processed when a backend ended"), "{}", cluster.log());
 }

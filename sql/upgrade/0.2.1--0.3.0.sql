@@ -233,4 +233,4 @@ ALTER FUNCTION dialpad.partition_bounds(oid) SET search_path = pg_catalog, pg_te
 -- in webhook_events, found by call_id; a DBA who queries raw_payload with @> creates an
 -- index of their own (CHANGELOG.md).
 -- ---------------------------------------------------------------------------------------------
-DROP INDEX dialpad.calls_raw_payload;
+DROP INDEX IF EXISTS dialpad.calls_raw_payload;

@@ -173,6 +173,9 @@ struct Recovery {
     /// The stale files read (removed once what is left is written elsewhere).
     files: Vec<PathBuf>,
     left: VecDeque<Suspect>,
+    /// The suspects taken from `left` in this transaction: back to its front if the
+    /// transaction aborts (a step that did not commit dealt with nothing).
+    taken: Vec<Suspect>,
     /// A step was done in this transaction: one per transaction.
     stepped: bool,
 }
@@ -317,10 +320,12 @@ fn next_step() -> Step {
         let step = if rec.stepped {
             Step::Wait
         } else {
-            match rec.left.pop_front() {
-                None => return None,
-                Some(x) if x.culprit => Step::DeadLetter(x.tables, x.id),
-                Some(x) => Step::Isolate(x.tables, x.id),
+            let x = rec.left.pop_front()?;
+            rec.taken.push(x.clone());
+            if x.culprit {
+                Step::DeadLetter(x.tables, x.id)
+            } else {
+                Step::Isolate(x.tables, x.id)
             }
         };
         // A step to do: owned as pid until this transaction ends (finish).
@@ -369,7 +374,7 @@ fn scan(generation: i64, database: u32) -> Recovery {
             left.len()
         );
     }
-    Recovery { files, left: left.into(), stepped: false }
+    Recovery { files, left: left.into(), taken: Vec::new(), stepped: false }
 }
 
 fn mark_stepped() {
@@ -492,8 +497,18 @@ unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: 
             }
         });
     }
-    if let Some(rec) = RECOVERY.with(|rc| rc.borrow_mut().take()) {
+    if let Some(mut rec) = RECOVERY.with(|rc| rc.borrow_mut().take()) {
+        if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT) {
+            for x in rec.taken.drain(..).rev() {
+                rec.left.push_front(x);
+            }
+        }
         finish(rec);
+    }
+    // Whatever happened in between (an error while the files were read: a cancel acted on
+    // at the LOG line of scan()), the recovery is not this backend's after its transaction.
+    if let Some(s) = shmem::get() {
+        release(s, crate::pg::my_pid());
     }
 }
 
