@@ -612,3 +612,32 @@ fn security_definer_functions_are_granted_only_where_needed_and_pin_search_path(
         );
     }
 }
+
+#[test]
+fn errors_carry_no_rust_backtrace_even_when_the_server_has_rust_backtrace_set() {
+    let cluster = Cluster::start("backtrace", &["dialpad.workers = 0"]);
+    cluster.ready();
+    cluster.pg_ctl_stop("fast");
+    cluster.pg_ctl_start_with_env(&[("RUST_BACKTRACE", "1")]);
+    let mut c = cluster.ready();
+    let postmaster = std::fs::read_to_string(cluster.data().join("postmaster.pid")).unwrap();
+    let environ = std::fs::read(format!("/proc/{}/environ", postmaster.lines().next().unwrap())).unwrap();
+    assert!(environ.split(|&b| b == 0).any(|v| v == b"RUST_BACKTRACE=1"), "the server runs with RUST_BACKTRACE=1");
+
+    let detail = |r: Result<Vec<postgres::Row>, postgres::Error>| -> (String, Option<String>) {
+        let e = r.expect_err("an error");
+        let db = e.as_db_error().expect("a server error");
+        (db.code().code().to_string(), db.detail().map(str::to_string))
+    };
+    // PostgreSQL's own error, raised in the planner (the constant folded under our hook).
+    let (code, d) = detail(c.query("SELECT $1::text::jsonb", &[&"x"]));
+    assert_eq!((code.as_str(), d.as_deref()), ("22P02", Some(r#"Token "x" is invalid."#)));
+    // Our own errors, raised from Rust, with and without a detail.
+    let (code, d) = detail(c.query("SELECT dialpad.sanitize_call_payload('{}', max_bytes => 1)", &[]));
+    assert_eq!((code.as_str(), d.as_deref()), ("22023", None));
+    let (code, d) = detail(c.query("SELECT dialpad.ingest_webhook($1)", &[&"{not json"]));
+    assert_eq!(code, "22P02");
+    assert!(d.as_deref().is_none_or(|d| !d.contains("pgrx") && !d.contains(".rs:")), "{d:?}");
+    // Nor in the server log, which has each error with its detail.
+    assert!(!cluster.log().contains("pgrx_pg_sys"), "{}", cluster.log());
+}

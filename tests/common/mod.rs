@@ -26,15 +26,20 @@ fn is_root() -> bool {
 
 /// Runs a command as the postgres OS user when we are root.
 fn as_postgres(program: &Path, args: &[&str]) -> Command {
-    if is_root() {
+    as_postgres_with_env(program, args, &[])
+}
+
+/// [`as_postgres`] with these variables in the command's environment (sudo resets it).
+fn as_postgres_with_env(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = if is_root() {
         let mut c = Command::new("sudo");
-        c.arg("-u").arg("postgres").arg("--").arg(program).args(args);
+        c.arg("-u").arg("postgres").arg("--").arg("env");
         c
     } else {
-        let mut c = Command::new(program);
-        c.args(args);
-        c
-    }
+        Command::new("env")
+    };
+    c.args(env.iter().map(|(k, v)| format!("{k}={v}"))).arg(program).args(args);
+    c
 }
 
 fn check(mut cmd: Command, what: &str) -> String {
@@ -276,8 +281,13 @@ impl Cluster {
     }
 
     pub fn pg_ctl_start(&self) {
+        self.pg_ctl_start_with_env(&[]);
+    }
+
+    /// Starts the server with these variables in its environment.
+    pub fn pg_ctl_start_with_env(&self, env: &[(&str, &str)]) {
         check(
-            as_postgres(
+            as_postgres_with_env(
                 &self.bin.join("pg_ctl"),
                 &[
                     "-D",
@@ -289,6 +299,7 @@ impl Cluster {
                     "60",
                     "start",
                 ],
+                env,
             ),
             "pg_ctl start",
         );
