@@ -13,7 +13,7 @@ use crate::domain::batch::{self as decide, AdaptiveLimit};
 use crate::domain::event::{CallEvent, EventError};
 use crate::domain::fold::{fold_events_by_call, Folded};
 use crate::domain::sanitize::{self, Limits};
-use crate::domain::scan_floor::ScanFloor;
+use crate::domain::scan_floor::{ScanFloor, Start};
 use crate::domain::transitions::RuleSet;
 use crate::pg::datum::JsonbArg;
 use crate::pg::spi::{in_subtransaction, replanned, run_kept};
@@ -66,21 +66,24 @@ const LOCK_NAMESPACE: u16 = 0x4450;
 /// Claims due events in arrival order, with the partition of each. The inbox is partitioned
 /// by received_at: the mark runs on each partition the batch came from, and the statements
 /// for failures and deferrals name the events by (id, received_at range), so that only the
-/// partitions the batch came from are locked and scanned.
+/// partitions the batch came from are locked and scanned. $2 and $3 are where the claim
+/// starts (domain/scan_floor.rs): the lowest id, and the lowest received_at, which prunes
+/// the older partitions when the plan starts (-infinity: none).
 pub(crate) const CLAIM_SQL: &str = "\
 SELECT p.id, p.received_at, p.payload, p.source, p.tableoid FROM {inbox} AS p
  WHERE p.processed_at IS NULL AND p.dead_at IS NULL
-   AND p.id OPERATOR(pg_catalog.>=) $2
+   AND p.id OPERATOR(pg_catalog.>=) $2 AND p.received_at OPERATOR(pg_catalog.>=) $3
    AND (p.next_attempt_at IS NULL OR p.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())
  ORDER BY p.id, p.received_at
  LIMIT $1
    FOR UPDATE SKIP LOCKED";
 
 /// Claims one event, whether due or not (a suspect processed alone after a crash restart,
-/// see pipeline/inflight.rs). $1 is the limit (1), $2 the id.
+/// see pipeline/inflight.rs). $1 is the limit (1), $2 the id, $3 -infinity.
 const CLAIM_ONE_SQL: &str = "\
 SELECT p.id, p.received_at, p.payload, p.source, p.tableoid FROM {inbox} AS p
  WHERE p.id OPERATOR(pg_catalog.=) $2 AND p.processed_at IS NULL AND p.dead_at IS NULL
+   AND p.received_at OPERATOR(pg_catalog.>=) $3
  LIMIT $1
    FOR UPDATE SKIP LOCKED";
 
@@ -405,10 +408,17 @@ impl Batch {
         max_events: i32,
         scan: Scan,
     ) -> Result<Option<Batch>, pgrx::spi::Error> {
-        let (claim_sql, from) = match scan {
-            Scan::Full => (CLAIM_SQL, 0),
+        let (claim_sql, start) = match scan {
+            Scan::Full => (CLAIM_SQL, Start::FULL),
             Scan::FromFloor => (CLAIM_SQL, with_floor(tables, |f| f.start(std::time::Instant::now()))),
-            Scan::Only(id) => (CLAIM_ONE_SQL, id),
+            Scan::Only(id) => (CLAIM_ONE_SQL, Start { id, received_at: None }),
+        };
+        let from = start.id;
+        let received_from = match start.received_at {
+            Some(us) => {
+                TimestampWithTimeZone::try_from(us).unwrap_or_else(|_| TimestampWithTimeZone::negative_infinity())
+            }
+            None => TimestampWithTimeZone::negative_infinity(),
         };
         let mut events = Vec::new();
         let mut received = (i64::MAX, i64::MIN);
@@ -418,9 +428,9 @@ impl Batch {
                 client,
                 tables,
                 claim_sql,
-                &[pg_sys::INT4OID, pg_sys::INT8OID],
+                &[pg_sys::INT4OID, pg_sys::INT8OID, pg_sys::TIMESTAMPTZOID],
                 None,
-                &[max_events.into(), from.into()],
+                &[max_events.into(), from.into(), received_from.into()],
             )
         })?;
         for row in table {
@@ -436,9 +446,9 @@ impl Batch {
             }
             events.push(Claimed::parse(id, payload, row.get(4)?));
         }
-        let max_id = events.iter().map(|c| c.id).max();
+        let claimed = events.iter().map(|c| c.id).max().map(|id| (id, received.0));
         if !matches!(scan, Scan::Only(_)) {
-            with_floor(tables, |f| f.claimed(std::time::Instant::now(), from, max_id));
+            with_floor(tables, |f| f.claimed(std::time::Instant::now(), from, claimed));
         }
         if events.is_empty() {
             return Ok(None);
