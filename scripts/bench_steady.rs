@@ -241,11 +241,39 @@ pub(crate) fn steady_bench(report: &mut Report, runs: usize) {
         "p50 ≤ 5 ms, p99 ≤ 20 ms",
         Some(p50 <= 5.0 && p99 <= 20.0),
     );
+    // A year of daily partitions (retention keeps everything by default): the worker's
+    // CPU per delivery while receiving, against the rounds above (5 partitions).
+    count(
+        &mut c,
+        "SELECT count(*) FROM generate_series(1, 360) i,
+                dialpad.add_partition('dialpad.webhook_events', now() - i * interval '1 day', '1 day')",
+    );
+    let mut year = Vec::new();
+    for round in 0..runs {
+        fresh(&mut c, true);
+        let m = Meter::read(&cluster, &mut c);
+        let r = receive_rate(&cluster, &bodies, secs, &next);
+        let cost = Meter::read(&cluster, &mut c).since(&m, r * secs);
+        println!("steady round {round}, 365 inbox partitions: {r:.0}/s while processing; per delivery: {cost}");
+        year.push(cost.worker_us);
+    }
+    set_worker_enabled(&mut c, false);
+    let (year, few) = (median(year), of(|c| c.1.worker_us));
+    report.add(
+        "default config: worker CPU per delivery with a year of daily inbox partitions",
+        format!("{year:.0} µs"),
+        format!("5 partitions {few:.0} µs"),
+        format!("{:.2}×", year / few),
+        "",
+        None,
+    );
     report.notes.push(format!(
         "Steady state on a default-configuration cluster (shared_buffers 128 MB, autovacuum on, fsync on, \
          track_commit_timestamp on for the latency; dialpad.workers = 1): {SESSIONS} sessions each calling \
          dialpad.ingest_webhook with one JSON delivery per transaction as fast as answered, {secs:.0} s with the worker \
          off and {secs:.0} s with it on, alternating, medians of {runs} rounds; then {SESSIONS} paced sessions offering \
-         1,000 deliveries/s for {secs:.0} s with the worker on."
+         1,000 deliveries/s for {secs:.0} s with the worker on; then, with 360 more daily partitions in the inbox (a \
+         year of them, as retention's default keeps), {runs} rounds of receiving while processing, for the worker's \
+         CPU per delivery."
     ));
 }
