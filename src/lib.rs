@@ -88,13 +88,17 @@ pub extern "C-unwind" fn _PG_init() {
 /// Rust code (the planner hook is on every query) and appends it to the error's DETAIL: the
 /// client sees our frames and build paths, and each error costs milliseconds instead of
 /// microseconds (a bad jsonb parameter planned through the hook, release build: 41 ms against
-/// 9 µs). The standard library reads `RUST_LIB_BACKTRACE` first: unless the DBA set it, it
-/// is "0" here, so errors are as PostgreSQL makes them. Panics still print their backtrace to the server
-/// log under `RUST_BACKTRACE`, and `RUST_LIB_BACKTRACE=1` brings them back into DETAIL.
+/// 9 µs). The standard library reads `RUST_LIB_BACKTRACE` first: unless the DBA set it (to
+/// anything, even empty), it is "0" here, so errors are as PostgreSQL makes them; child
+/// processes (archive_command, COPY PROGRAM) inherit it. A panic in one of our own threads
+/// (the HTTP listener's) still prints its backtrace to the server log under
+/// `RUST_BACKTRACE`, and `RUST_LIB_BACKTRACE=1` brings them back into DETAIL.
 fn no_backtraces_in_errors() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         // _PG_init runs in the postmaster (preloaded) or in a backend loading the library:
-        // single-threaded processes, so nothing reads the environment meanwhile.
+        // PostgreSQL's processes are single-threaded (our listener's threads start later, in
+        // a worker), so nothing reads the environment meanwhile, unless another preloaded
+        // library started threads of its own.
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
 }

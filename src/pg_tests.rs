@@ -602,7 +602,7 @@ mod tests {
     fn claim_plans() -> Vec<String> {
         let claim =
             crate::pipeline::tables::Target::render(&crate::pipeline::tables::Whole, crate::pipeline::batch::CLAIM_SQL);
-        [(0, "'-infinity'"), (15_000, "now() - interval '1 hour'")]
+        [(0, "'-infinity'"), (15_000, "date_trunc('day', now(), 'UTC')")]
             .iter()
             .map(|(from, received)| batch_plan(&claim, "int4, int8, timestamptz", &format!("50, {from}, {received}")))
             .collect()
@@ -707,9 +707,10 @@ mod tests {
         assert_ordered_claim(claim_plans());
         run("ANALYZE dialpad.webhook_events");
         let plans = claim_plans();
-        // From the lowest id, every partition is read; from a floor, only those from the
-        // floor's received_at on (today's, the ones ahead and DEFAULT): the 29 older ones
-        // are pruned when the plan starts, not set up at every batch.
+        // From the lowest id, every partition is read; from a floor (here today's first
+        // instant: partitions are UTC days), only those from the floor's received_at on
+        // (today's, the ones ahead and DEFAULT): the 29 older ones are pruned when the plan
+        // starts, not set up at every batch.
         assert!(!plans[0].contains("Subplans Removed"), "{}", plans[0]);
         assert!(plans[1].contains("Subplans Removed: 29"), "{}", plans[1]);
         assert_ordered_claim(plans);

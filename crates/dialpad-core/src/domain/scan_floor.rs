@@ -25,9 +25,11 @@
 //! worker a third more CPU per event on a stream. Alongside the id floor goes the oldest
 //! `received_at` among the events of the claim that set it, less [`RECEIVED_MARGIN`]: a
 //! claim from the floor reads only partitions from there on (pruned when its plan starts).
-//! An event with an id above the floor was inserted after those events, so it was received
-//! after them, but for an inserting transaction that began more than the margin before
-//! (its `received_at` is its start): the full scan finds it, as it finds everything else.
+//! `received_at` is the clock at insert, as the id is: an event with an id above the floor
+//! was received after those events, unless its inserter set `received_at` itself (the table
+//! owner backfilling old events) or the server's clock stepped back by more than the
+//! margin. The full scan finds such an event, as it finds everything else, and its claim
+//! takes the floor's `received_at` back with it.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
