@@ -170,23 +170,26 @@ pub(crate) fn steady_bench(report: &mut Report, runs: usize) {
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
     let (mut alone, mut beside, mut costs) = (Vec::new(), Vec::new(), Vec::new());
+    // A fresh inbox, then deliveries for `secs`: their rate and what each cost.
+    let measured = |c: &mut Client, worker: bool, during: &mut dyn FnMut(&mut Client)| -> (f64, PerDelivery) {
+        fresh(c, worker);
+        let m = Meter::read(&cluster, c);
+        during(c);
+        let rate = receive_rate(&cluster, &bodies, secs, &next);
+        during(c);
+        (rate, Meter::read(&cluster, c).since(&m, rate * secs))
+    };
     for round in 0..runs {
-        fresh(&mut c, false);
-        let m0 = Meter::read(&cluster, &mut c);
-        let a = receive_rate(&cluster, &bodies, secs, &next);
-        let ma = Meter::read(&cluster, &mut c).since(&m0, a * secs);
-        fresh(&mut c, true);
-        let m1 = Meter::read(&cluster, &mut c);
+        let (a, ma) = measured(&mut c, false, &mut |_| {});
         let batches = |c: &mut Client| -> (i64, i64) {
             let r = c
                 .query_one("SELECT sum(events_handled)::int8, sum(batches)::int8 FROM dialpad.worker_stats()", &[])
                 .unwrap();
             (r.get::<_, Option<i64>>(0).unwrap_or(0), r.get::<_, Option<i64>>(1).unwrap_or(0))
         };
-        let (e0, b0) = batches(&mut c);
-        let b = receive_rate(&cluster, &bodies, secs, &next);
-        let (e1, b1) = batches(&mut c);
-        let mb = Meter::read(&cluster, &mut c).since(&m1, b * secs);
+        let mut counts = Vec::new();
+        let (b, mb) = measured(&mut c, true, &mut |c| counts.push(batches(c)));
+        let ((e0, b0), (e1, b1)) = (counts[0], counts[1]);
         println!("steady round {round}: per delivery alone: {ma}; while processing: {mb}");
         costs.push((ma, mb));
         let left =
@@ -250,10 +253,7 @@ pub(crate) fn steady_bench(report: &mut Report, runs: usize) {
     );
     let mut year = Vec::new();
     for round in 0..runs {
-        fresh(&mut c, true);
-        let m = Meter::read(&cluster, &mut c);
-        let r = receive_rate(&cluster, &bodies, secs, &next);
-        let cost = Meter::read(&cluster, &mut c).since(&m, r * secs);
+        let (r, cost) = measured(&mut c, true, &mut |_| {});
         println!("steady round {round}, 365 inbox partitions: {r:.0}/s while processing; per delivery: {cost}");
         year.push(cost.worker_us);
     }

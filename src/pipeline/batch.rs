@@ -79,11 +79,10 @@ SELECT p.id, p.received_at, p.payload, p.source, p.tableoid FROM {inbox} AS p
    FOR UPDATE SKIP LOCKED";
 
 /// Claims one event, whether due or not (a suspect processed alone after a crash restart,
-/// see pipeline/inflight.rs). $1 is the limit (1), $2 the id, $3 -infinity.
+/// see pipeline/inflight.rs). $1 is the limit (1), $2 the id.
 const CLAIM_ONE_SQL: &str = "\
 SELECT p.id, p.received_at, p.payload, p.source, p.tableoid FROM {inbox} AS p
  WHERE p.id OPERATOR(pg_catalog.=) $2 AND p.processed_at IS NULL AND p.dead_at IS NULL
-   AND p.received_at OPERATOR(pg_catalog.>=) $3
  LIMIT $1
    FOR UPDATE SKIP LOCKED";
 
@@ -415,12 +414,12 @@ impl Batch {
             Scan::Only(id) => (CLAIM_ONE_SQL, Start { id, received_at: None }),
         };
         let from = start.id;
-        let received_from = match start.received_at {
-            Some(us) => {
-                TimestampWithTimeZone::try_from(us).unwrap_or_else(|_| TimestampWithTimeZone::negative_infinity())
-            }
-            None => TimestampWithTimeZone::negative_infinity(),
-        };
+        let received_from = start
+            .received_at
+            .and_then(|us| TimestampWithTimeZone::try_from(us).ok())
+            .unwrap_or_else(TimestampWithTimeZone::negative_infinity);
+        // CLAIM_ONE_SQL takes the first two.
+        let params = if matches!(scan, Scan::Only(_)) { 2 } else { 3 };
         let mut events = Vec::new();
         let mut received = (i64::MAX, i64::MIN);
         let mut by_partition: Vec<(pg_sys::Oid, Vec<i64>)> = Vec::new();
@@ -429,9 +428,9 @@ impl Batch {
                 client,
                 tables,
                 claim_sql,
-                &[pg_sys::INT4OID, pg_sys::INT8OID, pg_sys::TIMESTAMPTZOID],
+                &[pg_sys::INT4OID, pg_sys::INT8OID, pg_sys::TIMESTAMPTZOID][..params],
                 None,
-                &[max_events.into(), from.into(), received_from.into()],
+                &[max_events.into(), from.into(), received_from.into()][..params],
             )
         })?;
         for row in table {

@@ -31,15 +31,19 @@ fn as_postgres(program: &Path, args: &[&str]) -> Command {
 
 /// [`as_postgres`] with these variables in the command's environment (sudo resets it).
 fn as_postgres_with_env(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = if is_root() {
+    if is_root() {
         let mut c = Command::new("sudo");
-        c.arg("-u").arg("postgres").arg("--").arg("env");
+        c.arg("-u").arg("postgres").arg("--");
+        if !env.is_empty() {
+            c.arg("env").args(env.iter().map(|(k, v)| format!("{k}={v}")));
+        }
+        c.arg(program).args(args);
         c
     } else {
-        Command::new("env")
-    };
-    c.args(env.iter().map(|(k, v)| format!("{k}={v}"))).arg(program).args(args);
-    c
+        let mut c = Command::new(program);
+        c.envs(env.iter().copied()).args(args);
+        c
+    }
 }
 
 fn check(mut cmd: Command, what: &str) -> String {

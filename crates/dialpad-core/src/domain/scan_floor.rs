@@ -84,9 +84,7 @@ impl ScanFloor {
             self.last_full_scan = Some(now);
             return Start::FULL;
         }
-        if self.floor == 0 {
-            return Start::FULL;
-        }
+        // received_floor is None while floor is 0: then this is Start::FULL.
         Start { id: self.floor, received_at: self.received_floor.map(|r| r.saturating_sub(RECEIVED_MARGIN)) }
     }
 
